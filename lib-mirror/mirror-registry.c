@@ -1,0 +1,629 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "strnum.h"
+#include "str-sanitize.h"
+#include "ioloop.h"
+#include "dict.h"
+#include "mirror-registry.h"
+
+#include <json-c/json.h>
+
+#define MIRROR_KEY_PREFIX DICT_PATH_SHARED"mirror/"
+#define MIRROR_KEY_SOURCE MIRROR_KEY_PREFIX"source/"
+#define MIRROR_KEY_ID MIRROR_KEY_PREFIX"id/"
+#define MIRROR_KEY_SOURCES MIRROR_KEY_PREFIX"sources"
+#define MIRROR_KEY_NEXT_ID MIRROR_KEY_PREFIX"next-id"
+/* A registry value is an array of objects; room for one more level of
+   nesting that a later version may add. */
+#define MIRROR_JSON_MAX_DEPTH 4
+
+struct mirror_registry {
+	struct dict *dict;
+	struct dict_op_settings opset;
+};
+
+int mirror_days_parse(const char *str, unsigned int *days_r,
+		      const char **error_r)
+{
+	unsigned int days;
+
+	if (str_to_uint(str, &days) < 0) {
+		*error_r = t_strdup_printf(
+			"Invalid days '%s': not a number (%u..%u)",
+			str_sanitize(str, 20), MIRROR_DAYS_MIN,
+			MIRROR_DAYS_MAX);
+		return -1;
+	}
+	if (days < MIRROR_DAYS_MIN || days > MIRROR_DAYS_MAX) {
+		*error_r = t_strdup_printf(
+			"Invalid days %u: out of range %u..%u", days,
+			MIRROR_DAYS_MIN, MIRROR_DAYS_MAX);
+		return -1;
+	}
+	*days_r = days;
+	return 0;
+}
+
+bool mirror_storage_is_valid(const char *storage, const char **error_r)
+{
+	const char *p;
+
+	if (*storage == '\0') {
+		*error_r = "empty storage user";
+		return FALSE;
+	}
+	if (strlen(storage) > MIRROR_STORAGE_MAX_LEN) {
+		*error_r = "storage user name is too long";
+		return FALSE;
+	}
+	for (p = storage; *p != '\0'; p++) {
+		if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f ||
+		    *p == '/' || *p == '"' || *p == '\\') {
+			*error_r = "storage user name contains an invalid "
+				"character";
+			return FALSE;
+		}
+	}
+	return TRUE;
+}
+
+bool mirror_def_is_valid(const struct mirror_def *def, const char **error_r)
+{
+	enum mirror_type type;
+	const char *normalized, *error;
+
+	if (def->id == 0) {
+		*error_r = "id must be positive";
+		return FALSE;
+	}
+	if (mirror_source_parse(def->source, &type, &normalized, &error) < 0) {
+		*error_r = error;
+		return FALSE;
+	}
+	if (type != def->type || strcmp(normalized, def->source) != 0) {
+		*error_r = t_strdup_printf(
+			"source '%s' does not match type %s",
+			str_sanitize(def->source, 80),
+			mirror_type_to_str(def->type));
+		return FALSE;
+	}
+	if (!mirror_storage_is_valid(def->storage, &error)) {
+		*error_r = error;
+		return FALSE;
+	}
+	if (def->days < MIRROR_DAYS_MIN || def->days > MIRROR_DAYS_MAX) {
+		*error_r = t_strdup_printf("days %u out of range", def->days);
+		return FALSE;
+	}
+	if (def->created < 0) {
+		*error_r = "negative creation time";
+		return FALSE;
+	}
+	return TRUE;
+}
+
+/* JSON encoding */
+
+static const char *mirror_json_finish(struct json_object *obj)
+{
+	const char *str = t_strdup(json_object_to_json_string_ext(
+		obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+
+	json_object_put(obj);
+	return str;
+}
+
+const char *mirror_defs_encode(const ARRAY_TYPE(mirror_def) *defs)
+{
+	struct json_object *arr = json_object_new_array(), *obj;
+	const struct mirror_def *def;
+
+	array_foreach(defs, def) {
+		obj = json_object_new_object();
+		json_object_object_add(obj, "id",
+			json_object_new_int64(def->id));
+		json_object_object_add(obj, "type",
+			json_object_new_string(mirror_type_to_str(def->type)));
+		json_object_object_add(obj, "source",
+			json_object_new_string(def->source));
+		json_object_object_add(obj, "storage",
+			json_object_new_string(def->storage));
+		json_object_object_add(obj, "days",
+			json_object_new_int64(def->days));
+		json_object_object_add(obj, "created",
+			json_object_new_int64(def->created));
+		json_object_array_add(arr, obj);
+	}
+	return mirror_json_finish(arr);
+}
+
+const char *mirror_sources_encode(const ARRAY_TYPE(const_string) *sources)
+{
+	struct json_object *arr = json_object_new_array();
+	const char *source;
+
+	array_foreach_elem(sources, source)
+		json_object_array_add(arr, json_object_new_string(source));
+	return mirror_json_finish(arr);
+}
+
+static int
+mirror_json_parse_array(const char *json, struct json_object **arr_r,
+			const char **error_r)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+	size_t len = strlen(json);
+
+	if (len > MIRROR_REGISTRY_VALUE_MAX_SIZE) {
+		*error_r = "value is too large";
+		return -1;
+	}
+	tok = json_tokener_new_ex(MIRROR_JSON_MAX_DEPTH);
+	if (tok == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "json_tokener_new_ex() failed");
+	obj = json_tokener_parse_ex(tok, json, (int)len);
+	if (obj == NULL) {
+		enum json_tokener_error jerr = json_tokener_get_error(tok);
+
+		*error_r = t_strdup_printf("invalid JSON: %s",
+			jerr == json_tokener_continue ? "truncated" :
+			json_tokener_error_desc(jerr));
+		json_tokener_free(tok);
+		return -1;
+	}
+	if (json_tokener_get_parse_end(tok) != len) {
+		*error_r = "invalid JSON: trailing data";
+		json_object_put(obj);
+		json_tokener_free(tok);
+		return -1;
+	}
+	json_tokener_free(tok);
+	if (!json_object_is_type(obj, json_type_array)) {
+		*error_r = "not a JSON array";
+		json_object_put(obj);
+		return -1;
+	}
+	*arr_r = obj;
+	return 0;
+}
+
+static int
+mirror_json_get_int(struct json_object *obj, const char *name,
+		    int64_t min, int64_t max, int64_t *value_r,
+		    const char **error_r)
+{
+	struct json_object *field;
+
+	if (!json_object_object_get_ex(obj, name, &field) ||
+	    !json_object_is_type(field, json_type_int)) {
+		*error_r = t_strdup_printf("'%s' is missing or not an integer",
+					   name);
+		return -1;
+	}
+	errno = 0;
+	*value_r = json_object_get_int64(field);
+	if (errno != 0 || *value_r < min || *value_r > max) {
+		*error_r = t_strdup_printf("'%s' is out of range", name);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+mirror_json_get_str(struct json_object *obj, const char *name,
+		    const char **value_r, const char **error_r)
+{
+	struct json_object *field;
+	const char *value;
+
+	if (!json_object_object_get_ex(obj, name, &field) ||
+	    !json_object_is_type(field, json_type_string)) {
+		*error_r = t_strdup_printf("'%s' is missing or not a string",
+					   name);
+		return -1;
+	}
+	value = json_object_get_string(field);
+	if (strlen(value) != (size_t)json_object_get_string_len(field)) {
+		*error_r = t_strdup_printf("'%s' contains NUL", name);
+		return -1;
+	}
+	*value_r = value;
+	return 0;
+}
+
+static int
+mirror_def_from_json(struct json_object *obj, struct mirror_def *def_r,
+		     const char **error_r)
+{
+	const char *type, *error;
+	int64_t num;
+
+	i_zero(def_r);
+	if (!json_object_is_type(obj, json_type_object)) {
+		*error_r = "element is not an object";
+		return -1;
+	}
+	if (mirror_json_get_int(obj, "id", 1, UINT_MAX, &num, error_r) < 0)
+		return -1;
+	def_r->id = (unsigned int)num;
+	if (mirror_json_get_str(obj, "type", &type, error_r) < 0 ||
+	    mirror_json_get_str(obj, "source", &def_r->source, error_r) < 0 ||
+	    mirror_json_get_str(obj, "storage", &def_r->storage, error_r) < 0)
+		return -1;
+	if (mirror_type_from_str(type, &def_r->type) < 0) {
+		*error_r = "'type' is not single or all";
+		return -1;
+	}
+	if (mirror_json_get_int(obj, "days", MIRROR_DAYS_MIN, MIRROR_DAYS_MAX,
+				&num, error_r) < 0)
+		return -1;
+	def_r->days = (unsigned int)num;
+	if (mirror_json_get_int(obj, "created", 0, INT64_MAX, &num,
+				error_r) < 0)
+		return -1;
+	def_r->created = (time_t)num;
+	if (!mirror_def_is_valid(def_r, &error)) {
+		*error_r = t_strdup_printf("mirror %u: %s", def_r->id, error);
+		return -1;
+	}
+	return 0;
+}
+
+int mirror_defs_decode(const char *json, pool_t pool,
+		       ARRAY_TYPE(mirror_def) *defs, const char **error_r)
+{
+	struct json_object *arr;
+	struct mirror_def *decoded;
+	size_t i, count;
+	int ret = 0;
+
+	if (mirror_json_parse_array(json, &arr, error_r) < 0)
+		return -1;
+	count = json_object_array_length(arr);
+	decoded = t_new(struct mirror_def, count + 1);
+	for (i = 0; i < count && ret == 0; i++) {
+		ret = mirror_def_from_json(json_object_array_get_idx(arr, i),
+					   &decoded[i], error_r);
+	}
+	if (ret == 0) {
+		for (i = 0; i < count; i++) {
+			decoded[i].source = p_strdup(pool, decoded[i].source);
+			decoded[i].storage = p_strdup(pool, decoded[i].storage);
+			array_push_back(defs, &decoded[i]);
+		}
+	}
+	json_object_put(arr);
+	return ret;
+}
+
+int mirror_sources_decode(const char *json, pool_t pool,
+			  ARRAY_TYPE(const_string) *sources,
+			  const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *const *decoded, *source, *normalized, *error;
+	enum mirror_type type;
+	size_t i, count;
+	int ret = 0;
+
+	if (mirror_json_parse_array(json, &arr, error_r) < 0)
+		return -1;
+	count = json_object_array_length(arr);
+	decoded = t_new(const char *, count + 1);
+	for (i = 0; i < count && ret == 0; i++) {
+		elem = json_object_array_get_idx(arr, i);
+		if (!json_object_is_type(elem, json_type_string)) {
+			*error_r = "source is not a string";
+			ret = -1;
+			break;
+		}
+		source = json_object_get_string(elem);
+		if (mirror_source_parse(source, &type, &normalized,
+					&error) < 0 ||
+		    strcmp(source, normalized) != 0) {
+			*error_r = t_strdup_printf("invalid source '%s'",
+						   str_sanitize(source, 80));
+			ret = -1;
+			break;
+		}
+		((const char **)decoded)[i] = source;
+	}
+	if (ret == 0) {
+		for (i = 0; i < count; i++) {
+			source = p_strdup(pool, decoded[i]);
+			array_push_back(sources, &source);
+		}
+	}
+	json_object_put(arr);
+	return ret;
+}
+
+/* Store */
+
+int mirror_registry_init(const char *dict_uri, const char *base_dir,
+			 struct event *event_parent,
+			 struct mirror_registry **reg_r, const char **error_r)
+{
+	struct mirror_registry *reg;
+	struct dict_settings set;
+	struct dict *dict;
+	const char *error;
+
+	i_zero(&set);
+	set.base_dir = base_dir;
+	set.event_parent = event_parent;
+	if (dict_init(dict_uri, &set, &dict, &error) < 0) {
+		*error_r = t_strdup_printf("dict_init(%s) failed: %s",
+					   dict_uri, error);
+		return -1;
+	}
+	reg = i_new(struct mirror_registry, 1);
+	reg->dict = dict;
+	*reg_r = reg;
+	return 0;
+}
+
+void mirror_registry_deinit(struct mirror_registry **_reg)
+{
+	struct mirror_registry *reg = *_reg;
+
+	if (reg == NULL)
+		return;
+	*_reg = NULL;
+	dict_wait(reg->dict);
+	dict_deinit(&reg->dict);
+	i_free(reg);
+}
+
+static int
+mirror_registry_get(struct mirror_registry *reg, const char *key,
+		    const char **value_r, const char **error_r)
+{
+	const char *error;
+	int ret;
+
+	ret = dict_lookup(reg->dict, &reg->opset, pool_datastack_create(),
+			  key, value_r, &error);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict lookup of %s failed: %s",
+					   key, error);
+	}
+	return ret;
+}
+
+int mirror_registry_lookup(struct mirror_registry *reg, const char *source,
+			   pool_t pool, ARRAY_TYPE(mirror_def) *defs,
+			   const char **error_r)
+{
+	const char *key, *value, *error;
+	int ret;
+
+	key = t_strconcat(MIRROR_KEY_SOURCE, mirror_key_escape(source), NULL);
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (mirror_defs_decode(value, pool, defs, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data for source %s: %s",
+			str_sanitize(source, 80), error);
+		return -1;
+	}
+	return array_count(defs) > 0 ? 1 : 0;
+}
+
+static int
+mirror_registry_get_sources(struct mirror_registry *reg, pool_t pool,
+			    ARRAY_TYPE(const_string) *sources,
+			    const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	ret = mirror_registry_get(reg, MIRROR_KEY_SOURCES, &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (mirror_sources_decode(value, pool, sources, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data in the source list: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+mirror_registry_commit(struct dict_transaction_context **trans,
+		       const char **error_r)
+{
+	const char *error;
+
+	if (dict_transaction_commit(trans, &error) < 0) {
+		*error_r = t_strdup_printf("dict commit failed: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+mirror_registry_alloc_id(struct mirror_registry *reg, unsigned int *id_r,
+			 const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *value, *error;
+	int ret;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_atomic_inc(trans, MIRROR_KEY_NEXT_ID, 1);
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret == DICT_COMMIT_RET_NOTFOUND) {
+		/* first mirror ever */
+		trans = dict_transaction_begin(reg->dict, &reg->opset);
+		dict_set(trans, MIRROR_KEY_NEXT_ID, "1");
+		ret = dict_transaction_commit(&trans, &error);
+	}
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict commit failed: %s", error);
+		return -1;
+	}
+	if (mirror_registry_get(reg, MIRROR_KEY_NEXT_ID, &value, error_r) < 0)
+		return -1;
+	if (value == NULL || str_to_uint(value, id_r) < 0 || *id_r == 0) {
+		*error_r = "Broken registry data: invalid id counter";
+		return -1;
+	}
+	return 0;
+}
+
+static bool
+mirror_sources_contains(const ARRAY_TYPE(const_string) *sources,
+			const char *source)
+{
+	const char *s;
+
+	array_foreach_elem(sources, s) {
+		if (strcmp(s, source) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
+			const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	ARRAY_TYPE(mirror_def) defs;
+	ARRAY_TYPE(const_string) sources;
+	const struct mirror_def *old;
+	const char *error;
+	pool_t pool = pool_datastack_create();
+
+	/* Read everything that is rewritten first: broken data is reported,
+	   never overwritten. */
+	t_array_init(&defs, 4);
+	t_array_init(&sources, 16);
+	if (mirror_registry_lookup(reg, def->source, pool, &defs, error_r) < 0 ||
+	    mirror_registry_get_sources(reg, pool, &sources, error_r) < 0)
+		return -1;
+	array_foreach(&defs, old) {
+		if (strcmp(old->storage, def->storage) == 0) {
+			*error_r = t_strdup_printf(
+				"Mirror %u already copies %s to %s", old->id,
+				def->source, def->storage);
+			return 0;
+		}
+	}
+	if (mirror_registry_alloc_id(reg, &def->id, error_r) < 0)
+		return -1;
+	def->created = ioloop_time;
+	if (!mirror_def_is_valid(def, &error)) {
+		*error_r = t_strdup_printf("Invalid mirror: %s", error);
+		return -1;
+	}
+	array_push_back(&defs, def);
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, t_strconcat(MIRROR_KEY_SOURCE,
+				    mirror_key_escape(def->source), NULL),
+		 mirror_defs_encode(&defs));
+	dict_set(trans, t_strdup_printf(MIRROR_KEY_ID"%u", def->id),
+		 def->source);
+	if (!mirror_sources_contains(&sources, def->source)) {
+		array_push_back(&sources, &def->source);
+		dict_set(trans, MIRROR_KEY_SOURCES,
+			 mirror_sources_encode(&sources));
+	}
+	if (mirror_registry_commit(&trans, error_r) < 0)
+		return -1;
+	return 1;
+}
+
+int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
+			   pool_t pool, struct mirror_def *removed_r,
+			   const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	ARRAY_TYPE(mirror_def) defs, kept;
+	ARRAY_TYPE(const_string) sources, kept_sources;
+	const struct mirror_def *def;
+	const char *id_key, *source_key, *source, *s;
+	bool found = FALSE;
+	int ret;
+
+	id_key = t_strdup_printf(MIRROR_KEY_ID"%u", id);
+	if ((ret = mirror_registry_get(reg, id_key, &source, error_r)) <= 0)
+		return ret;
+
+	t_array_init(&defs, 4);
+	t_array_init(&kept, 4);
+	if (mirror_registry_lookup(reg, source, pool_datastack_create(),
+				   &defs, error_r) < 0)
+		return -1;
+	array_foreach(&defs, def) {
+		if (def->id != id)
+			array_push_back(&kept, def);
+		else {
+			found = TRUE;
+			*removed_r = *def;
+			removed_r->source = p_strdup(pool, def->source);
+			removed_r->storage = p_strdup(pool, def->storage);
+		}
+	}
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	/* the id entry goes even if it was stale */
+	dict_unset(trans, id_key);
+	source_key = t_strconcat(MIRROR_KEY_SOURCE,
+				 mirror_key_escape(source), NULL);
+	if (array_count(&kept) > 0)
+		dict_set(trans, source_key, mirror_defs_encode(&kept));
+	else {
+		dict_unset(trans, source_key);
+		t_array_init(&sources, 16);
+		t_array_init(&kept_sources, 16);
+		if (mirror_registry_get_sources(reg, pool_datastack_create(),
+						&sources, error_r) < 0) {
+			dict_transaction_rollback(&trans);
+			return -1;
+		}
+		array_foreach_elem(&sources, s) {
+			if (strcmp(s, source) != 0)
+				array_push_back(&kept_sources, &s);
+		}
+		dict_set(trans, MIRROR_KEY_SOURCES,
+			 mirror_sources_encode(&kept_sources));
+	}
+	if (mirror_registry_commit(&trans, error_r) < 0)
+		return -1;
+	return found ? 1 : 0;
+}
+
+static int mirror_def_cmp(const struct mirror_def *d1,
+			  const struct mirror_def *d2)
+{
+	if (d1->id < d2->id)
+		return -1;
+	return d1->id > d2->id ? 1 : 0;
+}
+
+int mirror_registry_list(struct mirror_registry *reg, const char *source,
+			 pool_t pool, ARRAY_TYPE(mirror_def) *defs,
+			 const char **error_r)
+{
+	ARRAY_TYPE(const_string) sources;
+	const char *s;
+
+	t_array_init(&sources, 16);
+	if (source != NULL)
+		array_push_back(&sources, &source);
+	else if (mirror_registry_get_sources(reg, pool_datastack_create(),
+					     &sources, error_r) < 0)
+		return -1;
+	array_foreach_elem(&sources, s) {
+		if (mirror_registry_lookup(reg, s, pool, defs, error_r) < 0)
+			return -1;
+	}
+	array_sort(defs, mirror_def_cmp);
+	return 0;
+}

@@ -1,0 +1,82 @@
+#ifndef MIRROR_REGISTRY_H
+#define MIRROR_REGISTRY_H
+
+#include "mirror-address.h"
+
+/* The registry of mirror definitions. It lives in a Dovecot dict, so the
+   same data can be kept in the embedded default (a file: dict) or in a
+   shared store (redis:, proxy:: with SQL) by changing only the URI.
+
+   Key layout (all under shared/mirror/):
+     source/<source>  JSON array of the mirror definitions of one source;
+                      the only key read on the delivery path
+     id/<id>          the source of mirror <id> (to find it by id)
+     sources          JSON array of every source that has a mirror
+     next-id          counter for allocating ids
+   <source> is escaped with mirror_key_escape(). */
+
+#define MIRROR_DAYS_MIN 1
+#define MIRROR_DAYS_MAX 3650
+#define MIRROR_DAYS_DEFAULT 30
+#define MIRROR_STORAGE_MAX_LEN 255
+/* Largest registry value that is decoded. */
+#define MIRROR_REGISTRY_VALUE_MAX_SIZE (1024*1024)
+
+struct mirror_def {
+	unsigned int id;
+	enum mirror_type type;
+	/* normalized address (single) or domain (all) */
+	const char *source;
+	/* username of the mailbox that receives the copies */
+	const char *storage;
+	unsigned int days;
+	time_t created;
+};
+ARRAY_DEFINE_TYPE(mirror_def, struct mirror_def);
+
+struct mirror_registry;
+
+int mirror_days_parse(const char *str, unsigned int *days_r,
+		      const char **error_r);
+bool mirror_storage_is_valid(const char *storage, const char **error_r);
+bool mirror_def_is_valid(const struct mirror_def *def, const char **error_r);
+
+/* Encode the definitions of one source as a JSON array. */
+const char *mirror_defs_encode(const ARRAY_TYPE(mirror_def) *defs);
+/* Decode and validate a JSON array of definitions, appending them to defs
+   (strings allocated from pool). Returns 0, or -1 with an error and defs
+   unchanged. Unknown object members are ignored, so that later versions
+   can add fields. */
+int mirror_defs_decode(const char *json, pool_t pool,
+		       ARRAY_TYPE(mirror_def) *defs, const char **error_r);
+const char *mirror_sources_encode(const ARRAY_TYPE(const_string) *sources);
+int mirror_sources_decode(const char *json, pool_t pool,
+			  ARRAY_TYPE(const_string) *sources,
+			  const char **error_r);
+
+int mirror_registry_init(const char *dict_uri, const char *base_dir,
+			 struct event *event_parent,
+			 struct mirror_registry **reg_r, const char **error_r);
+void mirror_registry_deinit(struct mirror_registry **reg);
+
+/* Append the mirrors of one normalized source to defs. Returns 1 if some
+   were found, 0 if none, -1 on error (unreadable store, broken data). */
+int mirror_registry_lookup(struct mirror_registry *reg, const char *source,
+			   pool_t pool, ARRAY_TYPE(mirror_def) *defs,
+			   const char **error_r);
+/* Add a mirror. def->id and def->created are filled in. Returns 1 if added,
+   0 if an identical mirror (same source and storage) exists, -1 on error. */
+int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
+			const char **error_r);
+/* Remove mirror id. Returns 1 if removed (removed_r filled from pool), 0 if
+   there is no such mirror, -1 on error. */
+int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
+			   pool_t pool, struct mirror_def *removed_r,
+			   const char **error_r);
+/* Append all mirrors (or those of one source, if source != NULL) to defs,
+   sorted by id. Returns 0, or -1 on error. */
+int mirror_registry_list(struct mirror_registry *reg, const char *source,
+			 pool_t pool, ARRAY_TYPE(mirror_def) *defs,
+			 const char **error_r);
+
+#endif

@@ -1,0 +1,518 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "ioloop.h"
+#include "istream.h"
+#include "istream-concat.h"
+#include "mail-user.h"
+#include "mail-namespace.h"
+#include "mail-storage.h"
+#include "mail-storage-service.h"
+#include "mirror-copy.h"
+
+#include <unistd.h>
+#include <grp.h>
+
+/* Open storages kept per connection; the least recently used goes first. */
+#define MIRROR_COPIER_MAX_STORAGES 16
+
+struct mirror_privileges {
+	uid_t uid;
+	gid_t gid;
+	int ngroups;
+	gid_t *groups;
+};
+
+struct mirror_storage {
+	char *username;
+	struct mail_storage_service_user *service_user;
+	struct mail_user *user;
+	struct mailbox *box;
+	struct mirror_privileges privs;
+	time_t last_used;
+};
+
+struct mirror_copier {
+	pool_t pool;
+	struct event *event;
+	struct mail_storage_service_ctx *storage_service;
+	ARRAY(struct mirror_storage *) storages;
+};
+
+/* State of one target during mirror_copier_copy() */
+struct mirror_copy_state {
+	struct mirror_storage *storage;
+	struct mailbox_transaction_context *trans;
+	uoff_t size;
+};
+
+static struct event_category event_category_mirror = {
+	.name = "mirror",
+};
+
+static void mirror_privileges_get(pool_t pool, struct mirror_privileges *p)
+{
+	p->uid = geteuid();
+	p->gid = getegid();
+	p->ngroups = getgroups(0, NULL);
+	if (p->ngroups < 0)
+		i_fatal("getgroups() failed: %m");
+	p->groups = p_new(pool, gid_t, p->ngroups + 1);
+	if (getgroups(p->ngroups, p->groups) < 0)
+		i_fatal("getgroups() failed: %m");
+}
+
+static bool mirror_privileges_equal(const struct mirror_privileges *p1,
+				    const struct mirror_privileges *p2)
+{
+	return p1->uid == p2->uid && p1->gid == p2->gid &&
+		p1->ngroups == p2->ngroups &&
+		memcmp(p1->groups, p2->groups,
+		       sizeof(gid_t) * p1->ngroups) == 0;
+}
+
+/* Switch effective uid, gid and groups to p. LMTP runs as root and drops
+   privileges only temporarily, so root can be regained to switch between
+   users of different uids. Failing to switch back to a user is fatal:
+   carrying on with the wrong identity could corrupt mail. */
+static int mirror_privileges_set(const struct mirror_privileges *p,
+				 const char **error_r)
+{
+	struct mirror_privileges cur;
+
+	T_BEGIN {
+		mirror_privileges_get(pool_datastack_create(), &cur);
+		if (mirror_privileges_equal(&cur, p))
+			cur.ngroups = -1;
+	} T_END;
+	if (cur.ngroups == -1)
+		return 0;
+
+	if (cur.uid != 0 && seteuid(0) < 0) {
+		*error_r = t_strdup_printf(
+			"Can't switch to uid %ld: seteuid(0) failed: %m",
+			(long)p->uid);
+		return -1;
+	}
+	if (setgroups(p->ngroups, p->groups) < 0)
+		i_fatal("mirror: setgroups() failed: %m");
+	if (setegid(p->gid) < 0)
+		i_fatal("mirror: setegid(%ld) failed: %m", (long)p->gid);
+	if (p->uid != 0 && seteuid(p->uid) < 0)
+		i_fatal("mirror: seteuid(%ld) failed: %m", (long)p->uid);
+	return 0;
+}
+
+struct mirror_copier *
+mirror_copier_init(struct mail_storage_service_ctx *storage_service,
+		   struct event *event_parent)
+{
+	struct mirror_copier *copier;
+	pool_t pool;
+
+	pool = pool_alloconly_create("mirror copier", 1024);
+	copier = p_new(pool, struct mirror_copier, 1);
+	copier->pool = pool;
+	copier->storage_service = storage_service;
+	copier->event = event_create(event_parent);
+	event_add_category(copier->event, &event_category_mirror);
+	event_set_append_log_prefix(copier->event, "mirror: ");
+	i_array_init(&copier->storages, 4);
+	return copier;
+}
+
+static bool mirror_storage_activate(struct mirror_storage *storage,
+				    const char **error_r)
+{
+	if (mirror_privileges_set(&storage->privs, error_r) < 0)
+		return FALSE;
+	mail_storage_service_io_activate_user(storage->service_user);
+	return TRUE;
+}
+
+static void mirror_storage_deactivate(struct mirror_storage *storage)
+{
+	mail_storage_service_io_deactivate_user(storage->service_user);
+}
+
+static void mirror_storage_free(struct mirror_storage **_storage)
+{
+	struct mirror_storage *storage = *_storage;
+	const char *error;
+
+	*_storage = NULL;
+	if (storage->user != NULL) {
+		/* closing the mailbox may still write its index */
+		if (mirror_storage_activate(storage, &error)) {
+			mailbox_free(&storage->box);
+			mirror_storage_deactivate(storage);
+		}
+		if (storage->box != NULL)
+			mailbox_free(&storage->box);
+		mail_user_deinit(&storage->user);
+	}
+	if (storage->service_user != NULL)
+		mail_storage_service_user_unref(&storage->service_user);
+	i_free(storage->privs.groups);
+	i_free(storage->username);
+	i_free(storage);
+}
+
+static void mirror_copier_forget(struct mirror_copier *copier,
+				 struct mirror_storage *storage)
+{
+	struct mirror_storage *const *storages;
+	unsigned int i, count;
+
+	storages = array_get(&copier->storages, &count);
+	for (i = 0; i < count; i++) {
+		if (storages[i] == storage) {
+			array_delete(&copier->storages, i, 1);
+			break;
+		}
+	}
+	mirror_storage_free(&storage);
+}
+
+void mirror_copier_deinit(struct mirror_copier **_copier)
+{
+	struct mirror_copier *copier = *_copier;
+	struct mirror_storage *storage;
+	struct ioloop_context *orig_ctx;
+	struct mirror_privileges orig;
+	const char *error;
+
+	if (copier == NULL)
+		return;
+	*_copier = NULL;
+
+	T_BEGIN {
+		mirror_privileges_get(pool_datastack_create(), &orig);
+		orig_ctx = io_loop_get_current_context(current_ioloop);
+		if (orig_ctx != NULL)
+			io_loop_context_deactivate(orig_ctx);
+		array_foreach_elem(&copier->storages, storage)
+			mirror_storage_free(&storage);
+		if (mirror_privileges_set(&orig, &error) < 0)
+			i_fatal("mirror: %s", error);
+		if (orig_ctx != NULL)
+			io_loop_context_activate(orig_ctx);
+	} T_END;
+	array_free(&copier->storages);
+	event_unref(&copier->event);
+	pool_unref(&copier->pool);
+}
+
+static struct mirror_storage *
+mirror_copier_find(struct mirror_copier *copier, const char *username)
+{
+	struct mirror_storage *storage;
+
+	array_foreach_elem(&copier->storages, storage) {
+		if (strcmp(storage->username, username) == 0)
+			return storage;
+	}
+	return NULL;
+}
+
+static void mirror_copier_evict(struct mirror_copier *copier)
+{
+	struct mirror_storage *storage, *oldest = NULL;
+
+	if (array_count(&copier->storages) < MIRROR_COPIER_MAX_STORAGES)
+		return;
+	array_foreach_elem(&copier->storages, storage) {
+		if (oldest == NULL || storage->last_used < oldest->last_used)
+			oldest = storage;
+	}
+	mirror_copier_forget(copier, oldest);
+}
+
+/* Set up a storage user and open its INBOX. On success the user is active,
+   with its privileges. */
+static int
+mirror_copier_open(struct mirror_copier *copier, const char *username,
+		   struct mirror_storage **storage_r, const char **error_r)
+{
+	struct mail_storage_service_input input;
+	struct mirror_storage *storage;
+	struct mail_namespace *ns;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.module = input.service = "lmtp";
+	input.username = username;
+	input.event_parent = copier->event;
+
+	storage = i_new(struct mirror_storage, 1);
+	storage->username = i_strdup(username);
+	ret = mail_storage_service_lookup(copier->storage_service, &input,
+					  &storage->service_user, &error);
+	if (ret <= 0) {
+		*error_r = ret == 0 ?
+			t_strdup_printf("Storage user %s doesn't exist",
+					username) :
+			t_strdup_printf("Storage user %s lookup failed: %s",
+					username, error);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	if (mail_storage_service_next(copier->storage_service,
+				      storage->service_user,
+				      &storage->user, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Failed to initialize storage user %s: %s",
+			username, error);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	/* remember the identity the storage service gave this user */
+	T_BEGIN {
+		struct mirror_privileges privs;
+
+		mirror_privileges_get(pool_datastack_create(), &privs);
+		storage->privs = privs;
+		storage->privs.groups = i_new(gid_t, privs.ngroups + 1);
+		memcpy(storage->privs.groups, privs.groups,
+		       sizeof(gid_t) * privs.ngroups);
+	} T_END;
+
+	ns = mail_namespace_find_inbox(storage->user->namespaces);
+	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY);
+	if (mailbox_open(storage->box) < 0) {
+		*error_r = t_strdup_printf(
+			"Failed to open INBOX of storage user %s: %s",
+			username, mailbox_get_last_internal_error(
+				storage->box, NULL));
+		mirror_storage_deactivate(storage);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	*storage_r = storage;
+	return 0;
+}
+
+static int
+mirror_copier_get(struct mirror_copier *copier, const char *username,
+		  struct mirror_storage **storage_r, const char **error_r)
+{
+	struct mirror_storage *storage;
+
+	storage = mirror_copier_find(copier, username);
+	if (storage != NULL) {
+		if (!mirror_storage_activate(storage, error_r))
+			return -1;
+	} else {
+		mirror_copier_evict(copier);
+		if (mirror_copier_open(copier, username, &storage,
+				       error_r) < 0)
+			return -1;
+		array_push_back(&copier->storages, &storage);
+	}
+	storage->last_used = ioloop_time;
+	*storage_r = storage;
+	return 0;
+}
+
+static struct istream *
+mirror_copy_input(const struct mirror_copy_target *target,
+		  struct istream *mail_input, uoff_t *header_size_r)
+{
+	struct istream *inputs[3];
+	string_t *hdr = t_str_new(256);
+	const char *addr;
+	unsigned int id;
+
+	array_foreach_elem(&target->mirror_ids, id)
+		str_printfa(hdr, "X-Mirror-Id: %u\r\n", id);
+	array_foreach_elem(&target->envelope_to, addr)
+		str_printfa(hdr, "X-Envelope-To: %s\r\n", addr);
+	*header_size_r = str_len(hdr);
+
+	i_stream_seek(mail_input, 0);
+	inputs[0] = i_stream_create_from_data(str_data(hdr), str_len(hdr));
+	inputs[1] = i_stream_create_limit(mail_input, UOFF_T_MAX);
+	inputs[2] = NULL;
+	struct istream *input = i_stream_create_concat(inputs);
+	i_stream_unref(&inputs[0]);
+	i_stream_unref(&inputs[1]);
+	return input;
+}
+
+/* Save (but don't commit) one copy. */
+static int
+mirror_copy_save(struct mirror_copy_state *state,
+		 const struct mirror_copy_target *target, struct mail *mail,
+		 const char **error_r)
+{
+	struct mailbox *box = state->storage->box;
+	struct mail_save_context *save_ctx;
+	struct istream *mail_input, *input;
+	uoff_t header_size;
+	time_t received_date;
+	ssize_t ret;
+	bool failed = FALSE;
+
+	if (mail_get_stream(mail, NULL, NULL, &mail_input) < 0) {
+		*error_r = t_strdup_printf("Failed to read the message: %s",
+			mailbox_get_last_internal_error(mail->box, NULL));
+		return -1;
+	}
+	input = mirror_copy_input(target, mail_input, &header_size);
+
+	state->trans = mailbox_transaction_begin(box,
+		MAILBOX_TRANSACTION_FLAG_EXTERNAL, "mirror copy");
+	save_ctx = mailbox_save_alloc(state->trans);
+	if (mail_get_received_date(mail, &received_date) == 0)
+		mailbox_save_set_received_date(save_ctx, received_date, 0);
+	if (mailbox_save_begin(&save_ctx, input) < 0)
+		failed = TRUE;
+	else {
+		do {
+			if (mailbox_save_continue(save_ctx) < 0) {
+				failed = TRUE;
+				break;
+			}
+		} while ((ret = i_stream_read(input)) > 0);
+		if (!failed && input->stream_errno != 0) {
+			*error_r = t_strdup_printf(
+				"Failed to read the message: %s",
+				i_stream_get_error(input));
+			mailbox_save_cancel(&save_ctx);
+			i_stream_unref(&input);
+			mailbox_transaction_rollback(&state->trans);
+			return -1;
+		}
+		if (failed)
+			mailbox_save_cancel(&save_ctx);
+		else if (mailbox_save_finish(&save_ctx) < 0)
+			failed = TRUE;
+	}
+	state->size = input->v_offset;
+	i_stream_unref(&input);
+	if (failed) {
+		*error_r = t_strdup_printf("Saving failed: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_transaction_rollback(&state->trans);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+mirror_copy_finished(struct mirror_copier *copier,
+		     const struct mirror_copy_target *target, uoff_t size)
+{
+	unsigned int id;
+
+	array_foreach_elem(&target->mirror_ids, id) {
+		struct event_passthrough *e =
+			event_create_passthrough(copier->event)->
+			set_name("mirror_copy_finished")->
+			add_int("mirror_id", id)->
+			add_str("storage", target->storage)->
+			add_int("size", size)->
+			add_int("recipients", array_count(&target->envelope_to));
+		if (target->error == NULL) {
+			e_debug(e->event(), "Mirror %u: copied %"PRIuUOFF_T
+				" bytes to %s", id, size, target->storage);
+		} else {
+			e->add_str("error", target->error);
+			e_error(e->event(), "Mirror %u: copy to %s failed: %s",
+				id, target->storage, target->error);
+		}
+	}
+}
+
+static int
+mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
+		       struct mirror_copy_target *targets, unsigned int count,
+		       bool all_or_nothing)
+{
+	struct mirror_copy_state *states;
+	const char *error;
+	unsigned int i;
+	bool failed = FALSE;
+
+	states = t_new(struct mirror_copy_state, count);
+	/* first save every copy, then commit them */
+	for (i = 0; i < count; i++) {
+		targets[i].error = NULL;
+		if (mirror_copier_get(copier, targets[i].storage,
+				      &states[i].storage, &error) < 0) {
+			targets[i].error = error;
+			failed = TRUE;
+			continue;
+		}
+		if (mirror_copy_save(&states[i], &targets[i], mail,
+				     &error) < 0) {
+			targets[i].error = error;
+			failed = TRUE;
+		}
+		mirror_storage_deactivate(states[i].storage);
+		if (targets[i].error != NULL) {
+			mirror_copier_forget(copier, states[i].storage);
+			states[i].storage = NULL;
+		}
+	}
+	for (i = 0; i < count; i++) {
+		struct mirror_storage *storage = states[i].storage;
+
+		if (states[i].trans == NULL)
+			continue;
+		if (!mirror_storage_activate(storage, &error)) {
+			/* cannot happen: this identity was used above */
+			i_panic("mirror: %s", error);
+		}
+		if (failed && all_or_nothing) {
+			mailbox_transaction_rollback(&states[i].trans);
+			targets[i].error = "Not copied, because another "
+				"mirror copy of the message failed";
+		} else if (mailbox_transaction_commit(&states[i].trans) < 0) {
+			targets[i].error = t_strdup_printf(
+				"Commit failed: %s",
+				mailbox_get_last_internal_error(storage->box,
+								NULL));
+			failed = TRUE;
+		}
+		mirror_storage_deactivate(storage);
+		if (targets[i].error != NULL && !(failed && all_or_nothing))
+			mirror_copier_forget(copier, storage);
+	}
+	for (i = 0; i < count; i++)
+		mirror_copy_finished(copier, &targets[i], states[i].size);
+	return failed ? -1 : 0;
+}
+
+int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
+		       struct mirror_copy_target *targets, unsigned int count,
+		       bool all_or_nothing)
+{
+	struct ioloop_context *orig_ctx;
+	struct mirror_privileges orig;
+	const char *error;
+	int ret;
+
+	mirror_privileges_get(pool_datastack_create(), &orig);
+	orig_ctx = io_loop_get_current_context(current_ioloop);
+	if (orig_ctx != NULL) {
+		io_loop_context_ref(orig_ctx);
+		io_loop_context_deactivate(orig_ctx);
+	}
+
+	ret = mirror_copier_copy_all(copier, mail, targets, count,
+				     all_or_nothing);
+
+	/* A failed user lookup leaves the process at euid 0: always return
+	   to the caller's identity. */
+	if (mirror_privileges_set(&orig, &error) < 0)
+		i_fatal("mirror: %s", error);
+	if (orig_ctx != NULL) {
+		io_loop_context_activate(orig_ctx);
+		io_loop_context_unref(&orig_ctx);
+	}
+	return ret;
+}

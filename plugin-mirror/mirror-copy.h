@@ -1,0 +1,41 @@
+#ifndef MIRROR_COPY_H
+#define MIRROR_COPY_H
+
+/* Copying a delivered message into mirror storages.
+
+   A copier belongs to one LMTP connection. It keeps every storage user it
+   has opened (service user, mail user and INBOX) for the connection's
+   lifetime, so that a connection delivering many messages sets up each
+   storage once, not once per message. */
+
+struct mail;
+struct mail_storage_service_ctx;
+struct mirror_copier;
+
+struct mirror_copy_target {
+	/* username of the storage that receives one copy */
+	const char *storage;
+	/* the mirrors served by this copy: one X-Mirror-Id header each */
+	ARRAY_TYPE(uint) mirror_ids;
+	/* the recipients that matched: one X-Envelope-To header each */
+	ARRAY_TYPE(const_string) envelope_to;
+
+	/* set by mirror_copier_copy(): NULL if the copy was committed */
+	const char *error;
+};
+
+struct mirror_copier *
+mirror_copier_init(struct mail_storage_service_ctx *storage_service,
+		   struct event *event_parent);
+void mirror_copier_deinit(struct mirror_copier **copier);
+
+/* Save mail, with the targets' headers prepended, into the INBOX of each
+   target's storage. With all_or_nothing, the copies are committed only
+   if every one of them could be saved. The caller's effective uid/gid,
+   groups and ioloop context are the same on return. Returns 0 if every
+   copy was committed, -1 if not (see each target's error). */
+int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
+		       struct mirror_copy_target *targets, unsigned int count,
+		       bool all_or_nothing);
+
+#endif

@@ -1,0 +1,28 @@
+#ifndef MIRROR_PLUGIN_H
+#define MIRROR_PLUGIN_H
+
+/* The "mirror" mail plugin. Loaded into the users that LMTP delivers to, it
+   tells the LMTP plugin when a delivery is about to keep the message: the
+   callback runs once, just before the first commit of a delivery
+   (MAILBOX_FLAG_POST_SESSION) transaction that saved something, whether
+   the save comes from Sieve (keep, fileinto) or from the default
+   delivery. Discarded or rejected messages are never committed, so the
+   callback does not run for them. If it fails, the commit fails with a
+   temporary error and every later delivery commit of the same watch fails
+   too, so that nothing is kept that must be delivered again. */
+
+struct mail_user;
+
+typedef int mirror_delivery_callback_t(void *context, const char **error_r);
+
+/* Returns FALSE if the plugin is not enabled for the user. */
+bool mirror_user_watch_delivery(struct mail_user *user,
+				mirror_delivery_callback_t *callback,
+				void *context);
+/* Returns TRUE if the watch's callback ran (successfully or not). */
+bool mirror_user_unwatch_delivery(struct mail_user *user);
+
+void mirror_plugin_init(struct module *module);
+void mirror_plugin_deinit(void);
+
+#endif

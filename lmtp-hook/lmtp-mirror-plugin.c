@@ -92,7 +92,7 @@ struct lmtp_mirror_delivery {
 };
 
 const char *lmtp_mirror_plugin_version = DOVECOT_ABI_VERSION;
-const char *lmtp_mirror_plugin_binary_dependency = "lmtp";
+const char lmtp_mirror_plugin_binary_dependency[] = "lmtp";
 const char *lmtp_mirror_plugin_dependencies[] = { "mirror", NULL };
 
 static lmtp_client_created_func_t *next_hook_client_created;
@@ -496,7 +496,7 @@ static void lmtp_mirror_client_created(struct client **_client)
 	mclient->client = client;
 	mclient->event = event;
 	mclient->registry = registry;
-	mclient->copier = mirror_copier_init(storage_service, event);
+	mclient->copier = mirror_copier_init(storage_service, client->event);
 	mclient->delimiters =
 		p_strdup(client->pool,
 			 client->unexpanded_lda_set->recipient_delimiter);

@@ -59,6 +59,7 @@ static int doveadm_mirror_user_exists(const char *user, const char **error_r)
 	struct auth_master_connection *conn;
 	struct auth_user_info info;
 	const char *username, *const *fields;
+	pool_t pool;
 	int ret;
 
 	i_zero(&info);
@@ -66,8 +67,9 @@ static int doveadm_mirror_user_exists(const char *user, const char **error_r)
 	conn = auth_master_init(doveadm_settings->auth_socket_path,
 				AUTH_MASTER_FLAG_NO_IDLE_TIMEOUT);
 	auth_master_set_timeout(conn, DOVEADM_MIRROR_AUTH_TIMEOUT_MSECS);
-	ret = auth_master_user_lookup(conn, user, &info,
-				      pool_datastack_create(),
+	/* the lookup runs an ioloop: not from the data stack */
+	pool = pool_alloconly_create("doveadm mirror userdb", 1024);
+	ret = auth_master_user_lookup(conn, user, &info, pool,
 				      &username, &fields);
 	if (ret < 0) {
 		*error_r = fields != NULL && fields[0] != NULL ?
@@ -75,6 +77,7 @@ static int doveadm_mirror_user_exists(const char *user, const char **error_r)
 			"userdb lookup failed (is Dovecot running?)";
 	}
 	auth_master_deinit(&conn);
+	pool_unref(&pool);
 	return ret;
 }
 
@@ -98,7 +101,7 @@ static void doveadm_mirror_print(const struct mirror_def *def,
 	doveadm_print(def->storage);
 	doveadm_print_num(def->days);
 	if (with_created)
-		doveadm_print(t_strflocaltime("%Y-%m-%dT%H:%M:%S%z",
+		doveadm_print(t_strfgmtime("%Y-%m-%dT%H:%M:%SZ",
 					      def->created));
 }
 

@@ -36,6 +36,8 @@ struct mirror_storage {
 
 struct mirror_copier {
 	pool_t pool;
+	/* parent of the storage users' events */
+	struct event *event_parent;
 	struct event *event;
 	struct mail_storage_service_ctx *storage_service;
 	ARRAY(struct mirror_storage *) storages;
@@ -116,6 +118,8 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	copier = p_new(pool, struct mirror_copier, 1);
 	copier->pool = pool;
 	copier->storage_service = storage_service;
+	copier->event_parent = event_parent;
+	event_ref(event_parent);
 	copier->event = event_create(event_parent);
 	event_add_category(copier->event, &event_category_mirror);
 	event_set_append_log_prefix(copier->event, "mirror: ");
@@ -202,6 +206,7 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 	} T_END;
 	array_free(&copier->storages);
 	event_unref(&copier->event);
+	event_unref(&copier->event_parent);
 	pool_unref(&copier->pool);
 }
 
@@ -245,7 +250,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	i_zero(&input);
 	input.module = input.service = "lmtp";
 	input.username = username;
-	input.event_parent = copier->event;
+	input.event_parent = copier->event_parent;
 
 	storage = i_new(struct mirror_storage, 1);
 	storage->username = i_strdup(username);

@@ -87,6 +87,7 @@ struct lmtp_mirror_client {
 struct lmtp_mirror_delivery {
 	struct lmtp_mirror_client *mclient;
 	struct lmtp_mirror_rcpt *mrcpt;
+	struct event *event;
 	const char *username;
 	bool forwarded;
 };
@@ -299,7 +300,7 @@ lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
 	ARRAY(struct mirror_copy_target) copies;
 	ARRAY_TYPE(uint) copy_idx;
 	struct lmtp_mirror_target *target;
-	const char *error = NULL;
+	const char *error = NULL, *copy_error;
 	unsigned int idx, i;
 	bool tempfail = mclient->tempfail && can_tempfail;
 	int ret = 0;
@@ -328,8 +329,11 @@ lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
 	if (array_count(&copies) > 0 &&
 	    mirror_copier_copy(mclient->copier, plan->raw_mail,
 			       array_front_modifiable(&copies),
-			       array_count(&copies), tempfail) < 0)
+			       array_count(&copies), tempfail,
+			       delivery->event, &copy_error) < 0) {
+		error = copy_error;
 		ret = -1;
+	}
 	for (i = 0; i < array_count(&copies); i++) {
 		const struct mirror_copy_target *copy =
 			array_idx(&copies, i);
@@ -340,8 +344,6 @@ lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
 			p_strdup(plan->trans->pool, copy->error);
 		target->state = copy->error == NULL ?
 			LMTP_MIRROR_TARGET_DONE : LMTP_MIRROR_TARGET_FAILED;
-		if (copy->error != NULL && error == NULL)
-			error = copy->error;
 	}
 	if (ret < 0 && tempfail) {
 		*error_r = t_strdup_printf("Mirror copy failed: %s", error);
@@ -416,6 +418,7 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 		return mclient->module_ctx.super.local_deliver(
 			client, lrcpt, cmd, trans, lldctx);
 	delivery.username = lldctx->rcpt_user->username;
+	delivery.event = lldctx->rcpt_user->event;
 
 	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
 		lmtp_mirror_delivery_kept, &delivery);

@@ -38,13 +38,14 @@ struct mirror_copier {
 	pool_t pool;
 	/* parent of the storage users' events */
 	struct event *event_parent;
-	struct event *event;
 	struct mail_storage_service_ctx *storage_service;
 	ARRAY(struct mirror_storage *) storages;
 };
 
 /* State of one target during mirror_copier_copy() */
 struct mirror_copy_state {
+	/* created when the copy starts, so that its duration is the copy's */
+	struct event *event;
 	struct mirror_storage *storage;
 	struct mailbox_transaction_context *trans;
 	uoff_t size;
@@ -120,9 +121,6 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	copier->storage_service = storage_service;
 	copier->event_parent = event_parent;
 	event_ref(event_parent);
-	copier->event = event_create(event_parent);
-	event_add_category(copier->event, &event_category_mirror);
-	event_set_append_log_prefix(copier->event, "mirror: ");
 	i_array_init(&copier->storages, 4);
 	return copier;
 }
@@ -205,7 +203,6 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 			io_loop_context_activate(orig_ctx);
 	} T_END;
 	array_free(&copier->storages);
-	event_unref(&copier->event);
 	event_unref(&copier->event_parent);
 	pool_unref(&copier->pool);
 }
@@ -408,14 +405,14 @@ mirror_copy_save(struct mirror_copy_state *state,
 }
 
 static void
-mirror_copy_finished(struct mirror_copier *copier,
+mirror_copy_finished(struct event *event,
 		     const struct mirror_copy_target *target, uoff_t size)
 {
 	unsigned int id;
 
 	array_foreach_elem(&target->mirror_ids, id) {
 		struct event_passthrough *e =
-			event_create_passthrough(copier->event)->
+			event_create_passthrough(event)->
 			set_name("mirror_copy_finished")->
 			add_int("mirror_id", id)->
 			add_str("storage", target->storage)->
@@ -435,7 +432,8 @@ mirror_copy_finished(struct mirror_copier *copier,
 static int
 mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
-		       bool all_or_nothing)
+		       bool all_or_nothing, struct event *event_parent,
+		       const char **error_r)
 {
 	struct mirror_copy_state *states;
 	const char *error;
@@ -445,16 +443,19 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 	states = t_new(struct mirror_copy_state, count);
 	/* first save every copy, then commit them */
 	for (i = 0; i < count; i++) {
+		states[i].event = event_create(event_parent);
+		event_add_category(states[i].event, &event_category_mirror);
+		event_set_append_log_prefix(states[i].event, "mirror: ");
 		targets[i].error = NULL;
 		if (mirror_copier_get(copier, targets[i].storage,
 				      &states[i].storage, &error) < 0) {
-			targets[i].error = error;
+			targets[i].error = *error_r = error;
 			failed = TRUE;
 			continue;
 		}
 		if (mirror_copy_save(&states[i], &targets[i], mail,
 				     &error) < 0) {
-			targets[i].error = error;
+			targets[i].error = *error_r = error;
 			failed = TRUE;
 		}
 		mirror_storage_deactivate(states[i].storage);
@@ -477,7 +478,7 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 			targets[i].error = "Not copied, because another "
 				"mirror copy of the message failed";
 		} else if (mailbox_transaction_commit(&states[i].trans) < 0) {
-			targets[i].error = t_strdup_printf(
+			targets[i].error = *error_r = t_strdup_printf(
 				"Commit failed: %s",
 				mailbox_get_last_internal_error(storage->box,
 								NULL));
@@ -487,14 +488,18 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 		if (targets[i].error != NULL && !(failed && all_or_nothing))
 			mirror_copier_forget(copier, storage);
 	}
-	for (i = 0; i < count; i++)
-		mirror_copy_finished(copier, &targets[i], states[i].size);
+	for (i = 0; i < count; i++) {
+		mirror_copy_finished(states[i].event, &targets[i],
+				     states[i].size);
+		event_unref(&states[i].event);
+	}
 	return failed ? -1 : 0;
 }
 
 int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
-		       bool all_or_nothing)
+		       bool all_or_nothing, struct event *event_parent,
+		       const char **error_r)
 {
 	struct ioloop_context *orig_ctx;
 	struct mirror_privileges orig;
@@ -508,8 +513,9 @@ int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		io_loop_context_deactivate(orig_ctx);
 	}
 
+	*error_r = NULL;
 	ret = mirror_copier_copy_all(copier, mail, targets, count,
-				     all_or_nothing);
+				     all_or_nothing, event_parent, error_r);
 
 	/* A failed user lookup leaves the process at euid 0: always return
 	   to the caller's identity. */

@@ -32,10 +32,13 @@ void mirror_copier_deinit(struct mirror_copier **copier);
 /* Save mail, with the targets' headers prepended, into the INBOX of each
    target's storage. With all_or_nothing, the copies are committed only
    if every one of them could be saved. The caller's effective uid/gid,
-   groups and ioloop context are the same on return. Returns 0 if every
-   copy was committed, -1 if not (see each target's error). */
+   groups and ioloop context are the same on return. Each copy sends a
+   mirror_copy_finished event (a child of event_parent) per mirror it
+   serves. Returns 0 if every copy was committed, -1 if not (see each
+   target's error; error_r is the cause of the first failure). */
 int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
-		       bool all_or_nothing);
+		       bool all_or_nothing, struct event *event_parent,
+		       const char **error_r);
 
 #endif

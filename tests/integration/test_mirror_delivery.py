@@ -1,0 +1,300 @@
+"""Mirrored LMTP delivery on a real Dovecot: real LMTP, IMAP and POP3 clients."""
+
+import email.utils
+import os
+import time
+
+from conftest import header_values, make_message
+
+ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+AUDIT, AUDIT2 = "audit@example.com", "audit2@example.com"
+
+SIEVE_FILTER = """require ["fileinto", "reject", "mailbox"];
+if header :contains "subject" "discardme" { discard; stop; }
+if header :contains "subject" "rejectme" { reject "not wanted"; stop; }
+if header :contains "subject" "fileme" { fileinto :create "Junk"; stop; }
+if header :contains "subject" "forwardme" {
+  redirect "elsewhere@remote.test"; stop;
+}
+"""
+
+
+def ok(replies):
+    rcpt, data = replies
+    assert all(code == 250 for code, _ in rcpt), rcpt
+    assert data and all(code == 250 for code, _ in data), data
+    return data
+
+
+def test_single_mirror_copy_read_over_imap_and_pop3(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    msg = make_message(subject="quarterly report", body="the numbers\r\n")
+    ok(sandbox.deliver([ALICE], msg))
+
+    own = sandbox.imap_messages(ALICE)
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(own) == 1 and len(copies) == 1
+    copy = copies[0]
+    assert header_values(copy, "X-Mirror-Id") == [m["id"]]
+    assert header_values(copy, "X-Envelope-To") == [ALICE]
+    assert header_values(copy, "Subject") == ["quarterly report"]
+    assert copy.endswith(b"the numbers\r\n")
+    # the recipient's own copy carries no mirror headers
+    assert header_values(own[0], "X-Envelope-To") == []
+    assert header_values(own[0], "X-Mirror-Id") == []
+
+    pop = sandbox.pop3_messages(AUDIT)
+    assert len(pop) == 1
+    assert header_values(pop[0], "X-Envelope-To") == [ALICE]
+
+    # mail for others is not copied
+    ok(sandbox.deliver([BOB]))
+    assert len(sandbox.imap_messages(AUDIT)) == 1
+    assert "Mirror %s: copied" % m["id"] in sandbox.log()
+
+
+def test_domain_mirror_copies_every_recipient_of_the_domain(sandbox):
+    m = sandbox.mirror_add("example.com", AUDIT)
+    ok(sandbox.deliver([BOB]))
+    ok(sandbox.deliver([CAROL]))
+    ok(sandbox.deliver(["dave@other.test"]))
+    copies = sandbox.imap_messages(AUDIT)
+    assert sorted(header_values(c, "X-Envelope-To")[0] for c in copies) == \
+        [BOB, CAROL]
+    assert all(header_values(c, "X-Mirror-Id") == [m["id"]] for c in copies)
+
+
+def test_case_and_detail_addresses_match(sandbox):
+    sandbox.mirror_add(ALICE, AUDIT)
+    ok(sandbox.deliver(["Alice+News@EXAMPLE.com"]))
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(copies) == 1
+    # the header names the address the sender used
+    assert header_values(copies[0], "X-Envelope-To") == ["Alice+News@EXAMPLE.com"]
+
+
+def test_orcpt_is_the_key_not_the_rewritten_rcpt(sandbox):
+    """An MTA alias expanded alice@ to bob@ and passed ORCPT=alice@."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    sandbox.mirror_add(BOB, AUDIT2)
+    ok(sandbox.deliver([(BOB, "ORCPT=rfc822;" + ALICE)]))
+    assert sandbox.maildir_count(BOB) == 1
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(copies) == 1
+    assert header_values(copies[0], "X-Envelope-To") == [ALICE]
+    # bob's mirror keys on what the sender gave, which was not bob
+    assert sandbox.maildir_count(AUDIT2) == 0
+    # without ORCPT, RCPT TO is the key
+    ok(sandbox.deliver([BOB]))
+    assert sandbox.maildir_count(AUDIT2) == 1
+    assert sandbox.maildir_count(AUDIT) == 1
+
+
+def test_multi_recipient_transaction_makes_one_copy_per_storage(sandbox):
+    m_dom = sandbox.mirror_add("example.com", AUDIT)
+    m_alice = sandbox.mirror_add(ALICE, AUDIT)
+    m_bob = sandbox.mirror_add(BOB, AUDIT2)
+    rcpt, data = sandbox.deliver([ALICE, BOB, CAROL, "dave@other.test"])
+    assert [c for c, _ in data] == [250, 250, 250, 250]
+
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(copies) == 1
+    assert sorted(header_values(copies[0], "X-Envelope-To")) == \
+        [ALICE, BOB, CAROL]
+    assert sorted(header_values(copies[0], "X-Mirror-Id"), key=int) == \
+        [m_dom["id"], m_alice["id"]]
+    copies2 = sandbox.imap_messages(AUDIT2)
+    assert len(copies2) == 1
+    assert header_values(copies2[0], "X-Envelope-To") == [BOB]
+    # no Bcc leak: recipients' copies name nobody else
+    for user in (ALICE, BOB, CAROL):
+        own = sandbox.imap_messages(user)
+        assert len(own) == 1
+        assert header_values(own[0], "X-Envelope-To") == []
+
+
+def test_several_mirrors_of_one_source(sandbox):
+    m1 = sandbox.mirror_add(ALICE, AUDIT)
+    m2 = sandbox.mirror_add(ALICE, AUDIT2)
+    ok(sandbox.deliver([ALICE]))
+    c1, c2 = sandbox.imap_messages(AUDIT), sandbox.imap_messages(AUDIT2)
+    assert len(c1) == 1 and len(c2) == 1
+    assert header_values(c1[0], "X-Mirror-Id") == [m1["id"]]
+    assert header_values(c2[0], "X-Mirror-Id") == [m2["id"]]
+
+
+def test_never_copies_into_the_recipients_own_mailbox(sandbox):
+    sandbox.mirror_add("example.com", AUDIT)
+    ok(sandbox.deliver([AUDIT]))
+    msgs = sandbox.imap_messages(AUDIT)
+    assert len(msgs) == 1
+    assert header_values(msgs[0], "X-Mirror-Id") == []
+
+
+def test_copies_are_not_mirrored_again(sandbox):
+    """audit's own mirror must not see copies stored into audit."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    sandbox.mirror_add(AUDIT, AUDIT2)
+    ok(sandbox.deliver([ALICE]))
+    assert sandbox.maildir_count(AUDIT) == 1
+    assert sandbox.maildir_count(AUDIT2) == 0
+
+
+def test_sieve_outcomes(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT], sieve_before=SIEVE_FILTER)
+    sb.mirror_add(ALICE, AUDIT)
+
+    ok(sb.deliver([ALICE], make_message(subject="discardme")))
+    ok(sb.deliver([ALICE], make_message(subject="rejectme")))
+    assert sb.maildir_count(ALICE) == 0
+    assert sb.maildir_count(AUDIT) == 0, "filtered mail must not be mirrored"
+
+    ok(sb.deliver([ALICE], make_message(subject="fileme")))
+    assert sb.maildir_count(ALICE, ".Junk") == 1
+    ok(sb.deliver([ALICE], make_message(subject="forwardme")))
+    assert sb.maildir_count(ALICE) == 0
+    forwarded = [open(p, "rb").read() for p in sb.outbox()]
+    assert any(b"Subject: forwardme" in f and b"elsewhere@remote.test" in f
+               for f in forwarded), forwarded
+
+    ok(sb.deliver([ALICE], make_message(subject="plain")))
+    subjects = sorted(header_values(c, "Subject")[0]
+                      for c in sb.imap_messages(AUDIT))
+    assert subjects == ["fileme", "forwardme", "plain"]
+
+
+def test_removed_mirror_stops_copying_and_keeps_copies(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    ok(sandbox.deliver([ALICE]))
+    sandbox.doveadm("mirror", "remove", m["id"])
+    ok(sandbox.deliver([ALICE]))
+    assert sandbox.maildir_count(ALICE) == 2
+    assert sandbox.maildir_count(AUDIT) == 1
+
+
+def test_changes_apply_to_the_next_delivery_on_an_open_connection(sandbox):
+    s = sandbox.lmtp()
+    try:
+        ok(s.send([ALICE], make_message()))
+        m = sandbox.mirror_add(ALICE, AUDIT)
+        ok(s.send([ALICE], make_message()))
+        assert sandbox.maildir_count(AUDIT) == 1
+        sandbox.doveadm("mirror", "remove", m["id"])
+        ok(s.send([ALICE], make_message()))
+        assert sandbox.maildir_count(AUDIT) == 1
+    finally:
+        s.close()
+
+
+def test_mail_queued_before_the_mirror_existed_is_not_copied(sandbox):
+    sandbox.mirror_add(ALICE, AUDIT)
+    def queued(seconds_ago):
+        date = email.utils.formatdate(time.time() - seconds_ago)
+        return make_message(
+            subject="queued %ds ago" % seconds_ago,
+            extra_headers="Received: from mx.remote.test by mx.example.com "
+                          "with ESMTP id Q1; %s\r\n" % date)
+    ok(sandbox.deliver([ALICE], queued(3600)))
+    ok(sandbox.deliver([ALICE], queued(-5)))
+    assert sandbox.maildir_count(ALICE) == 2
+    copies = sandbox.imap_messages(AUDIT)
+    assert [header_values(c, "Subject")[0] for c in copies] == ["queued -5s ago"]
+    # a message without an MTA's Received: header is judged by its arrival
+    ok(sandbox.deliver([ALICE]))
+    assert sandbox.maildir_count(AUDIT) == 2
+
+
+def test_failure_policy_accept(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    sandbox.remove_user(AUDIT)
+    ok(sandbox.deliver([ALICE]))
+    assert sandbox.maildir_count(ALICE) == 1
+    log = sandbox.log()
+    assert "Mirror %s: copy to %s failed" % (m["id"], AUDIT) in log
+    stats = sandbox.stats()
+    assert stats["mirror_copy_failures"] == 1
+    # the storage comes back: the next delivery is copied
+    sandbox.add_user(AUDIT)
+    ok(sandbox.deliver([ALICE]))
+    assert sandbox.maildir_count(AUDIT) == 1
+    assert sandbox.stats()["mirror_copies"] == 2
+
+
+def test_failure_policy_tempfail_and_retry_without_duplicates(make_sandbox):
+    sb = make_sandbox(users=[ALICE, BOB, AUDIT, AUDIT2],
+                      settings={"mirror_failure": "tempfail"})
+    sb.mirror_add(ALICE, AUDIT)
+    sb.mirror_add(ALICE, AUDIT2)
+    sb.remove_user(AUDIT2)
+    msg = make_message(subject="retry me")
+    rcpt, data = sb.deliver([ALICE, BOB], msg)
+    assert [c for c, _ in data] == [451, 250], data
+    assert sb.maildir_count(ALICE) == 0
+    assert sb.maildir_count(AUDIT) == 0, "the other mirror's copy is rolled back"
+    assert sb.maildir_count(BOB) == 1
+
+    # the MTA retries the deferred recipient once the storage is back
+    sb.add_user(AUDIT2)
+    ok(sb.deliver([ALICE], msg))
+    assert sb.maildir_count(ALICE) == 1
+    assert sb.maildir_count(AUDIT) == 1
+    assert sb.maildir_count(AUDIT2) == 1
+
+
+def test_tempfail_with_sieve_keeps_nothing(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT], sieve_before=SIEVE_FILTER,
+                      settings={"mirror_failure": "tempfail"})
+    sb.mirror_add(ALICE, AUDIT)
+    sb.remove_user(AUDIT)
+    rcpt, data = sb.deliver([ALICE], make_message(subject="fileme"))
+    assert data[0][0] == 451, data
+    assert sb.maildir_count(ALICE, ".Junk") == 0
+    assert sb.maildir_count(ALICE) == 0
+    sb.add_user(AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="fileme")))
+    assert sb.maildir_count(ALICE, ".Junk") == 1
+    assert sb.maildir_count(AUDIT) == 1
+
+
+def test_broken_registry_data_loses_no_mail(make_sandbox):
+    for policy, code in (("accept", 250), ("tempfail", 451)):
+        sb = make_sandbox(users=[ALICE, AUDIT],
+                          settings={"mirror_failure": policy})
+        sb.mirror_add(ALICE, AUDIT)
+        path = os.path.join(sb.dir, "state", "mirror", "registry.dict")
+        with open(path) as f:
+            text = f.read()
+        with open(path + ".new", "w") as f:
+            f.write(text.replace('"days":30', '"days":"thirty"'))
+        os.chmod(path + ".new", 0o644)
+        os.rename(path + ".new", path)
+
+        rcpt, data = sb.deliver([ALICE])
+        assert data[0][0] == code, (policy, data)
+        assert sb.maildir_count(ALICE) == (1 if code == 250 else 0)
+        assert sb.maildir_count(AUDIT) == 0
+        assert "Broken registry data for source alice@example.com" in sb.log()
+
+        r = sb.doveadm("mirror", "list", check=False)
+        assert r.returncode != 0 and "Broken registry data" in r.stderr
+        r = sb.doveadm("mirror", "add", "-s", AUDIT, ALICE, check=False)
+        assert r.returncode != 0 and "Broken registry data" in r.stderr
+        with open(path) as f:
+            assert '"days":"thirty"' in f.read(), "broken data was overwritten"
+
+
+def test_unusual_messages_are_mirrored_intact(sandbox):
+    sandbox.mirror_add(ALICE, AUDIT)
+    headerless = b"no headers at all, just a line\r\n"
+    big_body = b"".join(b"%06d %s\r\n" % (i, b"x" * 90) for i in range(12000))
+    big = make_message(subject="big") + big_body
+    for msg in (headerless, big):
+        ok(sandbox.deliver([ALICE], msg))
+    own = sandbox.imap_messages(ALICE)
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(copies) == 2
+    for o, c in zip(own, copies):
+        # the copy is the delivered message with the mirror headers on top
+        assert c.endswith(o.split(b"\r\n", 1)[1]) or c.endswith(o)
+        assert len(c) > len(o)
+    assert copies[1].endswith(big_body)

@@ -1,0 +1,116 @@
+"""doveadm mirror add|list|remove against a running sandbox."""
+
+import os
+import time
+
+import pytest
+
+ALICE, AUDIT = "alice@example.com", "audit@example.com"
+
+
+def registry(sb):
+    path = os.path.join(sb.dir, "state", "mirror", "registry.dict")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_add_list_remove_with_json_output(sandbox):
+    before = int(time.time())
+    single = sandbox.mirror_add("Alice@Example.COM", AUDIT)
+    assert single == {"id": single["id"], "type": "single",
+                      "source": ALICE, "storage": AUDIT, "days": "30"}
+    domain = sandbox.mirror_add("example.com", AUDIT, days=3650)
+    assert domain["type"] == "all" and domain["days"] == "3650"
+    assert int(domain["id"]) > int(single["id"])
+    # several mirrors may share a source, and a storage several mirrors
+    extra = sandbox.mirror_add(ALICE, "audit2@example.com", days=1)
+
+    listed = sandbox.doveadm("mirror", "list", json_output=True).json
+    assert [m["id"] for m in listed] == [single["id"], domain["id"], extra["id"]]
+    for m in listed:
+        created = time.strptime(m["created"], "%Y-%m-%dT%H:%M:%SZ")
+        assert abs(time.mktime(created) - time.timezone - before) < 60
+    only = sandbox.doveadm("mirror", "list", "example.com", json_output=True).json
+    assert [m["id"] for m in only] == [domain["id"]]
+    assert len(sandbox.doveadm("mirror", "list", ALICE, json_output=True).json) == 2
+
+    removed = sandbox.doveadm("mirror", "remove", single["id"],
+                              json_output=True).json
+    assert removed[0]["source"] == ALICE and removed[0]["id"] == single["id"]
+    listed = sandbox.doveadm("mirror", "list", json_output=True).json
+    assert [m["id"] for m in listed] == [domain["id"], extra["id"]]
+
+    # table output for people
+    table = sandbox.doveadm("mirror", "list").stdout
+    assert table.split("\n")[0].split() == \
+        ["id", "type", "source", "storage", "days", "created"]
+
+
+BAD_ADD = [
+    (["-s", AUDIT, "alice@@example.com"], "Invalid source"),
+    (["-s", AUDIT, "al ice@example.com"], "Invalid source address"),
+    (["-s", AUDIT, "alice@example"], "at least two labels"),
+    (["-s", AUDIT, "exa_mple.com"], "Invalid source domain"),
+    (["-s", AUDIT, "--", "-example.com"], "Invalid source domain"),
+    (["-s", AUDIT, ""], "Invalid source"),
+    (["-d", "0", "-s", AUDIT, ALICE], "out of range 1..3650"),
+    (["-d", "3651", "-s", AUDIT, ALICE], "out of range 1..3650"),
+    (["-d", "ten", "-s", AUDIT, ALICE], "not a number"),
+    (["-d", "-5", "-s", AUDIT, ALICE], "not a number"),
+    (["-s", "nosuchuser@example.com", ALICE], "Unknown storage user"),
+    (["-s", "bad user", ALICE], "Invalid storage user"),
+    (["-s", ALICE, "ALICE@example.com"], "mirrored address itself"),
+    ([ALICE], "Usage"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_ADD)
+def test_bad_add_fails_clearly_and_changes_nothing(sandbox, args, message):
+    sandbox.mirror_add("example.com", AUDIT)
+    before = registry(sandbox)
+    r = sandbox.doveadm("mirror", "add", *args, check=False)
+    assert r.returncode != 0
+    errors = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert r.stdout == ""
+    assert registry(sandbox) == before
+
+
+def test_duplicate_mirror_is_refused(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    before = registry(sandbox)
+    r = sandbox.doveadm("mirror", "add", "-s", AUDIT, "ALICE@example.com",
+                        check=False)
+    assert r.returncode != 0
+    assert "Mirror %s already copies %s to %s" % (m["id"], ALICE, AUDIT) \
+        in r.stderr
+    assert registry(sandbox) == before
+
+
+@pytest.mark.parametrize("arg", ["999", "0", "abc", "-1", "1.5"])
+def test_remove_unknown_or_invalid_id(sandbox, arg):
+    sandbox.mirror_add(ALICE, AUDIT)
+    before = registry(sandbox)
+    r = sandbox.doveadm("mirror", "remove", "--", arg, check=False)
+    assert r.returncode != 0
+    assert "Unknown mirror id" in r.stderr or "Invalid mirror id" in r.stderr
+    assert registry(sandbox) == before
+
+
+def test_exit_codes_follow_doveadm_conventions(sandbox):
+    codes = {
+        "usage": sandbox.doveadm("mirror", "add", "-s", AUDIT, "x",
+                                 check=False).returncode,
+        "nouser": sandbox.doveadm("mirror", "add", "-s", "nobody@example.com",
+                                  ALICE, check=False).returncode,
+        "notfound": sandbox.doveadm("mirror", "remove", "42",
+                                    check=False).returncode,
+    }
+    assert codes == {"usage": 64, "nouser": 67, "notfound": 68}
+
+
+def test_list_filter_validates_source(sandbox):
+    r = sandbox.doveadm("mirror", "list", "not a source", check=False)
+    assert r.returncode == 64 and "Invalid source" in r.stderr

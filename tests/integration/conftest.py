@@ -22,6 +22,18 @@ import pytest
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SANDBOX = os.path.join(TOP, "scripts", "sandbox")
 DOMAIN = "example.com"
+
+
+def doveadm_env(d):
+    """doveadm loads the suite's doveadm module: under a sanitizer build it
+    needs the sanitizer runtime too (see scripts/sandbox)."""
+    env = dict(os.environ)
+    preload = os.environ.get("MIRROR_SANDBOX_PRELOAD")
+    if preload:
+        opts = ("log_path=%s/sanitizer/report:abort_on_error=1:detect_leaks=0"
+                ":print_stacktrace=1" % d)
+        env.update(LD_PRELOAD=preload, ASAN_OPTIONS=opts, UBSAN_OPTIONS=opts)
+    return env
 PASSWORD = "secret"
 
 
@@ -99,7 +111,8 @@ class Sandbox:
         cmd = ["doveadm", "-c", self.conf]
         if json_output:
             cmd += ["-f", "json"]
-        r = subprocess.run(cmd + list(args), capture_output=True, text=True)
+        r = subprocess.run(cmd + list(args), capture_output=True, text=True,
+                           env=doveadm_env(self.dir))
         if check and r.returncode != 0:
             raise AssertionError("doveadm %s failed (%d): %s"
                                  % (" ".join(args), r.returncode, r.stderr))
@@ -230,7 +243,7 @@ def make_sandbox(request):
                     if re.search(r"Panic:|Fatal:|killed with signal|"
                                  r"AddressSanitizer|runtime error", line):
                         problems.append(line.strip())
-        for report in glob.glob(os.path.join(d, "sanitizer*")):
+        for report in glob.glob(os.path.join(d, "sanitizer", "*")):
             with open(report, errors="replace") as f:
                 problems.append("%s:\n%s" % (report, f.read()))
     if not problems and not os.environ.get("MIRROR_KEEP_SANDBOX"):

@@ -1,0 +1,92 @@
+"""scripts/sandbox itself: as root and as an ordinary user."""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import (SANDBOX, TOP, LMTPSession, Sandbox, doveadm_env,
+                      make_message)
+
+
+def module_dirs():
+    """The installed suite, as scripts/sandbox finds it."""
+    env = {}
+    with open(os.path.join(TOP, "scripts", "sandbox.env")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.strip().split("=", 1)
+                env[k] = v
+    return (os.environ.get("MIRROR_MODULEDIR", env["MIRROR_MODULEDIR"]),
+            os.environ.get("MIRROR_DOVEADM_MODULEDIR",
+                           env["MIRROR_DOVEADM_MODULEDIR"]))
+
+
+def test_start_prints_endpoints_and_stop_leaves_the_directory(make_sandbox):
+    sb = make_sandbox(users=["alice@example.com"])
+    info = sb.info
+    assert set(info) >= {"conf", "lmtp", "imap", "pop3", "log"}
+    assert info["lmtp"]["host"] == "127.0.0.1"
+    assert os.path.exists(info["conf"]) and os.path.exists(info["log"])
+    r = subprocess.run(["doveadm", "-c", info["conf"], "user",
+                        "alice@example.com"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    subprocess.run([SANDBOX, "stop", sb.dir], check=True)
+    assert os.path.exists(info["conf"]) and os.path.exists(info["log"])
+    # stopped: nothing answers any more
+    with pytest.raises(OSError):
+        LMTPSession(info["lmtp"]["host"], info["lmtp"]["port"])
+
+
+def test_sandbox_as_an_ordinary_user(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the whole suite already runs as an ordinary user")
+    if shutil.which("runuser") is None:
+        pytest.skip("runuser is not installed")
+    user = pwd.getpwnam("nobody")
+    # a copy of what the user needs, readable by it
+    base = tempfile.mkdtemp(prefix="mirror-user-")
+    os.chmod(base, 0o755)
+    for sub in ("scripts", "conf"):
+        shutil.copytree(os.path.join(TOP, sub), os.path.join(base, sub))
+    moddir, admdir = module_dirs()
+    shutil.copytree(moddir, os.path.join(base, "modules"), symlinks=False)
+    if not os.path.isdir(os.path.join(base, "modules", "doveadm")):
+        shutil.copytree(admdir, os.path.join(base, "modules", "doveadm"))
+    d = os.path.join(base, "sandbox")
+    os.mkdir(d)
+    for root, dirs, files in os.walk(base):
+        os.chown(root, user.pw_uid, user.pw_gid)
+        for name in files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+    env = doveadm_env(d)
+    env.update(MIRROR_MODULEDIR=os.path.join(base, "modules"),
+               MIRROR_DOVEADM_MODULEDIR=os.path.join(base, "modules", "doveadm"))
+    sandbox = os.path.join(base, "scripts", "sandbox")
+
+    def as_user(*cmd):
+        return subprocess.run(["runuser", "-u", "nobody", "--"] + list(cmd),
+                              capture_output=True, text=True, env=env)
+
+    r = as_user(sandbox, "start", d, "--user", "alice@example.com:secret",
+                "--user", "audit@example.com:secret")
+    try:
+        assert r.returncode == 0, r.stderr
+        sb = Sandbox(d, json.loads(r.stdout))
+        pid = int(open(os.path.join(d, "run", "master.pid")).read())
+        assert os.stat("/proc/%d" % pid).st_uid == user.pw_uid
+        r = as_user("doveadm", "-c", sb.conf, "mirror", "add", "-s",
+                    "audit@example.com", "alice@example.com")
+        assert r.returncode == 0, r.stderr
+        rcpt, data = sb.deliver(["alice@example.com"], make_message())
+        assert data[0][0] == 250, data
+        assert len(sb.imap_messages("audit@example.com")) == 1
+    finally:
+        as_user(sandbox, "stop", d)
+    log = open(os.path.join(d, "dovecot.log")).read()
+    assert "Panic:" not in log and "Fatal:" not in log
+    shutil.rmtree(base, ignore_errors=True)

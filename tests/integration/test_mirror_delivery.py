@@ -298,3 +298,30 @@ def test_unusual_messages_are_mirrored_intact(sandbox):
         assert c.endswith(o.split(b"\r\n", 1)[1]) or c.endswith(o)
         assert len(c) > len(o)
     assert copies[1].endswith(big_body)
+
+
+def test_acknowledged_mail_survives_killing_lmtp(sandbox):
+    """Once 250 is read, the recipient's copy and the mirror copy exist,
+    even if the LMTP process is killed at once."""
+    import signal
+    import subprocess
+    sandbox.mirror_add(ALICE, AUDIT)
+    s = sandbox.lmtp()
+    killed = 0
+    try:
+        for i in range(3):
+            ok(s.send([ALICE], make_message(subject="kill %d" % i)))
+    finally:
+        # instance_name makes this sandbox's processes easy to find
+        r = subprocess.run(["pgrep", "-f", "mirror-sandbox-%d/lmtp"
+                            % sandbox.info["lmtp"]["port"]],
+                           capture_output=True, text=True)
+        for pid in r.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+        s.sock.close()
+    assert killed >= 1
+    assert len(sandbox.imap_messages(ALICE)) == 3
+    subjects = [header_values(c, "Subject")[0]
+                for c in sandbox.imap_messages(AUDIT)]
+    assert sorted(subjects) == ["kill 0", "kill 1", "kill 2"]

@@ -360,7 +360,7 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 	T_BEGIN {
 		ret = lmtp_mirror_copy(delivery, TRUE, error_r);
 		if (ret < 0)
-			*error_r = p_strdup(delivery->mclient->client->pool,
+			*error_r = p_strdup(delivery->mclient->plan->trans->pool,
 					    *error_r);
 	} T_END;
 	return ret;

@@ -1,5 +1,6 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+#define _GNU_SOURCE /* getresgid(), setresgid() */
 #include "lib.h"
 #include "array.h"
 #include "str.h"
@@ -19,8 +20,12 @@
 #define MIRROR_COPIER_MAX_STORAGES 16
 
 struct mirror_privileges {
+	/* effective uid; the real uid stays root with LMTP's temporary
+	   privilege drop */
 	uid_t uid;
-	gid_t gid;
+	/* real, effective and saved gid: Dovecot's restrict_access() sets
+	   all of them, and checks the real one next time */
+	gid_t rgid, gid, sgid;
 	int ngroups;
 	gid_t *groups;
 };
@@ -58,7 +63,8 @@ static struct event_category event_category_mirror = {
 static void mirror_privileges_get(pool_t pool, struct mirror_privileges *p)
 {
 	p->uid = geteuid();
-	p->gid = getegid();
+	if (getresgid(&p->rgid, &p->gid, &p->sgid) < 0)
+		i_fatal("getresgid() failed: %m");
 	p->ngroups = getgroups(0, NULL);
 	if (p->ngroups < 0)
 		i_fatal("getgroups() failed: %m");
@@ -71,6 +77,7 @@ static bool mirror_privileges_equal(const struct mirror_privileges *p1,
 				    const struct mirror_privileges *p2)
 {
 	return p1->uid == p2->uid && p1->gid == p2->gid &&
+		p1->rgid == p2->rgid && p1->sgid == p2->sgid &&
 		p1->ngroups == p2->ngroups &&
 		memcmp(p1->groups, p2->groups,
 		       sizeof(gid_t) * p1->ngroups) == 0;
@@ -101,8 +108,9 @@ static int mirror_privileges_set(const struct mirror_privileges *p,
 	}
 	if (setgroups(p->ngroups, p->groups) < 0)
 		i_fatal("mirror: setgroups() failed: %m");
-	if (setegid(p->gid) < 0)
-		i_fatal("mirror: setegid(%ld) failed: %m", (long)p->gid);
+	if (setresgid(p->rgid, p->gid, p->sgid) < 0)
+		i_fatal("mirror: setresgid(%ld, %ld, %ld) failed: %m",
+			(long)p->rgid, (long)p->gid, (long)p->sgid);
 	if (p->uid != 0 && seteuid(p->uid) < 0)
 		i_fatal("mirror: seteuid(%ld) failed: %m", (long)p->uid);
 	return 0;

@@ -134,8 +134,9 @@ class Sandbox:
     # wait that long so that the next lookup sees the change.
 
     def add_user(self, user, password=PASSWORD):
-        subprocess.run([SANDBOX, "user-add", self.dir,
-                        "%s:%s" % (user, password)], check=True)
+        """user may be a whole ADDRESS:PASSWORD:FIELDS spec (password=None)."""
+        spec = user if password is None else "%s:%s" % (user, password)
+        subprocess.run([SANDBOX, "user-add", self.dir, spec], check=True)
         time.sleep(1.1)
 
     def remove_user(self, user):

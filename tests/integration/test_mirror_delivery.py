@@ -325,3 +325,33 @@ def test_acknowledged_mail_survives_killing_lmtp(sandbox):
     subjects = [header_values(c, "Subject")[0]
                 for c in sandbox.imap_messages(AUDIT)]
     assert sorted(subjects) == ["kill 0", "kill 1", "kill 2"]
+
+
+def test_storage_owned_by_another_uid(make_sandbox):
+    """LMTP switches to the storage's uid for the copy and back to the
+    recipient's for the rest of the delivery."""
+    import pwd
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("needs root to have users of several uids")
+    import tempfile
+    daemon = pwd.getpwnam("daemon")
+    sb = make_sandbox(users=[ALICE, BOB])
+    home = tempfile.mkdtemp(prefix="audit-home-", dir=sb.dir)
+    os.chown(home, daemon.pw_uid, daemon.pw_gid)
+    sb.add_user(AUDIT + ":secret:uid=%d gid=%d home=%s"
+                % (daemon.pw_uid, daemon.pw_gid, home), password=None)
+    sb.mirror_add("example.com", AUDIT)
+    for _ in range(2):
+        rcpt, data = sb.deliver([ALICE, BOB])
+        assert [c for c, _ in data] == [250, 250], data
+    copies = sb.imap_messages(AUDIT)
+    assert len(copies) == 2
+    assert sorted(header_values(copies[0], "X-Envelope-To")) == [ALICE, BOB]
+    owners = {os.stat(os.path.join(r, f)).st_uid
+              for r, _, files in os.walk(home) for f in files}
+    assert owners == {daemon.pw_uid}
+    nobody = pwd.getpwnam("nobody").pw_uid
+    alice_dir = os.path.join(sb.dir, "mail", "example.com", "alice")
+    assert {os.stat(os.path.join(r, f)).st_uid
+            for r, _, files in os.walk(alice_dir) for f in files} == {nobody}

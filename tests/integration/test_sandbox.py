@@ -63,12 +63,17 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
         os.chown(root, user.pw_uid, user.pw_gid)
         for name in files:
             os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-    env = doveadm_env(d)
-    env.update(MIRROR_MODULEDIR=os.path.join(base, "modules"),
+    env = dict(os.environ,
+               MIRROR_MODULEDIR=os.path.join(base, "modules"),
                MIRROR_DOVEADM_MODULEDIR=os.path.join(base, "modules", "doveadm"))
+    # a sanitizer runtime is for the user's doveadm, never for runuser
+    sanitizer = ["%s=%s" % kv for kv in doveadm_env(d).items()
+                 if kv[0] in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")]
     sandbox = os.path.join(base, "scripts", "sandbox")
 
     def as_user(*cmd):
+        if cmd[0] == "doveadm":
+            cmd = ("env",) + tuple(sanitizer) + cmd
         return subprocess.run(["runuser", "-u", "nobody", "--"] + list(cmd),
                               capture_output=True, text=True, env=env)
 

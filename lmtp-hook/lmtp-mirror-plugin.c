@@ -465,6 +465,23 @@ static void lmtp_mirror_client_destroy(struct client *client)
 	mclient->module_ctx.super.destroy(client);
 }
 
+static bool
+lmtp_mirror_setting_bool(struct mail_user *user, struct event *event,
+			 const char *name, bool default_value)
+{
+	const char *value = mail_user_plugin_getenv(user, name);
+
+	if (value == NULL || *value == '\0')
+		return default_value;
+	if (strcmp(value, "yes") == 0)
+		return TRUE;
+	if (strcmp(value, "no") == 0)
+		return FALSE;
+	e_error(event, "Invalid %s=%s (expected yes or no): using %s", name,
+		str_sanitize(value, 40), default_value ? "yes" : "no");
+	return default_value;
+}
+
 static void lmtp_mirror_client_created(struct client **_client)
 {
 	struct client *client = *_client;
@@ -499,7 +516,8 @@ static void lmtp_mirror_client_created(struct client **_client)
 	mclient->client = client;
 	mclient->event = event;
 	mclient->registry = registry;
-	mclient->copier = mirror_copier_init(storage_service, client->event);
+	mclient->copier = mirror_copier_init(storage_service, client->event,
+		lmtp_mirror_setting_bool(set_user, event, "mirror_fsync", TRUE));
 	mclient->delimiters =
 		p_strdup(client->pool,
 			 client->unexpanded_lda_set->recipient_delimiter);

@@ -43,6 +43,7 @@ struct mirror_copier {
 	pool_t pool;
 	/* parent of the storage users' events */
 	struct event *event_parent;
+	bool fsync;
 	struct mail_storage_service_ctx *storage_service;
 	ARRAY(struct mirror_storage *) storages;
 };
@@ -118,7 +119,7 @@ static int mirror_privileges_set(const struct mirror_privileges *p,
 
 struct mirror_copier *
 mirror_copier_init(struct mail_storage_service_ctx *storage_service,
-		   struct event *event_parent)
+		   struct event *event_parent, bool fsync)
 {
 	struct mirror_copier *copier;
 	pool_t pool;
@@ -128,6 +129,7 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	copier->pool = pool;
 	copier->storage_service = storage_service;
 	copier->event_parent = event_parent;
+	copier->fsync = fsync;
 	event_ref(event_parent);
 	i_array_init(&copier->storages, 4);
 	return copier;
@@ -270,6 +272,11 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		mirror_storage_free(&storage);
 		return -1;
 	}
+	if (!copier->fsync &&
+	    mail_storage_service_user_set_setting(storage->service_user,
+						  "mail_fsync", "never",
+						  &error) <= 0)
+		i_panic("mirror: Can't set mail_fsync=never: %s", error);
 	if (mail_storage_service_next(copier->storage_service,
 				      storage->service_user,
 				      &storage->user, &error) < 0) {

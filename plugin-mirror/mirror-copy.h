@@ -24,9 +24,12 @@ struct mirror_copy_target {
 	const char *error;
 };
 
+/* With fsync=FALSE, storages are opened with mail_fsync=never: a copy
+   survives the process being killed (it is in the kernel's page cache
+   before the recipient's delivery commits), but not a power loss. */
 struct mirror_copier *
 mirror_copier_init(struct mail_storage_service_ctx *storage_service,
-		   struct event *event_parent);
+		   struct event *event_parent, bool fsync);
 void mirror_copier_deinit(struct mirror_copier **copier);
 
 /* Save mail, with the targets' headers prepended, into the INBOX of each

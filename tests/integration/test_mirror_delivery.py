@@ -300,11 +300,17 @@ def test_unusual_messages_are_mirrored_intact(sandbox):
     assert copies[1].endswith(big_body)
 
 
-def test_acknowledged_mail_survives_killing_lmtp(sandbox):
+import pytest
+
+
+@pytest.mark.parametrize("fsync", ["yes", "no"])
+def test_acknowledged_mail_survives_killing_lmtp(make_sandbox, fsync):
     """Once 250 is read, the recipient's copy and the mirror copy exist,
-    even if the LMTP process is killed at once."""
+    even if the LMTP process is killed at once (also without fsync)."""
     import signal
     import subprocess
+    sandbox = make_sandbox(users=[ALICE, AUDIT],
+                           settings={"mirror_fsync": fsync})
     sandbox.mirror_add(ALICE, AUDIT)
     s = sandbox.lmtp()
     killed = 0
@@ -355,3 +361,23 @@ def test_storage_owned_by_another_uid(make_sandbox):
     alice_dir = os.path.join(sb.dir, "mail", "example.com", "alice")
     assert {os.stat(os.path.join(r, f)).st_uid
             for r, _, files in os.walk(alice_dir) for f in files} == {nobody}
+
+
+def test_invalid_boolean_setting_is_reported(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT], settings={"mirror_fsync": "maybe"})
+    sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE]))
+    assert sb.maildir_count(AUDIT) == 1
+    assert "Invalid mirror_fsync=maybe (expected yes or no): using yes" \
+        in sb.log()
+
+
+def test_invalid_failure_policy_fails_safe(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_failure": "tmpfail"})
+    sb.mirror_add(ALICE, AUDIT)
+    sb.remove_user(AUDIT)
+    rcpt, data = sb.deliver([ALICE])
+    assert data[0][0] == 451, data
+    assert "Invalid mirror_failure=tmpfail (expected accept or tempfail): " \
+        "using tempfail" in sb.log()

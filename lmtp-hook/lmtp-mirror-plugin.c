@@ -200,7 +200,7 @@ lmtp_mirror_plan_add(struct lmtp_mirror_plan *plan, pool_t pool,
 static int
 lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
 		      struct lmtp_mirror_plan *plan, pool_t pool,
-		      struct smtp_server_recipient *rcpt, time_t queued,
+		      struct smtp_server_recipient *rcpt, time_t *queued,
 		      const char **error_r)
 {
 	const struct smtp_address *address = lmtp_mirror_rcpt_address(rcpt);
@@ -224,10 +224,15 @@ lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
 					   error_r) < 0)
 			return -1;
 	}
+	if (array_count(&defs) == 0)
+		return 0;
+	/* only parsed when some mirror matches */
+	if (*queued == (time_t)-1)
+		*queued = lmtp_mirror_queued_time(plan->raw_mail, plan->trans);
 	/* header-safe: lib-smtp accepts no control characters */
 	encoded = str_sanitize(smtp_address_encode(address), 512);
 	array_foreach(&defs, def) {
-		if (def->created > queued) {
+		if (def->created > *queued) {
 			/* the message was queued before this mirror existed */
 			continue;
 		}
@@ -244,7 +249,7 @@ lmtp_mirror_plan_get(struct lmtp_mirror_client *mclient,
 	struct lmtp_mirror_plan *plan = mclient->plan;
 	struct smtp_server_recipient *rcpt;
 	const char *error;
-	time_t queued;
+	time_t queued = (time_t)-1;
 
 	if (plan != NULL && plan->trans == trans)
 		return plan;
@@ -258,12 +263,11 @@ lmtp_mirror_plan_get(struct lmtp_mirror_client *mclient,
 	p_array_init(&plan->targets, trans->pool, 2);
 	mclient->plan = plan;
 
-	queued = lmtp_mirror_queued_time(src_mail, trans);
 	array_foreach_elem(&trans->rcpt_to, rcpt) {
 		T_BEGIN {
 			if (plan->error == NULL &&
 			    lmtp_mirror_plan_rcpt(mclient, plan, trans->pool,
-						  rcpt, queued, &error) < 0)
+						  rcpt, &queued, &error) < 0)
 				plan->error = p_strdup(trans->pool, error);
 		} T_END;
 	}

@@ -381,3 +381,33 @@ def test_invalid_failure_policy_fails_safe(make_sandbox):
     assert data[0][0] == 451, data
     assert "Invalid mirror_failure=tmpfail (expected accept or tempfail): " \
         "using tempfail" in sb.log()
+
+
+def test_hostile_envelope_cannot_inject_headers(sandbox):
+    """An xtext-encoded CR LF in ORCPT, or odd RCPT parameters, never become
+    header lines of the mirror copy, and never stop delivery."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    evil = [
+        (ALICE, 'ORCPT=rfc822;"alice+x+0D+0AX-Evil:+20injected"@example.com'),
+        (ALICE, "ORCPT=rfc822;alice+2Bx+0AX-Evil:+20injected@example.com"),
+        (ALICE, "ORCPT=rfc822;" + "a" * 600 + "@example.com"),
+        (ALICE, "ORCPT=utf-8;alice@example.com"),
+        (ALICE, "ORCPT=rfc822;"),
+        ("x" * 300 + "@example.com", ""),
+    ]
+    for rcpt in evil:
+        s = sandbox.lmtp()
+        try:
+            rcpt_replies, data = s.send([rcpt], make_message(subject="evil"))
+        finally:
+            s.close()
+        code = rcpt_replies[0][0]
+        assert code in (250, 501, 550), rcpt_replies
+        if code == 250:
+            assert data[0][0] == 250, data
+    for copy in sandbox.imap_messages(AUDIT):
+        head = copy.split(b"\r\n\r\n", 1)[0]
+        assert b"\nX-Evil" not in head and b"\rX-Evil" not in head
+    # mail to alice kept flowing and was mirrored
+    assert len(sandbox.imap_messages(AUDIT)) >= 1
+    assert len(sandbox.imap_messages(ALICE)) >= len(sandbox.imap_messages(AUDIT))

@@ -203,14 +203,18 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 	T_BEGIN {
 		mirror_privileges_get(pool_datastack_create(), &orig);
 		orig_ctx = io_loop_get_current_context(current_ioloop);
-		if (orig_ctx != NULL)
+		if (orig_ctx != NULL) {
+			io_loop_context_ref(orig_ctx);
 			io_loop_context_deactivate(orig_ctx);
+		}
 		array_foreach_elem(&copier->storages, storage)
 			mirror_storage_free(&storage);
 		if (mirror_privileges_set(&orig, &error) < 0)
 			i_fatal("mirror: %s", error);
-		if (orig_ctx != NULL)
+		if (orig_ctx != NULL) {
 			io_loop_context_activate(orig_ctx);
+			io_loop_context_unref(&orig_ctx);
+		}
 	} T_END;
 	array_free(&copier->storages);
 	event_unref(&copier->event_parent);

@@ -23,17 +23,6 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SANDBOX = os.path.join(TOP, "scripts", "sandbox")
 DOMAIN = "example.com"
 
-
-def doveadm_env(d):
-    """doveadm loads the suite's doveadm module: under a sanitizer build it
-    needs the sanitizer runtime too (see scripts/sandbox)."""
-    env = dict(os.environ)
-    preload = os.environ.get("MIRROR_SANDBOX_PRELOAD")
-    if preload:
-        opts = ("log_path=%s/sanitizer/report:abort_on_error=1:detect_leaks=0"
-                ":print_stacktrace=1" % d)
-        env.update(LD_PRELOAD=preload, ASAN_OPTIONS=opts, UBSAN_OPTIONS=opts)
-    return env
 PASSWORD = "secret"
 
 
@@ -111,8 +100,9 @@ class Sandbox:
         cmd = ["doveadm", "-c", self.conf]
         if json_output:
             cmd += ["-f", "json"]
+        # under a sanitizer build doveadm needs its runtime (scripts/sandbox)
         r = subprocess.run(cmd + list(args), capture_output=True, text=True,
-                           env=doveadm_env(self.dir))
+                           env=dict(os.environ, **self.info["env"]))
         if check and r.returncode != 0:
             raise AssertionError("doveadm %s failed (%d): %s"
                                  % (" ".join(args), r.returncode, r.stderr))

@@ -88,6 +88,8 @@ struct lmtp_mirror_delivery {
 	struct lmtp_mirror_client *mclient;
 	struct lmtp_mirror_rcpt *mrcpt;
 	struct event *event;
+	/* the SMTP recipient's event: Sieve's events descend from it */
+	struct event *rcpt_event;
 	const char *username;
 	bool forwarded;
 };
@@ -100,14 +102,9 @@ static lmtp_client_created_func_t *next_hook_client_created;
 /* LMTP delivers one recipient at a time; this is the one whose Sieve
    actions are being watched (see lmtp_mirror_event_callback()). */
 static struct lmtp_mirror_delivery *lmtp_mirror_active_delivery;
-static struct smtp_server_recipient *lmtp_mirror_active_rcpt;
 
 static MODULE_CONTEXT_DEFINE_INIT(lmtp_mirror_client_module,
 				  &lmtp_module_register);
-
-static struct event_category event_category_mirror = {
-	.name = "mirror",
-};
 
 /* The address a recipient's mirrors are looked up by. */
 static const struct smtp_address *
@@ -387,7 +384,7 @@ lmtp_mirror_event_callback(struct event *event,
 		return TRUE;
 	/* only the recipient being delivered */
 	for (parent = event; parent != NULL; parent = parent->parent) {
-		if (parent == lmtp_mirror_active_rcpt->event) {
+		if (parent == lmtp_mirror_active_delivery->rcpt_event) {
 			lmtp_mirror_active_delivery->forwarded = TRUE;
 			break;
 		}
@@ -423,18 +420,17 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 			client, lrcpt, cmd, trans, lldctx);
 	delivery.username = lldctx->rcpt_user->username;
 	delivery.event = lldctx->rcpt_user->event;
+	delivery.rcpt_event = lrcpt->rcpt->event;
 
 	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
 		lmtp_mirror_delivery_kept, &delivery);
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
-	lmtp_mirror_active_rcpt = lrcpt->rcpt;
 
 	ret = mclient->module_ctx.super.local_deliver(client, lrcpt, cmd,
 						      trans, lldctx);
 
 	lmtp_mirror_active_delivery = NULL;
-	lmtp_mirror_active_rcpt = NULL;
 	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
 	if (ret == 0 && !kept && (delivery.forwarded || !watching)) {
 		/* Forwarded without a local copy (or the mirror mail

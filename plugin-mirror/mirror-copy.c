@@ -57,7 +57,7 @@ struct mirror_copy_state {
 	uoff_t size;
 };
 
-static struct event_category event_category_mirror = {
+struct event_category event_category_mirror = {
 	.name = "mirror",
 };
 

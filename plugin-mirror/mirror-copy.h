@@ -12,6 +12,9 @@ struct mail;
 struct mail_storage_service_ctx;
 struct mirror_copier;
 
+/* The category of the suite's events in LMTP (log prefix "mirror: "). */
+extern struct event_category event_category_mirror;
+
 struct mirror_copy_target {
 	/* username of the storage that receives one copy */
 	const char *storage;

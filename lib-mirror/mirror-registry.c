@@ -16,6 +16,9 @@
 #define MIRROR_KEY_ID MIRROR_KEY_PREFIX"id/"
 #define MIRROR_KEY_SOURCES MIRROR_KEY_PREFIX"sources"
 #define MIRROR_KEY_NEXT_ID MIRROR_KEY_PREFIX"next-id"
+#define MIRROR_KEY_STORAGE MIRROR_KEY_PREFIX"storage/"
+#define MIRROR_KEY_USER MIRROR_KEY_PREFIX"user/"
+#define MIRROR_KEY_STATUS MIRROR_KEY_PREFIX"status/"
 /* A registry value is an array of objects; room for one more level of
    nesting that a later version may add. */
 #define MIRROR_JSON_MAX_DEPTH 4
@@ -135,6 +138,10 @@ const char *mirror_defs_encode(const ARRAY_TYPE(mirror_def) *defs)
 			json_object_new_int64(def->days));
 		json_object_object_add(obj, "created",
 			json_object_new_int64(def->created));
+		json_object_object_add(obj, "readonly",
+			json_object_new_boolean(def->readonly));
+		json_object_object_add(obj, "auto",
+			json_object_new_boolean(def->auto_storage));
 		json_object_array_add(arr, obj);
 	}
 	return mirror_json_finish(arr);
@@ -235,6 +242,24 @@ mirror_json_get_str(struct json_object *obj, const char *name,
 	return 0;
 }
 
+/* An optional boolean member: FALSE when missing. */
+static int
+mirror_json_get_bool(struct json_object *obj, const char *name,
+		     bool *value_r, const char **error_r)
+{
+	struct json_object *field;
+
+	*value_r = FALSE;
+	if (!json_object_object_get_ex(obj, name, &field))
+		return 0;
+	if (!json_object_is_type(field, json_type_boolean)) {
+		*error_r = t_strdup_printf("'%s' is not a boolean", name);
+		return -1;
+	}
+	*value_r = json_object_get_boolean(field) != 0;
+	return 0;
+}
+
 static int
 mirror_def_from_json(struct json_object *obj, struct mirror_def *def_r,
 		     const char **error_r)
@@ -266,6 +291,11 @@ mirror_def_from_json(struct json_object *obj, struct mirror_def *def_r,
 				error_r) < 0)
 		return -1;
 	def_r->created = (time_t)num;
+	if (mirror_json_get_bool(obj, "readonly", &def_r->readonly,
+				 error_r) < 0 ||
+	    mirror_json_get_bool(obj, "auto", &def_r->auto_storage,
+				 error_r) < 0)
+		return -1;
 	if (!mirror_def_is_valid(def_r, &error)) {
 		*error_r = t_strdup_printf("mirror %u: %s", def_r->id, error);
 		return -1;
@@ -395,6 +425,41 @@ mirror_registry_get(struct mirror_registry *reg, const char *key,
 	return ret;
 }
 
+static const char *mirror_storage_key(const char *storage)
+{
+	/* usernames are compared case-insensitively, as Dovecot's usual
+	   username_format=%Lu does */
+	return t_strconcat(MIRROR_KEY_STORAGE,
+			   mirror_key_escape(t_str_lcase(storage)), NULL);
+}
+
+static const char *mirror_user_key(const char *user)
+{
+	return t_strconcat(MIRROR_KEY_USER,
+			   mirror_key_escape(t_str_lcase(user)), NULL);
+}
+
+int mirror_registry_storage_lookup(struct mirror_registry *reg,
+				   const char *storage, pool_t pool,
+				   ARRAY_TYPE(mirror_def) *defs,
+				   const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	ret = mirror_registry_get(reg, mirror_storage_key(storage), &value,
+				  error_r);
+	if (ret <= 0)
+		return ret;
+	if (mirror_defs_decode(value, pool, defs, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data for storage %s: %s",
+			str_sanitize(storage, 80), error);
+		return -1;
+	}
+	return array_count(defs) > 0 ? 1 : 0;
+}
+
 int mirror_registry_lookup(struct mirror_registry *reg, const char *source,
 			   pool_t pool, ARRAY_TYPE(mirror_def) *defs,
 			   const char **error_r)
@@ -489,39 +554,80 @@ mirror_sources_contains(const ARRAY_TYPE(const_string) *sources,
 	return FALSE;
 }
 
+/* Set key to the JSON of defs, or unset it if there are none. */
+static void
+mirror_registry_set_defs(struct dict_transaction_context *trans,
+			 const char *key, const ARRAY_TYPE(mirror_def) *defs)
+{
+	if (array_count(defs) > 0)
+		dict_set(trans, key, mirror_defs_encode(defs));
+	else
+		dict_unset(trans, key);
+}
+
+static const char *
+mirror_user_record_encode(const char *password_hash, unsigned int mirror_id)
+{
+	struct json_object *obj = json_object_new_object();
+
+	json_object_object_add(obj, "password",
+			       json_object_new_string(password_hash));
+	json_object_object_add(obj, "mirror",
+			       json_object_new_int64(mirror_id));
+	return mirror_json_finish(obj);
+}
+
 int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
-			const char **error_r)
+			const char *password_hash, const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	ARRAY_TYPE(mirror_def) defs;
+	ARRAY_TYPE(mirror_def) defs, storage_defs;
 	ARRAY_TYPE(const_string) sources;
 	const struct mirror_def *old;
 	const char *error;
 	pool_t pool = pool_datastack_create();
+	int ret;
 
 	/* Read everything that is rewritten first: broken data is reported,
 	   never overwritten. */
 	t_array_init(&defs, 4);
+	t_array_init(&storage_defs, 4);
 	t_array_init(&sources, 16);
 	if (mirror_registry_lookup(reg, def->source, pool, &defs, error_r) < 0 ||
+	    mirror_registry_storage_lookup(reg, def->storage, pool,
+					   &storage_defs, error_r) < 0 ||
 	    mirror_registry_get_sources(reg, pool, &sources, error_r) < 0)
 		return -1;
 	array_foreach(&defs, old) {
-		if (strcmp(old->storage, def->storage) == 0) {
+		if (strcasecmp(old->storage, def->storage) == 0) {
 			*error_r = t_strdup_printf(
 				"Mirror %u already copies %s to %s", old->id,
 				def->source, def->storage);
 			return 0;
 		}
 	}
+	if (password_hash != NULL) {
+		/* never take over an existing record */
+		ret = mirror_registry_user_exists(reg, def->storage, error_r);
+		if (ret != 0) {
+			if (ret > 0) {
+				*error_r = t_strdup_printf(
+					"Storage user %s already exists",
+					def->storage);
+			}
+			return ret > 0 ? 0 : -1;
+		}
+	}
 	if (mirror_registry_alloc_id(reg, &def->id, error_r) < 0)
 		return -1;
 	def->created = ioloop_time;
+	def->auto_storage = password_hash != NULL;
 	if (!mirror_def_is_valid(def, &error)) {
 		*error_r = t_strdup_printf("Invalid mirror: %s", error);
 		return -1;
 	}
 	array_push_back(&defs, def);
+	array_push_back(&storage_defs, def);
 
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, t_strconcat(MIRROR_KEY_SOURCE,
@@ -529,14 +635,106 @@ int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
 		 mirror_defs_encode(&defs));
 	dict_set(trans, t_strdup_printf(MIRROR_KEY_ID"%u", def->id),
 		 def->source);
+	dict_set(trans, mirror_storage_key(def->storage),
+		 mirror_defs_encode(&storage_defs));
 	if (!mirror_sources_contains(&sources, def->source)) {
 		array_push_back(&sources, &def->source);
 		dict_set(trans, MIRROR_KEY_SOURCES,
 			 mirror_sources_encode(&sources));
 	}
+	/* the counters exist from the start, so that incrementing them
+	   never races with creating them */
+	dict_set(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/copies",
+					def->id), "0");
+	dict_set(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/failures",
+					def->id), "0");
+	if (password_hash != NULL) {
+		dict_set(trans, mirror_user_key(def->storage),
+			 mirror_user_record_encode(password_hash, def->id));
+	}
 	if (mirror_registry_commit(&trans, error_r) < 0)
 		return -1;
 	return 1;
+}
+
+int mirror_registry_get_def(struct mirror_registry *reg, unsigned int id,
+			    pool_t pool, struct mirror_def *def_r,
+			    const char **error_r)
+{
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def;
+	const char *source;
+	int ret;
+
+	ret = mirror_registry_get(reg, t_strdup_printf(MIRROR_KEY_ID"%u", id),
+				  &source, error_r);
+	if (ret <= 0)
+		return ret;
+	t_array_init(&defs, 4);
+	if (mirror_registry_lookup(reg, source, pool, &defs, error_r) < 0)
+		return -1;
+	array_foreach(&defs, def) {
+		if (def->id == id) {
+			*def_r = *def;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Replace (new_def != NULL) or drop the definition with id in the list
+   of key. */
+static int
+mirror_registry_replace(struct mirror_registry *reg,
+			struct dict_transaction_context *trans,
+			const char *key, bool by_storage, const char *name,
+			unsigned int id, const struct mirror_def *new_def,
+			const char **error_r)
+{
+	ARRAY_TYPE(mirror_def) defs, kept;
+	const struct mirror_def *def;
+	pool_t pool = pool_datastack_create();
+	int ret;
+
+	t_array_init(&defs, 4);
+	t_array_init(&kept, 4);
+	ret = by_storage ?
+		mirror_registry_storage_lookup(reg, name, pool, &defs,
+					       error_r) :
+		mirror_registry_lookup(reg, name, pool, &defs, error_r);
+	if (ret < 0)
+		return -1;
+	array_foreach(&defs, def) {
+		if (def->id != id)
+			array_push_back(&kept, def);
+		else if (new_def != NULL)
+			array_push_back(&kept, new_def);
+	}
+	mirror_registry_set_defs(trans, key, &kept);
+	return 0;
+}
+
+int mirror_registry_update(struct mirror_registry *reg,
+			   const struct mirror_def *def, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+
+	if (!mirror_def_is_valid(def, &error)) {
+		*error_r = t_strdup_printf("Invalid mirror: %s", error);
+		return -1;
+	}
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	if (mirror_registry_replace(reg, trans, t_strconcat(MIRROR_KEY_SOURCE,
+			mirror_key_escape(def->source), NULL), FALSE,
+			def->source, def->id, def, error_r) < 0 ||
+	    mirror_registry_replace(reg, trans,
+			mirror_storage_key(def->storage), TRUE,
+			def->storage, def->id, def, error_r) < 0) {
+		dict_transaction_rollback(&trans);
+		return -1;
+	}
+	return mirror_registry_commit(&trans, error_r);
 }
 
 int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
@@ -574,6 +772,17 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	/* the id entry goes even if it was stale */
 	dict_unset(trans, id_key);
+	dict_unset(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/copies", id));
+	dict_unset(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/failures", id));
+	dict_unset(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/last-failure",
+					  id));
+	if (found &&
+	    mirror_registry_replace(reg, trans,
+			mirror_storage_key(removed_r->storage), TRUE,
+			removed_r->storage, id, NULL, error_r) < 0) {
+		dict_transaction_rollback(&trans);
+		return -1;
+	}
 	source_key = t_strconcat(MIRROR_KEY_SOURCE,
 				 mirror_key_escape(source), NULL);
 	if (array_count(&kept) > 0)
@@ -625,5 +834,124 @@ int mirror_registry_list(struct mirror_registry *reg, const char *source,
 			return -1;
 	}
 	array_sort(defs, mirror_def_cmp);
+	return 0;
+}
+
+/* Storage users created by the suite */
+
+int mirror_registry_user_exists(struct mirror_registry *reg, const char *user,
+				const char **error_r)
+{
+	const char *value;
+
+	return mirror_registry_get(reg, mirror_user_key(user), &value,
+				   error_r);
+}
+
+int mirror_registry_user_set(struct mirror_registry *reg, const char *user,
+			     const char *password_hash, unsigned int mirror_id,
+			     const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, mirror_user_key(user),
+		 mirror_user_record_encode(password_hash, mirror_id));
+	return mirror_registry_commit(&trans, error_r);
+}
+
+int mirror_registry_user_remove(struct mirror_registry *reg, const char *user,
+				const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_unset(trans, mirror_user_key(user));
+	return mirror_registry_commit(&trans, error_r);
+}
+
+/* Copy counters */
+
+void mirror_registry_status_update(struct mirror_registry *reg,
+				   const struct mirror_copy_result *results,
+				   unsigned int count)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+	unsigned int i;
+	int ret;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	for (i = 0; i < count; i++) {
+		const struct mirror_copy_result *r = &results[i];
+
+		if (r->error == NULL) {
+			dict_atomic_inc(trans, t_strdup_printf(
+				MIRROR_KEY_STATUS"%u/copies", r->id), 1);
+			continue;
+		}
+		dict_atomic_inc(trans, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/failures", r->id), 1);
+		dict_set(trans, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/last-failure", r->id),
+			 t_strdup_printf("%ld %s", (long)ioloop_time,
+					 str_sanitize(r->error, 500)));
+	}
+	/* NOTFOUND: the mirror was removed meanwhile */
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret < 0 && ret != DICT_COMMIT_RET_NOTFOUND)
+		i_error("mirror: Updating the copy counters failed: %s", error);
+}
+
+static int
+mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
+			    uint64_t *value_r, const char **error_r)
+{
+	const char *value;
+	int ret;
+
+	*value_r = 0;
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (str_to_uint64(value, value_r) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s", key);
+		return -1;
+	}
+	return 0;
+}
+
+int mirror_registry_status_get(struct mirror_registry *reg, unsigned int id,
+			       struct mirror_status *status_r,
+			       const char **error_r)
+{
+	const char *value, *p;
+	int ret;
+
+	i_zero(status_r);
+	if (mirror_registry_get_counter(reg, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/copies", id),
+			&status_r->copies, error_r) < 0 ||
+	    mirror_registry_get_counter(reg, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/failures", id),
+			&status_r->failures, error_r) < 0)
+		return -1;
+	ret = mirror_registry_get(reg, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/last-failure", id), &value,
+				  error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0) {
+		long t;
+
+		p = strchr(value, ' ');
+		if (p == NULL || str_to_long(t_strdup_until(value, p), &t) < 0) {
+			*error_r = t_strdup_printf(
+				"Broken registry data in the status of "
+				"mirror %u", id);
+			return -1;
+		}
+		status_r->last_failure = (time_t)t;
+		status_r->last_failure_reason = p + 1;
+	}
 	return 0;
 }

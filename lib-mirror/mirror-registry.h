@@ -13,6 +13,15 @@
      id/<id>          the source of mirror <id> (to find it by id)
      sources          JSON array of every source that has a mirror
      next-id          counter for allocating ids
+     storage/<user>   JSON array of the definitions that copy into <user>
+                      (read when a storage user logs in)
+     user/<user>      a storage user created by the suite:
+                      {"password": "{ARGON2ID}...", "mirror": <id>};
+                      Dovecot's dict passdb/userdb reads it
+     status/<id>/copies, status/<id>/failures
+                      copy counters, incremented on delivery
+     status/<id>/last-failure
+                      "<unix time> <reason>" of the last failed copy
    <source> is escaped with mirror_key_escape(). */
 
 #define MIRROR_DAYS_MIN 1
@@ -31,6 +40,10 @@ struct mirror_def {
 	const char *storage;
 	unsigned int days;
 	time_t created;
+	/* IMAP and POP3 users of the storage can't change or remove mail */
+	bool readonly;
+	/* the storage user was created for this mirror (user/<storage>) */
+	bool auto_storage;
 };
 ARRAY_DEFINE_TYPE(mirror_def, struct mirror_def);
 
@@ -64,10 +77,26 @@ void mirror_registry_deinit(struct mirror_registry **reg);
 int mirror_registry_lookup(struct mirror_registry *reg, const char *source,
 			   pool_t pool, ARRAY_TYPE(mirror_def) *defs,
 			   const char **error_r);
-/* Add a mirror. def->id and def->created are filled in. Returns 1 if added,
-   0 if an identical mirror (same source and storage) exists, -1 on error. */
+/* Append the mirrors that copy into storage to defs. Returns 1 if some
+   were found, 0 if none, -1 on error. */
+int mirror_registry_storage_lookup(struct mirror_registry *reg,
+				   const char *storage, pool_t pool,
+				   ARRAY_TYPE(mirror_def) *defs,
+				   const char **error_r);
+/* Add a mirror. def->id, def->created and def->auto_storage are filled in.
+   With password_hash != NULL the storage user is created too, in the same
+   transaction. Returns 1 if added, 0 if an identical mirror (same source
+   and storage) or the user record exists, -1 on error. */
 int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
-			const char **error_r);
+			const char *password_hash, const char **error_r);
+/* Find mirror id. Returns 1 if found (strings point into pool), 0 if not,
+   -1 on error. */
+int mirror_registry_get_def(struct mirror_registry *reg, unsigned int id,
+			    pool_t pool, struct mirror_def *def_r,
+			    const char **error_r);
+/* Store changed settings (days, readonly) of an existing mirror. */
+int mirror_registry_update(struct mirror_registry *reg,
+			   const struct mirror_def *def, const char **error_r);
 /* Remove mirror id. Returns 1 if removed (removed_r filled from pool), 0 if
    there is no such mirror, -1 on error. */
 int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
@@ -78,5 +107,33 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 int mirror_registry_list(struct mirror_registry *reg, const char *source,
 			 pool_t pool, ARRAY_TYPE(mirror_def) *defs,
 			 const char **error_r);
+
+/* Storage users created by the suite. exists returns 1/0/-1. */
+int mirror_registry_user_exists(struct mirror_registry *reg, const char *user,
+				const char **error_r);
+int mirror_registry_user_set(struct mirror_registry *reg, const char *user,
+			     const char *password_hash, unsigned int mirror_id,
+			     const char **error_r);
+int mirror_registry_user_remove(struct mirror_registry *reg, const char *user,
+				const char **error_r);
+
+struct mirror_copy_result {
+	unsigned int id;
+	/* NULL if the copy was made */
+	const char *error;
+};
+struct mirror_status {
+	uint64_t copies, failures;
+	time_t last_failure;
+	const char *last_failure_reason;
+};
+/* Count copies made and failed. Errors are logged, never returned: a
+   counter must not fail a delivery. */
+void mirror_registry_status_update(struct mirror_registry *reg,
+				   const struct mirror_copy_result *results,
+				   unsigned int count);
+int mirror_registry_status_get(struct mirror_registry *reg, unsigned int id,
+			       struct mirror_status *status_r,
+			       const char **error_r);
 
 #endif

@@ -88,6 +88,7 @@ static void doveadm_mirror_print_header(bool with_created)
 	doveadm_print_header_simple("source");
 	doveadm_print_header_simple("storage");
 	doveadm_print_header_simple("days");
+	doveadm_print_header_simple("readonly");
 	if (with_created)
 		doveadm_print_header_simple("created");
 }
@@ -100,6 +101,7 @@ static void doveadm_mirror_print(const struct mirror_def *def,
 	doveadm_print(def->source);
 	doveadm_print(def->storage);
 	doveadm_print_num(def->days);
+	doveadm_print(def->readonly ? "yes" : "no");
 	if (with_created)
 		doveadm_print(t_strfgmtime("%Y-%m-%dT%H:%M:%SZ",
 					      def->created));
@@ -120,6 +122,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 	}
 	i_zero(&def);
 	def.days = MIRROR_DAYS_DEFAULT;
+	(void)doveadm_cmd_param_bool(cctx, "readonly", &def.readonly);
 	if (doveadm_cmd_param_str(cctx, "days", &days_str) &&
 	    mirror_days_parse(days_str, &def.days, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
@@ -154,7 +157,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return;
-	ret = mirror_registry_add(reg, &def, &error);
+	ret = mirror_registry_add(reg, &def, NULL, &error);
 	mirror_registry_deinit(&reg);
 	if (ret <= 0) {
 		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTPOSSIBLE :
@@ -231,13 +234,100 @@ static void cmd_mirror_remove(struct doveadm_cmd_context *cctx)
 	doveadm_mirror_print(&def, FALSE);
 }
 
+static bool doveadm_mirror_parse_id(const char *id_str, unsigned int *id_r)
+{
+	if (str_to_uint(id_str, id_r) < 0 || *id_r == 0) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static int doveadm_mirror_parse_bool(const char *str, bool *value_r)
+{
+	if (strcmp(str, "yes") == 0 || strcmp(str, "on") == 0)
+		*value_r = TRUE;
+	else if (strcmp(str, "no") == 0 || strcmp(str, "off") == 0)
+		*value_r = FALSE;
+	else {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid value '%s': expected yes or no",
+			str_sanitize(str, 20)));
+		return -1;
+	}
+	return 0;
+}
+
+/* Find mirror id, failing the command if it doesn't exist. */
+static bool
+doveadm_mirror_get(struct mirror_registry *reg, unsigned int id,
+		   struct mirror_def *def_r)
+{
+	const char *error;
+	int ret;
+
+	ret = mirror_registry_get_def(reg, id, pool_datastack_create(), def_r,
+				      &error);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ?
+				    t_strdup_printf("Unknown mirror id %u", id) :
+				    error);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static void cmd_mirror_set(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	struct mirror_def def;
+	const char *id_str, *days_str = NULL, *ro_str = NULL, *error;
+	unsigned int id, days = 0;
+	bool readonly = FALSE;
+
+	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+		doveadm_mirror_fail(EX_USAGE, "mirror set: Usage: "
+			"mirror set [-d DAYS] [-r yes|no] ID");
+		return;
+	}
+	if (!doveadm_mirror_parse_id(id_str, &id))
+		return;
+	if (doveadm_cmd_param_str(cctx, "days", &days_str) &&
+	    mirror_days_parse(days_str, &days, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return;
+	}
+	if (doveadm_cmd_param_str(cctx, "readonly", &ro_str) &&
+	    doveadm_mirror_parse_bool(ro_str, &readonly) < 0)
+		return;
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (doveadm_mirror_get(reg, id, &def)) {
+		if (days_str != NULL)
+			def.days = days;
+		if (ro_str != NULL)
+			def.readonly = readonly;
+		if (mirror_registry_update(reg, &def, &error) < 0)
+			doveadm_mirror_fail(EX_TEMPFAIL, error);
+		else {
+			doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+			doveadm_mirror_print_header(FALSE);
+			doveadm_mirror_print(&def, FALSE);
+		}
+	}
+	mirror_registry_deinit(&reg);
+}
+
 static struct doveadm_cmd_ver2 doveadm_mirror_commands[] = {
 {
 	.name = "mirror add",
 	.cmd = cmd_mirror_add,
-	.usage = "[-d <days>] -s <storage user> <address|domain>",
+	.usage = "[-d <days>] [-r] -s <storage user> <address|domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('d', "days", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('r', "readonly", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('s', "storage", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('\0', "source", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
@@ -248,6 +338,16 @@ DOVEADM_CMD_PARAMS_END
 	.usage = "[<address|domain>]",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('\0', "source", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "mirror set",
+	.cmd = cmd_mirror_set,
+	.usage = "[-d <days>] [-r yes|no] <id>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('d', "days", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('r', "readonly", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('\0', "id", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 },
 {

@@ -15,11 +15,15 @@
      next-id          counter for allocating ids
      storage/<user>   JSON array of the definitions that copy into <user>
                       (read when a storage user logs in)
-     user/<user>      a storage user created by the suite:
-                      {"password": "{ARGON2ID}...", "mirror": <id>};
-                      Dovecot's dict passdb/userdb reads it
+     user/<user>      a storage user created by the suite, for Dovecot's
+                      dict passdb: {"password": "{ARGON2ID}..."}
+     userdb/<user>    the same user for the dict userdb:
+                      {"mirror_storage": "<id>"}
      status/<id>/copies, status/<id>/failures
                       copy counters, incremented on delivery
+     account/<name>   {"level": "<level>", "domains": [...]}
+     accounts         JSON array of every account name
+     domain/<domain>  the account a domain belongs to
      status/<id>/last-failure
                       "<unix time> <reason>" of the last failed copy
    <source> is escaped with mirror_key_escape(). */
@@ -28,6 +32,8 @@
 #define MIRROR_DAYS_MAX 3650
 #define MIRROR_DAYS_DEFAULT 30
 #define MIRROR_STORAGE_MAX_LEN 255
+/* account and service level names: [a-z0-9._-] */
+#define MIRROR_NAME_MAX_LEN 64
 /* Largest registry value that is decoded. */
 #define MIRROR_REGISTRY_VALUE_MAX_SIZE (1024*1024)
 
@@ -135,5 +141,46 @@ void mirror_registry_status_update(struct mirror_registry *reg,
 int mirror_registry_status_get(struct mirror_registry *reg, unsigned int id,
 			       struct mirror_status *status_r,
 			       const char **error_r);
+
+/* Service levels (setting mirror_levels = NAME:LIMIT ...) and accounts */
+struct mirror_level {
+	const char *name;
+	/* UINT_MAX: unlimited */
+	unsigned int limit;
+};
+ARRAY_DEFINE_TYPE(mirror_level, struct mirror_level);
+
+struct mirror_account {
+	const char *name;
+	const char *level;
+	ARRAY_TYPE(const_string) domains;
+};
+
+bool mirror_name_is_valid(const char *name);
+int mirror_levels_parse(const char *str, pool_t pool,
+			ARRAY_TYPE(mirror_level) *levels, const char **error_r);
+const struct mirror_level *
+mirror_level_find(const ARRAY_TYPE(mirror_level) *levels, const char *name);
+
+/* 1 found, 0 no such account, -1 error */
+int mirror_registry_account_get(struct mirror_registry *reg, const char *name,
+				pool_t pool, struct mirror_account *acct_r,
+				const char **error_r);
+int mirror_registry_accounts(struct mirror_registry *reg, pool_t pool,
+			     ARRAY_TYPE(const_string) *names,
+			     const char **error_r);
+/* Create the account or change its level. */
+int mirror_registry_account_set_level(struct mirror_registry *reg,
+				      const char *name, const char *level,
+				      const char **error_r);
+/* 1 with the domain's account, 0 if unassigned, -1 error */
+int mirror_registry_domain_account(struct mirror_registry *reg,
+				   const char *domain, const char **account_r,
+				   const char **error_r);
+/* Move domain to account (NULL: unassign). 1 done, 0 unknown account,
+   -1 error. */
+int mirror_registry_domain_assign(struct mirror_registry *reg,
+				  const char *domain, const char *account,
+				  const char **error_r);
 
 #endif

@@ -516,7 +516,8 @@ static void lmtp_mirror_client_created(struct client **_client)
 	mclient->client = client;
 	mclient->event = event;
 	mclient->registry = registry;
-	mclient->copier = mirror_copier_init(storage_service, client->event,
+	mclient->copier = mirror_copier_init(storage_service, registry,
+		client->event,
 		lmtp_mirror_setting_bool(set_user, event, "mirror_fsync", TRUE));
 	mclient->delimiters =
 		p_strdup(client->pool,

@@ -11,6 +11,7 @@
 #include "mail-namespace.h"
 #include "mail-storage.h"
 #include "mail-storage-service.h"
+#include "mirror-registry.h"
 #include "mirror-copy.h"
 
 #include <unistd.h>
@@ -45,6 +46,10 @@ struct mirror_copier {
 	struct event *event_parent;
 	bool fsync;
 	struct mail_storage_service_ctx *storage_service;
+	/* where copies are counted, with the identity the copier was created
+	   with (LMTP's own, before any delivery drops privileges) */
+	struct mirror_registry *registry;
+	struct mirror_privileges privs;
 	ARRAY(struct mirror_storage *) storages;
 };
 
@@ -119,6 +124,7 @@ static int mirror_privileges_set(const struct mirror_privileges *p,
 
 struct mirror_copier *
 mirror_copier_init(struct mail_storage_service_ctx *storage_service,
+		   struct mirror_registry *registry,
 		   struct event *event_parent, bool fsync)
 {
 	struct mirror_copier *copier;
@@ -130,6 +136,8 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	copier->storage_service = storage_service;
 	copier->event_parent = event_parent;
 	copier->fsync = fsync;
+	copier->registry = registry;
+	mirror_privileges_get(pool, &copier->privs);
 	event_ref(event_parent);
 	i_array_init(&copier->storages, 4);
 	return copier;
@@ -515,6 +523,35 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 	return failed ? -1 : 0;
 }
 
+/* Count the copies made and failed per mirror, as the copier's own
+   identity: the registry belongs to the mail system, not to a user. */
+static void
+mirror_copier_count(struct mirror_copier *copier,
+		    const struct mirror_copy_target *targets,
+		    unsigned int count)
+{
+	ARRAY(struct mirror_copy_result) results;
+	struct mirror_copy_result *result;
+	const char *error;
+	unsigned int i, id;
+
+	t_array_init(&results, count);
+	for (i = 0; i < count; i++) {
+		array_foreach_elem(&targets[i].mirror_ids, id) {
+			result = array_append_space(&results);
+			result->id = id;
+			result->error = targets[i].error;
+		}
+	}
+	if (mirror_privileges_set(&copier->privs, &error) < 0) {
+		i_error("mirror: Can't count copies: %s", error);
+		return;
+	}
+	mirror_registry_status_update(copier->registry,
+				      array_front(&results),
+				      array_count(&results));
+}
+
 int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
 		       bool all_or_nothing, struct event *event_parent,
@@ -535,6 +572,8 @@ int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 	*error_r = NULL;
 	ret = mirror_copier_copy_all(copier, mail, targets, count,
 				     all_or_nothing, event_parent, error_r);
+	if (copier->registry != NULL)
+		mirror_copier_count(copier, targets, count);
 
 	/* A failed user lookup leaves the process at euid 0: always return
 	   to the caller's identity. */

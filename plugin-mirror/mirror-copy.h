@@ -11,6 +11,7 @@
 struct mail;
 struct mail_storage_service_ctx;
 struct mirror_copier;
+struct mirror_registry;
 
 /* The category of the suite's events in LMTP (log prefix "mirror: "). */
 extern struct event_category event_category_mirror;
@@ -29,9 +30,12 @@ struct mirror_copy_target {
 
 /* With fsync=FALSE, storages are opened with mail_fsync=never: a copy
    survives the process being killed (it is in the kernel's page cache
-   before the recipient's delivery commits), but not a power loss. */
+   before the recipient's delivery commits), but not a power loss.
+   With registry != NULL, every copy made or failed is counted there per
+   mirror (with the identity the copier was created with). */
 struct mirror_copier *
 mirror_copier_init(struct mail_storage_service_ctx *storage_service,
+		   struct mirror_registry *registry,
 		   struct event *event_parent, bool fsync);
 void mirror_copier_deinit(struct mirror_copier **copier);
 

@@ -110,10 +110,15 @@ class Sandbox:
             r.json = json.loads(r.stdout) if r.stdout.strip() else []
         return r
 
-    def mirror_add(self, source, storage, days=None):
-        args = ["mirror", "add", "-s", storage]
+    def mirror_add(self, source, storage=None, days=None, readonly=False):
+        """storage=None: mirror add creates the storage user."""
+        args = ["mirror", "add"]
+        if storage is not None:
+            args += ["-s", storage]
         if days is not None:
             args += ["-d", str(days)]
+        if readonly:
+            args += ["-r"]
         r = self.doveadm(*(args + [source]), json_output=True)
         assert len(r.json) == 1, r.stdout
         return r.json[0]

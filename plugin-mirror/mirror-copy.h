@@ -12,7 +12,7 @@ struct mail;
 struct mail_storage_service_ctx;
 struct mirror_copier;
 
-/* The category of the suite's events in LMTP (log prefix "mirror: "). */
+/* The category of the suite's events (log prefix "mirror: "). */
 extern struct event_category event_category_mirror;
 
 struct mirror_copy_target {

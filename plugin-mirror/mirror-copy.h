@@ -13,7 +13,7 @@ struct mail_storage_service_ctx;
 struct mirror_copier;
 struct mirror_registry;
 
-/* The category of the suite's events in LMTP (log prefix "mirror: "). */
+/* The category of the suite's events (log prefix "mirror: "). */
 extern struct event_category event_category_mirror;
 
 struct mirror_copy_target {

@@ -5,6 +5,9 @@
 #include "mail-user.h"
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
+#include "mirror-registry.h"
+#include "mirror-readonly.h"
+#include "mirror-copy.h"
 #include "mirror-plugin.h"
 
 #define MIRROR_USER_CONTEXT(obj) \
@@ -23,6 +26,8 @@ struct mirror_delivery_watch {
 struct mirror_user {
 	union mail_user_module_context module_ctx;
 	struct mirror_delivery_watch watch;
+	/* IMAP or POP3 session of a read-only mirror storage */
+	enum mirror_readonly_mode readonly;
 };
 
 const char *mirror_plugin_version = DOVECOT_ABI_VERSION;
@@ -59,6 +64,13 @@ bool mirror_user_unwatch_delivery(struct mail_user *user)
 	return called;
 }
 
+enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user)
+{
+	struct mirror_user *muser = MIRROR_USER_CONTEXT(user);
+
+	return muser == NULL ? MIRROR_READONLY_NONE : muser->readonly;
+}
+
 static int
 mirror_transaction_commit(struct mailbox_transaction_context *t,
 			  struct mail_transaction_commit_changes *changes_r)
@@ -90,14 +102,77 @@ mirror_transaction_commit(struct mailbox_transaction_context *t,
 	return mbox->super.transaction_commit(t, changes_r);
 }
 
+static struct event *mirror_user_event(struct mail_user *user)
+{
+	return event_create_passthrough(user->event)->
+		add_category(&event_category_mirror)->
+		append_log_prefix("mirror: ")->event();
+}
+
+/* Returns 1 if user is the storage of a read-only mirror, 0 if not, -1 if
+   the registry can't tell. */
+static int
+mirror_user_readonly_lookup(struct mail_user *user, const char *dict_uri,
+			    const char **error_r)
+{
+	struct mirror_registry *reg;
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def;
+	int ret;
+
+	if (mirror_registry_init(dict_uri, user->set->base_dir, user->event,
+				 &reg, error_r) < 0)
+		return -1;
+	t_array_init(&defs, 4);
+	ret = mirror_registry_storage_lookup(reg, user->username,
+					     pool_datastack_create(), &defs,
+					     error_r);
+	mirror_registry_deinit(&reg);
+	if (ret <= 0)
+		return ret;
+	array_foreach(&defs, def) {
+		if (def->readonly)
+			return 1;
+	}
+	return 0;
+}
+
 static void mirror_mail_user_created(struct mail_user *user)
 {
 	struct mirror_user *muser;
+	enum mirror_readonly_mode mode = MIRROR_READONLY_NONE;
+	const char *dict_uri, *error;
+	int ret;
 
 	muser = p_new(user->pool, struct mirror_user, 1);
 	muser->module_ctx.super = *user->vlast;
 	user->vlast = &muser->module_ctx.super;
 	MODULE_CONTEXT_SET(user, mirror_user_module, muser);
+
+	/* Only the clients' own services are restricted: LMTP saves the
+	   mirror copies, doveadm administers and expires them. */
+	if (strcmp(user->service, "imap") == 0)
+		mode = MIRROR_READONLY_REFUSE;
+	else if (strcmp(user->service, "pop3") == 0)
+		mode = MIRROR_READONLY_IGNORE;
+	if (mode == MIRROR_READONLY_NONE)
+		return;
+	dict_uri = mail_user_plugin_getenv(user, "mirror_dict");
+	if (dict_uri == NULL || *dict_uri == '\0')
+		return;
+
+	ret = mirror_user_readonly_lookup(user, dict_uri, &error);
+	if (ret < 0) {
+		/* fail closed: a read-only storage must not get in writable */
+		error = t_strdup_printf("Can't tell whether the user is a "
+					"read-only mirror storage: %s", error);
+		user->error = p_strconcat(user->pool, "mirror: ", error, NULL);
+		e_error(mirror_user_event(user), "%s", error);
+	} else if (ret > 0) {
+		muser->readonly = mode;
+		e_debug(mirror_user_event(user), "Read-only mirror storage: "
+			"only \\Seen can be changed");
+	}
 }
 
 static void mirror_mailbox_allocated(struct mailbox *box)
@@ -127,9 +202,11 @@ static struct mail_storage_hooks mirror_mail_storage_hooks = {
 void mirror_plugin_init(struct module *module)
 {
 	mail_storage_hooks_add(module, &mirror_mail_storage_hooks);
+	mirror_readonly_hooks_add(module);
 }
 
 void mirror_plugin_deinit(void)
 {
+	mirror_readonly_hooks_remove();
 	mail_storage_hooks_remove(&mirror_mail_storage_hooks);
 }

@@ -17,6 +17,7 @@
 #include "doveadm-settings.h"
 #include "doveadm-util.h"
 #include "mirror-registry.h"
+#include "doveadm-mirror-verify.h"
 
 #include <sysexits.h>
 
@@ -373,6 +374,7 @@ void doveadm_mirror_plugin_preinit(void)
 		return;
 	for (i = 0; i < N_ELEMENTS(doveadm_mirror_commands); i++)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
+	doveadm_mirror_verify_register();
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

@@ -18,6 +18,7 @@
 #include "doveadm-settings.h"
 #include "doveadm-util.h"
 #include "mirror-registry.h"
+#include "doveadm-mirror-verify.h"
 
 #include <ctype.h>
 #include <sysexits.h>
@@ -1094,6 +1095,7 @@ void doveadm_mirror_plugin_preinit(void)
 		i_fatal("sodium_init() failed");
 	for (i = 0; i < N_ELEMENTS(doveadm_mirror_commands); i++)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
+	doveadm_mirror_verify_register();
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

@@ -7,11 +7,17 @@
 #include "ioloop.h"
 #include "istream.h"
 #include "istream-concat.h"
+#include "istream-crlf.h"
+#include "istream-hash.h"
+#include "hash-method.h"
+#include "seq-range-array.h"
 #include "mail-user.h"
 #include "mail-namespace.h"
+#include "mail-storage-private.h" /* mailbox_get_path_to() */
 #include "mail-storage.h"
 #include "mail-storage-service.h"
 #include "mirror-registry.h"
+#include "mirror-chain.h"
 #include "mirror-copy.h"
 
 #include <unistd.h>
@@ -60,6 +66,11 @@ struct mirror_copy_state {
 	struct mirror_storage *storage;
 	struct mailbox_transaction_context *trans;
 	uoff_t size;
+	/* the copy's content hash, for the mirrors' chains: computed while
+	   saving (context from mirror_chain_hash_method) */
+	void *hash_ctx;
+	unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE];
+	bool hashed;
 };
 
 struct event_category event_category_mirror = {
@@ -371,6 +382,24 @@ mirror_copy_input(const struct mirror_copy_target *target,
 	return input;
 }
 
+/* Wrap the copy's input so that saving it computes its content hash: the
+   message with line endings normalized to LF, which is what every storage
+   keeps or can give back (maildir adds CRs only with mail_save_crlf). */
+static struct istream *
+mirror_copy_hash_input(struct mirror_copy_state *state, struct istream *input)
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	struct istream *lf_input, *hash_input;
+
+	i_assert(state->hash_ctx == NULL);
+	state->hash_ctx = i_malloc(meth->context_size);
+	meth->init(state->hash_ctx);
+	lf_input = i_stream_create_lf(input);
+	hash_input = i_stream_create_hash(lf_input, meth, state->hash_ctx);
+	i_stream_unref(&lf_input);
+	return hash_input;
+}
+
 /* Save (but don't commit) one copy. */
 static int
 mirror_copy_save(struct mirror_copy_state *state,
@@ -379,7 +408,7 @@ mirror_copy_save(struct mirror_copy_state *state,
 {
 	struct mailbox *box = state->storage->box;
 	struct mail_save_context *save_ctx;
-	struct istream *mail_input, *input;
+	struct istream *mail_input, *copy_input, *input;
 	uoff_t header_size;
 	time_t received_date;
 	ssize_t ret;
@@ -390,10 +419,13 @@ mirror_copy_save(struct mirror_copy_state *state,
 			mailbox_get_last_internal_error(mail->box, NULL));
 		return -1;
 	}
-	input = mirror_copy_input(target, mail_input, &header_size);
+	copy_input = mirror_copy_input(target, mail_input, &header_size);
+	input = mirror_copy_hash_input(state, copy_input);
 
+	/* UIDs are needed for the mirrors' chains */
 	state->trans = mailbox_transaction_begin(box,
-		MAILBOX_TRANSACTION_FLAG_EXTERNAL, "mirror copy");
+		MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+		MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "mirror copy");
 	save_ctx = mailbox_save_alloc(state->trans);
 	if (mail_get_received_date(mail, &received_date) == 0)
 		mailbox_save_set_received_date(save_ctx, received_date, 0);
@@ -412,6 +444,7 @@ mirror_copy_save(struct mirror_copy_state *state,
 				i_stream_get_error(input));
 			mailbox_save_cancel(&save_ctx);
 			i_stream_unref(&input);
+			i_stream_unref(&copy_input);
 			mailbox_transaction_rollback(&state->trans);
 			return -1;
 		}
@@ -420,8 +453,16 @@ mirror_copy_save(struct mirror_copy_state *state,
 		else if (mailbox_save_finish(&save_ctx) < 0)
 			failed = TRUE;
 	}
-	state->size = input->v_offset;
+	if (!failed && input->eof) {
+		/* the whole message went through the hash */
+		mirror_chain_hash_method.result(state->hash_ctx,
+						state->content_hash);
+		state->hashed = TRUE;
+	}
+	/* the size of the message with its mirror headers, as given */
+	state->size = copy_input->v_offset;
 	i_stream_unref(&input);
+	i_stream_unref(&copy_input);
 	if (failed) {
 		*error_r = t_strdup_printf("Saving failed: %s",
 			mailbox_get_last_internal_error(box, NULL));
@@ -429,6 +470,56 @@ mirror_copy_save(struct mirror_copy_state *state,
 		return -1;
 	}
 	return 0;
+}
+
+/* Append a copy record to the chain of every mirror the committed copy
+   serves. The copy is committed already: a failure here is logged, and
+   doesn't fail the copy. */
+static void
+mirror_copy_chain_append(struct mirror_copier *copier,
+			 struct mirror_copy_state *state,
+			 const struct mirror_copy_target *target,
+			 const struct mail_transaction_commit_changes *changes)
+{
+	const struct seq_range *range;
+	const char *dir, *path, *error = NULL;
+	unsigned int id;
+	int ret;
+
+	if (!state->hashed)
+		error = "The copy's content hash is unknown";
+	else if (array_count(&changes->saved_uids) == 0 ||
+		 changes->uid_validity == 0)
+		error = "The copy's UID is unknown";
+	else if ((ret = mailbox_get_path_to(state->storage->box,
+					    MAILBOX_LIST_PATH_TYPE_CONTROL,
+					    &dir)) <= 0) {
+		error = ret == 0 ? "The storage has no control directory" :
+			t_strdup_printf("Control directory unknown: %s",
+				mailbox_get_last_internal_error(
+					state->storage->box, NULL));
+	}
+	if (error != NULL) {
+		array_foreach_elem(&target->mirror_ids, id) {
+			e_error(state->event, "Mirror %u: chain append for "
+				"the copy to %s failed: %s", id,
+				target->storage, error);
+		}
+		return;
+	}
+	range = array_front(&changes->saved_uids);
+	array_foreach_elem(&target->mirror_ids, id) {
+		path = t_strdup_printf("%s/%s", dir,
+				       mirror_chain_file_name(id));
+		if (mirror_chain_append(path, id, MIRROR_CHAIN_RECORD_COPY,
+					ioloop_time, changes->uid_validity,
+					range->seq1, state->content_hash,
+					copier->fsync, NULL, &error) < 0) {
+			e_error(state->event, "Mirror %u: chain append for "
+				"the copy to %s failed: %s", id,
+				target->storage, error);
+		}
+	}
 }
 
 static void
@@ -463,6 +554,7 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 		       const char **error_r)
 {
 	struct mirror_copy_state *states;
+	struct mail_transaction_commit_changes changes;
 	const char *error;
 	unsigned int i;
 	bool failed = FALSE;
@@ -504,12 +596,18 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 			mailbox_transaction_rollback(&states[i].trans);
 			targets[i].error = "Not copied, because another "
 				"mirror copy of the message failed";
-		} else if (mailbox_transaction_commit(&states[i].trans) < 0) {
+		} else if (mailbox_transaction_commit_get_changes(
+				&states[i].trans, &changes) < 0) {
 			targets[i].error = *error_r = t_strdup_printf(
 				"Commit failed: %s",
 				mailbox_get_last_internal_error(storage->box,
 								NULL));
 			failed = TRUE;
+		} else {
+			/* still as the storage user: it owns the chain */
+			mirror_copy_chain_append(copier, &states[i],
+						 &targets[i], &changes);
+			pool_unref(&changes.pool);
 		}
 		mirror_storage_deactivate(storage);
 		if (targets[i].error != NULL && !(failed && all_or_nothing))
@@ -519,6 +617,7 @@ mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
 		mirror_copy_finished(states[i].event, &targets[i],
 				     states[i].size);
 		event_unref(&states[i].event);
+		i_free(states[i].hash_ctx);
 	}
 	return failed ? -1 : 0;
 }

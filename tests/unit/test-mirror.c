@@ -1,13 +1,24 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* Unit tests of the pure parts: sources and addresses, registry values. */
+/* Unit tests of the pure parts: sources and addresses, registry values,
+   the hash chain's records and links. */
 
 #include "lib.h"
 #include "array.h"
 #include "str.h"
+#include "hex-binary.h"
+#include "write-full.h"
+#include "hash-method.h"
+#include "istream.h"
+#include "istream-crlf.h"
+#include "istream-hash.h"
 #include "test-common.h"
 #include "mirror-address.h"
 #include "mirror-registry.h"
+#include "mirror-chain.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 static void test_mirror_source_parse(void)
 {
@@ -235,6 +246,306 @@ static void test_mirror_sources(void)
 	test_end();
 }
 
+static void test_chain_record_init(struct mirror_chain_record *rec)
+{
+	unsigned int i;
+
+	i_zero(rec);
+	rec->type = MIRROR_CHAIN_RECORD_COPY;
+	rec->seq = 1;
+	rec->time = 1700000000;
+	rec->uid_validity = 1234;
+	rec->uid = 5;
+	for (i = 0; i < MIRROR_CHAIN_HASH_SIZE; i++)
+		rec->content_hash[i] = i;
+}
+
+static void test_mirror_chain_link(void)
+{
+	struct mirror_chain_record rec, rec2;
+	unsigned char link[MIRROR_CHAIN_HASH_SIZE];
+	const char *error;
+
+	test_begin("mirror_chain_link()");
+	/* known answers, computed independently (Python's hashlib) */
+	test_chain_record_init(&rec);
+	mirror_chain_link(7, NULL, &rec, rec.link);
+	test_assert_strcmp(binary_to_hex(rec.link, sizeof(rec.link)),
+		"dcbd56ed995b565f1d6b4837e38ac24f183a6551b9cf51db6223a91a4210aee1");
+	rec2 = rec;
+	rec2.type = MIRROR_CHAIN_RECORD_EXPIRE;
+	rec2.seq = 2;
+	rec2.time = 1700000100;
+	mirror_chain_link(7, rec.link, &rec2, rec2.link);
+	test_assert_strcmp(binary_to_hex(rec2.link, sizeof(rec2.link)),
+		"f1f64e780bb516708788ebc127d3064cd06f41b810a988df81fd5bcd0375cecb");
+	test_assert(mirror_chain_record_follows(7, NULL, &rec, &error));
+	test_assert(mirror_chain_record_follows(7, &rec, &rec2, &error));
+
+	/* every field is part of the link */
+	test_assert(!mirror_chain_record_follows(8, NULL, &rec, &error));
+	test_assert(!mirror_chain_record_follows(7, NULL, &rec2, &error));
+	rec2.uid++;
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	rec2.uid--;
+	rec2.uid_validity++;
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	rec2.uid_validity--;
+	rec2.time++;
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	rec2.time--;
+	rec2.content_hash[31] ^= 1;
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	rec2.content_hash[31] ^= 1;
+	rec2.type = MIRROR_CHAIN_RECORD_COPY;
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	rec2.type = MIRROR_CHAIN_RECORD_EXPIRE;
+	/* the seq must be the next one, even with a matching link */
+	rec2.seq = 3;
+	mirror_chain_link(7, rec.link, &rec2, rec2.link);
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	/* the link is over the previous link */
+	rec2.seq = 2;
+	mirror_chain_link(7, NULL, &rec2, link);
+	memcpy(rec2.link, link, sizeof(link));
+	test_assert(!mirror_chain_record_follows(7, &rec, &rec2, &error));
+	test_end();
+}
+
+static void test_mirror_chain_hash_method(void)
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	unsigned char digest[MIRROR_CHAIN_HASH_SIZE];
+	struct istream *input, *lf, *hash;
+	const unsigned char *data;
+	size_t size;
+	void *ctx;
+
+	test_begin("mirror_chain_hash_method");
+	/* through istream-lf and istream-hash, as the copier uses it, with a
+	   context at an odd address */
+	ctx = i_malloc(meth->context_size + 1);
+	meth->init((char *)ctx + 1);
+	input = test_istream_create("a\r\nb\n");
+	test_istream_set_max_buffer_size(input, 1);
+	lf = i_stream_create_lf(input);
+	hash = i_stream_create_hash(lf, meth, (char *)ctx + 1);
+	while (i_stream_read_more(hash, &data, &size) > 0)
+		i_stream_skip(hash, size);
+	test_assert(hash->eof && hash->stream_errno == 0);
+	meth->result((char *)ctx + 1, digest);
+	test_assert_strcmp(binary_to_hex(digest, sizeof(digest)),
+		"e622f861cfb90d7fc2773ebf739fd5331515e652d2d3bad8d5a24ec90bf505fd");
+	i_stream_unref(&hash);
+	i_stream_unref(&lf);
+	i_stream_unref(&input);
+	i_free(ctx);
+	test_end();
+}
+
+static void test_mirror_chain_record_format_parse(void)
+{
+	struct mirror_chain_record rec, parsed;
+	string_t *str = t_str_new(256);
+	const char *error, *line;
+
+	test_begin("mirror_chain_record format and parse");
+	test_chain_record_init(&rec);
+	mirror_chain_link(7, NULL, &rec, rec.link);
+	mirror_chain_record_format(str, &rec);
+	test_assert_strcmp(str_c(str),
+		"copy 1 1700000000 1234 5 "
+		"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f "
+		"dcbd56ed995b565f1d6b4837e38ac24f183a6551b9cf51db6223a91a4210aee1\n");
+	line = t_strndup(str_data(str), str_len(str) - 1);
+	test_assert(mirror_chain_record_parse(line, &parsed, &error) == 0);
+	test_assert(memcmp(&rec, &parsed, sizeof(rec)) == 0);
+
+	rec.type = MIRROR_CHAIN_RECORD_EXPIRE;
+	rec.seq = 18446744073709551615ULL;
+	rec.uid_validity = rec.uid = 4294967295U;
+	str_truncate(str, 0);
+	mirror_chain_record_format(str, &rec);
+	line = t_strndup(str_data(str), str_len(str) - 1);
+	test_assert(strncmp(line, "expire ", 7) == 0);
+	test_assert(mirror_chain_record_parse(line, &parsed, &error) == 0);
+	test_assert(memcmp(&rec, &parsed, sizeof(rec)) == 0);
+	test_end();
+}
+
+static void test_mirror_chain_record_parse_broken(void)
+{
+#define H64 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+	static const char *broken[] = {
+		"",
+		"copy",
+		"copy 1 1700000000 1234 5 "H64,
+		"copy 1 1700000000 1234 5 "H64" "H64" extra",
+		"move 1 1700000000 1234 5 "H64" "H64,
+		"COPY 1 1700000000 1234 5 "H64" "H64,
+		"copy 0 1700000000 1234 5 "H64" "H64,
+		"copy 01 1700000000 1234 5 "H64" "H64,
+		"copy +1 1700000000 1234 5 "H64" "H64,
+		"copy 1 -1 1234 5 "H64" "H64,
+		"copy 1 1700000000 0 5 "H64" "H64,
+		"copy 1 1700000000 1234 0 "H64" "H64,
+		"copy 1 1700000000 4294967296 5 "H64" "H64,
+		"copy 1 1700000000 1234 x "H64" "H64,
+		"copy 1 18446744073709551616 1234 5 "H64" "H64,
+		"copy 1 1700000000 1234 5 "H64"00 "H64,
+		"copy 1 1700000000 1234 5 "H64" "H64"0",
+		"copy 1 1700000000 1234 5 "H64" 0"H64,
+		"copy 1 1700000000 1234 5 "H64" "
+			"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1g",
+		"copy 1 1700000000 1234 5 "H64" "
+			"000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+		"copy  1 1700000000 1234 5 "H64" "H64,
+		"copy 1 1700000000 1234 5 "H64" "H64" ",
+		" copy 1 1700000000 1234 5 "H64" "H64,
+		"copy\t1 1700000000 1234 5 "H64" "H64,
+		"copy 1 1700000000 1234 5 "H64" "H64"\r",
+	};
+	struct mirror_chain_record rec;
+	const char *error;
+	unsigned int i;
+
+	test_begin("mirror_chain_record_parse() broken lines");
+	for (i = 0; i < N_ELEMENTS(broken); i++) {
+		error = NULL;
+		test_assert_idx(mirror_chain_record_parse(broken[i], &rec,
+							  &error) < 0, i);
+		test_assert_idx(error != NULL, i);
+	}
+	test_assert(mirror_chain_record_parse(
+		"copy 1 1700000000 1234 5 "H64" "H64, &rec, &error) == 0);
+	test_end();
+#undef H64
+}
+
+static void test_chain_file_write(const char *path, const char *data)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC | O_CREAT, 0600);
+
+	if (fd == -1)
+		i_fatal("open(%s) failed: %m", path);
+	if (write_full(fd, data, strlen(data)) < 0)
+		i_fatal("write(%s) failed: %m", path);
+	i_close_fd(&fd);
+}
+
+static void test_chain_file_read(const char *path, string_t *dest)
+{
+	char buf[1024];
+	ssize_t ret;
+	int fd = open(path, O_RDONLY);
+
+	if (fd == -1)
+		i_fatal("open(%s) failed: %m", path);
+	while ((ret = read(fd, buf, sizeof(buf))) > 0)
+		str_append_data(dest, buf, ret);
+	i_close_fd(&fd);
+}
+
+static void test_mirror_chain_file(void)
+{
+	const char *path = ".test-mirror-chain.tmp";
+	ARRAY_TYPE(mirror_chain_record) records;
+	struct mirror_chain_record rec, rec3;
+	const struct mirror_chain_record *recs;
+	unsigned char hash[MIRROR_CHAIN_HASH_SIZE];
+	const char *broken, *error, *p;
+	string_t *data = t_str_new(1024);
+	unsigned int i, count;
+
+	test_begin("mirror chain file: append and read");
+	i_unlink_if_exists(path);
+	t_array_init(&records, 8);
+	/* no file: an empty, intact chain */
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 0 && broken == NULL);
+
+	memset(hash, 0xab, sizeof(hash));
+	for (i = 1; i <= 3; i++) {
+		test_assert_idx(mirror_chain_append(path, 3,
+			i == 3 ? MIRROR_CHAIN_RECORD_EXPIRE :
+			MIRROR_CHAIN_RECORD_COPY, 1700000000 + i, 99, i,
+			hash, i == 2, &rec, &error) == 0, i);
+		test_assert_idx(rec.seq == i, i);
+	}
+	rec3 = rec;
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	recs = array_get(&records, &count);
+	test_assert(count == 3 && broken == NULL);
+	test_assert(count == 3 && memcmp(&recs[2], &rec3, sizeof(rec3)) == 0);
+	/* another mirror's links don't match */
+	array_clear(&records);
+	test_assert(mirror_chain_read(path, 4, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 3 && broken != NULL);
+
+	/* change a record: the chain is broken, the records still read */
+	test_chain_file_read(path, data);
+	p = strstr(str_c(data), " 99 2 ");
+	test_assert(p != NULL);
+	if (p != NULL) {
+		str_delete(data, p - str_c(data) + 4, 1);
+		str_insert(data, p - str_c(data) + 4, "7");
+	}
+	test_chain_file_write(path, str_c(data));
+	array_clear(&records);
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 3 && broken != NULL &&
+		    strstr(broken, "line 2") != NULL);
+
+	/* a garbage line */
+	test_chain_file_write(path, t_strconcat(str_c(data), "garbage\n",
+						NULL));
+	array_clear(&records);
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 3 && broken != NULL);
+	/* appending after a broken last record fails and changes nothing */
+	test_assert(mirror_chain_append(path, 3, MIRROR_CHAIN_RECORD_COPY,
+					1700000009, 99, 9, hash, FALSE, NULL,
+					&error) < 0);
+
+	/* an incomplete last record */
+	str_truncate(data, 0);
+	test_chain_file_write(path, "");
+	test_assert(mirror_chain_append(path, 3, MIRROR_CHAIN_RECORD_COPY,
+					1700000001, 99, 1, hash, FALSE, NULL,
+					&error) == 0);
+	test_chain_file_read(path, data);
+	test_chain_file_write(path, t_strndup(str_data(data),
+					      str_len(data) - 1));
+	array_clear(&records);
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 0 && broken != NULL);
+	test_assert(mirror_chain_append(path, 3, MIRROR_CHAIN_RECORD_COPY,
+					1700000002, 99, 2, hash, FALSE, NULL,
+					&error) < 0);
+
+	/* a line longer than any record */
+	str_truncate(data, 0);
+	for (i = 0; i < 2000; i++)
+		str_append_c(data, 'x');
+	str_append_c(data, '\n');
+	test_chain_file_write(path, str_c(data));
+	array_clear(&records);
+	test_assert(mirror_chain_read(path, 3, &records, &broken,
+				      &error) == 0);
+	test_assert(array_count(&records) == 0 && broken != NULL);
+	test_assert(mirror_chain_append(path, 3, MIRROR_CHAIN_RECORD_COPY,
+					1700000002, 99, 2, hash, FALSE, NULL,
+					&error) < 0);
+	i_unlink(path);
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -245,6 +556,11 @@ int main(void)
 		test_mirror_defs_roundtrip,
 		test_mirror_defs_decode_broken,
 		test_mirror_sources,
+		test_mirror_chain_link,
+		test_mirror_chain_hash_method,
+		test_mirror_chain_record_format_parse,
+		test_mirror_chain_record_parse_broken,
+		test_mirror_chain_file,
 		NULL
 	};
 	return test_run(test_functions);

@@ -1,0 +1,437 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "strnum.h"
+#include "str-sanitize.h"
+#include "buffer.h"
+#include "hex-binary.h"
+#include "byteorder.h"
+#include "hash-method.h"
+#include "istream.h"
+#include "file-lock.h"
+#include "mirror-chain.h"
+
+#include <sodium.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+/* type, previous link, content hash, time, mirror id, uidvalidity, uid,
+   seq: the fixed encoding a link is computed over */
+#define MIRROR_CHAIN_LINK_INPUT_SIZE \
+	(1 + MIRROR_CHAIN_HASH_SIZE * 2 + 8 + 4 + 4 + 4 + 8)
+/* crypto_generichash_state asks for more alignment than malloc() or a
+   pool gives: the hash method aligns its context itself. */
+#define MIRROR_CHAIN_STATE_ALIGN 64
+
+static crypto_generichash_state *mirror_chain_hash_state(void *context)
+{
+	uintptr_t p = (uintptr_t)context;
+
+	p = (p + MIRROR_CHAIN_STATE_ALIGN - 1) &
+		~(uintptr_t)(MIRROR_CHAIN_STATE_ALIGN - 1);
+	return (crypto_generichash_state *)p;
+}
+
+static void mirror_chain_hash_init(void *context)
+{
+	if (sodium_init() < 0)
+		i_fatal("mirror: sodium_init() failed");
+	if (crypto_generichash_init(mirror_chain_hash_state(context), NULL, 0,
+				    MIRROR_CHAIN_HASH_SIZE) < 0)
+		i_unreached();
+}
+
+static void mirror_chain_hash_loop(void *context, const void *data,
+				   size_t size)
+{
+	(void)crypto_generichash_update(mirror_chain_hash_state(context),
+					data, size);
+}
+
+static void mirror_chain_hash_result(void *context, unsigned char *digest_r)
+{
+	crypto_generichash_state *state = mirror_chain_hash_state(context);
+
+	if (crypto_generichash_final(state, digest_r,
+				     MIRROR_CHAIN_HASH_SIZE) < 0)
+		i_unreached();
+	sodium_memzero(state, sizeof(*state));
+}
+
+const struct hash_method mirror_chain_hash_method = {
+	.name = "mirror-blake2b-256",
+	/* BLAKE2b works on blocks of 128 bytes */
+	.block_size = 128,
+	.context_size = sizeof(crypto_generichash_state) +
+		MIRROR_CHAIN_STATE_ALIGN - 1,
+	.digest_size = MIRROR_CHAIN_HASH_SIZE,
+
+	.init = mirror_chain_hash_init,
+	.loop = mirror_chain_hash_loop,
+	.result = mirror_chain_hash_result,
+};
+
+const char *mirror_chain_type_to_str(enum mirror_chain_record_type type)
+{
+	switch (type) {
+	case MIRROR_CHAIN_RECORD_COPY:
+		return "copy";
+	case MIRROR_CHAIN_RECORD_EXPIRE:
+		return "expire";
+	}
+	i_unreached();
+}
+
+static bool mirror_chain_type_parse(const char *str,
+				    enum mirror_chain_record_type *type_r)
+{
+	if (strcmp(str, "copy") == 0)
+		*type_r = MIRROR_CHAIN_RECORD_COPY;
+	else if (strcmp(str, "expire") == 0)
+		*type_r = MIRROR_CHAIN_RECORD_EXPIRE;
+	else
+		return FALSE;
+	return TRUE;
+}
+
+const char *mirror_chain_file_name(unsigned int mirror_id)
+{
+	return t_strdup_printf(MIRROR_CHAIN_FILE_PREFIX"%u", mirror_id);
+}
+
+void mirror_chain_link(unsigned int mirror_id, const unsigned char *prev_link,
+		       const struct mirror_chain_record *rec,
+		       unsigned char link_r[MIRROR_CHAIN_HASH_SIZE])
+{
+	unsigned char input[MIRROR_CHAIN_LINK_INPUT_SIZE], *p = input;
+
+	*p++ = (unsigned char)rec->type;
+	if (prev_link == NULL)
+		memset(p, 0, MIRROR_CHAIN_HASH_SIZE);
+	else
+		memcpy(p, prev_link, MIRROR_CHAIN_HASH_SIZE);
+	p += MIRROR_CHAIN_HASH_SIZE;
+	memcpy(p, rec->content_hash, MIRROR_CHAIN_HASH_SIZE);
+	p += MIRROR_CHAIN_HASH_SIZE;
+	cpu64_to_be_unaligned(rec->time, p); p += 8;
+	cpu32_to_be_unaligned(mirror_id, p); p += 4;
+	cpu32_to_be_unaligned(rec->uid_validity, p); p += 4;
+	cpu32_to_be_unaligned(rec->uid, p); p += 4;
+	cpu64_to_be_unaligned(rec->seq, p); p += 8;
+	i_assert(p == input + sizeof(input));
+
+	if (sodium_init() < 0)
+		i_fatal("mirror: sodium_init() failed");
+	if (crypto_generichash(link_r, MIRROR_CHAIN_HASH_SIZE,
+			       input, sizeof(input), NULL, 0) < 0)
+		i_unreached();
+}
+
+void mirror_chain_record_format(string_t *dest,
+				const struct mirror_chain_record *rec)
+{
+	str_printfa(dest, "%s %"PRIu64" %"PRIu64" %u %u ",
+		    mirror_chain_type_to_str(rec->type), rec->seq, rec->time,
+		    rec->uid_validity, rec->uid);
+	binary_to_hex_append(dest, rec->content_hash, MIRROR_CHAIN_HASH_SIZE);
+	str_append_c(dest, ' ');
+	binary_to_hex_append(dest, rec->link, MIRROR_CHAIN_HASH_SIZE);
+	str_append_c(dest, '\n');
+}
+
+static bool mirror_chain_hash_parse(const char *hex, unsigned char *hash_r)
+{
+	buffer_t buf;
+
+	if (strlen(hex) != MIRROR_CHAIN_HASH_SIZE * 2)
+		return FALSE;
+	buffer_create_from_data(&buf, hash_r, MIRROR_CHAIN_HASH_SIZE);
+	return hex_to_binary(hex, &buf) == 0 &&
+		buf.used == MIRROR_CHAIN_HASH_SIZE;
+}
+
+int mirror_chain_record_parse(const char *line,
+			      struct mirror_chain_record *rec_r,
+			      const char **error_r)
+{
+	const char *const *args;
+	string_t *str;
+
+	i_zero(rec_r);
+	if (strlen(line) >= MIRROR_CHAIN_LINE_MAX) {
+		*error_r = "Record too long";
+		return -1;
+	}
+	args = t_strsplit(line, " ");
+	if (str_array_length(args) != 7) {
+		*error_r = "Wrong number of fields";
+		return -1;
+	}
+	if (!mirror_chain_type_parse(args[0], &rec_r->type)) {
+		*error_r = t_strdup_printf("Unknown record type '%s'",
+					   str_sanitize(args[0], 20));
+		return -1;
+	}
+	if (str_to_uint64(args[1], &rec_r->seq) < 0 || rec_r->seq == 0) {
+		*error_r = "Invalid seq";
+		return -1;
+	}
+	if (str_to_uint64(args[2], &rec_r->time) < 0) {
+		*error_r = "Invalid time";
+		return -1;
+	}
+	if (str_to_uint32(args[3], &rec_r->uid_validity) < 0 ||
+	    rec_r->uid_validity == 0) {
+		*error_r = "Invalid uidvalidity";
+		return -1;
+	}
+	if (str_to_uint32(args[4], &rec_r->uid) < 0 || rec_r->uid == 0) {
+		*error_r = "Invalid uid";
+		return -1;
+	}
+	if (!mirror_chain_hash_parse(args[5], rec_r->content_hash)) {
+		*error_r = "Invalid content hash";
+		return -1;
+	}
+	if (!mirror_chain_hash_parse(args[6], rec_r->link)) {
+		*error_r = "Invalid link";
+		return -1;
+	}
+	/* one way to write each record: no leading zeros, no uppercase hex */
+	str = t_str_new(MIRROR_CHAIN_LINE_MAX);
+	mirror_chain_record_format(str, rec_r);
+	str_truncate(str, str_len(str) - 1);
+	if (strcmp(str_c(str), line) != 0) {
+		*error_r = "Record not in canonical form";
+		return -1;
+	}
+	return 0;
+}
+
+bool mirror_chain_record_follows(unsigned int mirror_id,
+				 const struct mirror_chain_record *prev,
+				 const struct mirror_chain_record *rec,
+				 const char **error_r)
+{
+	unsigned char link[MIRROR_CHAIN_HASH_SIZE];
+	uint64_t seq = prev == NULL ? 1 : prev->seq + 1;
+
+	if (rec->seq != seq) {
+		*error_r = t_strdup_printf("Expected seq %"PRIu64", found %"
+					   PRIu64, seq, rec->seq);
+		return FALSE;
+	}
+	mirror_chain_link(mirror_id, prev == NULL ? NULL : prev->link, rec,
+			  link);
+	if (memcmp(link, rec->link, sizeof(link)) != 0) {
+		*error_r = t_strdup_printf("Link of seq %"PRIu64" doesn't "
+					   "match", rec->seq);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+/* Read the last record of a locked chain file of size bytes. Returns 1 if
+   found, 0 if the file is empty, -1 if it can't be read or is broken. */
+static int
+mirror_chain_read_last(int fd, const char *path, uoff_t size,
+		       struct mirror_chain_record *rec_r, const char **error_r)
+{
+	char buf[MIRROR_CHAIN_LINE_MAX + 1];
+	size_t len, start;
+	off_t offset;
+	ssize_t ret;
+	const char *error;
+
+	if (size == 0)
+		return 0;
+	len = size < MIRROR_CHAIN_LINE_MAX ? size : MIRROR_CHAIN_LINE_MAX;
+	offset = (off_t)(size - len);
+	ret = pread(fd, buf, len, offset);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("pread(%s) failed: %m", path);
+		return -1;
+	}
+	if ((size_t)ret != len) {
+		*error_r = t_strdup_printf("pread(%s) returned %zd of %zu "
+					   "bytes", path, ret, len);
+		return -1;
+	}
+	if (buf[len - 1] != '\n') {
+		*error_r = t_strdup_printf(
+			"Chain %s is broken: its last record is incomplete",
+			path);
+		return -1;
+	}
+	buf[len - 1] = '\0';
+	for (start = len - 1; start > 0; start--) {
+		if (buf[start - 1] == '\n')
+			break;
+	}
+	if (start == 0 && offset != 0) {
+		*error_r = t_strdup_printf(
+			"Chain %s is broken: its last record is too long",
+			path);
+		return -1;
+	}
+	if (mirror_chain_record_parse(buf + start, rec_r, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Chain %s is broken: its last record: %s", path,
+			error);
+		return -1;
+	}
+	return 1;
+}
+
+static int
+mirror_chain_append_locked(int fd, const char *path, unsigned int mirror_id,
+			   struct mirror_chain_record *rec, bool fsync,
+			   const char **error_r)
+{
+	struct mirror_chain_record prev;
+	struct stat st;
+	string_t *line;
+	ssize_t ret;
+	int prev_ret;
+
+	if (fstat(fd, &st) < 0) {
+		*error_r = t_strdup_printf("fstat(%s) failed: %m", path);
+		return -1;
+	}
+	prev_ret = mirror_chain_read_last(fd, path, st.st_size, &prev,
+					  error_r);
+	if (prev_ret < 0)
+		return -1;
+	rec->seq = prev_ret == 0 ? 1 : prev.seq + 1;
+	mirror_chain_link(mirror_id, prev_ret == 0 ? NULL : prev.link, rec,
+			  rec->link);
+
+	line = t_str_new(MIRROR_CHAIN_LINE_MAX);
+	mirror_chain_record_format(line, rec);
+	/* one write(): a reader never sees half of another's record */
+	ret = write(fd, str_data(line), str_len(line));
+	if (ret != (ssize_t)str_len(line)) {
+		*error_r = ret < 0 ?
+			t_strdup_printf("write(%s) failed: %m", path) :
+			t_strdup_printf("write(%s) wrote %zd of %zu bytes",
+					path, ret, str_len(line));
+		/* leave no partial record behind */
+		if (ret > 0 && ftruncate(fd, st.st_size) < 0) {
+			i_error("mirror: ftruncate(%s) failed: %m", path);
+		}
+		return -1;
+	}
+	if (fsync && fdatasync(fd) < 0) {
+		*error_r = t_strdup_printf("fdatasync(%s) failed: %m", path);
+		return -1;
+	}
+	return 0;
+}
+
+int mirror_chain_append(const char *path, unsigned int mirror_id,
+			enum mirror_chain_record_type type, time_t time,
+			uint32_t uid_validity, uint32_t uid,
+			const unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE],
+			bool fsync, struct mirror_chain_record *rec_r,
+			const char **error_r)
+{
+	struct file_lock_settings lock_set = {
+		.lock_method = FILE_LOCK_METHOD_FCNTL,
+	};
+	struct mirror_chain_record rec;
+	struct file_lock *lock;
+	const char *error;
+	int fd, ret;
+
+	i_assert(uid_validity != 0 && uid != 0);
+
+	i_zero(&rec);
+	rec.type = type;
+	rec.time = time < 0 ? 0 : (uint64_t)time;
+	rec.uid_validity = uid_validity;
+	rec.uid = uid;
+	memcpy(rec.content_hash, content_hash, MIRROR_CHAIN_HASH_SIZE);
+
+	fd = open(path, O_RDWR | O_APPEND | O_CREAT, 0600);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	ret = file_wait_lock(fd, path, F_WRLCK, &lock_set,
+			     MIRROR_CHAIN_LOCK_TIMEOUT_SECS, &lock, &error);
+	if (ret <= 0) {
+		*error_r = ret < 0 ? error : t_strdup_printf(
+			"Timed out locking %s: %s", path, error);
+		i_close_fd(&fd);
+		return -1;
+	}
+	ret = mirror_chain_append_locked(fd, path, mirror_id, &rec, fsync,
+					 error_r);
+	file_unlock(&lock);
+	if (close(fd) < 0 && ret == 0) {
+		*error_r = t_strdup_printf("close(%s) failed: %m", path);
+		ret = -1;
+	}
+	if (ret == 0 && rec_r != NULL)
+		*rec_r = rec;
+	return ret;
+}
+
+int mirror_chain_read(const char *path, unsigned int mirror_id,
+		      ARRAY_TYPE(mirror_chain_record) *records,
+		      const char **broken_r, const char **error_r)
+{
+	struct mirror_chain_record rec, prev;
+	struct istream *input;
+	const char *line, *error;
+	unsigned int line_num = 0;
+	bool have_prev = FALSE;
+	int fd, ret = 0;
+
+	*broken_r = NULL;
+	fd = open(path, O_RDONLY);
+	if (fd == -1) {
+		if (errno == ENOENT)
+			return 0;
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	input = i_stream_create_fd_autoclose(&fd, MIRROR_CHAIN_LINE_MAX);
+	while ((line = i_stream_read_next_line(input)) != NULL) {
+		line_num++;
+		if (mirror_chain_record_parse(line, &rec, &error) < 0) {
+			if (*broken_r == NULL) {
+				*broken_r = t_strdup_printf(
+					"line %u: %s", line_num, error);
+			}
+			continue;
+		}
+		if (!mirror_chain_record_follows(mirror_id,
+						 have_prev ? &prev : NULL,
+						 &rec, &error) &&
+		    *broken_r == NULL)
+			*broken_r = t_strdup_printf("line %u: %s", line_num,
+						    error);
+		array_push_back(records, &rec);
+		prev = rec;
+		have_prev = TRUE;
+	}
+	if (input->stream_errno == ENOBUFS) {
+		if (*broken_r == NULL) {
+			*broken_r = t_strdup_printf(
+				"line %u: Record too long", line_num + 1);
+		}
+	} else if (input->stream_errno != 0) {
+		*error_r = t_strdup_printf("read(%s) failed: %s", path,
+					   i_stream_get_error(input));
+		ret = -1;
+	} else if (i_stream_get_data_size(input) > 0 && *broken_r == NULL) {
+		*broken_r = t_strdup_printf("line %u: Incomplete record",
+					    line_num + 1);
+	}
+	i_stream_unref(&input);
+	return ret;
+}

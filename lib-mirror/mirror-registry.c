@@ -425,7 +425,8 @@ static int
 mirror_registry_get(struct mirror_registry *reg, const char *key,
 		    const char **value_r, const char **error_r)
 {
-	const char *error;
+	/* dict_lookup() reads the error even on success */
+	const char *error = NULL;
 	int ret;
 
 	ret = dict_lookup(reg->dict, &reg->opset, pool_datastack_create(),

@@ -23,6 +23,8 @@
 #define MIRROR_KEY_ACCOUNT MIRROR_KEY_PREFIX"account/"
 #define MIRROR_KEY_ACCOUNTS MIRROR_KEY_PREFIX"accounts"
 #define MIRROR_KEY_DOMAIN MIRROR_KEY_PREFIX"domain/"
+#define MIRROR_KEY_EXPIRE MIRROR_KEY_PREFIX"expire/"
+#define MIRROR_KEY_EXPIRE_LAST_RUN MIRROR_KEY_PREFIX"expire-last-run"
 /* A registry value is an array of objects; room for one more level of
    nesting that a later version may add. */
 #define MIRROR_JSON_MAX_DEPTH 4
@@ -1253,4 +1255,88 @@ int mirror_registry_domain_assign(struct mirror_registry *reg,
 	if (mirror_registry_commit(&trans, error_r) < 0)
 		return -1;
 	return 1;
+}
+
+/* The expire index */
+
+static const char *mirror_expire_key(const char *storage)
+{
+	return t_strconcat(MIRROR_KEY_EXPIRE,
+			   mirror_key_escape(t_str_lcase(storage)), NULL);
+}
+
+static int
+mirror_registry_get_time(struct mirror_registry *reg, const char *key,
+			 time_t *time_r, const char **error_r)
+{
+	const char *value;
+	long t;
+	int ret;
+
+	*time_r = 0;
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (str_to_long(value, &t) < 0 || t < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s: "
+					   "not a time", key);
+		return -1;
+	}
+	*time_r = (time_t)t;
+	return 1;
+}
+
+int mirror_registry_expire_get(struct mirror_registry *reg,
+			       const char *storage, time_t *oldest_r,
+			       const char **error_r)
+{
+	return mirror_registry_get_time(reg, mirror_expire_key(storage),
+					oldest_r, error_r);
+}
+
+int mirror_registry_expire_set(struct mirror_registry *reg,
+			       const char *storage, time_t oldest,
+			       const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	if (oldest == 0)
+		dict_unset(trans, mirror_expire_key(storage));
+	else {
+		dict_set(trans, mirror_expire_key(storage),
+			 dec2str(oldest));
+	}
+	return mirror_registry_commit(&trans, error_r);
+}
+
+int mirror_registry_expire_lower(struct mirror_registry *reg,
+				 const char *storage, time_t save_date,
+				 const char **error_r)
+{
+	time_t oldest;
+	int ret;
+
+	ret = mirror_registry_expire_get(reg, storage, &oldest, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0 && oldest <= save_date)
+		return 0;
+	return mirror_registry_expire_set(reg, storage, save_date, error_r);
+}
+
+int mirror_registry_expire_last_run(struct mirror_registry *reg,
+				    time_t *last_run_r, const char **error_r)
+{
+	return mirror_registry_get_time(reg, MIRROR_KEY_EXPIRE_LAST_RUN,
+					last_run_r, error_r);
+}
+
+int mirror_registry_expire_set_last_run(struct mirror_registry *reg,
+					time_t last_run, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, MIRROR_KEY_EXPIRE_LAST_RUN, dec2str(last_run));
+	return mirror_registry_commit(&trans, error_r);
 }

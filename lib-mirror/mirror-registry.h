@@ -24,6 +24,10 @@
      account/<name>   {"level": "<level>", "domains": [...]}
      accounts         JSON array of every account name
      domain/<domain>  the account a domain belongs to
+     expire/<user>    the expire index: the oldest save date (unix time)
+                      in the INBOX of mirror storage <user>; unset when
+                      the INBOX is empty
+     expire-last-run  the time of the last completed expiry scan
      status/<id>/last-failure
                       "<unix time> <reason>" of the last failed copy
    <source> is escaped with mirror_key_escape(). */
@@ -182,5 +186,24 @@ int mirror_registry_domain_account(struct mirror_registry *reg,
 int mirror_registry_domain_assign(struct mirror_registry *reg,
 				  const char *domain, const char *account,
 				  const char **error_r);
+
+/* The expire index. get: 1 with the oldest save date, 0 if there is none
+   (an empty INBOX or an unknown storage), -1 on error. set: oldest == 0
+   unsets. lower: sets save_date if there is no entry or a later one
+   (returns 0 either way). */
+int mirror_registry_expire_get(struct mirror_registry *reg,
+			       const char *storage, time_t *oldest_r,
+			       const char **error_r);
+int mirror_registry_expire_set(struct mirror_registry *reg,
+			       const char *storage, time_t oldest,
+			       const char **error_r);
+int mirror_registry_expire_lower(struct mirror_registry *reg,
+				 const char *storage, time_t save_date,
+				 const char **error_r);
+/* 1 with the time of the last completed scan, 0 if never, -1 on error */
+int mirror_registry_expire_last_run(struct mirror_registry *reg,
+				    time_t *last_run_r, const char **error_r);
+int mirror_registry_expire_set_last_run(struct mirror_registry *reg,
+					time_t last_run, const char **error_r);
 
 #endif

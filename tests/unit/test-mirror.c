@@ -151,6 +151,8 @@ static void test_mirror_defs_roundtrip(void)
 	def.source = "example.com";
 	def.storage = "backup";
 	def.days = 3650;
+	def.readonly = TRUE;
+	def.auto_storage = TRUE;
 	array_push_back(&defs, &def);
 
 	json = mirror_defs_encode(&defs);
@@ -162,9 +164,10 @@ static void test_mirror_defs_roundtrip(void)
 		    d->days == 30 && d->created == 1700000000);
 	test_assert_strcmp(d->source, "alice@example.com");
 	test_assert_strcmp(d->storage, "audit@example.com");
+	test_assert(!d->readonly && !d->auto_storage);
 	d = array_idx(&decoded, 1);
 	test_assert(d->id == 9 && d->type == MIRROR_TYPE_ALL &&
-		    d->days == 3650);
+		    d->days == 3650 && d->readonly && d->auto_storage);
 	test_assert_strcmp(d->storage, "backup");
 
 	/* unknown members are ignored (forward compatibility) */
@@ -174,6 +177,41 @@ static void test_mirror_defs_roundtrip(void)
 		"\"storage\":\"s\",\"days\":1,\"created\":0,\"future\":[1]}]",
 		pool_datastack_create(), &decoded, &error) == 0);
 	test_assert(array_count(&decoded) == 1);
+	test_end();
+}
+
+static void test_mirror_levels_parse(void)
+{
+	static const char *const bad[] = {
+		"free", "free:", "free:x", "free:-1", "Free:1", "a b:1",
+		"free:0 free:1", ":1", "free:4294967295",
+	};
+	ARRAY_TYPE(mirror_level) levels;
+	const struct mirror_level *level;
+	const char *error;
+	unsigned int i;
+
+	test_begin("mirror_levels_parse()");
+	t_array_init(&levels, 4);
+	test_assert(mirror_levels_parse("free:0  basic:1 big:unlimited",
+					pool_datastack_create(), &levels,
+					&error) == 0);
+	test_assert(array_count(&levels) == 3);
+	level = mirror_level_find(&levels, "basic");
+	test_assert(level != NULL && level->limit == 1);
+	level = mirror_level_find(&levels, "big");
+	test_assert(level != NULL && level->limit == UINT_MAX);
+	test_assert(mirror_level_find(&levels, "gold") == NULL);
+	for (i = 0; i < N_ELEMENTS(bad); i++) {
+		array_clear(&levels);
+		test_assert_idx(mirror_levels_parse(bad[i],
+				pool_datastack_create(), &levels,
+				&error) < 0, i);
+	}
+	test_assert(mirror_name_is_valid("acme-corp.eu_1"));
+	test_assert(!mirror_name_is_valid(""));
+	test_assert(!mirror_name_is_valid("Acme"));
+	test_assert(!mirror_name_is_valid("a/b"));
 	test_end();
 }
 
@@ -189,6 +227,7 @@ static void test_mirror_defs_decode_broken(void)
 		"[{\"id\":1,\"type\":\"single\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"Example.com\",\"storage\":\"s\",\"days\":1,\"created\":0}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"\",\"days\":1,\"created\":0}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"readonly\":\"yes\"}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"a b\",\"days\":1,\"created\":0}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":0,\"created\":0}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":3651,\"created\":0}]",
@@ -556,6 +595,7 @@ int main(void)
 		test_mirror_defs_roundtrip,
 		test_mirror_defs_decode_broken,
 		test_mirror_sources,
+		test_mirror_levels_parse,
 		test_mirror_chain_link,
 		test_mirror_chain_hash_method,
 		test_mirror_chain_record_format_parse,

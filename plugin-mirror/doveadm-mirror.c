@@ -494,6 +494,8 @@ doveadm_mirror_account_print(struct mirror_registry *reg,
 			     const struct mirror_account *acct)
 {
 	const struct mirror_level *level;
+	string_t *domains = t_str_new(128);
+	const char *domain;
 	unsigned int used;
 
 	if (doveadm_mirror_account_used(reg, acct, &used) < 0)
@@ -508,15 +510,12 @@ doveadm_mirror_account_print(struct mirror_registry *reg,
 		doveadm_print("unlimited");
 	else
 		doveadm_print_num(level->limit);
-	string_t *str = t_str_new(128);
-	const char *domain;
-
 	array_foreach_elem(&acct->domains, domain) {
-		if (str_len(str) > 0)
-			str_append_c(str, ' ');
-		str_append(str, domain);
+		if (str_len(domains) > 0)
+			str_append_c(domains, ' ');
+		str_append(domains, domain);
 	}
-	doveadm_print(str_c(str));
+	doveadm_print(str_c(domains));
 }
 
 static void cmd_mirror_account_list(struct doveadm_cmd_context *cctx)

@@ -234,7 +234,8 @@ mirror_expire_run(struct mirror_expire *ctx, time_t run_for, bool catch_up)
 	}
 	pid = fork();
 	if (pid < 0) {
-		e_error(ctx->event, "Expiry scan of %s failed: fork() failed: %m",
+		e_error(ctx->event,
+			"Expiry scan of %s failed: fork() failed: %m",
 			mirror_expire_time_str(ctx, run_for));
 		return;
 	}

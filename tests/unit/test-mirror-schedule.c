@@ -68,8 +68,8 @@ static void test_mirror_schedule_parse(void)
 	static const char *invalid_zones[] = {
 		"Mars/Olympus_Mons", "america/los_angeles", "/etc/passwd",
 		"../../etc/passwd", "America/../Europe/Berlin", "America/",
-		"America", ".", "America/Los_Angeles ", "PST8PDT,M3.2.0,M11.1.0",
-		"Europe/Berlin\n",
+		"America", ".", "America/Los_Angeles ",
+		"PST8PDT,M3.2.0,M11.1.0", "Europe/Berlin\n",
 	};
 	struct mirror_schedule sched;
 	const char *error;

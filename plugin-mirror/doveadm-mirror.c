@@ -19,6 +19,7 @@
 #include "doveadm-util.h"
 #include "mirror-registry.h"
 #include "doveadm-mirror-verify.h"
+#include "doveadm-mirror-schedule.h"
 
 #include <ctype.h>
 #include <sysexits.h>
@@ -1095,6 +1096,7 @@ void doveadm_mirror_plugin_preinit(void)
 	for (i = 0; i < N_ELEMENTS(doveadm_mirror_commands); i++)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
 	doveadm_mirror_verify_register();
+	doveadm_mirror_schedule_register();
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

@@ -1,0 +1,266 @@
+"""The expiry scan's schedule: the mirror-expire service fires at the
+configured time (the real clock, a few seconds ahead), makes up a missed
+run once when it starts, and `doveadm mirror schedule` shows the last and
+next runs in UTC and in the zone, DST included.
+
+The scan itself (`doveadm mirror expire`) is another part of the issue.
+Where it is not installed yet, the service's attempt is still visible: it
+logs the run and doveadm's exit status. The assertions that need the real
+scan (it records expire-last-run) are marked NEEDS-SCAN and run only when
+`doveadm mirror expire` exists.
+"""
+
+import json
+import re
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import SANDBOX, Sandbox
+
+LA = ZoneInfo("America/Los_Angeles")
+REGISTRY_LAST_RUN = "shared/mirror/expire-last-run"
+
+
+def utc(s):
+    return int(datetime.strptime(s, "%Y-%m-%d %H:%M:%S")
+               .replace(tzinfo=timezone.utc).timestamp())
+
+
+def fmt_utc(t):
+    return datetime.fromtimestamp(t, timezone.utc) \
+        .strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_local(t, zone):
+    return datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def schedule(sb, *args, check=True):
+    r = sb.doveadm("mirror", "schedule", *args, json_output=True,
+                   check=check)
+    if r.returncode == 0:
+        assert len(r.json) == 1, r.stdout
+        r.row = r.json[0]
+    return r
+
+
+def has_expire_command(sb):
+    """Whether `doveadm mirror expire` (the scan) is installed."""
+    r = sb.doveadm("mirror", check=False)
+    return re.search(r"^\s+expire\s", r.stderr + r.stdout,
+                     re.MULTILINE) is not None
+
+
+def set_last_run(sb, t):
+    sb.doveadm("dict", "set", "file:%s/state/mirror/registry.dict" % sb.dir,
+               REGISTRY_LAST_RUN, str(t))
+
+
+def service_lines(sb, pattern):
+    return [l for l in sb.log().splitlines()
+            if "mirror-expire: " in l and re.search(pattern, l)]
+
+
+def wait_for(sb, pattern, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = service_lines(sb, pattern)
+        if lines:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError("no log line matching %r in %ds; log:\n%s"
+                         % (pattern, timeout, sb.log()[-3000:]))
+
+
+def restart(sb, settings):
+    """Stop the instance and start it again on the same directory (the
+    registry stays): the server was down."""
+    subprocess.run([SANDBOX, "stop", sb.dir], check=True)
+    args = [SANDBOX, "start", sb.dir]
+    for k, v in settings.items():
+        args += ["--set", "%s=%s" % (k, v)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return Sandbox(sb.dir, json.loads(r.stdout))
+
+
+def test_service_fires_at_the_configured_time(make_sandbox):
+    # a few seconds ahead, in the default zone (America/Los_Angeles)
+    target = int(time.time()) + 8
+    hms = datetime.fromtimestamp(target, LA).strftime("%H:%M:%S")
+    sb = make_sandbox(settings={"mirror_expire_time": hms})
+    # a new installation: no scan recorded, nothing to make up
+    started = wait_for(sb, r"Info: Expiry scans at", 10)
+    assert "Expiry scans at %s America/Los_Angeles; last scan: never; " \
+        "next: %s (%s)" % (hms, fmt_local(target, LA), fmt_utc(target)) \
+        in started[0], started
+    assert schedule(sb).row["next_run_utc"] == fmt_utc(target)
+    assert not service_lines(sb, r"Running")
+
+    lines = wait_for(sb, r"Info: Running the expiry scan", 20)
+    # not before the time
+    assert time.time() >= target
+    assert lines[0].endswith("Running the expiry scan of %s (%s)"
+                             % (fmt_local(target, LA), fmt_utc(target)))
+    # the service ran doveadm and logged how it ended
+    done = wait_for(sb, r"Expiry scan of .* (finished|failed)", 60)
+    assert fmt_utc(target) in done[0]
+    if has_expire_command(sb):
+        # NEEDS-SCAN: the scan succeeded and recorded its time
+        assert "finished" in done[0], done
+        row = schedule(sb).row
+        assert row["last_run_utc"] >= fmt_utc(target)
+        assert row["next_run_utc"] == fmt_utc(target + 24 * 3600)
+    else:
+        # until `mirror expire` lands, doveadm refuses the unknown command
+        assert done[0].endswith("failed: doveadm mirror expire exited "
+                                "with status 64"), done
+    # once
+    time.sleep(2)
+    assert len(service_lines(sb, r"Running")) == 1
+
+
+def test_catch_up_runs_a_missed_scan_once(make_sandbox):
+    now = int(time.time())
+    # the scan's time of day was two hours ago
+    scheduled = now - 2 * 3600
+    hms = datetime.fromtimestamp(scheduled, LA).strftime("%H:%M:%S")
+    settings = {"mirror_expire_time": hms}
+    sb = make_sandbox(settings=settings)
+    wait_for(sb, r"Info: Expiry scans at .* last scan: never", 10)
+    # a new installation doesn't make up the run of two hours ago
+    time.sleep(1)
+    assert not service_lines(sb, r"Running")
+    assert schedule(sb).row["overdue"] == "no"
+
+    # the last scan was three days ago: the server was down since
+    three_days_ago = now - 3 * 24 * 3600
+    set_last_run(sb, three_days_ago)
+    row = schedule(sb).row
+    assert row["last_run_utc"] == fmt_utc(three_days_ago)
+    assert row["last_run_local"] == fmt_local(three_days_ago, LA)
+    assert row["overdue"] == "yes"
+
+    sb = restart(sb, settings)
+    lines = wait_for(sb, r"Running the missed expiry scan", 10)
+    assert lines[0].endswith("Running the missed expiry scan of %s (%s)"
+                             % (fmt_local(scheduled, LA),
+                                fmt_utc(scheduled))), lines
+    wait_for(sb, r"Expiry scan of .* (finished|failed)", 60)
+    time.sleep(2)
+    # one scan for the three missed days, not three
+    assert len(service_lines(sb, r"Running")) == 1
+    if has_expire_command(sb):
+        # NEEDS-SCAN: the scan recorded itself, nothing is overdue now
+        row = schedule(sb).row
+        assert row["last_run_utc"] >= fmt_utc(now)
+        assert row["overdue"] == "no"
+
+    # a scan after the latest scheduled time: nothing to make up
+    set_last_run(sb, int(time.time()))
+    sb = restart(sb, settings)
+    wait_for(sb, r"Info: Expiry scans at .* next: 20", 10)
+    time.sleep(1)
+    assert len(service_lines(sb, r"Running")) == 1
+
+
+def test_schedule_in_utc_and_zone_across_dst(make_sandbox):
+    # the defaults: 00:00 in America/Los_Angeles (the service isn't
+    # started: no schedule setting)
+    sb = make_sandbox()
+    row = schedule(sb, "-T", str(utc("2026-03-07 12:00:00"))).row
+    assert row["timezone"] == "America/Los_Angeles"
+    assert row["time"] == "00:00:00"
+    assert row["last_run_utc"] == row["last_run_local"] == "never"
+    assert row["overdue"] == "no"
+    assert row["next_run_local"] == "2026-03-08 00:00:00 PST"
+    assert row["next_run_utc"] == "2026-03-08 08:00:00 UTC"
+    # spring forward: -7 hours from here on
+    row = schedule(sb, "-T", str(utc("2026-03-08 08:00:00"))).row
+    assert row["next_run_local"] == "2026-03-09 00:00:00 PDT"
+    assert row["next_run_utc"] == "2026-03-09 07:00:00 UTC"
+    # fall back
+    row = schedule(sb, "-T", str(utc("2026-10-31 12:00:00"))).row
+    assert row["next_run_local"] == "2026-11-01 00:00:00 PDT"
+    assert row["next_run_utc"] == "2026-11-01 07:00:00 UTC"
+    row = schedule(sb, "-T", str(utc("2026-11-01 07:00:00"))).row
+    assert row["next_run_local"] == "2026-11-02 00:00:00 PST"
+    assert row["next_run_utc"] == "2026-11-02 08:00:00 UTC"
+    # leap day
+    row = schedule(sb, "-T", str(utc("2028-02-28 08:00:00"))).row
+    assert row["next_run_local"] == "2028-02-29 00:00:00 PST"
+    # now, without -T: the offset between the two columns is the zone's
+    row = schedule(sb).row
+    nxt = int(datetime.strptime(row["next_run_utc"],
+                                "%Y-%m-%d %H:%M:%S UTC")
+              .replace(tzinfo=timezone.utc).timestamp())
+    assert 0 < nxt - time.time() <= 25 * 3600
+    assert row["next_run_local"] == fmt_local(nxt, LA)
+    assert row["next_run_local"].endswith(" 00:00:00 " +
+                                          datetime.fromtimestamp(
+                                              nxt, LA).tzname())
+    # the last run, in both
+    set_last_run(sb, utc("2026-07-01 07:00:05"))
+    row = schedule(sb, "-T", str(utc("2026-07-01 12:00:00"))).row
+    assert row["last_run_utc"] == "2026-07-01 07:00:05 UTC"
+    assert row["last_run_local"] == "2026-07-01 00:00:05 PDT"
+    assert row["overdue"] == "no"
+    row = schedule(sb, "-T", str(utc("2026-07-04 12:00:00"))).row
+    assert row["overdue"] == "yes"
+
+
+def test_schedule_in_another_zone(make_sandbox):
+    sb = make_sandbox(settings={"mirror_expire_time": "02:30",
+                                "mirror_expire_timezone": "Europe/Berlin"})
+    # 02:30 doesn't exist on 2026-03-29: the run is at 03:00 CEST
+    row = schedule(sb, "-T", str(utc("2026-03-28 01:30:00"))).row
+    assert row["timezone"] == "Europe/Berlin"
+    assert row["time"] == "02:30:00"
+    assert row["next_run_local"] == "2026-03-29 03:00:00 CEST"
+    assert row["next_run_utc"] == "2026-03-29 01:00:00 UTC"
+    # 02:30 happens twice on 2026-10-25: one run, at the first
+    row = schedule(sb, "-T", str(utc("2026-10-24 00:30:00"))).row
+    assert row["next_run_local"] == "2026-10-25 02:30:00 CEST"
+    assert row["next_run_utc"] == "2026-10-25 00:30:00 UTC"
+    row = schedule(sb, "-T", str(utc("2026-10-25 00:30:00"))).row
+    assert row["next_run_local"] == "2026-10-26 02:30:00 CET"
+    assert row["next_run_utc"] == "2026-10-26 01:30:00 UTC"
+    wait_for(sb, r"Info: Expiry scans at 02:30:00 Europe/Berlin", 10)
+
+
+@pytest.mark.parametrize("setting,value,error", [
+    ("mirror_expire_timezone", "Mars/Olympus_Mons",
+     "Invalid mirror_expire_timezone 'Mars/Olympus_Mons': not in the time "
+     "zone database"),
+    ("mirror_expire_timezone", "../../etc/passwd",
+     "Invalid mirror_expire_timezone '../../etc/passwd': expected a zone "
+     "name of the tz database"),
+    ("mirror_expire_time", "24:00",
+     "Invalid mirror_expire_time '24:00': expected HH:MM or HH:MM:SS"),
+    ("mirror_expire_time", "noon",
+     "Invalid mirror_expire_time 'noon': expected HH:MM or HH:MM:SS"),
+])
+def test_invalid_settings(make_sandbox, setting, value, error):
+    sb = make_sandbox(settings={setting: value})
+    r = schedule(sb, check=False)
+    assert r.returncode == 78, r.stderr  # EX_CONFIG
+    assert error in r.stderr
+    # the service says why it does nothing, and stays up (a restart
+    # can't fix the configuration)
+    lines = wait_for(sb, re.escape(error), 10)
+    assert "Error: " in lines[0]
+    assert lines[0].endswith(": no expiry scans run until the "
+                             "configuration is fixed")
+    time.sleep(1)
+    assert not service_lines(sb, r"Running|Fatal|killed")
+
+
+def test_schedule_usage_errors(make_sandbox):
+    sb = make_sandbox()
+    r = schedule(sb, "-T", "yesterday", check=False)
+    assert r.returncode == 64, r.stderr
+    assert "Invalid -T 'yesterday'" in r.stderr

@@ -19,6 +19,7 @@
 #include "doveadm-util.h"
 #include "mirror-registry.h"
 #include "doveadm-mirror-verify.h"
+#include "doveadm-mirror-expire.h"
 
 #include <ctype.h>
 #include <sysexits.h>
@@ -1096,6 +1097,7 @@ void doveadm_mirror_plugin_preinit(void)
 	for (i = 0; i < N_ELEMENTS(doveadm_mirror_commands); i++)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
 	doveadm_mirror_verify_register();
+	doveadm_mirror_expire_register(doveadm_mirror_plugin_init);
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

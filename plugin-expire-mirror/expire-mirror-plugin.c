@@ -11,6 +11,9 @@
    itself sets expire_mirror_index=no for the users it opens, and writes
    the index itself.
 
+   The plugin sorts after mirror (lib20): mirror's read-only checks see a
+   refused save or expunge first, and never pass it down to this plugin.
+
    A failure to read or write the index is logged and never fails the
    user's operation: the worst it does is delay an expiry until the index
    is rebuilt (doveadm mirror expire --rebuild-index). An index entry that

@@ -58,6 +58,9 @@ struct expire_mirror_user {
 	   entry. Valid only if oldest_known. */
 	time_t oldest;
 	bool oldest_known:1;
+	/* An index write failed: no more tries in this session, so that an
+	   unwritable registry costs each copy nothing and logs one error. */
+	bool failed:1;
 };
 
 struct expire_mirror_transaction {
@@ -153,7 +156,9 @@ static void expire_mirror_set(struct mail_user *user,
 	if (mirror_registry_expire_set(euser->registry, user->username,
 				       oldest, &error) < 0) {
 		euser->oldest_known = FALSE;
-		e_error(euser->event, "Expire index update failed: %s", error);
+		euser->failed = TRUE;
+		e_error(euser->event, "Expire index update failed (no more "
+			"tries in this session): %s", error);
 		return;
 	}
 	euser->oldest = oldest;
@@ -286,7 +291,7 @@ expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 	int ret;
 
 	ret = mbox->super.transaction_commit(t, changes_r);
-	if (ret == 0 && (et->saved || et->expunged) &&
+	if (ret == 0 && (et->saved || et->expunged) && !euser->failed &&
 	    expire_mirror_is_storage(user, euser)) T_BEGIN {
 		if (et->saved)
 			expire_mirror_saved(user, euser, et->min_saved);

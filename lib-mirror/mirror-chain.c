@@ -288,12 +288,14 @@ mirror_chain_read_last(int fd, const char *path, uoff_t size,
 
 static int
 mirror_chain_append_locked(int fd, const char *path, unsigned int mirror_id,
-			   struct mirror_chain_record *rec, bool fsync,
-			   const char **error_r)
+			   struct mirror_chain_record *recs, unsigned int count,
+			   bool fsync, const char **error_r)
 {
 	struct mirror_chain_record prev;
+	const struct mirror_chain_record *prevp;
 	struct stat st;
 	string_t *line;
+	unsigned int i;
 	ssize_t ret;
 	int prev_ret;
 
@@ -305,12 +307,16 @@ mirror_chain_append_locked(int fd, const char *path, unsigned int mirror_id,
 					  error_r);
 	if (prev_ret < 0)
 		return -1;
-	rec->seq = prev_ret == 0 ? 1 : prev.seq + 1;
-	mirror_chain_link(mirror_id, prev_ret == 0 ? NULL : prev.link, rec,
-			  rec->link);
+	prevp = prev_ret == 0 ? NULL : &prev;
 
 	line = t_str_new(MIRROR_CHAIN_LINE_MAX);
-	mirror_chain_record_format(line, rec);
+	for (i = 0; i < count; i++) {
+		recs[i].seq = prevp == NULL ? 1 : prevp->seq + 1;
+		mirror_chain_link(mirror_id, prevp == NULL ? NULL : prevp->link,
+				  &recs[i], recs[i].link);
+		mirror_chain_record_format(line, &recs[i]);
+		prevp = &recs[i];
+	}
 	/* one write(): a reader never sees half of another's record */
 	ret = write(fd, str_data(line), str_len(line));
 	if (ret != (ssize_t)str_len(line)) {
@@ -331,29 +337,23 @@ mirror_chain_append_locked(int fd, const char *path, unsigned int mirror_id,
 	return 0;
 }
 
-int mirror_chain_append(const char *path, unsigned int mirror_id,
-			enum mirror_chain_record_type type, time_t time,
-			uint32_t uid_validity, uint32_t uid,
-			const unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE],
-			bool fsync, struct mirror_chain_record *rec_r,
-			const char **error_r)
+int mirror_chain_append_records(const char *path, unsigned int mirror_id,
+				struct mirror_chain_record *recs,
+				unsigned int count, bool fsync,
+				const char **error_r)
 {
 	struct file_lock_settings lock_set = {
 		.lock_method = FILE_LOCK_METHOD_FCNTL,
 	};
-	struct mirror_chain_record rec;
 	struct file_lock *lock;
 	const char *error;
+	unsigned int i;
 	int fd, ret;
 
-	i_assert(uid_validity != 0 && uid != 0);
-
-	i_zero(&rec);
-	rec.type = type;
-	rec.time = time < 0 ? 0 : (uint64_t)time;
-	rec.uid_validity = uid_validity;
-	rec.uid = uid;
-	memcpy(rec.content_hash, content_hash, MIRROR_CHAIN_HASH_SIZE);
+	for (i = 0; i < count; i++)
+		i_assert(recs[i].uid_validity != 0 && recs[i].uid != 0);
+	if (count == 0)
+		return 0;
 
 	fd = open(path, O_RDWR | O_APPEND | O_CREAT, 0600);
 	if (fd == -1) {
@@ -368,16 +368,37 @@ int mirror_chain_append(const char *path, unsigned int mirror_id,
 		i_close_fd(&fd);
 		return -1;
 	}
-	ret = mirror_chain_append_locked(fd, path, mirror_id, &rec, fsync,
-					 error_r);
+	ret = mirror_chain_append_locked(fd, path, mirror_id, recs, count,
+					 fsync, error_r);
 	file_unlock(&lock);
 	if (close(fd) < 0 && ret == 0) {
 		*error_r = t_strdup_printf("close(%s) failed: %m", path);
 		ret = -1;
 	}
-	if (ret == 0 && rec_r != NULL)
-		*rec_r = rec;
 	return ret;
+}
+
+int mirror_chain_append(const char *path, unsigned int mirror_id,
+			enum mirror_chain_record_type type, time_t time,
+			uint32_t uid_validity, uint32_t uid,
+			const unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE],
+			bool fsync, struct mirror_chain_record *rec_r,
+			const char **error_r)
+{
+	struct mirror_chain_record rec;
+
+	i_zero(&rec);
+	rec.type = type;
+	rec.time = time < 0 ? 0 : (uint64_t)time;
+	rec.uid_validity = uid_validity;
+	rec.uid = uid;
+	memcpy(rec.content_hash, content_hash, MIRROR_CHAIN_HASH_SIZE);
+	if (mirror_chain_append_records(path, mirror_id, &rec, 1, fsync,
+					error_r) < 0)
+		return -1;
+	if (rec_r != NULL)
+		*rec_r = rec;
+	return 0;
 }
 
 int mirror_chain_read(const char *path, unsigned int mirror_id,

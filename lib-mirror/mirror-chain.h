@@ -83,6 +83,15 @@ int mirror_chain_append(const char *path, unsigned int mirror_id,
 			bool fsync, struct mirror_chain_record *rec_r,
 			const char **error_r);
 
+/* Append count records at once: one lock, one write() and at most one
+   fdatasync(). Each record's type, time, uid_validity, uid and
+   content_hash are given; seq and link are filled in. Returns 0, or -1 on
+   error (then nothing was appended). */
+int mirror_chain_append_records(const char *path, unsigned int mirror_id,
+				struct mirror_chain_record *recs,
+				unsigned int count, bool fsync,
+				const char **error_r);
+
 /* Read a whole chain file and check every link. Every record that parses
    is appended to records. A file that doesn't exist is an empty chain.
    broken_r is NULL if the chain is intact, else why it isn't (the first

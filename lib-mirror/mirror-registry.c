@@ -1259,10 +1259,15 @@ int mirror_registry_domain_assign(struct mirror_registry *reg,
 
 /* The expire index */
 
+const char *mirror_expire_storage_key(const char *storage)
+{
+	return mirror_key_escape(t_str_lcase(storage));
+}
+
 static const char *mirror_expire_key(const char *storage)
 {
 	return t_strconcat(MIRROR_KEY_EXPIRE,
-			   mirror_key_escape(t_str_lcase(storage)), NULL);
+			   mirror_expire_storage_key(storage), NULL);
 }
 
 static int
@@ -1339,4 +1344,117 @@ int mirror_registry_expire_set_last_run(struct mirror_registry *reg,
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, MIRROR_KEY_EXPIRE_LAST_RUN, dec2str(last_run));
 	return mirror_registry_commit(&trans, error_r);
+}
+
+/* Iterate the keys under prefix, calling callback with each key's suffix
+   and value until it returns -1. */
+static int
+mirror_registry_iterate(struct mirror_registry *reg, const char *prefix,
+			int (*callback)(const char *name, const char *value,
+					void *context, const char **error_r),
+			void *context, const char **error_r)
+{
+	struct dict_iterate_context *iter;
+	const char *key, *value, *error = NULL, *cb_error = NULL;
+	size_t prefix_len = strlen(prefix);
+	int ret = 0;
+
+	iter = dict_iterate_init(reg->dict, &reg->opset, prefix,
+				 DICT_ITERATE_FLAG_RECURSE);
+	while (dict_iterate(iter, &key, &value)) {
+		if (strncmp(key, prefix, prefix_len) != 0)
+			continue;
+		/* not in a data stack frame: the callback allocates what
+		   the caller keeps, maybe from the data stack */
+		ret = callback(key + prefix_len, value, context, &cb_error);
+		if (ret < 0)
+			break;
+	}
+	if (dict_iterate_deinit(&iter, &error) < 0) {
+		*error_r = t_strdup_printf("dict iteration of %s failed: %s",
+					   prefix, error);
+		return -1;
+	}
+	if (ret < 0) {
+		*error_r = cb_error;
+		return -1;
+	}
+	return 0;
+}
+
+struct mirror_expire_list_ctx {
+	pool_t pool;
+	ARRAY_TYPE(mirror_expire_entry) *entries;
+};
+
+static int
+mirror_expire_list_entry(const char *name, const char *value, void *context,
+			 const char **error_r)
+{
+	struct mirror_expire_list_ctx *ctx = context;
+	struct mirror_expire_entry *entry;
+	long t;
+
+	if (str_to_long(value, &t) < 0 || t < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s%s: "
+					   "not a time", MIRROR_KEY_EXPIRE,
+					   str_sanitize(name, 80));
+		return -1;
+	}
+	entry = array_append_space(ctx->entries);
+	entry->storage_key = p_strdup(ctx->pool, name);
+	entry->oldest = (time_t)t;
+	return 0;
+}
+
+int mirror_registry_expire_list(struct mirror_registry *reg, pool_t pool,
+				ARRAY_TYPE(mirror_expire_entry) *entries,
+				const char **error_r)
+{
+	struct mirror_expire_list_ctx ctx = {
+		.pool = pool,
+		.entries = entries,
+	};
+
+	return mirror_registry_iterate(reg, MIRROR_KEY_EXPIRE,
+				       mirror_expire_list_entry, &ctx,
+				       error_r);
+}
+
+struct mirror_list_all_ctx {
+	pool_t pool;
+	ARRAY_TYPE(mirror_def) *defs;
+};
+
+static int
+mirror_list_all_source(const char *name, const char *value, void *context,
+		       const char **error_r)
+{
+	struct mirror_list_all_ctx *ctx = context;
+	const char *error;
+
+	if (mirror_defs_decode(value, ctx->pool, ctx->defs, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data in %s%s: %s", MIRROR_KEY_SOURCE,
+			str_sanitize(name, 80), error);
+		return -1;
+	}
+	return 0;
+}
+
+int mirror_registry_list_all(struct mirror_registry *reg, pool_t pool,
+			     ARRAY_TYPE(mirror_def) *defs,
+			     const char **error_r)
+{
+	struct mirror_list_all_ctx ctx = {
+		.pool = pool,
+		.defs = defs,
+	};
+
+	if (mirror_registry_iterate(reg, MIRROR_KEY_SOURCE,
+				    mirror_list_all_source, &ctx,
+				    error_r) < 0)
+		return -1;
+	array_sort(defs, mirror_def_cmp);
+	return 0;
 }

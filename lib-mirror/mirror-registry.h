@@ -201,6 +201,24 @@ int mirror_registry_expire_lower(struct mirror_registry *reg,
 				 const char *storage, time_t save_date,
 				 const char **error_r);
 /* 1 with the time of the last completed scan, 0 if never, -1 on error */
+/* One entry of the expire index. storage_key is the storage's name as
+   the index keys it: mirror_expire_storage_key(storage). */
+struct mirror_expire_entry {
+	const char *storage_key;
+	time_t oldest;
+};
+ARRAY_DEFINE_TYPE(mirror_expire_entry, struct mirror_expire_entry);
+const char *mirror_expire_storage_key(const char *storage);
+/* Append every entry of the expire index to entries (strings from pool),
+   with one dict iteration. Returns 0, or -1 on error. */
+int mirror_registry_expire_list(struct mirror_registry *reg, pool_t pool,
+				ARRAY_TYPE(mirror_expire_entry) *entries,
+				const char **error_r);
+/* Append every mirror to defs, sorted by id, reading the source/ keys with
+   one dict iteration (mirror_registry_list() reads them one by one). */
+int mirror_registry_list_all(struct mirror_registry *reg, pool_t pool,
+			     ARRAY_TYPE(mirror_def) *defs,
+			     const char **error_r);
 int mirror_registry_expire_last_run(struct mirror_registry *reg,
 				    time_t *last_run_r, const char **error_r);
 int mirror_registry_expire_set_last_run(struct mirror_registry *reg,

@@ -20,6 +20,7 @@
 #include "mirror-registry.h"
 #include "doveadm-mirror-verify.h"
 #include "doveadm-mirror-schedule.h"
+#include "doveadm-mirror-expire.h"
 
 #include <ctype.h>
 #include <sysexits.h>
@@ -1097,6 +1098,7 @@ void doveadm_mirror_plugin_preinit(void)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
 	doveadm_mirror_verify_register();
 	doveadm_mirror_schedule_register();
+	doveadm_mirror_expire_register(doveadm_mirror_plugin_init);
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

@@ -13,9 +13,11 @@
 #include "istream-crlf.h"
 #include "istream-hash.h"
 #include "test-common.h"
+#include "dict.h"
 #include "mirror-address.h"
 #include "mirror-registry.h"
 #include "mirror-chain.h"
+#include "mirror-expire.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -585,6 +587,127 @@ static void test_mirror_chain_file(void)
 	test_end();
 }
 
+static void test_mirror_chain_append_records(void)
+{
+	const char *path = ".test-mirror-chain-batch.tmp";
+	ARRAY_TYPE(mirror_chain_record) records;
+	struct mirror_chain_record first, batch[3];
+	const struct mirror_chain_record *recs;
+	unsigned char hash[MIRROR_CHAIN_HASH_SIZE];
+	const char *broken, *error;
+	unsigned int i, count;
+
+	test_begin("mirror chain file: append several records at once");
+	i_unlink_if_exists(path);
+	/* nothing to append: no file either */
+	test_assert(mirror_chain_append_records(path, 5, NULL, 0, FALSE,
+						&error) == 0);
+	test_assert(access(path, F_OK) < 0 && errno == ENOENT);
+
+	memset(hash, 0x11, sizeof(hash));
+	test_assert(mirror_chain_append(path, 5, MIRROR_CHAIN_RECORD_COPY,
+					1700000000, 42, 1, hash, FALSE, &first,
+					&error) == 0);
+	i_zero(&batch);
+	for (i = 0; i < N_ELEMENTS(batch); i++) {
+		batch[i].type = MIRROR_CHAIN_RECORD_EXPIRE;
+		batch[i].time = 1700090000;
+		batch[i].uid_validity = 42;
+		batch[i].uid = i + 1;
+		memset(batch[i].content_hash, 0x20 + i, MIRROR_CHAIN_HASH_SIZE);
+	}
+	test_assert(mirror_chain_append_records(path, 5, batch,
+						N_ELEMENTS(batch), TRUE,
+						&error) == 0);
+	for (i = 0; i < N_ELEMENTS(batch); i++)
+		test_assert_idx(batch[i].seq == i + 2, i);
+
+	t_array_init(&records, 8);
+	test_assert(mirror_chain_read(path, 5, &records, &broken,
+				      &error) == 0);
+	test_assert(broken == NULL);
+	recs = array_get(&records, &count);
+	test_assert(count == 4);
+	if (count == 4) {
+		test_assert(recs[0].type == MIRROR_CHAIN_RECORD_COPY &&
+			    memcmp(recs[0].link, first.link,
+				   MIRROR_CHAIN_HASH_SIZE) == 0);
+		for (i = 0; i < N_ELEMENTS(batch); i++) {
+			test_assert_idx(recs[i + 1].type ==
+					MIRROR_CHAIN_RECORD_EXPIRE &&
+					recs[i + 1].uid == i + 1 &&
+					memcmp(recs[i + 1].link, batch[i].link,
+					       MIRROR_CHAIN_HASH_SIZE) == 0, i);
+		}
+	}
+	i_unlink(path);
+	test_end();
+}
+
+static void test_mirror_expire_index(void)
+{
+	const char *path = ".test-mirror-registry.tmp";
+	struct mirror_registry *reg;
+	ARRAY_TYPE(mirror_expire_entry) entries;
+	const struct mirror_expire_entry *entry;
+	ARRAY_TYPE(mirror_def) defs;
+	time_t oldest;
+	const char *error;
+
+	test_begin("mirror expire index");
+	test_assert(mirror_expire_cutoff(1700000000, 1) == 1700000000 - 86400);
+	test_assert(mirror_expire_cutoff(1700000000, 30) ==
+		    1700000000 - 30 * 86400);
+	test_assert_strcmp(mirror_expire_storage_key("Audit@Example.COM"),
+			   "audit@example.com");
+
+	i_unlink_if_exists(path);
+	dict_drivers_register_builtin();
+	test_assert(mirror_registry_init(t_strconcat("file:", path, NULL),
+					 ".", NULL, &reg, &error) == 0);
+	test_assert(mirror_registry_expire_get(reg, "a@example.com", &oldest,
+					       &error) == 0 && oldest == 0);
+	/* lower: sets a missing entry, lowers a later one, keeps an
+	   earlier one */
+	test_assert(mirror_registry_expire_lower(reg, "a@example.com", 500,
+						 &error) == 0);
+	test_assert(mirror_registry_expire_lower(reg, "A@example.com", 400,
+						 &error) == 0);
+	test_assert(mirror_registry_expire_lower(reg, "a@example.com", 450,
+						 &error) == 0);
+	test_assert(mirror_registry_expire_get(reg, "a@example.com", &oldest,
+					       &error) == 1 && oldest == 400);
+	test_assert(mirror_registry_expire_set(reg, "b@example.com", 700,
+					       &error) == 0);
+
+	t_array_init(&entries, 4);
+	test_assert(mirror_registry_expire_list(reg, pool_datastack_create(),
+						&entries, &error) == 0);
+	test_assert(array_count(&entries) == 2);
+	array_foreach(&entries, entry) {
+		if (strcmp(entry->storage_key, "a@example.com") == 0)
+			test_assert(entry->oldest == 400);
+		else {
+			test_assert_strcmp(entry->storage_key,
+					   "b@example.com");
+			test_assert(entry->oldest == 700);
+		}
+	}
+	/* set 0 unsets */
+	test_assert(mirror_registry_expire_set(reg, "a@example.com", 0,
+					       &error) == 0);
+	test_assert(mirror_registry_expire_get(reg, "a@example.com", &oldest,
+					       &error) == 0);
+	t_array_init(&defs, 4);
+	test_assert(mirror_registry_list_all(reg, pool_datastack_create(),
+					     &defs, &error) == 0 &&
+		    array_count(&defs) == 0);
+	mirror_registry_deinit(&reg);
+	dict_drivers_unregister_builtin();
+	i_unlink(path);
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -601,6 +724,8 @@ int main(void)
 		test_mirror_chain_record_format_parse,
 		test_mirror_chain_record_parse_broken,
 		test_mirror_chain_file,
+		test_mirror_chain_append_records,
+		test_mirror_expire_index,
 		NULL
 	};
 	return test_run(test_functions);

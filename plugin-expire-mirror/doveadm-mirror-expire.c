@@ -1,0 +1,137 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* doveadm mirror expire [-n] [-T UNIX_TIME] [--rebuild-index]: run the
+   expiry scan now (see mirror-expire.h). */
+
+#include "lib.h"
+#include "str-sanitize.h"
+#include "time-util.h"
+#include "module-dir.h"
+#include "master-service.h"
+#include "mail-storage-service.h"
+#include "doveadm.h"
+#include "doveadm-cmd.h"
+#include "doveadm-print.h"
+#include "doveadm-settings.h"
+#include "mirror-expire.h"
+#include "doveadm-mirror-expire.h"
+
+#include <sysexits.h>
+#include <time.h>
+
+static void (*doveadm_mirror_module_init)(struct module *);
+
+static void doveadm_mirror_expire_fail(int exit_code, const char *error)
+{
+	i_error("%s", error);
+	doveadm_exit_code = exit_code;
+}
+
+static void
+doveadm_mirror_expire_print(const struct mirror_expire_storage_result *res,
+			    void *context ATTR_UNUSED)
+{
+	doveadm_print(res->mirror_ids);
+	doveadm_print(res->storage);
+	doveadm_print_num(res->removed);
+	doveadm_print_num(res->bytes);
+	doveadm_print(res->oldest_kept == 0 || res->error != NULL ? "" :
+		      t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", res->oldest_kept));
+}
+
+static struct module *doveadm_mirror_expire_module_detach(void)
+{
+	struct module **modp, *module;
+
+	for (modp = &mail_storage_service_modules; *modp != NULL;
+	     modp = &(*modp)->next) {
+		if ((*modp)->init == doveadm_mirror_module_init) {
+			module = *modp;
+			*modp = module->next;
+			module->next = NULL;
+			return module;
+		}
+	}
+	return NULL;
+}
+
+static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
+{
+	enum mail_storage_service_flags flags =
+		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
+		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
+		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
+	struct mirror_expire_settings set;
+	struct mirror_expire_result result;
+	struct mail_storage_service_ctx *service;
+	struct module *module;
+	const char *error;
+	int64_t now;
+	int ret;
+
+	i_zero(&set);
+	set.dict_uri = doveadm_plugin_getenv("mirror_dict");
+	if (set.dict_uri == NULL || *set.dict_uri == '\0') {
+		doveadm_mirror_expire_fail(EX_CONFIG,
+			"mirror_dict is not set: mirroring is not configured");
+		return;
+	}
+	set.base_dir = doveadm_settings->base_dir;
+	set.now = time(NULL);
+	if (doveadm_cmd_param_int64(cctx, "time", &now)) {
+		if (now <= 0) {
+			doveadm_mirror_expire_fail(EX_USAGE, t_strdup_printf(
+				"Invalid time %"PRId64": expected a UNIX time",
+				now));
+			return;
+		}
+		set.now = (time_t)now;
+	}
+	(void)doveadm_cmd_param_bool(cctx, "dry-run", &set.dry_run);
+	(void)doveadm_cmd_param_bool(cctx, "rebuild-index",
+				     &set.rebuild_index);
+	set.debug = doveadm_debug;
+
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_print_header_simple("ids");
+	doveadm_print_header_simple("storage");
+	doveadm_print_header_simple("removed");
+	doveadm_print_header_simple("bytes");
+	doveadm_print_header_simple("oldest_kept");
+
+	if (doveadm_debug)
+		flags |= MAIL_STORAGE_SERVICE_FLAG_DEBUG;
+	service = mail_storage_service_init(master_service, NULL, flags);
+	ret = mirror_expire_run(&set, service, NULL,
+				doveadm_mirror_expire_print, NULL, &result,
+				&error);
+	/* The service's deinit unloads the mail plugins, as it does after
+	   every doveadm mail command. This module may be one of them (loaded
+	   through protocol doveadm's mail_plugins): keep it loaded until
+	   doveadm exits, since its code is still running. */
+	module = doveadm_mirror_expire_module_detach();
+	mail_storage_service_deinit(&service);
+	if (module != NULL) {
+		module->next = mail_storage_service_modules;
+		mail_storage_service_modules = module;
+	}
+	if (ret < 0)
+		doveadm_mirror_expire_fail(EX_TEMPFAIL, error);
+}
+
+static struct doveadm_cmd_ver2 doveadm_mirror_expire_cmd = {
+	.name = "mirror expire",
+	.cmd = cmd_mirror_expire,
+	.usage = "[-n] [-T <unix time>] [--rebuild-index]",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('n', "dry-run", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('T', "time", CMD_PARAM_INT64, 0)
+DOVEADM_CMD_PARAM('\0', "rebuild-index", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAMS_END
+};
+
+void doveadm_mirror_expire_register(void (*module_init)(struct module *))
+{
+	doveadm_mirror_module_init = module_init;
+	doveadm_cmd_register_ver2(&doveadm_mirror_expire_cmd);
+}

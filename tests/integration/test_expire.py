@@ -1,0 +1,278 @@
+"""Days to Mirror: the expire index (expire_mirror) and the expiry scan
+(`doveadm mirror expire`).
+
+Messages are made old by running the scan with -T, a "now" in the future:
+the save date of a message can't honestly be moved back in maildir (it is
+the index cache's date.save or the file's ctime), so the scan is moved
+forward instead. The save dates themselves are read with doveadm fetch.
+
+These tests need the registry to be writable by the mail users' processes
+(LMTP's copies and IMAP expunges update the index as the storage user), so
+they run with the registry behind Dovecot's dict service
+(mirror_dict = proxy::mirror).
+"""
+
+import imaplib
+import json
+import time
+
+import pytest
+
+from conftest import PASSWORD, make_message
+
+ALICE, BOB = "alice@example.com", "bob@example.com"
+AUDIT, AUDIT2 = "audit@example.com", "audit2@example.com"
+DAY = 86400
+EX_USAGE = 64
+DICT = "proxy::mirror"
+SETTINGS = {"mirror_dict": DICT}
+ROW_FIELDS = {"ids", "storage", "removed", "bytes", "oldest_kept"}
+
+
+@pytest.fixture
+def sb(make_sandbox):
+    return make_sandbox(users=[ALICE, BOB, AUDIT, AUDIT2], settings=SETTINGS)
+
+
+def ok(replies):
+    rcpt, data = replies
+    assert all(code == 250 for code, _ in rcpt), rcpt
+    assert data and all(code == 250 for code, _ in data), data
+
+
+def registry_get(sb, key):
+    r = sb.doveadm("dict", "get", DICT, "shared/mirror/" + key, check=False)
+    return int(r.stdout.strip()) if r.returncode == 0 else None
+
+
+def index(sb, storage):
+    return registry_get(sb, "expire/" + storage)
+
+
+def save_dates(sb, user):
+    """{uid: save date} of the user's INBOX."""
+    r = sb.doveadm("fetch", "-u", user, "uid date.saved.unixtime",
+                   "mailbox", "INBOX", "ALL", json_output=True)
+    return {int(m["uid"]): int(m["date.saved.unixtime"]) for m in r.json}
+
+
+def expire(sb, *args, check=True):
+    """Run the scan; returns (rows, the doveadm result)."""
+    r = sb.doveadm("mirror", "expire", *args, json_output=True, check=check)
+    rows = json.loads(r.stdout) if r.stdout.strip() else []
+    for row in rows:
+        assert set(row) == ROW_FIELDS, row
+    return rows, r
+
+
+def verify(sb, mirror_id):
+    r = sb.doveadm("mirror", "verify", str(mirror_id), json_output=True,
+                   check=False)
+    return r.returncode, (r.json[0] if r.returncode == 0 else r.stderr)
+
+
+def deliver(sb, rcpt, n=1, gap=0.0):
+    for i in range(n):
+        ok(sb.deliver([rcpt], make_message(subject="m%d" % i)))
+        if gap:
+            time.sleep(gap)
+
+
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def scan_line(r):
+    """doveadm's info line about the scan (on stderr)."""
+    lines = [l for l in r.stderr.splitlines() if "scan finished" in l]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_boundary_one_second(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    deliver(sb, ALICE)
+    time.sleep(1.1)
+    deliver(sb, ALICE)
+    dates = save_dates(sb, AUDIT)
+    s1, s2 = dates[1], dates[2]
+    assert s2 > s1
+    assert index(sb, AUDIT) == s1
+
+    # exactly 1 day old is not older than 1 day; a second earlier neither
+    for now in (s1 + DAY - 1, s1 + DAY):
+        rows, _ = expire(sb, "-T", str(now))
+        assert rows == []
+    assert len(sb.imap_messages(AUDIT)) == 2
+
+    rows, _ = expire(sb, "-T", str(s1 + DAY + 1))
+    assert rows == [{"ids": "1", "storage": AUDIT, "removed": "1",
+                     "bytes": rows[0]["bytes"], "oldest_kept": iso(s2)}]
+    assert int(rows[0]["bytes"]) > 0
+    assert list(save_dates(sb, AUDIT)) == [2]
+    assert index(sb, AUDIT) == s2
+    code, row = verify(sb, 1)
+    assert code == 0, row
+    assert (row["present"], row["expired"], row["missing"]) == ("1", "1", "0")
+
+    # the scan's own time is recorded, not -T's
+    last = registry_get(sb, "expire-last-run")
+    assert last is not None and abs(last - time.time()) < 60
+
+
+def test_dry_run_removes_nothing(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=2)
+    deliver(sb, ALICE, 3)
+    s = min(save_dates(sb, AUDIT).values())
+    before = index(sb, AUDIT)
+    rows, r = expire(sb, "-n", "-T", str(s + 2 * DAY + 3600))
+    assert len(rows) == 1 and rows[0]["removed"] == "3"
+    assert rows[0]["oldest_kept"] == ""
+    assert len(save_dates(sb, AUDIT)) == 3
+    assert index(sb, AUDIT) == before
+    assert registry_get(sb, "expire-last-run") is None
+    code, row = verify(sb, 1)
+    assert code == 0 and row["expired"] == "0" and row["present"] == "3"
+    assert "3 messages (" in scan_line(r) and "due in" in scan_line(r)
+
+
+def test_expires_everything_and_unsets_index(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    deliver(sb, ALICE, 2)
+    rows, _ = expire(sb, "-T", str(int(time.time()) + 2 * DAY))
+    assert rows[0]["removed"] == "2" and rows[0]["oldest_kept"] == ""
+    assert sb.imap_messages(AUDIT) == []
+    assert index(sb, AUDIT) is None
+    code, row = verify(sb, 1)
+    assert code == 0 and row["expired"] == "2", row
+    # a new copy sets the index again
+    deliver(sb, ALICE)
+    assert index(sb, AUDIT) == min(save_dates(sb, AUDIT).values())
+
+
+def test_existing_mailbox_loses_all_old_mail(sb):
+    # the storage's own mail, from before the mirror
+    deliver(sb, AUDIT, 2)
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    deliver(sb, ALICE)
+    assert len(save_dates(sb, AUDIT)) == 3
+    rows, _ = expire(sb, "-T", str(int(time.time()) + DAY + 60))
+    assert rows[0]["removed"] == "3"
+    assert sb.imap_messages(AUDIT) == []
+    code, row = verify(sb, 1)
+    assert code == 0 and row["expired"] == "1", row
+
+
+def test_shared_storage_uses_largest_days(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    sb.mirror_add(BOB, storage=AUDIT, days=3)
+    deliver(sb, ALICE)
+    deliver(sb, BOB)
+    s = min(save_dates(sb, AUDIT).values())
+    rows, _ = expire(sb, "-T", str(s + 2 * DAY))
+    assert rows == []
+    assert len(save_dates(sb, AUDIT)) == 2
+    rows, _ = expire(sb, "-T", str(s + 3 * DAY + 60))
+    assert len(rows) == 1
+    assert rows[0]["ids"] == "1 2" and rows[0]["removed"] == "2"
+    for mirror_id in (1, 2):
+        code, row = verify(sb, mirror_id)
+        assert code == 0 and row["expired"] == "1", row
+
+
+def test_readonly_mirror_is_expired(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1, readonly=True)
+    deliver(sb, ALICE, 2)
+    rows, _ = expire(sb, "-T", str(int(time.time()) + DAY + 60))
+    assert rows[0]["removed"] == "2"
+    assert sb.imap_messages(AUDIT) == []
+    assert verify(sb, 1)[0] == 0
+
+
+def test_index_kept_through_deliveries(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=5)
+    deliver(sb, ALICE)
+    s1 = index(sb, AUDIT)
+    assert s1 == save_dates(sb, AUDIT)[1]
+    time.sleep(1.1)
+    deliver(sb, ALICE)
+    # a younger copy leaves the oldest in place
+    assert index(sb, AUDIT) == s1
+    # an entry that is later than the truth is lowered by the next copy
+    future = int(time.time()) + 1000
+    sb.doveadm("dict", "set", DICT, "shared/mirror/expire/" + AUDIT,
+               str(future))
+    deliver(sb, ALICE)
+    assert index(sb, AUDIT) == max(save_dates(sb, AUDIT).values())
+    assert index(sb, AUDIT) < future
+    # a user that is no storage gets no entry
+    assert index(sb, ALICE) is None
+
+
+def imap_expunge(sb, user, seqs):
+    imap = imaplib.IMAP4(sb.info["imap"]["host"], sb.info["imap"]["port"])
+    try:
+        imap.login(user, PASSWORD)
+        imap.select("INBOX")
+        for seq in seqs:
+            typ, data = imap.store(str(seq), "+FLAGS", "(\\Deleted)")
+            assert typ == "OK", data
+        typ, data = imap.expunge()
+        assert typ == "OK", data
+    finally:
+        imap.logout()
+
+
+def test_index_recomputed_after_user_expunge(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=5)
+    deliver(sb, ALICE, 3, gap=1.1)
+    dates = save_dates(sb, AUDIT)
+    assert index(sb, AUDIT) == dates[1]
+    # not the oldest: nothing changes
+    imap_expunge(sb, AUDIT, [2])
+    assert index(sb, AUDIT) == dates[1]
+    # the oldest: the next one is
+    imap_expunge(sb, AUDIT, [1])
+    assert index(sb, AUDIT) == dates[3]
+    imap_expunge(sb, AUDIT, [1])
+    assert index(sb, AUDIT) is None
+
+
+def test_scan_skips_storages_not_due(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    sb.mirror_add(BOB, storage=AUDIT2, days=10)
+    deliver(sb, ALICE)
+    deliver(sb, BOB)
+    rows, r = expire(sb, "-T", str(int(time.time()) + 2 * DAY))
+    assert [row["storage"] for row in rows] == [AUDIT]
+    assert "2 storages, 1 visited" in scan_line(r)
+    assert len(save_dates(sb, AUDIT2)) == 1
+    # nothing due anywhere: no storage is opened
+    rows, r = expire(sb)
+    assert rows == []
+    assert "2 storages, 0 visited" in scan_line(r)
+
+
+def test_rebuild_index(sb):
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    sb.mirror_add(BOB, storage=AUDIT2, days=1)
+    deliver(sb, ALICE, 2)
+    deliver(sb, BOB)
+    want = {AUDIT: index(sb, AUDIT), AUDIT2: index(sb, AUDIT2)}
+    assert None not in want.values()
+    for storage in want:
+        sb.doveadm("dict", "unset", DICT, "shared/mirror/expire/" + storage)
+    # without the index the scan finds nothing to do
+    rows, _ = expire(sb, "-T", str(int(time.time()) + 2 * DAY))
+    assert rows == []
+    rows, _ = expire(sb, "--rebuild-index",
+                     "-T", str(int(time.time()) + 2 * DAY))
+    assert sorted(r["storage"] for r in rows) == sorted(want)
+    assert all(r["removed"] == "0" for r in rows)
+    assert {s: index(sb, s) for s in want} == want
+    assert len(save_dates(sb, AUDIT)) == 2
+
+
+def test_bad_time(sb):
+    _, r = expire(sb, "-T", "0", check=False)
+    assert r.returncode == EX_USAGE

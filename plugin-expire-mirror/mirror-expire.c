@@ -37,6 +37,8 @@ struct mirror_expire_storage {
 /* A copy recorded in a mirror's chain */
 struct mirror_expire_copy {
 	uint32_t uid;
+	/* an expire record follows the copy record */
+	bool expired;
 	unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE];
 };
 
@@ -44,7 +46,7 @@ struct mirror_expire_copy {
 struct mirror_expire_chain {
 	unsigned int mirror_id;
 	const char *path;
-	/* copies not yet expired, sorted by UID */
+	/* copies, sorted by UID */
 	ARRAY(struct mirror_expire_copy) copies;
 	ARRAY_TYPE(mirror_chain_record) appends;
 };
@@ -253,7 +255,7 @@ static int mirror_expire_read_chains(struct mirror_expire_visit *visit,
 	struct mirror_expire_chain *chain;
 	struct mirror_expire_copy copy, *found;
 	const char *dir, *broken, *error;
-	unsigned int id, idx;
+	unsigned int id;
 	int ret;
 
 	ret = mailbox_get_path_to(visit->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
@@ -291,24 +293,24 @@ static int mirror_expire_read_chains(struct mirror_expire_visit *visit,
 			if (rec->uid_validity != visit->uid_validity ||
 			    rec->type != MIRROR_CHAIN_RECORD_COPY)
 				continue;
+			i_zero(&copy);
 			copy.uid = rec->uid;
 			memcpy(copy.content_hash, rec->content_hash,
 			       sizeof(copy.content_hash));
 			array_push_back(&chain->copies, &copy);
 		}
 		array_sort(&chain->copies, mirror_expire_copy_cmp);
-		/* drop the copies expired already */
+		/* mark the copies expired already (marking, not deleting:
+		   a long-lived chain has as many expire records as copies) */
 		array_foreach(&records, rec) {
 			if (rec->uid_validity != visit->uid_validity ||
 			    rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
 				continue;
 			copy.uid = rec->uid;
 			found = array_bsearch(&chain->copies, &copy,
-					      mirror_expire_copy_cmp);
-			if (found != NULL) {
-				idx = array_ptr_to_idx(&chain->copies, found);
-				array_delete(&chain->copies, idx, 1);
-			}
+					mirror_expire_copy_cmp);
+			if (found != NULL)
+				found->expired = TRUE;
 		}
 	}
 	array_free(&records);
@@ -340,7 +342,7 @@ static void mirror_expire_record(struct mirror_expire_visit *visit,
 	array_foreach_modifiable(&visit->chains, chain) {
 		copy = array_bsearch(&chain->copies, &key,
 				     mirror_expire_copy_cmp);
-		if (copy == NULL)
+		if (copy == NULL || copy->expired)
 			continue;
 		rec = array_append_space(&chain->appends);
 		rec->type = MIRROR_CHAIN_RECORD_EXPIRE;

@@ -14,18 +14,12 @@
 #include "doveadm-print.h"
 #include "doveadm-settings.h"
 #include "mirror-expire.h"
+#include "doveadm-mirror.h"
 #include "doveadm-mirror-expire.h"
 
 #include <sysexits.h>
 #include <time.h>
 
-static void (*doveadm_mirror_module_init)(struct module *);
-
-static void doveadm_mirror_expire_fail(int exit_code, const char *error)
-{
-	i_error("%s", error);
-	doveadm_exit_code = exit_code;
-}
 
 static void
 doveadm_mirror_expire_print(const struct mirror_expire_storage_result *res,
@@ -39,32 +33,11 @@ doveadm_mirror_expire_print(const struct mirror_expire_storage_result *res,
 		      t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", res->oldest_kept));
 }
 
-static struct module *doveadm_mirror_expire_module_detach(void)
-{
-	struct module **modp, *module;
-
-	for (modp = &mail_storage_service_modules; *modp != NULL;
-	     modp = &(*modp)->next) {
-		if ((*modp)->init == doveadm_mirror_module_init) {
-			module = *modp;
-			*modp = module->next;
-			module->next = NULL;
-			return module;
-		}
-	}
-	return NULL;
-}
-
 static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 {
-	enum mail_storage_service_flags flags =
-		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
-		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
-		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
 	struct mirror_expire_settings set;
 	struct mirror_expire_result result;
 	struct mail_storage_service_ctx *service;
-	struct module *module;
 	const char *error;
 	int64_t now;
 	int ret;
@@ -72,7 +45,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	i_zero(&set);
 	set.dict_uri = doveadm_plugin_getenv("mirror_dict");
 	if (set.dict_uri == NULL || *set.dict_uri == '\0') {
-		doveadm_mirror_expire_fail(EX_CONFIG,
+		doveadm_mirror_fail(EX_CONFIG,
 			"mirror_dict is not set: mirroring is not configured");
 		return;
 	}
@@ -80,7 +53,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	set.now = time(NULL);
 	if (doveadm_cmd_param_int64(cctx, "time", &now)) {
 		if (now <= 0) {
-			doveadm_mirror_expire_fail(EX_USAGE, t_strdup_printf(
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 				"Invalid time %"PRId64": expected a UNIX time",
 				now));
 			return;
@@ -99,24 +72,13 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("bytes");
 	doveadm_print_header_simple("oldest_kept");
 
-	if (doveadm_debug)
-		flags |= MAIL_STORAGE_SERVICE_FLAG_DEBUG;
-	service = mail_storage_service_init(master_service, NULL, flags);
+	service = doveadm_mirror_storage_service_init();
 	ret = mirror_expire_run(&set, service, NULL,
 				doveadm_mirror_expire_print, NULL, &result,
 				&error);
-	/* The service's deinit unloads the mail plugins, as it does after
-	   every doveadm mail command. This module may be one of them (loaded
-	   through protocol doveadm's mail_plugins): keep it loaded until
-	   doveadm exits, since its code is still running. */
-	module = doveadm_mirror_expire_module_detach();
-	mail_storage_service_deinit(&service);
-	if (module != NULL) {
-		module->next = mail_storage_service_modules;
-		mail_storage_service_modules = module;
-	}
+	doveadm_mirror_storage_service_deinit(&service);
 	if (ret < 0)
-		doveadm_mirror_expire_fail(EX_TEMPFAIL, error);
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
 }
 
 static struct doveadm_cmd_ver2 doveadm_mirror_expire_cmd = {
@@ -130,8 +92,7 @@ DOVEADM_CMD_PARAM('\0', "rebuild-index", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 };
 
-void doveadm_mirror_expire_register(void (*module_init)(struct module *))
+void doveadm_mirror_expire_register(void)
 {
-	doveadm_mirror_module_init = module_init;
 	doveadm_cmd_register_ver2(&doveadm_mirror_expire_cmd);
 }

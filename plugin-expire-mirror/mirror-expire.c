@@ -2,7 +2,6 @@
 
 /* The expiry scan (see mirror-expire.h). */
 
-#define _GNU_SOURCE /* getresgid(), setresgid() */
 #include "lib.h"
 #include "array.h"
 #include "hash.h"
@@ -15,10 +14,9 @@
 #include "mail-storage-private.h" /* mailbox_get_path_to() */
 #include "mirror-registry.h"
 #include "mirror-chain.h"
+#include "mirror-privileges.h"
 #include "mirror-expire.h"
 
-#include <unistd.h>
-#include <grp.h>
 
 /* shared with the suite's other plugins by name */
 static struct event_category event_category_mirror = {
@@ -51,20 +49,13 @@ struct mirror_expire_chain {
 	ARRAY_TYPE(mirror_chain_record) appends;
 };
 
-struct mirror_expire_privileges {
-	uid_t euid;
-	gid_t rgid, egid, sgid;
-	int ngroups;
-	gid_t *groups;
-};
-
 struct mirror_expire_scan {
 	pool_t pool;
 	const struct mirror_expire_settings *set;
 	struct mail_storage_service_ctx *service;
 	struct event *event;
 	struct mirror_registry *registry;
-	struct mirror_expire_privileges privs;
+	struct mirror_privileges privs;
 
 	ARRAY(struct mirror_expire_storage *) storages;
 	HASH_TABLE(const char *, struct mirror_expire_storage *) storage_hash;
@@ -84,35 +75,13 @@ struct mirror_expire_visit {
 	ARRAY(struct mirror_expire_chain) chains;
 };
 
-static void mirror_expire_privileges_get(struct mirror_expire_privileges *p,
-					 pool_t pool)
+/* Undo the storage service's temporary privilege drop. */
+static void mirror_expire_privileges_restore(const struct mirror_privileges *p)
 {
-	p->euid = geteuid();
-	if (getresgid(&p->rgid, &p->egid, &p->sgid) < 0)
-		i_fatal("getresgid() failed: %m");
-	p->ngroups = getgroups(0, NULL);
-	if (p->ngroups < 0)
-		i_fatal("getgroups() failed: %m");
-	p->groups = p_new(pool, gid_t, p->ngroups + 1);
-	if (getgroups(p->ngroups, p->groups) < 0)
-		i_fatal("getgroups() failed: %m");
-}
+	const char *error;
 
-/* Undo the storage service's temporary privilege drop. Failing is fatal:
-   going on as the wrong user could touch another user's mail. */
-static void
-mirror_expire_privileges_restore(const struct mirror_expire_privileges *p)
-{
-	if (p->euid == 0) {
-		if (geteuid() != 0 && seteuid(0) < 0)
-			i_fatal("seteuid(0) failed: %m");
-		if (setgroups(p->ngroups, p->groups) < 0)
-			i_fatal("setgroups() failed: %m");
-	}
-	if (setresgid(p->rgid, p->egid, p->sgid) < 0)
-		i_fatal("setresgid() failed: %m");
-	if (geteuid() != p->euid && seteuid(p->euid) < 0)
-		i_fatal("seteuid(%ld) failed: %m", (long)p->euid);
+	if (mirror_privileges_set(p, &error) < 0)
+		i_fatal("%s", error);
 }
 
 static int mirror_expire_copy_cmp(const struct mirror_expire_copy *c1,
@@ -553,7 +522,7 @@ int mirror_expire_run(const struct mirror_expire_settings *set,
 	scan.event = event_create(event_parent);
 	event_add_category(scan.event, &event_category_mirror);
 	event_set_append_log_prefix(scan.event, "mirror expire: ");
-	mirror_expire_privileges_get(&scan.privs, scan.pool);
+	mirror_privileges_get(scan.pool, &scan.privs);
 
 	if (mirror_registry_init(set->dict_uri, set->base_dir, scan.event,
 				 &scan.registry, error_r) < 0 ||

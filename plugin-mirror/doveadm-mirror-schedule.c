@@ -13,38 +13,24 @@
 #include "doveadm-settings.h"
 #include "mirror-registry.h"
 #include "mirror-schedule.h"
+#include "doveadm-mirror.h"
 #include "doveadm-mirror-schedule.h"
 
 #include <sysexits.h>
 #include <time.h>
 
-static void mirror_schedule_fail(int exit_code, const char *error)
-{
-	i_error("%s", error);
-	doveadm_exit_code = exit_code;
-}
-
 static int mirror_schedule_last_run(time_t *last_run_r)
 {
 	struct mirror_registry *reg;
-	const char *uri, *error;
+	const char *error;
 	int ret;
 
-	uri = doveadm_plugin_getenv("mirror_dict");
-	if (uri == NULL || *uri == '\0') {
-		mirror_schedule_fail(EX_CONFIG,
-			"mirror_dict is not set: mirroring is not configured");
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return -1;
-	}
-	if (mirror_registry_init(uri, doveadm_settings->base_dir, NULL,
-				 &reg, &error) < 0) {
-		mirror_schedule_fail(EX_TEMPFAIL, error);
-		return -1;
-	}
 	ret = mirror_registry_expire_last_run(reg, last_run_r, &error);
 	mirror_registry_deinit(&reg);
 	if (ret < 0) {
-		mirror_schedule_fail(EX_TEMPFAIL, error);
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		return -1;
 	}
 	if (ret == 0)
@@ -72,7 +58,7 @@ static void cmd_mirror_schedule(struct doveadm_cmd_context *cctx)
 
 	if (doveadm_cmd_param_str(cctx, "time", &now_str)) {
 		if (str_to_time(now_str, &now) < 0 || now <= 0) {
-			mirror_schedule_fail(EX_USAGE, t_strdup_printf(
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 				"Invalid -T '%s': expected a UNIX time",
 				str_sanitize(now_str, 30)));
 			return;
@@ -83,7 +69,7 @@ static void cmd_mirror_schedule(struct doveadm_cmd_context *cctx)
 	if (mirror_schedule_parse(doveadm_plugin_getenv("mirror_expire_time"),
 			doveadm_plugin_getenv("mirror_expire_timezone"),
 			pool_datastack_create(), &sched, &error) < 0) {
-		mirror_schedule_fail(EX_CONFIG, error);
+		doveadm_mirror_fail(EX_CONFIG, error);
 		return;
 	}
 	if (mirror_schedule_last_run(&last_run) < 0)

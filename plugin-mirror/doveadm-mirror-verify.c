@@ -3,7 +3,6 @@
 /* doveadm mirror verify ID: check a mirror's hash chain, and check every
    copy it records against the storage's INBOX. */
 
-#define _GNU_SOURCE /* getresgid(), setresgid() */
 #include "lib.h"
 #include "array.h"
 #include "str.h"
@@ -25,14 +24,11 @@
 #include "doveadm-settings.h"
 #include "mirror-registry.h"
 #include "mirror-chain.h"
+#include "mirror-privileges.h"
+#include "doveadm-mirror.h"
 #include "doveadm-mirror-verify.h"
 
 #include <sysexits.h>
-#include <unistd.h>
-#include <grp.h>
-
-/* in doveadm-mirror.c: tells this module apart in a module list */
-void doveadm_mirror_plugin_init(struct module *module);
 
 struct mirror_verify {
 	unsigned int mirror_id;
@@ -50,74 +46,22 @@ struct mirror_verify {
 	const char *broken;
 };
 
-/* The identity doveadm had before the storage user's was taken */
-struct mirror_verify_privileges {
-	uid_t euid;
-	gid_t rgid, egid, sgid;
-	int ngroups;
-	gid_t *groups;
-};
-
-static void mirror_verify_fail(int exit_code, const char *error)
-{
-	i_error("%s", error);
-	doveadm_exit_code = exit_code;
-}
-
-static void mirror_verify_privileges_get(struct mirror_verify_privileges *p)
-{
-	p->euid = geteuid();
-	if (getresgid(&p->rgid, &p->egid, &p->sgid) < 0)
-		i_fatal("getresgid() failed: %m");
-	p->ngroups = getgroups(0, NULL);
-	if (p->ngroups < 0)
-		i_fatal("getgroups() failed: %m");
-	p->groups = t_new(gid_t, p->ngroups + 1);
-	if (getgroups(p->ngroups, p->groups) < 0)
-		i_fatal("getgroups() failed: %m");
-}
-
-/* Undo the storage service's temporary privilege drop. */
-static void
-mirror_verify_privileges_restore(const struct mirror_verify_privileges *p)
-{
-	if (p->euid == 0) {
-		if (geteuid() != 0 && seteuid(0) < 0)
-			i_fatal("seteuid(0) failed: %m");
-		if (setgroups(p->ngroups, p->groups) < 0)
-			i_fatal("setgroups() failed: %m");
-	}
-	if (setresgid(p->rgid, p->egid, p->sgid) < 0)
-		i_fatal("setresgid() failed: %m");
-	if (geteuid() != p->euid && seteuid(p->euid) < 0)
-		i_fatal("seteuid(%ld) failed: %m", (long)p->euid);
-}
-
 /* Find the mirror: its storage user. Returns FALSE (with the command
    failed) if it can't. */
 static bool mirror_verify_lookup(struct mirror_verify *ctx)
 {
 	struct mirror_registry *reg;
 	struct mirror_def def;
-	const char *uri, *error;
+	const char *error;
 	int ret;
 
-	uri = doveadm_plugin_getenv("mirror_dict");
-	if (uri == NULL || *uri == '\0') {
-		mirror_verify_fail(EX_CONFIG,
-			"mirror_dict is not set: mirroring is not configured");
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return FALSE;
-	}
-	if (mirror_registry_init(uri, doveadm_settings->base_dir, NULL,
-				 &reg, &error) < 0) {
-		mirror_verify_fail(EX_TEMPFAIL, error);
-		return FALSE;
-	}
 	ret = mirror_registry_get_def(reg, ctx->mirror_id,
 				      pool_datastack_create(), &def, &error);
 	mirror_registry_deinit(&reg);
 	if (ret <= 0) {
-		mirror_verify_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
 				   EX_TEMPFAIL, ret == 0 ?
 				   t_strdup_printf("Unknown mirror id %u",
 						   ctx->mirror_id) : error);
@@ -142,7 +86,7 @@ static bool mirror_verify_open(struct mirror_verify *ctx)
 	ret = mail_storage_service_lookup(ctx->service, &input,
 					  &ctx->service_user, &error);
 	if (ret <= 0) {
-		mirror_verify_fail(ret == 0 ? EX_NOUSER : EX_TEMPFAIL,
+		doveadm_mirror_fail(ret == 0 ? EX_NOUSER : EX_TEMPFAIL,
 			ret == 0 ? t_strdup_printf(
 				"Storage user %s doesn't exist",
 				str_sanitize(ctx->storage, 80)) :
@@ -152,7 +96,7 @@ static bool mirror_verify_open(struct mirror_verify *ctx)
 	}
 	if (mail_storage_service_next(ctx->service, ctx->service_user,
 				      &ctx->user, &error) < 0) {
-		mirror_verify_fail(EX_TEMPFAIL, t_strdup_printf(
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Failed to initialize storage user %s: %s",
 			ctx->storage, error));
 		return FALSE;
@@ -160,7 +104,7 @@ static bool mirror_verify_open(struct mirror_verify *ctx)
 	ns = mail_namespace_find_inbox(ctx->user->namespaces);
 	ctx->box = mailbox_alloc(ns->list, "INBOX", 0);
 	if (mailbox_open(ctx->box) < 0 || mailbox_sync(ctx->box, 0) < 0) {
-		mirror_verify_fail(EX_TEMPFAIL, t_strdup_printf(
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Failed to open INBOX of storage user %s: %s",
 			ctx->storage,
 			mailbox_get_last_internal_error(ctx->box, NULL)));
@@ -189,7 +133,7 @@ static int mirror_verify_read_chain(struct mirror_verify *ctx)
 	ret = mailbox_get_path_to(ctx->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
 				  &dir);
 	if (ret <= 0) {
-		mirror_verify_fail(EX_TEMPFAIL, ret == 0 ?
+		doveadm_mirror_fail(EX_TEMPFAIL, ret == 0 ?
 			"The storage's INBOX has no control directory" :
 			mailbox_get_last_internal_error(ctx->box, NULL));
 		return -1;
@@ -198,7 +142,7 @@ static int mirror_verify_read_chain(struct mirror_verify *ctx)
 			       mirror_chain_file_name(ctx->mirror_id));
 	if (mirror_chain_read(path, ctx->mirror_id, &ctx->records,
 			      &ctx->broken, &error) < 0) {
-		mirror_verify_fail(EX_TEMPFAIL, error);
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		return -1;
 	}
 	if (ctx->broken != NULL) {
@@ -287,7 +231,7 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 				ctx->mirror_id, rec->uid);
 			return 0;
 		}
-		mirror_verify_fail(EX_TEMPFAIL, t_strdup_printf(
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Mirror %u: Failed to read UID %u: %s",
 			ctx->mirror_id, rec->uid, error));
 		return -1;
@@ -363,52 +307,21 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
 }
 
-static struct module *mirror_verify_module_detach(void)
-{
-	struct module **modp, *module;
-
-	for (modp = &mail_storage_service_modules; *modp != NULL;
-	     modp = &(*modp)->next) {
-		if ((*modp)->init == doveadm_mirror_plugin_init) {
-			module = *modp;
-			*modp = module->next;
-			module->next = NULL;
-			return module;
-		}
-	}
-	return NULL;
-}
-
 static void mirror_verify_run(struct mirror_verify *ctx)
 {
-	enum mail_storage_service_flags flags =
-		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
-		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
-		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
-	struct mirror_verify_privileges privs;
-	struct module *module;
+	struct mirror_privileges privs;
+	const char *error;
 	bool ok;
 
-	if (doveadm_debug)
-		flags |= MAIL_STORAGE_SERVICE_FLAG_DEBUG;
-	mirror_verify_privileges_get(&privs);
-	ctx->service = mail_storage_service_init(master_service, NULL, flags);
+	mirror_privileges_get(pool_datastack_create(), &privs);
+	ctx->service = doveadm_mirror_storage_service_init();
 	ok = mirror_verify_open(ctx) &&
 		mirror_verify_read_chain(ctx) == 0 &&
 		mirror_verify_mails(ctx) == 0;
 	mirror_verify_close(ctx);
-	mirror_verify_privileges_restore(&privs);
-
-	/* The service's deinit unloads the mail plugins, as it does after
-	   every doveadm mail command. This module may be one of them (loaded
-	   through protocol doveadm's mail_plugins): keep it loaded until
-	   doveadm exits, since its code is still running. */
-	module = mirror_verify_module_detach();
-	mail_storage_service_deinit(&ctx->service);
-	if (module != NULL) {
-		module->next = mail_storage_service_modules;
-		mail_storage_service_modules = module;
-	}
+	if (mirror_privileges_set(&privs, &error) < 0)
+		i_fatal("%s", error);
+	doveadm_mirror_storage_service_deinit(&ctx->service);
 
 	if (!ok)
 		return;
@@ -423,13 +336,13 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 	const char *id_str;
 
 	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
-		mirror_verify_fail(EX_USAGE,
+		doveadm_mirror_fail(EX_USAGE,
 				   "mirror verify: Usage: mirror verify ID");
 		return;
 	}
 	i_zero(&ctx);
 	if (str_to_uint(id_str, &ctx.mirror_id) < 0 || ctx.mirror_id == 0) {
-		mirror_verify_fail(EX_USAGE, t_strdup_printf(
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
 		return;
 	}

@@ -10,6 +10,8 @@
 #include "ioloop.h"
 #include "time-util.h"
 #include "module-dir.h"
+#include "master-service.h"
+#include "mail-storage-service.h"
 #include "auth-master.h"
 #include "unlink-directory.h"
 #include "doveadm.h"
@@ -18,6 +20,7 @@
 #include "doveadm-settings.h"
 #include "doveadm-util.h"
 #include "mirror-registry.h"
+#include "doveadm-mirror.h"
 #include "doveadm-mirror-verify.h"
 #include "doveadm-mirror-schedule.h"
 #include "doveadm-mirror-expire.h"
@@ -38,16 +41,15 @@
 const char *doveadm_mirror_plugin_version = DOVECOT_ABI_VERSION;
 
 void doveadm_mirror_plugin_preinit(void);
-void doveadm_mirror_plugin_init(struct module *module);
 void doveadm_mirror_plugin_deinit(void);
 
-static void doveadm_mirror_fail(int exit_code, const char *error)
+void doveadm_mirror_fail(int exit_code, const char *error)
 {
 	i_error("%s", error);
 	doveadm_exit_code = exit_code;
 }
 
-static struct mirror_registry *doveadm_mirror_registry_open(void)
+struct mirror_registry *doveadm_mirror_registry_open(void)
 {
 	struct mirror_registry *reg;
 	const char *uri, *error;
@@ -66,8 +68,48 @@ static struct mirror_registry *doveadm_mirror_registry_open(void)
 	return reg;
 }
 
+struct mail_storage_service_ctx *doveadm_mirror_storage_service_init(void)
+{
+	enum mail_storage_service_flags flags =
+		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
+		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
+		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
+
+	if (doveadm_debug)
+		flags |= MAIL_STORAGE_SERVICE_FLAG_DEBUG;
+	return mail_storage_service_init(master_service, NULL, flags);
+}
+
+void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **service)
+{
+	struct module **modp, *module = NULL;
+
+	/* The service's deinit unloads the mail plugins, as it does after
+	   every doveadm mail command. This module may be one of them (loaded
+	   through protocol doveadm's mail_plugins): keep it loaded until
+	   doveadm exits, since its code is still running. */
+	for (modp = &mail_storage_service_modules; *modp != NULL;
+	     modp = &(*modp)->next) {
+		if ((*modp)->init == doveadm_mirror_plugin_init) {
+			module = *modp;
+			*modp = module->next;
+			module->next = NULL;
+			break;
+		}
+	}
+	mail_storage_service_deinit(service);
+	if (module != NULL) {
+		module->next = mail_storage_service_modules;
+		mail_storage_service_modules = module;
+	}
+}
+
 /* Returns 1 if user exists, 0 if not, -1 if it can't be checked. */
-static int doveadm_mirror_user_exists(const char *user, const char **error_r)
+/* Look user up in the userdb. Returns 1 with its fields (from the data
+   stack), 0 if there is no such user, -1 if it can't be checked. */
+static int
+doveadm_mirror_userdb_lookup(const char *user, const char *const **fields_r,
+			     const char **error_r)
 {
 	struct auth_master_connection *conn;
 	struct auth_user_info info;
@@ -88,10 +130,21 @@ static int doveadm_mirror_user_exists(const char *user, const char **error_r)
 		*error_r = fields != NULL && fields[0] != NULL ?
 			t_strdup_printf("userdb lookup failed: %s", fields[0]) :
 			"userdb lookup failed (is Dovecot running?)";
+	} else if (ret > 0) {
+		*fields_r = (const char *const *)
+			p_strarray_dup(pool_datastack_create(), fields);
 	}
 	auth_master_deinit(&conn);
 	pool_unref(&pool);
 	return ret;
+}
+
+/* Returns 1 if user exists, 0 if not, -1 if it can't be checked. */
+static int doveadm_mirror_user_exists(const char *user, const char **error_r)
+{
+	const char *const *fields;
+
+	return doveadm_mirror_userdb_lookup(user, &fields, error_r);
 }
 
 static bool doveadm_mirror_parse_id(const char *id_str, unsigned int *id_r)
@@ -773,52 +826,38 @@ static int
 doveadm_mirror_user_home(const char *username, const char **home_r,
 			 uid_t *uid_r, gid_t *gid_r, const char **error_r)
 {
-	struct auth_master_connection *conn;
-	struct auth_user_info info;
-	const char *name, *const *fields, *value;
-	pool_t pool;
+	const char *const *fields, *value;
 	unsigned int num;
 	int ret;
 
 	*home_r = NULL;
 	*uid_r = (uid_t)-1;
 	*gid_r = (gid_t)-1;
-	i_zero(&info);
-	info.service = "doveadm";
-	conn = auth_master_init(doveadm_settings->auth_socket_path,
-				AUTH_MASTER_FLAG_NO_IDLE_TIMEOUT);
-	auth_master_set_timeout(conn, DOVEADM_MIRROR_AUTH_TIMEOUT_MSECS);
-	pool = pool_alloconly_create("doveadm mirror userdb", 1024);
-	ret = auth_master_user_lookup(conn, username, &info, pool, &name,
-				      &fields);
+	ret = doveadm_mirror_userdb_lookup(username, &fields, error_r);
 	if (ret <= 0) {
-		*error_r = ret == 0 ? "no such user" : "userdb lookup failed";
-		ret = -1;
-	} else {
-		for (; *fields != NULL; fields++) {
-			if (str_begins(*fields, "home="))
-				*home_r = t_strdup(*fields + 5);
-			else if (str_begins(*fields, "uid=") &&
-				 str_to_uint(*fields + 4, &num) == 0)
-				*uid_r = num;
-			else if (str_begins(*fields, "gid=") &&
-				 str_to_uint(*fields + 4, &num) == 0)
-				*gid_r = num;
-		}
-		value = *home_r;
-		if (value == NULL || value[0] != '/' ||
-		    strchr(value + 1, '/') == NULL) {
-			*error_r = t_strdup_printf(
-				"its home '%s' is not a directory of its own",
-				value == NULL ? "" : str_sanitize(value, 200));
-			ret = -1;
-		} else {
-			ret = 0;
-		}
+		if (ret == 0)
+			*error_r = "no such user";
+		return -1;
 	}
-	auth_master_deinit(&conn);
-	pool_unref(&pool);
-	return ret;
+	for (; *fields != NULL; fields++) {
+		if (str_begins(*fields, "home="))
+			*home_r = *fields + 5;
+		else if (str_begins(*fields, "uid=") &&
+			 str_to_uint(*fields + 4, &num) == 0)
+			*uid_r = num;
+		else if (str_begins(*fields, "gid=") &&
+			 str_to_uint(*fields + 4, &num) == 0)
+			*gid_r = num;
+	}
+	value = *home_r;
+	if (value == NULL || value[0] != '/' ||
+	    strchr(value + 1, '/') == NULL) {
+		*error_r = t_strdup_printf(
+			"its home '%s' is not a directory of its own",
+			value == NULL ? "" : str_sanitize(value, 200));
+		return -1;
+	}
+	return 0;
 }
 
 /* Delete the home of username, which holds its mail with the shipped
@@ -1098,7 +1137,7 @@ void doveadm_mirror_plugin_preinit(void)
 		doveadm_cmd_register_ver2(&doveadm_mirror_commands[i]);
 	doveadm_mirror_verify_register();
 	doveadm_mirror_schedule_register();
-	doveadm_mirror_expire_register(doveadm_mirror_plugin_init);
+	doveadm_mirror_expire_register();
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

@@ -896,6 +896,13 @@ static int doveadm_mirror_purge_storage(const char *username)
 				_exit(EX_TEMPFAIL);
 			}
 		}
+		/* unlink_directory() returns to the current directory, which
+		   the user may not be allowed to open */
+		if (chdir("/") < 0) {
+			i_error("Can't purge %s: chdir(/) failed: %m",
+				username);
+			_exit(EX_TEMPFAIL);
+		}
 		if (unlink_directory(home, UNLINK_DIRECTORY_FLAG_RMDIR,
 				     &error) < 0 && errno != ENOENT) {
 			i_error("Can't purge %s: %s", username, error);

@@ -22,7 +22,8 @@ def module_dirs():
                 env[k] = v
     return (os.environ.get("MIRROR_MODULEDIR", env["MIRROR_MODULEDIR"]),
             os.environ.get("MIRROR_DOVEADM_MODULEDIR",
-                           env["MIRROR_DOVEADM_MODULEDIR"]))
+                           env["MIRROR_DOVEADM_MODULEDIR"]),
+            os.environ.get("MIRROR_LIBEXECDIR", env["MIRROR_LIBEXECDIR"]))
 
 
 def test_start_prints_endpoints_and_stop_leaves_the_directory(make_sandbox):
@@ -52,8 +53,11 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
     os.chmod(base, 0o755)
     for sub in ("scripts", "conf"):
         shutil.copytree(os.path.join(TOP, sub), os.path.join(base, sub))
-    moddir, admdir = module_dirs()
+    moddir, admdir, libexecdir = module_dirs()
     shutil.copytree(moddir, os.path.join(base, "modules"), symlinks=False)
+    os.mkdir(os.path.join(base, "libexec"))
+    shutil.copy2(os.path.join(libexecdir, "mirror-expire"),
+                 os.path.join(base, "libexec"))
     if not os.path.isdir(os.path.join(base, "modules", "doveadm")):
         shutil.copytree(admdir, os.path.join(base, "modules", "doveadm"))
     d = os.path.join(base, "sandbox")
@@ -64,7 +68,8 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
             os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
     env = dict(os.environ,
                MIRROR_MODULEDIR=os.path.join(base, "modules"),
-               MIRROR_DOVEADM_MODULEDIR=os.path.join(base, "modules", "doveadm"))
+               MIRROR_DOVEADM_MODULEDIR=os.path.join(base, "modules", "doveadm"),
+               MIRROR_LIBEXECDIR=os.path.join(base, "libexec"))
     sandbox = os.path.join(base, "scripts", "sandbox")
     # a sanitizer runtime is for the user's doveadm, never for runuser
     sanitizer = []

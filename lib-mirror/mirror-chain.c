@@ -3,9 +3,7 @@
 #include "lib.h"
 #include "array.h"
 #include "str.h"
-#include "strnum.h"
 #include "str-sanitize.h"
-#include "buffer.h"
 #include "hex-binary.h"
 #include "byteorder.h"
 #include "hash-method.h"
@@ -25,6 +23,8 @@
 /* crypto_generichash_state asks for more alignment than malloc() or a
    pool gives: the hash method aligns its context itself. */
 #define MIRROR_CHAIN_STATE_ALIGN 64
+#define MIRROR_CHAIN_FIELD_COUNT 7
+#define MIRROR_CHAIN_READ_BUFFER_SIZE (64 * 1024)
 
 static crypto_generichash_state *mirror_chain_hash_state(void *context)
 {
@@ -85,18 +85,6 @@ const char *mirror_chain_type_to_str(enum mirror_chain_record_type type)
 	i_unreached();
 }
 
-static bool mirror_chain_type_parse(const char *str,
-				    enum mirror_chain_record_type *type_r)
-{
-	if (strcmp(str, "copy") == 0)
-		*type_r = MIRROR_CHAIN_RECORD_COPY;
-	else if (strcmp(str, "expire") == 0)
-		*type_r = MIRROR_CHAIN_RECORD_EXPIRE;
-	else
-		return FALSE;
-	return TRUE;
-}
-
 const char *mirror_chain_file_name(unsigned int mirror_id)
 {
 	return t_strdup_printf(MIRROR_CHAIN_FILE_PREFIX"%u", mirror_id);
@@ -142,70 +130,137 @@ void mirror_chain_record_format(string_t *dest,
 	str_append_c(dest, '\n');
 }
 
-static bool mirror_chain_hash_parse(const char *hex, unsigned char *hash_r)
-{
-	buffer_t buf;
+/* The records are parsed without allocating and without formatting them
+   again: a chain has a record per copy. Each field must be in the one form
+   mirror_chain_record_format() writes (no sign, no leading zeros, lowercase
+   hex), so a record has exactly one valid spelling. */
+struct mirror_chain_field {
+	const char *str;
+	size_t len;
+};
 
-	if (strlen(hex) != MIRROR_CHAIN_HASH_SIZE * 2)
+static bool mirror_chain_uint_parse(const struct mirror_chain_field *field,
+				    uint64_t max, uint64_t *num_r)
+{
+	uint64_t num = 0;
+	size_t i;
+
+	if (field->len == 0 || (field->str[0] == '0' && field->len > 1))
 		return FALSE;
-	buffer_create_from_data(&buf, hash_r, MIRROR_CHAIN_HASH_SIZE);
-	return hex_to_binary(hex, &buf) == 0 &&
-		buf.used == MIRROR_CHAIN_HASH_SIZE;
+	for (i = 0; i < field->len; i++) {
+		unsigned int digit = field->str[i] - '0';
+
+		if (field->str[i] < '0' || field->str[i] > '9' ||
+		    num > (max - digit) / 10)
+			return FALSE;
+		num = num * 10 + digit;
+	}
+	*num_r = num;
+	return TRUE;
+}
+
+/* A lowercase hex digit's value plus one; 0 for anything else */
+static const unsigned char mirror_chain_hex_values[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5,
+	['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10,
+	['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
+	['f'] = 16,
+};
+
+static bool mirror_chain_hash_parse(const struct mirror_chain_field *field,
+				    unsigned char *hash_r)
+{
+	const unsigned char *p = (const unsigned char *)field->str;
+	unsigned int i, hi, lo;
+
+	if (field->len != MIRROR_CHAIN_HASH_SIZE * 2)
+		return FALSE;
+	for (i = 0; i < MIRROR_CHAIN_HASH_SIZE; i++) {
+		hi = mirror_chain_hex_values[p[i * 2]];
+		lo = mirror_chain_hex_values[p[i * 2 + 1]];
+		if (hi == 0 || lo == 0)
+			return FALSE;
+		hash_r[i] = ((hi - 1) << 4) | (lo - 1);
+	}
+	return TRUE;
+}
+
+static bool mirror_chain_type_parse(const struct mirror_chain_field *field,
+				    enum mirror_chain_record_type *type_r)
+{
+	if (field->len == 4 && memcmp(field->str, "copy", 4) == 0)
+		*type_r = MIRROR_CHAIN_RECORD_COPY;
+	else if (field->len == 6 && memcmp(field->str, "expire", 6) == 0)
+		*type_r = MIRROR_CHAIN_RECORD_EXPIRE;
+	else
+		return FALSE;
+	return TRUE;
 }
 
 int mirror_chain_record_parse(const char *line,
 			      struct mirror_chain_record *rec_r,
 			      const char **error_r)
 {
-	const char *const *args;
-	string_t *str;
+	struct mirror_chain_field fields[MIRROR_CHAIN_FIELD_COUNT];
+	const char *p = line, *end;
+	uint64_t num;
+	unsigned int i;
 
 	i_zero(rec_r);
 	if (strlen(line) >= MIRROR_CHAIN_LINE_MAX) {
 		*error_r = "Record too long";
 		return -1;
 	}
-	args = t_strsplit(line, " ");
-	if (str_array_length(args) != 7) {
+	/* exactly one space between fields, none around them */
+	for (i = 0;; i++) {
+		end = strchr(p, ' ');
+		if (i == N_ELEMENTS(fields)) {
+			*error_r = "Wrong number of fields";
+			return -1;
+		}
+		fields[i].str = p;
+		fields[i].len = end == NULL ? strlen(p) : (size_t)(end - p);
+		if (end == NULL)
+			break;
+		p = end + 1;
+	}
+	if (i + 1 != N_ELEMENTS(fields)) {
 		*error_r = "Wrong number of fields";
 		return -1;
 	}
-	if (!mirror_chain_type_parse(args[0], &rec_r->type)) {
+	if (!mirror_chain_type_parse(&fields[0], &rec_r->type)) {
 		*error_r = t_strdup_printf("Unknown record type '%s'",
-					   str_sanitize(args[0], 20));
+			str_sanitize(t_strndup(fields[0].str, fields[0].len),
+				     20));
 		return -1;
 	}
-	if (str_to_uint64(args[1], &rec_r->seq) < 0 || rec_r->seq == 0) {
+	if (!mirror_chain_uint_parse(&fields[1], UINT64_MAX, &rec_r->seq) ||
+	    rec_r->seq == 0) {
 		*error_r = "Invalid seq";
 		return -1;
 	}
-	if (str_to_uint64(args[2], &rec_r->time) < 0) {
+	if (!mirror_chain_uint_parse(&fields[2], UINT64_MAX, &rec_r->time)) {
 		*error_r = "Invalid time";
 		return -1;
 	}
-	if (str_to_uint32(args[3], &rec_r->uid_validity) < 0 ||
-	    rec_r->uid_validity == 0) {
+	if (!mirror_chain_uint_parse(&fields[3], UINT32_MAX, &num) ||
+	    num == 0) {
 		*error_r = "Invalid uidvalidity";
 		return -1;
 	}
-	if (str_to_uint32(args[4], &rec_r->uid) < 0 || rec_r->uid == 0) {
+	rec_r->uid_validity = num;
+	if (!mirror_chain_uint_parse(&fields[4], UINT32_MAX, &num) ||
+	    num == 0) {
 		*error_r = "Invalid uid";
 		return -1;
 	}
-	if (!mirror_chain_hash_parse(args[5], rec_r->content_hash)) {
+	rec_r->uid = num;
+	if (!mirror_chain_hash_parse(&fields[5], rec_r->content_hash)) {
 		*error_r = "Invalid content hash";
 		return -1;
 	}
-	if (!mirror_chain_hash_parse(args[6], rec_r->link)) {
+	if (!mirror_chain_hash_parse(&fields[6], rec_r->link)) {
 		*error_r = "Invalid link";
-		return -1;
-	}
-	/* one way to write each record: no leading zeros, no uppercase hex */
-	str = t_str_new(MIRROR_CHAIN_LINE_MAX);
-	mirror_chain_record_format(str, rec_r);
-	str_truncate(str, str_len(str) - 1);
-	if (strcmp(str_c(str), line) != 0) {
-		*error_r = "Record not in canonical form";
 		return -1;
 	}
 	return 0;
@@ -408,7 +463,8 @@ int mirror_chain_read(const char *path, unsigned int mirror_id,
 	struct mirror_chain_record rec, prev;
 	struct istream *input;
 	const char *line, *error;
-	unsigned int line_num = 0;
+	char broken[128];
+	unsigned int line_num = 0, broken_line = 0;
 	bool have_prev = FALSE;
 	int fd, ret = 0;
 
@@ -420,25 +476,39 @@ int mirror_chain_read(const char *path, unsigned int mirror_id,
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
 		return -1;
 	}
-	input = i_stream_create_fd_autoclose(&fd, MIRROR_CHAIN_LINE_MAX);
+	/* a large buffer: reading a long chain MIRROR_CHAIN_LINE_MAX bytes
+	   at a time costs a syscall per few records. Longer lines are
+	   still refused by the record parser. */
+	input = i_stream_create_fd_autoclose(&fd, MIRROR_CHAIN_READ_BUFFER_SIZE);
 	while ((line = i_stream_read_next_line(input)) != NULL) {
+		bool parsed;
+
 		line_num++;
-		if (mirror_chain_record_parse(line, &rec, &error) < 0) {
-			if (*broken_r == NULL) {
-				*broken_r = t_strdup_printf(
-					"line %u: %s", line_num, error);
+		/* a chain has a record per copy: parse each in its own
+		   frame, or the data stack grows with the chain */
+		T_BEGIN {
+			parsed = mirror_chain_record_parse(line, &rec,
+							   &error) == 0;
+			/* a record that doesn't follow is kept: verify
+			   reports the first break */
+			if (parsed && mirror_chain_record_follows(
+					mirror_id, have_prev ? &prev : NULL,
+					&rec, &error))
+				error = NULL;
+			if (error != NULL && broken_line == 0) {
+				broken_line = line_num;
+				i_strocpy(broken, error, sizeof(broken));
 			}
+		} T_END;
+		if (!parsed)
 			continue;
-		}
-		if (!mirror_chain_record_follows(mirror_id,
-						 have_prev ? &prev : NULL,
-						 &rec, &error) &&
-		    *broken_r == NULL)
-			*broken_r = t_strdup_printf("line %u: %s", line_num,
-						    error);
 		array_push_back(records, &rec);
 		prev = rec;
 		have_prev = TRUE;
+	}
+	if (broken_line != 0) {
+		*broken_r = t_strdup_printf("line %u: %s", broken_line,
+					    broken);
 	}
 	if (input->stream_errno == ENOBUFS) {
 		if (*broken_r == NULL) {

@@ -194,3 +194,31 @@ const char *mirror_key_escape(const char *str)
 	}
 	return str_c(dest);
 }
+
+int mirror_key_unescape(const char *str, string_t *dest)
+{
+	unsigned char c;
+	unsigned int i, value;
+
+	for (; *str != '\0'; str++) {
+		if (*str != '%') {
+			str_append_c(dest, *str);
+			continue;
+		}
+		value = 0;
+		for (i = 1; i <= 2; i++) {
+			c = str[i];
+			if (c >= '0' && c <= '9')
+				value = value * 16 + (c - '0');
+			else if (c >= 'a' && c <= 'f')
+				value = value * 16 + (c - 'a' + 10);
+			else
+				return -1;
+		}
+		if (value == 0)
+			return -1;
+		str_append_c(dest, value);
+		str += 2;
+	}
+	return 0;
+}

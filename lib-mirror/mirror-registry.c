@@ -6,10 +6,7 @@
 #include "strnum.h"
 #include "str-sanitize.h"
 #include "ioloop.h"
-#include "dict.h"
-#include "mirror-registry.h"
-
-#include <json-c/json.h>
+#include "mirror-registry-private.h"
 
 #define MIRROR_KEY_PREFIX DICT_PATH_SHARED"mirror/"
 #define MIRROR_KEY_SOURCE MIRROR_KEY_PREFIX"source/"
@@ -28,11 +25,6 @@
 /* A registry value is an array of objects; room for one more level of
    nesting that a later version may add. */
 #define MIRROR_JSON_MAX_DEPTH 4
-
-struct mirror_registry {
-	struct dict *dict;
-	struct dict_op_settings opset;
-};
 
 int mirror_days_parse(const char *str, unsigned int *days_r,
 		      const char **error_r)
@@ -116,7 +108,7 @@ bool mirror_def_is_valid(const struct mirror_def *def, const char **error_r)
 
 /* JSON encoding */
 
-static const char *mirror_json_finish(struct json_object *obj)
+const char *mirror_json_finish(struct json_object *obj)
 {
 	const char *str = t_strdup(json_object_to_json_string_ext(
 		obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -163,8 +155,7 @@ const char *mirror_sources_encode(const ARRAY_TYPE(const_string) *sources)
 	return mirror_json_finish(arr);
 }
 
-static int
-mirror_json_parse(const char *json, enum json_type type,
+int mirror_json_parse(const char *json, enum json_type type,
 		  struct json_object **obj_r, const char **error_r)
 {
 	struct json_tokener *tok;
@@ -212,8 +203,7 @@ mirror_json_parse_array(const char *json, struct json_object **arr_r,
 	return mirror_json_parse(json, json_type_array, arr_r, error_r);
 }
 
-static int
-mirror_json_get_int(struct json_object *obj, const char *name,
+int mirror_json_get_int(struct json_object *obj, const char *name,
 		    int64_t min, int64_t max, int64_t *value_r,
 		    const char **error_r)
 {
@@ -234,8 +224,7 @@ mirror_json_get_int(struct json_object *obj, const char *name,
 	return 0;
 }
 
-static int
-mirror_json_get_str(struct json_object *obj, const char *name,
+int mirror_json_get_str(struct json_object *obj, const char *name,
 		    const char **value_r, const char **error_r)
 {
 	struct json_object *field;
@@ -256,9 +245,7 @@ mirror_json_get_str(struct json_object *obj, const char *name,
 	return 0;
 }
 
-/* An optional boolean member: FALSE when missing. */
-static int
-mirror_json_get_bool(struct json_object *obj, const char *name,
+int mirror_json_get_bool(struct json_object *obj, const char *name,
 		     bool *value_r, const char **error_r)
 {
 	struct json_object *field;
@@ -423,8 +410,7 @@ void mirror_registry_deinit(struct mirror_registry **_reg)
 	i_free(reg);
 }
 
-static int
-mirror_registry_get(struct mirror_registry *reg, const char *key,
+int mirror_registry_get(struct mirror_registry *reg, const char *key,
 		    const char **value_r, const char **error_r)
 {
 	/* dict_lookup() reads the error even on success */
@@ -513,8 +499,7 @@ mirror_registry_get_sources(struct mirror_registry *reg, pool_t pool,
 	return 0;
 }
 
-static int
-mirror_registry_commit(struct dict_transaction_context **trans,
+int mirror_registry_commit(struct dict_transaction_context **trans,
 		       const char **error_r)
 {
 	const char *error;
@@ -580,8 +565,42 @@ mirror_registry_set_defs(struct dict_transaction_context *trans,
 		dict_unset(trans, key);
 }
 
+static const char *mirror_userdb_key(const char *user)
+{
+	return t_strconcat(MIRROR_KEY_USERDB,
+			   mirror_key_escape(t_str_lcase(user)), NULL);
+}
+
 /* Dovecot's dict passdb and userdb read these as "objects": every member
    becomes a field, so the two records hold only what each one needs. */
+void mirror_user_password_set(struct dict_transaction_context *trans,
+			      const char *user, const char *password_hash)
+{
+	struct json_object *obj = json_object_new_object();
+
+	json_object_object_add(obj, "password",
+			       json_object_new_string(password_hash));
+	dict_set(trans, mirror_user_key(user), mirror_json_finish(obj));
+}
+
+void mirror_user_records_set(struct dict_transaction_context *trans,
+			     const char *user, const char *password_hash,
+			     struct json_object *userdb_fields)
+{
+	mirror_user_password_set(trans, user, password_hash);
+	if (userdb_fields != NULL) {
+		dict_set(trans, mirror_userdb_key(user),
+			 mirror_json_finish(userdb_fields));
+	}
+}
+
+void mirror_user_records_unset(struct dict_transaction_context *trans,
+			       const char *user)
+{
+	dict_unset(trans, mirror_user_key(user));
+	dict_unset(trans, mirror_userdb_key(user));
+}
+
 static void
 mirror_user_record_set(struct dict_transaction_context *trans,
 		       const char *user, const char *password_hash,
@@ -589,16 +608,9 @@ mirror_user_record_set(struct dict_transaction_context *trans,
 {
 	struct json_object *obj = json_object_new_object();
 
-	json_object_object_add(obj, "password",
-			       json_object_new_string(password_hash));
-	dict_set(trans, mirror_user_key(user), mirror_json_finish(obj));
-
-	obj = json_object_new_object();
 	json_object_object_add(obj, "mirror_storage",
 			       json_object_new_string(dec2str(mirror_id)));
-	dict_set(trans, t_strconcat(MIRROR_KEY_USERDB,
-			mirror_key_escape(t_str_lcase(user)), NULL),
-		 mirror_json_finish(obj));
+	mirror_user_records_set(trans, user, password_hash, obj);
 }
 
 int mirror_registry_add(struct mirror_registry *reg, struct mirror_def *def,
@@ -889,9 +901,7 @@ int mirror_registry_user_remove(struct mirror_registry *reg, const char *user,
 	struct dict_transaction_context *trans;
 
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	dict_unset(trans, mirror_user_key(user));
-	dict_unset(trans, t_strconcat(MIRROR_KEY_USERDB,
-			mirror_key_escape(t_str_lcase(user)), NULL));
+	mirror_user_records_unset(trans, user);
 	return mirror_registry_commit(&trans, error_r);
 }
 
@@ -1346,10 +1356,7 @@ int mirror_registry_expire_set_last_run(struct mirror_registry *reg,
 	return mirror_registry_commit(&trans, error_r);
 }
 
-/* Iterate the keys under prefix, calling callback with each key's suffix
-   and value until it returns -1. */
-static int
-mirror_registry_iterate(struct mirror_registry *reg, const char *prefix,
+int mirror_registry_iterate(struct mirror_registry *reg, const char *prefix,
 			int (*callback)(const char *name, const char *value,
 					void *context, const char **error_r),
 			void *context, const char **error_r)

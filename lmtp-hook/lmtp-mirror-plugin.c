@@ -30,6 +30,7 @@
 #include "mirror-registry.h"
 #include "mirror-copy.h"
 #include "mirror-plugin.h"
+#include "lmtp-bag.h"
 
 #define LMTP_MIRROR_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, lmtp_mirror_client_module)
@@ -542,6 +543,12 @@ static void lmtp_mirror_client_created(struct client **_client)
 	client->v.trans_free = lmtp_mirror_trans_free;
 	client->v.destroy = lmtp_mirror_client_destroy;
 	MODULE_CONTEXT_SET(client, lmtp_mirror_client_module, mclient);
+
+	/* Mail Bagging shares the registry; installed last, so that its
+	   destroy runs before the registry's owner's */
+	if (lmtp_mirror_setting_bool(set_user, event, "bag_enabled", FALSE))
+		lmtp_bag_client_created(client, storage_service, registry,
+					event);
 }
 
 void lmtp_mirror_plugin_init(struct module *module);

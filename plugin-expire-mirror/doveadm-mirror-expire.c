@@ -72,7 +72,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("bytes");
 	doveadm_print_header_simple("oldest_kept");
 
-	service = doveadm_mirror_storage_service_init();
+	service = doveadm_mirror_storage_service_init(NULL);
 	ret = mirror_expire_run(&set, service, NULL,
 				doveadm_mirror_expire_print, NULL, &result,
 				&error);

@@ -314,7 +314,7 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 	bool ok;
 
 	mirror_privileges_get(pool_datastack_create(), &privs);
-	ctx->service = doveadm_mirror_storage_service_init();
+	ctx->service = doveadm_mirror_storage_service_init(NULL);
 	ok = mirror_verify_open(ctx) &&
 		mirror_verify_read_chain(ctx) == 0 &&
 		mirror_verify_mails(ctx) == 0;

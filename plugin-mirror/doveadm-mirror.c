@@ -14,6 +14,11 @@
 #include "mail-storage-service.h"
 #include "auth-master.h"
 #include "unlink-directory.h"
+#include "hex-binary.h"
+#include "hmac.h"
+#include "hmac-cram-md5.h"
+#include "md5.h"
+#include "safe-memset.h"
 #include "doveadm.h"
 #include "doveadm-cmd.h"
 #include "doveadm-print.h"
@@ -24,6 +29,7 @@
 #include "doveadm-mirror-verify.h"
 #include "doveadm-mirror-schedule.h"
 #include "doveadm-mirror-expire.h"
+#include "doveadm-bag.h"
 
 #include <ctype.h>
 #include <sysexits.h>
@@ -68,7 +74,8 @@ struct mirror_registry *doveadm_mirror_registry_open(void)
 	return reg;
 }
 
-struct mail_storage_service_ctx *doveadm_mirror_storage_service_init(void)
+struct mail_storage_service_ctx *
+doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[])
 {
 	enum mail_storage_service_flags flags =
 		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
@@ -77,7 +84,7 @@ struct mail_storage_service_ctx *doveadm_mirror_storage_service_init(void)
 
 	if (doveadm_debug)
 		flags |= MAIL_STORAGE_SERVICE_FLAG_DEBUG;
-	return mail_storage_service_init(master_service, NULL, flags);
+	return mail_storage_service_init(master_service, set_roots, flags);
 }
 
 void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **service)
@@ -104,7 +111,6 @@ void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **ser
 	}
 }
 
-/* Returns 1 if user exists, 0 if not, -1 if it can't be checked. */
 /* Look user up in the userdb. Returns 1 with its fields (from the data
    stack), 0 if there is no such user, -1 if it can't be checked. */
 static int
@@ -139,8 +145,7 @@ doveadm_mirror_userdb_lookup(const char *user, const char *const **fields_r,
 	return ret;
 }
 
-/* Returns 1 if user exists, 0 if not, -1 if it can't be checked. */
-static int doveadm_mirror_user_exists(const char *user, const char **error_r)
+int doveadm_mirror_user_exists(const char *user, const char **error_r)
 {
 	const char *const *fields;
 
@@ -192,7 +197,7 @@ doveadm_mirror_get(struct mirror_registry *reg, unsigned int id,
 	return TRUE;
 }
 
-static void doveadm_mirror_auth_cache_flush(const char *user)
+void doveadm_mirror_auth_cache_flush(const char *user)
 {
 	struct auth_master_connection *conn;
 	const char *users[] = { user, NULL };
@@ -212,11 +217,25 @@ static void doveadm_mirror_auth_cache_flush(const char *user)
 	auth_master_deinit(&conn);
 }
 
-/* A new random password (printable, safe to paste) and the hash that is
-   stored instead of it. The password is allocated from the data stack:
-   wipe it with sodium_memzero() once shown. */
-static int
-doveadm_mirror_password_new(char **password_r, const char **hash_r)
+/* Dovecot's {CRAM-MD5} scheme: the HMAC-MD5 inner and outer states of
+   the password, in hex (what auth's cram_md5_generate() computes). */
+static const char *doveadm_mirror_cram_md5(const char *password)
+{
+	struct hmac_context ctx;
+	unsigned char context[CRAM_MD5_CONTEXTLEN];
+	const char *hex;
+
+	hmac_init(&ctx, (const unsigned char *)password, strlen(password),
+		  &hash_method_md5);
+	hmac_md5_get_cram_context(&ctx, context);
+	hex = binary_to_hex(context, sizeof(context));
+	safe_memset(&ctx, 0, sizeof(ctx));
+	sodium_memzero(context, sizeof(context));
+	return t_strconcat("{CRAM-MD5}", hex, NULL);
+}
+
+int doveadm_mirror_password_new(enum doveadm_mirror_password_scheme scheme,
+				char **password_r, const char **hash_r)
 {
 	unsigned char raw[DOVEADM_MIRROR_PASSWORD_BYTES];
 	size_t b64_len = sodium_base64_ENCODED_LEN(sizeof(raw),
@@ -228,6 +247,11 @@ doveadm_mirror_password_new(char **password_r, const char **hash_r)
 	sodium_bin2base64(password, b64_len, raw, sizeof(raw),
 			  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 	sodium_memzero(raw, sizeof(raw));
+	if (scheme == DOVEADM_MIRROR_PASSWORD_CRAM_MD5) {
+		*password_r = password;
+		*hash_r = doveadm_mirror_cram_md5(password);
+		return 0;
+	}
 	/* the parameters of Dovecot's own {ARGON2ID} scheme */
 	if (crypto_pwhash_argon2id_str(hash, password, strlen(password),
 			crypto_pwhash_argon2id_OPSLIMIT_INTERACTIVE,
@@ -699,7 +723,8 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 		/* auto-create a storage user */
 		storage = doveadm_mirror_storage_choose(reg, &def);
 		if (storage == NULL ||
-		    doveadm_mirror_password_new(&password, &hash) < 0) {
+		    doveadm_mirror_password_new(DOVEADM_MIRROR_PASSWORD_ARGON2ID,
+					&password, &hash) < 0) {
 			mirror_registry_deinit(&reg);
 			return;
 		}
@@ -753,7 +778,8 @@ static void cmd_mirror_password(struct doveadm_cmd_context *cctx)
 		mirror_registry_deinit(&reg);
 		return;
 	}
-	if (doveadm_mirror_password_new(&password, &hash) < 0) {
+	if (doveadm_mirror_password_new(DOVEADM_MIRROR_PASSWORD_ARGON2ID,
+					&password, &hash) < 0) {
 		mirror_registry_deinit(&reg);
 		return;
 	}
@@ -860,11 +886,7 @@ doveadm_mirror_user_home(const char *username, const char **home_r,
 	return 0;
 }
 
-/* Delete the home of username, which holds its mail with the shipped
-   configuration (mail_location under ~). It runs in a child process
-   that becomes the user, so that nothing is deleted as root and this
-   process (perhaps a long-lived doveadm server) keeps its identity. */
-static int doveadm_mirror_purge_storage(const char *username)
+int doveadm_mirror_purge_storage(const char *username)
 {
 	const char *home, *error;
 	uid_t uid;
@@ -1145,6 +1167,7 @@ void doveadm_mirror_plugin_preinit(void)
 	doveadm_mirror_verify_register();
 	doveadm_mirror_schedule_register();
 	doveadm_mirror_expire_register();
+	doveadm_bag_register();
 }
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)

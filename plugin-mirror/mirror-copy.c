@@ -296,6 +296,8 @@ mirror_copy_input(const struct mirror_copy_target *target,
 	const char *addr;
 	unsigned int id;
 
+	if (target->header != NULL)
+		str_append(hdr, target->header);
 	array_foreach_elem(&target->mirror_ids, id)
 		str_printfa(hdr, "X-Mirror-Id: %u\r\n", id);
 	array_foreach_elem(&target->envelope_to, addr)

@@ -19,6 +19,9 @@ extern struct event_category event_category_mirror;
 struct mirror_copy_target {
 	/* username of the storage that receives one copy */
 	const char *storage;
+	/* header lines (CRLF) that start the copy, before the mirror
+	   headers, or NULL */
+	const char *header;
 	/* the mirrors served by this copy: one X-Mirror-Id header each */
 	ARRAY_TYPE(uint) mirror_ids;
 	/* the recipients that matched: one X-Envelope-To header each */

@@ -1,0 +1,787 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* doveadm bag add|list|show|remove|recipient|password|flush: manage the
+   bagged domains. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "str-sanitize.h"
+#include "time-util.h"
+#include "settings-parser.h"
+#include "mail-storage-service.h"
+#include "doveadm.h"
+#include "doveadm-cmd.h"
+#include "doveadm-print.h"
+#include "doveadm-settings.h"
+#include "mirror-privileges.h"
+#include "mirror-registry.h"
+#include "bag-registry.h"
+#include "bag-store.h"
+#include "bag-flush.h"
+#include "doveadm-mirror.h"
+#include "doveadm-bag.h"
+
+#include <sysexits.h>
+#include <sodium.h>
+
+#define DOVEADM_BAG_USER_PREFIX "_bag"
+/* How many numbered names to try for a bag user */
+#define DOVEADM_BAG_MAX_NAME_TRIES 1000
+
+static void doveadm_bag_usage(struct doveadm_cmd_context *cctx)
+{
+	doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+		"%s: Usage: doveadm %s %s", cctx->cmd->name, cctx->cmd->name,
+		cctx->cmd->usage));
+}
+
+/* The DOMAIN parameter, normalized; fails the command if missing or
+   invalid. */
+static const char *doveadm_bag_domain_param(struct doveadm_cmd_context *cctx)
+{
+	const char *str, *domain, *error;
+
+	if (!doveadm_cmd_param_str(cctx, "domain", &str)) {
+		doveadm_bag_usage(cctx);
+		return NULL;
+	}
+	if (bag_domain_parse(str, &domain, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return NULL;
+	}
+	return domain;
+}
+
+static bool
+doveadm_bag_get(struct mirror_registry *reg, const char *domain,
+		struct bag_def *def_r)
+{
+	const char *error;
+	int ret;
+
+	ret = bag_registry_get(reg, domain, pool_datastack_create(), def_r,
+			       &error);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ?
+				    t_strdup_printf("%s is not bagged",
+						    domain) : error);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+/* Whether name is free: no login record in the registry and no user the
+   userdb knows. 1 free, 0 taken, -1 error (the command failed). */
+static int doveadm_bag_name_free(struct mirror_registry *reg, const char *name)
+{
+	const char *error;
+	int ret;
+
+	ret = mirror_registry_user_exists(reg, name, &error);
+	if (ret == 0)
+		ret = doveadm_mirror_user_exists(name, &error);
+	if (ret < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
+	}
+	return ret == 0 ? 1 : 0;
+}
+
+/* _bag@DOMAIN, or _bag-N@DOMAIN if that is taken */
+static const char *
+doveadm_bag_user_choose(struct mirror_registry *reg, const char *domain)
+{
+	const char *name, *error;
+	unsigned int n;
+	int ret;
+
+	for (n = 1; n <= DOVEADM_BAG_MAX_NAME_TRIES; n++) {
+		name = n == 1 ?
+			t_strdup_printf(DOVEADM_BAG_USER_PREFIX"@%s", domain) :
+			t_strdup_printf(DOVEADM_BAG_USER_PREFIX"-%u@%s", n,
+					domain);
+		if (!mirror_storage_is_valid(name, &error)) {
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+				"Can't make a bag user for %s: %s", domain,
+				error));
+			return NULL;
+		}
+		if ((ret = doveadm_bag_name_free(reg, name)) != 0)
+			return ret > 0 ? name : NULL;
+	}
+	doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
+		"No free bag user name for %s", domain));
+	return NULL;
+}
+
+/* The ETRN networks: every -e value, each a comma-separated list */
+static bool
+doveadm_bag_nets_parse(const char *const *args, struct bag_def *def)
+{
+	const char *const *nets, *net, *error;
+
+	for (; *args != NULL; args++) {
+		for (nets = t_strsplit_spaces(*args, ", "); *nets != NULL;
+		     nets++) {
+			if (!bag_net_is_valid(*nets, &error)) {
+				doveadm_mirror_fail(EX_USAGE, error);
+				return FALSE;
+			}
+			net = t_strdup(*nets);
+			array_push_back(&def->etrn_nets, &net);
+		}
+	}
+	if (array_count(&def->etrn_nets) > BAG_NETS_MAX) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"At most %u ETRN networks", BAG_NETS_MAX));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static const char *bag_nets_str(const struct bag_def *def)
+{
+	string_t *str = t_str_new(64);
+	const char *net;
+
+	array_foreach_elem(&def->etrn_nets, net) {
+		if (str_len(str) > 0)
+			str_append_c(str, ' ');
+		str_append(str, net);
+	}
+	return str_c(str);
+}
+
+static void doveadm_bag_print_header(void)
+{
+	doveadm_print_header_simple("domain");
+	doveadm_print_header_simple("user");
+	doveadm_print_header_simple("modes");
+	doveadm_print_header_simple("etrn_nets");
+	doveadm_print_header_simple("host");
+	doveadm_print_header_simple("atrn_identity");
+	doveadm_print_header_simple("recipient_list");
+}
+
+static void doveadm_bag_print(const struct bag_def *def)
+{
+	doveadm_print(def->domain);
+	doveadm_print(def->user);
+	doveadm_print(bag_modes_to_str(def->modes));
+	doveadm_print(bag_nets_str(def));
+	doveadm_print(def->host == NULL ? "" : def->host);
+	doveadm_print(def->atrn_identity == NULL ? "" : def->atrn_identity);
+	doveadm_print(def->recipient_list ? "yes" : "no");
+}
+
+/* Who pulls the domain with ATRN: an identity of other bags (reused), a
+   user the userdb or passdb of the site knows (reused: its password is
+   the site's), or a new one that gets a password. Returns 1 if a new one
+   is to be created, 0 if it exists, -1 if the command failed. */
+static int
+doveadm_bag_identity_check(struct mirror_registry *reg, const char *identity)
+{
+	ARRAY_TYPE(const_string) domains;
+	const char *error;
+	int ret;
+
+	t_array_init(&domains, 4);
+	if (bag_registry_identity_domains(reg, identity,
+					  pool_datastack_create(), &domains,
+					  &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
+	}
+	if (array_count(&domains) > 0)
+		return 0;
+	ret = mirror_registry_user_exists(reg, identity, &error);
+	if (ret != 0) {
+		doveadm_mirror_fail(ret < 0 ? EX_TEMPFAIL :
+				    DOVEADM_EX_NOTPOSSIBLE, ret < 0 ? error :
+				    t_strdup_printf("%s is a mirror or bag user, "
+						    "not an ATRN identity",
+						    identity));
+		return -1;
+	}
+	ret = doveadm_mirror_user_exists(identity, &error);
+	if (ret < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
+	}
+	return ret > 0 ? 0 : 1;
+}
+
+static void cmd_bag_add(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	struct bag_def def;
+	const char *const *nets = NULL, *host = NULL, *identity = NULL;
+	const char *domain, *hash, *identity_hash = NULL, *error;
+	char *password = NULL, *identity_password = NULL;
+	in_port_t port;
+	int ret;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
+		return;
+	i_zero(&def);
+	def.domain = domain;
+	t_array_init(&def.etrn_nets, 4);
+	(void)doveadm_cmd_param_array(cctx, "etrn-net", &nets);
+	(void)doveadm_cmd_param_str(cctx, "host", &host);
+	(void)doveadm_cmd_param_str(cctx, "atrn-identity", &identity);
+	if (nets != NULL || host != NULL) {
+		if (nets == NULL || host == NULL) {
+			doveadm_mirror_fail(EX_USAGE, "ETRN needs both the "
+				"customer's networks (-e) and its MTA (-h)");
+			return;
+		}
+		if (!doveadm_bag_nets_parse(nets, &def))
+			return;
+		if (bag_host_parse(host, &def.host, &port, &error) < 0) {
+			doveadm_mirror_fail(EX_USAGE, error);
+			return;
+		}
+		def.host = host;
+		def.modes |= BAG_MODE_ETRN;
+	}
+	if (identity != NULL) {
+		if (!mirror_storage_is_valid(identity, &error)) {
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+				"Invalid ATRN identity '%s': %s",
+				str_sanitize(identity, 80), error));
+			return;
+		}
+		def.atrn_identity = identity;
+		def.modes |= BAG_MODE_ATRN;
+	}
+	if (def.modes == 0) {
+		doveadm_mirror_fail(EX_USAGE, "Give a mode: ETRN (-e NETS "
+				    "-h HOST) or ATRN (-a IDENTITY)");
+		return;
+	}
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	def.user = doveadm_bag_user_choose(reg, domain);
+	ret = def.user == NULL ? -1 : 0;
+	if (ret == 0 && identity != NULL &&
+	    (ret = doveadm_bag_identity_check(reg, identity)) > 0) {
+		ret = doveadm_mirror_password_new(
+			DOVEADM_MIRROR_PASSWORD_CRAM_MD5, &identity_password,
+			&identity_hash);
+	}
+	if (ret >= 0)
+		ret = doveadm_mirror_password_new(
+			DOVEADM_MIRROR_PASSWORD_ARGON2ID, &password, &hash);
+	if (ret >= 0) {
+		ret = bag_registry_add(reg, &def, hash, identity_hash, &error);
+		if (ret <= 0) {
+			doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTPOSSIBLE :
+					    EX_TEMPFAIL, error);
+		} else {
+			doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+			doveadm_bag_print_header();
+			doveadm_print_header_simple("password");
+			doveadm_print_header_simple("atrn_password");
+			doveadm_bag_print(&def);
+			doveadm_print(password);
+			doveadm_print(identity_password == NULL ? "" :
+				      identity_password);
+		}
+	}
+	mirror_registry_deinit(&reg);
+	if (password != NULL)
+		sodium_memzero(password, strlen(password));
+	if (identity_password != NULL)
+		sodium_memzero(identity_password, strlen(identity_password));
+}
+
+static void cmd_bag_list(struct doveadm_cmd_context *cctx ATTR_UNUSED)
+{
+	struct mirror_registry *reg;
+	ARRAY_TYPE(bag_def) defs;
+	const struct bag_def *def;
+	const char *error;
+
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	t_array_init(&defs, 16);
+	if (bag_registry_list(reg, pool_datastack_create(), &defs,
+			      &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	mirror_registry_deinit(&reg);
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_bag_print_header();
+	array_foreach(&defs, def)
+		doveadm_bag_print(def);
+}
+
+/* What waits in the bag. The bag user is opened as itself: the caller's
+   identity is restored afterwards. */
+static int
+doveadm_bag_status(const struct bag_def *def, bool with_size,
+		   struct bag_store_status *status_r)
+{
+	struct mail_storage_service_ctx *service;
+	struct mirror_privileges privs;
+	struct bag_store *store;
+	const char *error;
+	int ret;
+
+	mirror_privileges_get(pool_datastack_create(), &privs);
+	service = doveadm_mirror_storage_service_init(bag_store_set_roots);
+	ret = bag_store_open(service, def->user, "doveadm", TRUE, NULL, &store,
+			     &error);
+	if (ret == 0)
+		ret = bag_store_get_status(store, with_size, status_r, &error);
+	bag_store_close(&store);
+	doveadm_mirror_storage_service_deinit(&service);
+	if (mirror_privileges_set(&privs, &error) < 0)
+		i_fatal("%s", error);
+	if (ret < 0)
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	return ret;
+}
+
+static const char *doveadm_bag_time(time_t t)
+{
+	return t == 0 ? "" : t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", t);
+}
+
+static void cmd_bag_show(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	struct bag_store_status status;
+	struct bag_status flush;
+	struct bag_def def;
+	const char *domain, *error;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL ||
+	    (reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def)) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (bag_registry_status_get(reg, domain, pool_datastack_create(),
+				    &flush, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	mirror_registry_deinit(&reg);
+	if (doveadm_bag_status(&def, TRUE, &status) < 0)
+		return;
+
+	doveadm_print_init(DOVEADM_PRINT_TYPE_PAGER);
+	doveadm_bag_print_header();
+	doveadm_print_header_simple("created");
+	doveadm_print_header_simple("messages");
+	doveadm_print_header_simple("bytes");
+	doveadm_print_header_simple("oldest");
+	doveadm_print_header_simple("last_flush");
+	doveadm_print_header_simple("last_flush_result");
+	doveadm_print_header_simple("delivered");
+	doveadm_print_header_simple("deferred");
+	doveadm_print_header_simple("bounced");
+	doveadm_bag_print(&def);
+	doveadm_print(doveadm_bag_time(def.created));
+	doveadm_print_num(status.messages);
+	doveadm_print_num(status.bytes);
+	doveadm_print(doveadm_bag_time(status.oldest));
+	doveadm_print(doveadm_bag_time(flush.time));
+	doveadm_print(flush.result == NULL ? "" : flush.result);
+	doveadm_print_num(flush.delivered);
+	doveadm_print_num(flush.deferred);
+	doveadm_print_num(flush.bounced);
+}
+
+static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	struct bag_store_status status;
+	struct bag_def def;
+	const char *domain, *error;
+	bool force = FALSE, purged;
+	int ret;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
+		return;
+	(void)doveadm_cmd_param_bool(cctx, "force", &force);
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def) ||
+	    doveadm_bag_status(&def, FALSE, &status) < 0) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (status.messages > 0 && !force) {
+		doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
+			"%u messages wait in the bag of %s: flush them first, "
+			"or remove with -f to delete them", status.messages,
+			domain));
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	ret = bag_registry_remove(reg, domain, pool_datastack_create(), &def,
+				  &error);
+	mirror_registry_deinit(&reg);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ?
+				    t_strdup_printf("%s is not bagged",
+						    domain) : error);
+		return;
+	}
+	/* the bag user was the suite's: its mail goes with it */
+	purged = doveadm_mirror_purge_storage(def.user) == 0;
+	if (!purged) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"%s is no longer bagged, but deleting the mail of %s "
+			"failed", domain, def.user));
+	}
+	doveadm_mirror_auth_cache_flush(def.user);
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_bag_print_header();
+	doveadm_print_header_simple("messages_deleted");
+	doveadm_bag_print(&def);
+	doveadm_print_num(purged ? status.messages : 0);
+}
+
+static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	ARRAY_TYPE(const_string) addrs;
+	struct bag_def def;
+	const char *const *args = NULL, *domain, *addr, *error;
+	const char *verb = strrchr(cctx->cmd->name, ' ') + 1;
+	bool list = strcmp(verb, "list") == 0;
+	bool clear = strcmp(verb, "clear") == 0;
+	int ret = 0;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
+		return;
+	t_array_init(&addrs, 16);
+	if (!list && !clear) {
+		if (!doveadm_cmd_param_array(cctx, "address", &args) ||
+		    args[0] == NULL) {
+			doveadm_bag_usage(cctx);
+			return;
+		}
+		for (; *args != NULL; args++) {
+			if (bag_rcpt_parse(*args, domain, &addr, &error) < 0) {
+				doveadm_mirror_fail(EX_USAGE, error);
+				return;
+			}
+			array_push_back(&addrs, &addr);
+		}
+		array_append_zero(&addrs);
+	}
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def)) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (clear)
+		ret = bag_registry_rcpt_clear(reg, &def, &error);
+	else if (!list) {
+		ret = bag_registry_rcpt_update(reg, &def, array_front(&addrs),
+			strcmp(verb, "add") == 0, &error);
+	}
+	if (ret == 0) {
+		array_clear(&addrs);
+		ret = bag_registry_rcpt_list(reg, domain,
+					     pool_datastack_create(), &addrs,
+					     &error);
+	}
+	mirror_registry_deinit(&reg);
+	if (ret < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return;
+	}
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_print_header_simple("domain");
+	doveadm_print_header_simple("recipient");
+	array_foreach_elem(&addrs, addr) {
+		doveadm_print(domain);
+		doveadm_print(addr);
+	}
+}
+
+static void cmd_bag_password(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_registry *reg;
+	ARRAY_TYPE(const_string) domains;
+	struct bag_def def;
+	const char *name, *user, *hash, *error;
+	char *password;
+	bool identity = FALSE;
+	int ret;
+
+	if (!doveadm_cmd_param_str(cctx, "name", &name)) {
+		doveadm_bag_usage(cctx);
+		return;
+	}
+	(void)doveadm_cmd_param_bool(cctx, "atrn-identity", &identity);
+	if (!identity && bag_domain_parse(name, &name, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return;
+	}
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!identity) {
+		if (!doveadm_bag_get(reg, name, &def)) {
+			mirror_registry_deinit(&reg);
+			return;
+		}
+		user = def.user;
+	} else {
+		/* only an identity the suite created has a password here */
+		t_array_init(&domains, 4);
+		ret = bag_registry_identity_domains(reg, name,
+				pool_datastack_create(), &domains, &error);
+		if (ret == 0 && array_count(&domains) > 0) {
+			ret = bag_registry_get(reg,
+				array_idx_elem(&domains, 0),
+				pool_datastack_create(), &def, &error);
+			if (ret > 0 && !def.auto_identity) {
+				error = t_strdup_printf("%s is a user of the "
+					"site: its password is not managed "
+					"here", name);
+				ret = 0;
+			}
+		} else if (ret == 0) {
+			error = t_strdup_printf("%s is not an ATRN identity",
+						name);
+		}
+		if (ret <= 0) {
+			doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+					    EX_TEMPFAIL, error);
+			mirror_registry_deinit(&reg);
+			return;
+		}
+		user = name;
+	}
+	if (doveadm_mirror_password_new(identity ?
+			DOVEADM_MIRROR_PASSWORD_CRAM_MD5 :
+			DOVEADM_MIRROR_PASSWORD_ARGON2ID, &password,
+			&hash) < 0) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (bag_registry_password_set(reg, user, hash, &error) < 0)
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	else {
+		doveadm_mirror_auth_cache_flush(user);
+		doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+		doveadm_print_header_simple("user");
+		doveadm_print_header_simple("password");
+		doveadm_print(user);
+		doveadm_print(password);
+	}
+	sodium_memzero(password, strlen(password));
+	mirror_registry_deinit(&reg);
+}
+
+/* bag_timeout: how long to wait for each reply of the customer's MTA */
+static int doveadm_bag_timeout(unsigned int *msecs_r)
+{
+	const char *str = doveadm_plugin_getenv("bag_timeout"), *error;
+
+	if (str == NULL || *str == '\0') {
+		*msecs_r = BAG_TIMEOUT_DEFAULT_SECS * 1000;
+		return 0;
+	}
+	if (settings_get_time_msecs(str, msecs_r, &error) < 0 ||
+	    *msecs_r == 0) {
+		doveadm_mirror_fail(EX_CONFIG, t_strdup_printf(
+			"Invalid bag_timeout '%s': %s", str_sanitize(str, 40),
+			*msecs_r == 0 ? "must be positive" : error));
+		return -1;
+	}
+	return 0;
+}
+
+static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
+{
+	struct mail_storage_service_ctx *service;
+	struct mirror_privileges privs;
+	struct mirror_registry *reg;
+	struct bag_flush_result result;
+	struct bag_store *store;
+	struct bag_def def;
+	const char *domain, *host_str = NULL, *host, *error;
+	unsigned int timeout_msecs;
+	in_port_t port;
+	int ret;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
+		return;
+	(void)doveadm_cmd_param_str(cctx, "host", &host_str);
+	if (doveadm_bag_timeout(&timeout_msecs) < 0 ||
+	    (reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def)) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (host_str == NULL)
+		host_str = def.host;
+	if (host_str == NULL) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"%s has no ETRN host: say where to send it with -h",
+			domain));
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (bag_host_parse(host_str, &host, &port, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+
+	i_zero(&result);
+	mirror_privileges_get(pool_datastack_create(), &privs);
+	service = doveadm_mirror_storage_service_init(bag_store_set_roots);
+	ret = bag_store_open(service, def.user, "doveadm", TRUE, NULL, &store,
+			     &error);
+	if (ret == 0 && (ret = bag_store_lock(store, &error)) == 0) {
+		error = t_strdup_printf("%s is being flushed by another "
+					"process", domain);
+		ret = -1;
+	}
+	if (ret > 0) {
+		(void)bag_flush_to_host(store, host, port, timeout_msecs,
+					NULL, &result);
+	}
+	bag_store_close(&store);
+	doveadm_mirror_storage_service_deinit(&service);
+	if (mirror_privileges_set(&privs, &error) < 0)
+		i_fatal("%s", error);
+	if (ret < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	bag_flush_finished(reg, &def, "doveadm", &result, NULL);
+	mirror_registry_deinit(&reg);
+	if (result.error != NULL)
+		doveadm_mirror_fail(EX_TEMPFAIL, result.error);
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_print_header_simple("domain");
+	doveadm_print_header_simple("delivered");
+	doveadm_print_header_simple("deferred");
+	doveadm_print_header_simple("bounced");
+	doveadm_print_header_simple("broken");
+	doveadm_print_header_simple("error");
+	doveadm_print(domain);
+	doveadm_print_num(result.delivered);
+	doveadm_print_num(result.deferred);
+	doveadm_print_num(result.bounced);
+	doveadm_print_num(result.broken);
+	doveadm_print(result.error == NULL ? "" : result.error);
+}
+
+static struct doveadm_cmd_ver2 doveadm_bag_commands[] = {
+{
+	.name = "bag flush",
+	.cmd = cmd_bag_flush,
+	.usage = "[-h <host>[:<port>]] <domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag add",
+	.cmd = cmd_bag_add,
+	.usage = "[-e <network>[,...] -h <host>[:<port>]] "
+		 "[-a <atrn identity>] <domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('e', "etrn-net", CMD_PARAM_ARRAY, 0)
+DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag list",
+	.cmd = cmd_bag_list,
+	.usage = "",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag show",
+	.cmd = cmd_bag_show,
+	.usage = "<domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag remove",
+	.cmd = cmd_bag_remove,
+	.usage = "[-f] <domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('f', "force", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag recipient add",
+	.cmd = cmd_bag_recipient,
+	.usage = "<domain> <address> [...]",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAM('\0', "address", CMD_PARAM_ARRAY, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag recipient remove",
+	.cmd = cmd_bag_recipient,
+	.usage = "<domain> <address> [...]",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAM('\0', "address", CMD_PARAM_ARRAY, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag recipient list",
+	.cmd = cmd_bag_recipient,
+	.usage = "<domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag recipient clear",
+	.cmd = cmd_bag_recipient,
+	.usage = "<domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag password",
+	.cmd = cmd_bag_password,
+	.usage = "[-a] <domain>|<atrn identity>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('\0', "name", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+};
+
+void doveadm_bag_register(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < N_ELEMENTS(doveadm_bag_commands); i++)
+		doveadm_cmd_register_ver2(&doveadm_bag_commands[i]);
+}

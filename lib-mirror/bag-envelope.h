@@ -1,0 +1,57 @@
+#ifndef BAG_ENVELOPE_H
+#define BAG_ENVELOPE_H
+
+#include "smtp-params.h"
+
+/* A bagged message keeps its SMTP envelope as its first header lines, as
+   the MAIL FROM and RCPT TO arguments the suite accepted (path and
+   parameters, as lib-smtp writes and parses them):
+
+     X-Bag-Mail-From: <sender@example.net> RET=HDRS ENVID=abc
+     X-Bag-Rcpt-To: <alice@example.org> NOTIFY=FAILURE ORCPT=rfc822;...
+     X-Bag-Rcpt-To: <bob@example.org>
+
+   They are the first lines of the stored message and nothing else writes
+   them there, so they can be told from the message's own header: reading
+   stops at the first line that isn't one of them, and only these lines
+   are left out when the message is sent on. An administrator reading the
+   bag over IMAP sees the envelope. */
+
+struct istream;
+struct smtp_address;
+
+#define BAG_HEADER_MAIL_FROM "X-Bag-Mail-From"
+#define BAG_HEADER_RCPT_TO "X-Bag-Rcpt-To"
+/* the longest envelope line read back (a path is at most 256 octets,
+   xtext-encoded parameters can triple) */
+#define BAG_ENVELOPE_LINE_MAX 4096
+#define BAG_ENVELOPE_RCPTS_MAX 10000
+
+struct bag_envelope_rcpt {
+	const struct smtp_address *addr;
+	struct smtp_params_rcpt params;
+};
+ARRAY_DEFINE_TYPE(bag_envelope_rcpt, struct bag_envelope_rcpt);
+
+struct bag_envelope {
+	/* the null path for <> */
+	const struct smtp_address *mail_from;
+	struct smtp_params_mail mail_params;
+	ARRAY_TYPE(bag_envelope_rcpt) rcpts;
+	/* bag_envelope_read(): bytes of the envelope lines */
+	uoff_t header_size;
+};
+
+/* Append the envelope lines (CRLF) for mail_from and rcpts. */
+void bag_envelope_write(string_t *dest, const struct smtp_address *mail_from,
+			const struct smtp_params_mail *mail_params,
+			const struct bag_envelope_rcpt *rcpts,
+			unsigned int rcpt_count);
+
+/* Read the envelope lines from input's current offset (strings and arrays
+   from pool). Returns 0 with input just after them, or -1 with an error
+   (no envelope, a malformed one, or a read error). */
+int bag_envelope_read(struct istream *input, pool_t pool,
+		      struct bag_envelope *env_r, const char **error_r);
+
+#endif

@@ -1,0 +1,821 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "strnum.h"
+#include "str-sanitize.h"
+#include "ioloop.h"
+#include "mirror-address.h"
+#include "mirror-registry-private.h"
+#include "bag-registry.h"
+
+#include <ctype.h>
+
+#define BAG_KEY_PREFIX DICT_PATH_SHARED"bag/"
+#define BAG_KEY_DOMAIN BAG_KEY_PREFIX"domain/"
+#define BAG_KEY_DOMAINS BAG_KEY_PREFIX"domains"
+#define BAG_KEY_RCPT BAG_KEY_PREFIX"rcpt/"
+#define BAG_KEY_IDENTITY BAG_KEY_PREFIX"identity/"
+#define BAG_KEY_STATUS BAG_KEY_PREFIX"status/"
+
+static const struct {
+	enum bag_mode mode;
+	const char *name;
+} bag_mode_names[] = {
+	{ BAG_MODE_ETRN, "etrn" },
+	{ BAG_MODE_ATRN, "atrn" },
+};
+
+const char *bag_modes_to_str(enum bag_mode modes)
+{
+	string_t *str = t_str_new(32);
+	unsigned int i;
+
+	for (i = 0; i < N_ELEMENTS(bag_mode_names); i++) {
+		if ((modes & bag_mode_names[i].mode) == 0)
+			continue;
+		if (str_len(str) > 0)
+			str_append_c(str, ',');
+		str_append(str, bag_mode_names[i].name);
+	}
+	return str_c(str);
+}
+
+int bag_modes_parse(const char *str, enum bag_mode *modes_r,
+		    const char **error_r)
+{
+	const char *const *names = t_strsplit_spaces(str, ", ");
+	enum bag_mode modes = 0;
+	unsigned int i;
+
+	for (; *names != NULL; names++) {
+		for (i = 0; i < N_ELEMENTS(bag_mode_names); i++) {
+			if (strcasecmp(*names, bag_mode_names[i].name) == 0)
+				break;
+		}
+		if (i == N_ELEMENTS(bag_mode_names)) {
+			*error_r = t_strdup_printf(
+				"Unknown bag mode '%s' (etrn, atrn)",
+				str_sanitize(*names, 20));
+			return -1;
+		}
+		modes |= bag_mode_names[i].mode;
+	}
+	*modes_r = modes;
+	return 0;
+}
+
+int bag_domain_parse(const char *str, const char **domain_r,
+		     const char **error_r)
+{
+	const char *domain = t_str_lcase(str), *error;
+
+	if (!mirror_domain_is_valid(domain, &error)) {
+		*error_r = t_strdup_printf("Invalid domain '%s': %s",
+					   str_sanitize(str, 80), error);
+		return -1;
+	}
+	*domain_r = domain;
+	return 0;
+}
+
+static bool bag_hostname_is_valid(const char *host)
+{
+	const char *p;
+
+	if (*host == '\0' || strlen(host) > BAG_HOST_MAX_LEN)
+		return FALSE;
+	for (p = host; *p != '\0'; p++) {
+		if (!i_isalnum(*p) && *p != '.' && *p != '-' && *p != '_')
+			return FALSE;
+	}
+	return TRUE;
+}
+
+int bag_host_parse(const char *str, const char **host_r, in_port_t *port_r,
+		   const char **error_r)
+{
+	struct ip_addr ip;
+	const char *host, *p;
+	in_port_t port = BAG_DEFAULT_PORT;
+
+	if (str[0] == '[') {
+		/* [ip6] or [ip6]:port */
+		p = strchr(str, ']');
+		if (p == NULL)
+			goto invalid;
+		host = t_strdup_until(str + 1, p);
+		if (net_addr2ip(host, &ip) < 0 || ip.family != AF_INET6)
+			goto invalid;
+		p++;
+	} else {
+		p = strchr(str, ':');
+		host = p == NULL ? str : t_strdup_until(str, p);
+		if (!bag_hostname_is_valid(host))
+			goto invalid;
+		if (p == NULL)
+			p = "";
+	}
+	if (*p == ':') {
+		if (net_str2port(p + 1, &port) < 0)
+			goto invalid;
+	} else if (*p != '\0') {
+		goto invalid;
+	}
+	*host_r = t_str_lcase(host);
+	*port_r = port;
+	return 0;
+invalid:
+	*error_r = t_strdup_printf("Invalid host '%s' (HOST, HOST:PORT or "
+				   "[IPv6]:PORT)", str_sanitize(str, 80));
+	return -1;
+}
+
+bool bag_net_is_valid(const char *str, const char **error_r)
+{
+	struct ip_addr ip;
+	unsigned int bits;
+
+	if (net_parse_range(str, &ip, &bits) < 0) {
+		*error_r = t_strdup_printf("Invalid network '%s' "
+					   "(ADDRESS or ADDRESS/BITS)",
+					   str_sanitize(str, 60));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip)
+{
+	struct ip_addr net_ip;
+	unsigned int bits;
+	const char *net;
+
+	array_foreach_elem(&def->etrn_nets, net) {
+		if (net_parse_range(net, &net_ip, &bits) == 0 &&
+		    net_is_in_network(ip, &net_ip, bits))
+			return TRUE;
+	}
+	return FALSE;
+}
+
+int bag_rcpt_parse(const char *str, const char *domain, const char **addr_r,
+		   const char **error_r)
+{
+	const char *at = strrchr(str, '@'), *local, *error;
+
+	if (at == NULL || strcasecmp(at + 1, domain) != 0) {
+		*error_r = t_strdup_printf("Invalid recipient '%s': not an "
+					   "address of %s",
+					   str_sanitize(str, 80), domain);
+		return -1;
+	}
+	local = t_str_lcase(t_strdup_until(str, at));
+	if (!mirror_localpart_is_valid(local, &error)) {
+		*error_r = t_strdup_printf("Invalid recipient '%s': %s",
+					   str_sanitize(str, 80), error);
+		return -1;
+	}
+	*addr_r = t_strconcat(local, "@", domain, NULL);
+	return 0;
+}
+
+bool bag_def_is_valid(const struct bag_def *def, const char **error_r)
+{
+	const char *domain, *host, *net, *error;
+	in_port_t port;
+
+	if (bag_domain_parse(def->domain, &domain, &error) < 0 ||
+	    strcmp(domain, def->domain) != 0) {
+		*error_r = t_strdup_printf("invalid domain '%s'",
+					   str_sanitize(def->domain, 80));
+		return FALSE;
+	}
+	if (!mirror_storage_is_valid(def->user, &error)) {
+		*error_r = t_strdup_printf("bag user: %s", error);
+		return FALSE;
+	}
+	if (def->modes == 0 ||
+	    (def->modes & ~(BAG_MODE_ETRN | BAG_MODE_ATRN)) != 0) {
+		*error_r = "no valid mode";
+		return FALSE;
+	}
+	if ((def->modes & BAG_MODE_ETRN) != 0) {
+		if (def->host == NULL ||
+		    bag_host_parse(def->host, &host, &port, &error) < 0) {
+			*error_r = "etrn without a valid host";
+			return FALSE;
+		}
+		if (array_count(&def->etrn_nets) == 0 ||
+		    array_count(&def->etrn_nets) > BAG_NETS_MAX) {
+			*error_r = t_strdup_printf(
+				"etrn needs 1..%u networks", BAG_NETS_MAX);
+			return FALSE;
+		}
+		array_foreach_elem(&def->etrn_nets, net) {
+			if (!bag_net_is_valid(net, error_r))
+				return FALSE;
+		}
+	}
+	if ((def->modes & BAG_MODE_ATRN) != 0 &&
+	    (def->atrn_identity == NULL ||
+	     !mirror_storage_is_valid(def->atrn_identity, &error))) {
+		*error_r = "atrn without a valid identity";
+		return FALSE;
+	}
+	if (def->created < 0) {
+		*error_r = "negative creation time";
+		return FALSE;
+	}
+	return TRUE;
+}
+
+const char *bag_def_encode(const struct bag_def *def)
+{
+	struct json_object *obj = json_object_new_object(), *arr;
+	const char *net;
+
+	json_object_object_add(obj, "domain",
+			       json_object_new_string(def->domain));
+	json_object_object_add(obj, "user", json_object_new_string(def->user));
+	json_object_object_add(obj, "modes",
+			       json_object_new_string(
+					bag_modes_to_str(def->modes)));
+	if ((def->modes & BAG_MODE_ETRN) != 0) {
+		arr = json_object_new_array();
+		array_foreach_elem(&def->etrn_nets, net)
+			json_object_array_add(arr, json_object_new_string(net));
+		json_object_object_add(obj, "etrn_nets", arr);
+		json_object_object_add(obj, "host",
+				       json_object_new_string(def->host));
+	}
+	if ((def->modes & BAG_MODE_ATRN) != 0) {
+		json_object_object_add(obj, "atrn_identity",
+			json_object_new_string(def->atrn_identity));
+		json_object_object_add(obj, "auto_identity",
+			json_object_new_boolean(def->auto_identity));
+	}
+	json_object_object_add(obj, "recipient_list",
+			       json_object_new_boolean(def->recipient_list));
+	json_object_object_add(obj, "created",
+			       json_object_new_int64(def->created));
+	return mirror_json_finish(obj);
+}
+
+static int
+bag_def_from_json(struct json_object *obj, pool_t pool,
+		  struct bag_def *def_r, const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *modes, *str, *error;
+	size_t i, count;
+	int64_t num;
+
+	if (mirror_json_get_str(obj, "domain", &def_r->domain, error_r) < 0 ||
+	    mirror_json_get_str(obj, "user", &def_r->user, error_r) < 0 ||
+	    mirror_json_get_str(obj, "modes", &modes, error_r) < 0)
+		return -1;
+	if (bag_modes_parse(modes, &def_r->modes, &error) < 0) {
+		*error_r = t_strdup_printf("'modes': %s", error);
+		return -1;
+	}
+	p_array_init(&def_r->etrn_nets, pool, 4);
+	if ((def_r->modes & BAG_MODE_ETRN) != 0) {
+		if (mirror_json_get_str(obj, "host", &def_r->host,
+					error_r) < 0)
+			return -1;
+		if (!json_object_object_get_ex(obj, "etrn_nets", &arr) ||
+		    !json_object_is_type(arr, json_type_array)) {
+			*error_r = "'etrn_nets' is missing or not an array";
+			return -1;
+		}
+		count = json_object_array_length(arr);
+		for (i = 0; i < count && i <= BAG_NETS_MAX; i++) {
+			elem = json_object_array_get_idx(arr, i);
+			if (!json_object_is_type(elem, json_type_string)) {
+				*error_r = "'etrn_nets' has a non-string";
+				return -1;
+			}
+			str = p_strdup(pool, json_object_get_string(elem));
+			array_push_back(&def_r->etrn_nets, &str);
+		}
+	}
+	if ((def_r->modes & BAG_MODE_ATRN) != 0 &&
+	    (mirror_json_get_str(obj, "atrn_identity", &def_r->atrn_identity,
+				 error_r) < 0 ||
+	     mirror_json_get_bool(obj, "auto_identity", &def_r->auto_identity,
+				  error_r) < 0))
+		return -1;
+	if (mirror_json_get_bool(obj, "recipient_list",
+				 &def_r->recipient_list, error_r) < 0)
+		return -1;
+	if (mirror_json_get_int(obj, "created", 0, INT64_MAX, &num,
+				error_r) < 0)
+		return -1;
+	def_r->created = (time_t)num;
+	if (!bag_def_is_valid(def_r, &error)) {
+		*error_r = error;
+		return -1;
+	}
+	def_r->domain = p_strdup(pool, def_r->domain);
+	def_r->user = p_strdup(pool, def_r->user);
+	def_r->host = p_strdup(pool, def_r->host);
+	def_r->atrn_identity = p_strdup(pool, def_r->atrn_identity);
+	return 0;
+}
+
+int bag_def_decode(const char *json, pool_t pool, struct bag_def *def_r,
+		   const char **error_r)
+{
+	struct json_object *obj;
+	int ret;
+
+	i_zero(def_r);
+	if (mirror_json_parse(json, json_type_object, &obj, error_r) < 0)
+		return -1;
+	ret = bag_def_from_json(obj, pool, def_r, error_r);
+	json_object_put(obj);
+	return ret;
+}
+
+/* Store */
+
+static const char *bag_domain_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_DOMAIN, mirror_key_escape(domain), NULL);
+}
+
+static const char *bag_identity_key(const char *identity)
+{
+	return t_strconcat(BAG_KEY_IDENTITY,
+			   mirror_key_escape(t_str_lcase(identity)), NULL);
+}
+
+static const char *bag_rcpt_prefix(const char *domain)
+{
+	return t_strconcat(BAG_KEY_RCPT, mirror_key_escape(domain), "/", NULL);
+}
+
+int bag_registry_get(struct mirror_registry *reg, const char *domain,
+		     pool_t pool, struct bag_def *def_r, const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	ret = mirror_registry_get(reg, bag_domain_key(domain), &value,
+				  error_r);
+	if (ret <= 0)
+		return ret;
+	if (bag_def_decode(value, pool, def_r, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data for bag %s: %s",
+			str_sanitize(domain, 80), error);
+		return -1;
+	}
+	if (strcmp(def_r->domain, domain) != 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data for bag %s: it names %s",
+			str_sanitize(domain, 80),
+			str_sanitize(def_r->domain, 80));
+		return -1;
+	}
+	return 1;
+}
+
+/* A JSON array of domains, e.g. the bag list or an identity's domains */
+static int
+bag_domains_get(struct mirror_registry *reg, const char *key, pool_t pool,
+		ARRAY_TYPE(const_string) *domains, const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *value, *domain, *error;
+	size_t i, count;
+	int ret;
+
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (mirror_json_parse(value, json_type_array, &arr, &error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s: %s",
+					   key, error);
+		return -1;
+	}
+	count = json_object_array_length(arr);
+	for (i = 0; i < count; i++) {
+		elem = json_object_array_get_idx(arr, i);
+		if (!json_object_is_type(elem, json_type_string) ||
+		    bag_domain_parse(json_object_get_string(elem), &domain,
+				     &error) < 0) {
+			*error_r = t_strdup_printf("Broken registry data in "
+						   "%s: invalid domain", key);
+			json_object_put(arr);
+			return -1;
+		}
+		domain = p_strdup(pool, domain);
+		array_push_back(domains, &domain);
+	}
+	json_object_put(arr);
+	return 1;
+}
+
+static void
+bag_domains_set(struct dict_transaction_context *trans, const char *key,
+		const ARRAY_TYPE(const_string) *domains)
+{
+	struct json_object *arr;
+	const char *domain;
+
+	if (array_count(domains) == 0) {
+		dict_unset(trans, key);
+		return;
+	}
+	arr = json_object_new_array();
+	array_foreach_elem(domains, domain)
+		json_object_array_add(arr, json_object_new_string(domain));
+	dict_set(trans, key, mirror_json_finish(arr));
+}
+
+static int bag_str_cmp(const char *const *s1, const char *const *s2)
+{
+	return strcmp(*s1, *s2);
+}
+
+/* Add (or, add=FALSE, remove) domain in the array under key. */
+static int
+bag_domains_change(struct mirror_registry *reg,
+		   struct dict_transaction_context *trans, const char *key,
+		   const char *domain, bool add, const char **error_r)
+{
+	ARRAY_TYPE(const_string) domains, kept;
+	const char *d;
+
+	t_array_init(&domains, 16);
+	t_array_init(&kept, 16);
+	if (bag_domains_get(reg, key, pool_datastack_create(), &domains,
+			    error_r) < 0)
+		return -1;
+	array_foreach_elem(&domains, d) {
+		if (strcmp(d, domain) != 0)
+			array_push_back(&kept, &d);
+	}
+	if (add)
+		array_push_back(&kept, &domain);
+	array_sort(&kept, bag_str_cmp);
+	bag_domains_set(trans, key, &kept);
+	return 0;
+}
+
+static int bag_def_cmp(const struct bag_def *d1, const struct bag_def *d2)
+{
+	return strcmp(d1->domain, d2->domain);
+}
+
+int bag_registry_list(struct mirror_registry *reg, pool_t pool,
+		      ARRAY_TYPE(bag_def) *defs, const char **error_r)
+{
+	ARRAY_TYPE(const_string) domains;
+	struct bag_def def;
+	const char *domain;
+	int ret;
+
+	t_array_init(&domains, 16);
+	if (bag_domains_get(reg, BAG_KEY_DOMAINS, pool_datastack_create(),
+			    &domains, error_r) < 0)
+		return -1;
+	array_foreach_elem(&domains, domain) {
+		ret = bag_registry_get(reg, domain, pool, &def, error_r);
+		if (ret < 0)
+			return -1;
+		/* a stale list entry is not a bag */
+		if (ret > 0)
+			array_push_back(defs, &def);
+	}
+	array_sort(defs, bag_def_cmp);
+	return 0;
+}
+
+int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
+		     const char *user_password_hash,
+		     const char *identity_password_hash,
+		     const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	struct json_object *userdb;
+	struct bag_def old;
+	const char *error;
+	int ret;
+
+	ret = bag_registry_get(reg, def->domain, pool_datastack_create(),
+			       &old, error_r);
+	if (ret != 0) {
+		if (ret > 0) {
+			*error_r = t_strdup_printf("%s is bagged already",
+						   def->domain);
+		}
+		return ret > 0 ? 0 : -1;
+	}
+	/* never take over an existing login record */
+	ret = mirror_registry_user_exists(reg, def->user, error_r);
+	if (ret == 0 && identity_password_hash != NULL) {
+		ret = mirror_registry_user_exists(reg, def->atrn_identity,
+						  error_r);
+	}
+	if (ret != 0) {
+		if (ret > 0) {
+			*error_r = "A login record of the bag user or of the "
+				"ATRN identity exists already";
+		}
+		return ret > 0 ? 0 : -1;
+	}
+	def->created = ioloop_time;
+	def->auto_identity = identity_password_hash != NULL;
+	if (!bag_def_is_valid(def, &error)) {
+		*error_r = t_strdup_printf("Invalid bag: %s", error);
+		return -1;
+	}
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, bag_domain_key(def->domain), bag_def_encode(def));
+	if (bag_domains_change(reg, trans, BAG_KEY_DOMAINS, def->domain,
+			       TRUE, error_r) < 0 ||
+	    ((def->modes & BAG_MODE_ATRN) != 0 &&
+	     bag_domains_change(reg, trans,
+				bag_identity_key(def->atrn_identity),
+				def->domain, TRUE, error_r) < 0)) {
+		dict_transaction_rollback(&trans);
+		return -1;
+	}
+	/* the bag user reads its bag over IMAP: bag_domain makes the
+	   mirror plugin keep that session read-only */
+	userdb = json_object_new_object();
+	json_object_object_add(userdb, "bag_domain",
+			       json_object_new_string(def->domain));
+	mirror_user_records_set(trans, def->user, user_password_hash, userdb);
+	/* the identity only authenticates: no userdb record, so it can't
+	   open a mail session */
+	if (identity_password_hash != NULL) {
+		mirror_user_records_set(trans, def->atrn_identity,
+					identity_password_hash, NULL);
+	}
+	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
+}
+
+struct bag_rcpt_list_ctx {
+	pool_t pool;
+	ARRAY_TYPE(const_string) *addrs;
+};
+
+static int
+bag_rcpt_list_entry(const char *name, const char *value ATTR_UNUSED,
+		    void *context, const char **error_r ATTR_UNUSED)
+{
+	struct bag_rcpt_list_ctx *ctx = context;
+	const char *addr = p_strdup(ctx->pool, name);
+
+	array_push_back(ctx->addrs, &addr);
+	return 0;
+}
+
+/* The escaped names of the list's keys */
+static int
+bag_rcpt_keys(struct mirror_registry *reg, const char *domain, pool_t pool,
+	      ARRAY_TYPE(const_string) *names, const char **error_r)
+{
+	struct bag_rcpt_list_ctx ctx = {
+		.pool = pool,
+		.addrs = names,
+	};
+
+	return mirror_registry_iterate(reg, bag_rcpt_prefix(domain),
+				       bag_rcpt_list_entry, &ctx, error_r);
+}
+
+int bag_registry_remove(struct mirror_registry *reg, const char *domain,
+			pool_t pool, struct bag_def *removed_r,
+			const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	ARRAY_TYPE(const_string) names, identity_domains;
+	const char *name, *prefix;
+	int ret;
+
+	ret = bag_registry_get(reg, domain, pool, removed_r, error_r);
+	if (ret <= 0)
+		return ret;
+	t_array_init(&names, 16);
+	t_array_init(&identity_domains, 4);
+	if (bag_rcpt_keys(reg, domain, pool_datastack_create(), &names,
+			  error_r) < 0)
+		return -1;
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_unset(trans, bag_domain_key(domain));
+	dict_unset(trans, t_strconcat(BAG_KEY_STATUS,
+				      mirror_key_escape(domain), NULL));
+	prefix = bag_rcpt_prefix(domain);
+	array_foreach_elem(&names, name)
+		dict_unset(trans, t_strconcat(prefix, name, NULL));
+	if (bag_domains_change(reg, trans, BAG_KEY_DOMAINS, domain, FALSE,
+			       error_r) < 0)
+		goto failed;
+	if ((removed_r->modes & BAG_MODE_ATRN) != 0) {
+		const char *key = bag_identity_key(removed_r->atrn_identity);
+
+		if (bag_domains_change(reg, trans, key, domain, FALSE,
+				       error_r) < 0 ||
+		    bag_domains_get(reg, key, pool_datastack_create(),
+				    &identity_domains, error_r) < 0)
+			goto failed;
+		/* still listed: the domain itself, about to go */
+		if (removed_r->auto_identity &&
+		    array_count(&identity_domains) <= 1)
+			mirror_user_records_unset(trans,
+						  removed_r->atrn_identity);
+	}
+	mirror_user_records_unset(trans, removed_r->user);
+	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
+failed:
+	dict_transaction_rollback(&trans);
+	return -1;
+}
+
+int bag_registry_rcpt_lookup(struct mirror_registry *reg, const char *domain,
+			     const char *addr, const char **error_r)
+{
+	const char *value;
+
+	return mirror_registry_get(reg, t_strconcat(bag_rcpt_prefix(domain),
+					mirror_key_escape(addr), NULL),
+				   &value, error_r);
+}
+
+static void
+bag_def_set(struct dict_transaction_context *trans, const struct bag_def *def)
+{
+	dict_set(trans, bag_domain_key(def->domain), bag_def_encode(def));
+}
+
+int bag_registry_rcpt_update(struct mirror_registry *reg,
+			     const struct bag_def *def,
+			     const char *const *addrs, bool add,
+			     const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	struct bag_def changed = *def;
+	const char *prefix = bag_rcpt_prefix(def->domain);
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	for (; *addrs != NULL; addrs++) {
+		const char *key = t_strconcat(prefix,
+					      mirror_key_escape(*addrs), NULL);
+		if (add)
+			dict_set(trans, key, "1");
+		else
+			dict_unset(trans, key);
+	}
+	if (!def->recipient_list) {
+		changed.recipient_list = TRUE;
+		bag_def_set(trans, &changed);
+	}
+	return mirror_registry_commit(&trans, error_r);
+}
+
+int bag_registry_rcpt_clear(struct mirror_registry *reg,
+			    const struct bag_def *def, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	ARRAY_TYPE(const_string) names;
+	struct bag_def changed = *def;
+	const char *prefix = bag_rcpt_prefix(def->domain), *name;
+
+	t_array_init(&names, 16);
+	if (bag_rcpt_keys(reg, def->domain, pool_datastack_create(), &names,
+			  error_r) < 0)
+		return -1;
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	array_foreach_elem(&names, name)
+		dict_unset(trans, t_strconcat(prefix, name, NULL));
+	changed.recipient_list = FALSE;
+	bag_def_set(trans, &changed);
+	return mirror_registry_commit(&trans, error_r);
+}
+
+int bag_registry_rcpt_list(struct mirror_registry *reg, const char *domain,
+			   pool_t pool, ARRAY_TYPE(const_string) *addrs,
+			   const char **error_r)
+{
+	ARRAY_TYPE(const_string) names;
+	const char *name, *addr;
+	string_t *str = t_str_new(128);
+
+	t_array_init(&names, 16);
+	if (bag_rcpt_keys(reg, domain, pool_datastack_create(), &names,
+			  error_r) < 0)
+		return -1;
+	array_foreach_elem(&names, name) {
+		str_truncate(str, 0);
+		if (mirror_key_unescape(name, str) < 0) {
+			*error_r = t_strdup_printf(
+				"Broken registry data in the recipient list "
+				"of %s", domain);
+			return -1;
+		}
+		addr = p_strdup(pool, str_c(str));
+		array_push_back(addrs, &addr);
+	}
+	array_sort(addrs, bag_str_cmp);
+	return 0;
+}
+
+int bag_registry_identity_domains(struct mirror_registry *reg,
+				  const char *identity, pool_t pool,
+				  ARRAY_TYPE(const_string) *domains,
+				  const char **error_r)
+{
+	if (bag_domains_get(reg, bag_identity_key(identity), pool, domains,
+			    error_r) < 0)
+		return -1;
+	array_sort(domains, bag_str_cmp);
+	return 0;
+}
+
+int bag_registry_status_get(struct mirror_registry *reg, const char *domain,
+			    pool_t pool, struct bag_status *status_r,
+			    const char **error_r)
+{
+	struct json_object *obj;
+	const char *value, *error;
+	int64_t t, delivered, deferred, bounced;
+	int ret;
+
+	i_zero(status_r);
+	ret = mirror_registry_get(reg, t_strconcat(BAG_KEY_STATUS,
+				mirror_key_escape(domain), NULL),
+				  &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (mirror_json_parse(value, json_type_object, &obj, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data in the status of bag %s: %s",
+			str_sanitize(domain, 80), error);
+		return -1;
+	}
+	if (mirror_json_get_int(obj, "time", 0, INT64_MAX, &t, &error) < 0 ||
+	    mirror_json_get_str(obj, "result", &value, &error) < 0 ||
+	    mirror_json_get_int(obj, "delivered", 0, UINT_MAX, &delivered,
+				&error) < 0 ||
+	    mirror_json_get_int(obj, "deferred", 0, UINT_MAX, &deferred,
+				&error) < 0 ||
+	    mirror_json_get_int(obj, "bounced", 0, UINT_MAX, &bounced,
+				&error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data in the status of bag %s: %s",
+			str_sanitize(domain, 80), error);
+		json_object_put(obj);
+		return -1;
+	}
+	status_r->time = (time_t)t;
+	status_r->result = p_strdup(pool, value);
+	status_r->delivered = (unsigned int)delivered;
+	status_r->deferred = (unsigned int)deferred;
+	status_r->bounced = (unsigned int)bounced;
+	json_object_put(obj);
+	return 1;
+}
+
+void bag_registry_status_set(struct mirror_registry *reg, const char *domain,
+			     const struct bag_status *status,
+			     struct event *event)
+{
+	struct dict_transaction_context *trans;
+	struct json_object *obj = json_object_new_object();
+	const char *error;
+
+	json_object_object_add(obj, "time",
+			       json_object_new_int64(status->time));
+	json_object_object_add(obj, "result",
+			       json_object_new_string(status->result));
+	json_object_object_add(obj, "delivered",
+			       json_object_new_int64(status->delivered));
+	json_object_object_add(obj, "deferred",
+			       json_object_new_int64(status->deferred));
+	json_object_object_add(obj, "bounced",
+			       json_object_new_int64(status->bounced));
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, t_strconcat(BAG_KEY_STATUS, mirror_key_escape(domain),
+				    NULL), mirror_json_finish(obj));
+	if (mirror_registry_commit(&trans, &error) < 0) {
+		e_error(event, "Can't record the flush of bag %s: %s",
+			domain, error);
+	}
+}
+
+int bag_registry_password_set(struct mirror_registry *reg, const char *user,
+			      const char *password_hash,
+			      const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	mirror_user_password_set(trans, user, password_hash);
+	return mirror_registry_commit(&trans, error_r);
+}

@@ -1,0 +1,157 @@
+#ifndef BAG_REGISTRY_H
+#define BAG_REGISTRY_H
+
+#include "net.h"
+#include "mirror-registry.h"
+
+/* Mail Bagging: the domains whose mail is held for the customer's own
+   server, in the same dict as the mirror registry.
+
+   Key layout (all under shared/bag/):
+     domain/<domain>     the bag of a domain, a JSON object (see
+                         bag_def_encode())
+     domains             JSON array of every bagged domain
+     rcpt/<domain>/<address>
+                         "1" for each address of the domain's recipient
+                         list (when the bag has one)
+     identity/<identity> JSON array of the domains an ATRN identity may
+                         pull
+     status/<domain>     the last flush: JSON {"time":, "result":,
+                         "delivered":, "deferred":, "bounced":}
+   The bag user (whose INBOX holds the domain's mail) and an ATRN identity
+   created by the suite have login records like mirror storage users
+   (shared/mirror/user/, shared/mirror/userdb/). <domain> and <address>
+   are escaped with mirror_key_escape(). */
+
+#define BAG_HOST_MAX_LEN 255
+#define BAG_DEFAULT_PORT 25
+/* more would make a definition no administrator can read */
+#define BAG_NETS_MAX 64
+/* bag_timeout: how long to wait for each reply of the customer's MTA (RFC
+   5321 asks for minutes) */
+#define BAG_TIMEOUT_DEFAULT_SECS 300
+
+enum bag_mode {
+	/* the customer's MTA asks with ETRN (RFC 1985) from an allowed
+	   address; the bag is sent to host */
+	BAG_MODE_ETRN = 0x01,
+	/* the customer's MTA authenticates and pulls with ATRN (RFC 2645) */
+	BAG_MODE_ATRN = 0x02,
+};
+
+struct bag_def {
+	/* lowercase */
+	const char *domain;
+	/* the user whose INBOX is the bag */
+	const char *user;
+	enum bag_mode modes;
+	/* ETRN: the networks ETRN is accepted from ("192.0.2.0/24", "::1") */
+	ARRAY_TYPE(const_string) etrn_nets;
+	/* ETRN: where the bag goes, "host", "host:port" or "[ip6]:port" */
+	const char *host;
+	/* ATRN: the identity (passdb user) allowed to pull the domain */
+	const char *atrn_identity;
+	/* RCPT TO is refused for addresses not in the domain's list */
+	bool recipient_list;
+	/* the identity's login record was created for this bag */
+	bool auto_identity;
+	time_t created;
+};
+ARRAY_DEFINE_TYPE(bag_def, struct bag_def);
+
+struct bag_status {
+	/* 0: never flushed */
+	time_t time;
+	const char *result;
+	unsigned int delivered, deferred, bounced;
+};
+
+const char *bag_modes_to_str(enum bag_mode modes);
+/* "etrn,atrn" (commas or spaces); 0 with an error for an unknown mode. */
+int bag_modes_parse(const char *str, enum bag_mode *modes_r,
+		    const char **error_r);
+
+/* A domain as the administrator or a client gives it: lowercased, checked
+   to be a DNS name of two labels or more. */
+int bag_domain_parse(const char *str, const char **domain_r,
+		     const char **error_r);
+/* "host", "host:port", "[ip6]", "[ip6]:port"; the port is 25 if not
+   given. */
+int bag_host_parse(const char *str, const char **host_r, in_port_t *port_r,
+		   const char **error_r);
+/* An address or a network (ADDR/BITS), as net_parse_range() reads it. */
+bool bag_net_is_valid(const char *str, const char **error_r);
+/* Whether ip is in one of the bag's ETRN networks. */
+bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip);
+/* An address of the recipient list: "local@domain" of the bag's domain,
+   lowercased, without a recipient detail (see mirror_address_keys()). */
+int bag_rcpt_parse(const char *str, const char *domain, const char **addr_r,
+		   const char **error_r);
+
+bool bag_def_is_valid(const struct bag_def *def, const char **error_r);
+const char *bag_def_encode(const struct bag_def *def);
+/* Decode and validate a definition (strings from pool). Unknown members
+   are ignored. */
+int bag_def_decode(const char *json, pool_t pool, struct bag_def *def_r,
+		   const char **error_r);
+
+/* 1 with the bag of domain, 0 if the domain isn't bagged, -1 on error
+   (an unreadable store, broken data). */
+int bag_registry_get(struct mirror_registry *reg, const char *domain,
+		     pool_t pool, struct bag_def *def_r, const char **error_r);
+/* Every bag, sorted by domain. */
+int bag_registry_list(struct mirror_registry *reg, pool_t pool,
+		      ARRAY_TYPE(bag_def) *defs, const char **error_r);
+/* Add a bag. def->created is set. user_password_hash: the login record of
+   the bag user, which must not exist yet. identity_password_hash: the
+   identity's login record is created too (it must not exist). Returns 1
+   if added, 0 if the domain is bagged already or a login record exists
+   (error_r says which), -1 on error. */
+int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
+		     const char *user_password_hash,
+		     const char *identity_password_hash,
+		     const char **error_r);
+/* Remove the bag of domain (and its recipient list, status and the login
+   records of its bag user and of its identity if that was created for it
+   and pulls no other domain). 1 removed (removed_r from pool), 0 not
+   bagged, -1 error. */
+int bag_registry_remove(struct mirror_registry *reg, const char *domain,
+			pool_t pool, struct bag_def *removed_r,
+			const char **error_r);
+
+/* 1 if addr is in the domain's recipient list, 0 if not, -1 on error. */
+int bag_registry_rcpt_lookup(struct mirror_registry *reg, const char *domain,
+			     const char *addr, const char **error_r);
+/* Add (add=TRUE) or remove addresses of the list; turns the list on. */
+int bag_registry_rcpt_update(struct mirror_registry *reg,
+			     const struct bag_def *def,
+			     const char *const *addrs, bool add,
+			     const char **error_r);
+/* Drop the whole list: every recipient is accepted again. */
+int bag_registry_rcpt_clear(struct mirror_registry *reg,
+			    const struct bag_def *def, const char **error_r);
+/* The list, sorted. */
+int bag_registry_rcpt_list(struct mirror_registry *reg, const char *domain,
+			   pool_t pool, ARRAY_TYPE(const_string) *addrs,
+			   const char **error_r);
+
+/* The domains identity may pull with ATRN, sorted. */
+int bag_registry_identity_domains(struct mirror_registry *reg,
+				  const char *identity, pool_t pool,
+				  ARRAY_TYPE(const_string) *domains,
+				  const char **error_r);
+
+int bag_registry_status_get(struct mirror_registry *reg, const char *domain,
+			    pool_t pool, struct bag_status *status_r,
+			    const char **error_r);
+/* Errors are logged: a failed status write must not fail a flush. */
+void bag_registry_status_set(struct mirror_registry *reg, const char *domain,
+			     const struct bag_status *status,
+			     struct event *event);
+
+/* Replace the password hash of a login record the suite created. */
+int bag_registry_password_set(struct mirror_registry *reg, const char *user,
+			      const char *password_hash,
+			      const char **error_r);
+
+#endif

@@ -549,7 +549,8 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 
 	event = event_create(event_parent);
 	event_add_category(event, &event_category_bag);
-	event_set_append_log_prefix(event, "bag: ");
+	if (event_parent == NULL)
+		event_set_append_log_prefix(event, "bag: ");
 	e = event_create_passthrough(event)->
 		set_name("bag_flush_finished")->
 		add_str("domain", def->domain)->

@@ -15,10 +15,10 @@
    does that). */
 
 #include "lib.h"
-#include "array.h"
 #include "str.h"
 #include "str-sanitize.h"
 #include "net.h"
+#include "ioloop.h"
 #include "istream.h"
 #include "istream-crlf.h"
 #include "ostream.h"
@@ -28,23 +28,26 @@
 #include "smtp-reply-parser.h"
 #include "bag-smtp-client.h"
 
+#include <limits.h>
 #include <poll.h>
 #include <time.h>
-#include <unistd.h>
 
 /* Text of one reply, as the parser counts it (RFC 5321 allows 512 bytes a
    line; EHLO replies and multi-line rejections are longer, but not this). */
 #define BAG_SMTP_CLIENT_MAX_REPLY_SIZE (64 * 1024)
 /* Bytes on the wire for one reply, which also bounds its number of lines */
 #define BAG_SMTP_CLIENT_MAX_REPLY_WIRE_SIZE (128 * 1024)
-/* Replies read ahead while a pipelined write is stalled */
-#define BAG_SMTP_CLIENT_MAX_READ_AHEAD (256 * 1024)
-/* Output buffered while sending the message */
-#define BAG_SMTP_CLIENT_MAX_BODY_BUFFER (64 * 1024)
+/* The output buffer while the message is sent. ostream-dot writes at most
+   this much per call, as about one iovec per 1.5 bytes; the fd ostream
+   mishandles a writev() of more than IOV_MAX iovecs on a socket (it counts
+   its offset twice and then fails with "lseek() failed: Illegal seek"), so
+   a message of many short dot-lines fails with a larger buffer. */
+#define BAG_SMTP_CLIENT_MAX_BODY_BUFFER IOV_MAX
 /* The longest wait for the reply to QUIT */
 #define BAG_SMTP_CLIENT_QUIT_TIMEOUT_MSECS 5000
-/* Commands in one pipelined write: their replies fit in socket buffers,
-   so a server that writes all replies before reading on can't deadlock */
+/* Commands in one pipelined write. Their replies fit in the socket
+   buffers, so a server that writes all its replies before it reads on can't
+   deadlock a long batch (RFC 2920, section 3.1). */
 #define BAG_SMTP_CLIENT_PIPELINE_MAX_COMMANDS 100
 /* How much of a reply goes into an error string */
 #define BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN 256
@@ -67,8 +70,6 @@ struct bag_smtp_client {
 	/* the protocol state is unknown: send nothing more, not even QUIT */
 	bool broken:1;
 	bool quit_sent:1;
-	/* the input stream's buffer filled up while reading ahead */
-	bool input_full:1;
 };
 
 static const char *const bag_smtp_no_lines[] = { NULL };
@@ -175,7 +176,7 @@ bag_smtp_client_read_reply_from(struct bag_smtp_client *client,
 		   ("Premature end of input") in the middle of one. */
 		if (client->input->eof) {
 			*error_r = cmd == NULL ?
-				"Connection closed by server before the greeting" :
+				"Connection closed by server before greeting" :
 				t_strdup_printf(
 					"Connection closed by server after %s",
 					cmd);
@@ -190,8 +191,8 @@ bag_smtp_client_read_reply_from(struct bag_smtp_client *client,
 		}
 		if (ret < 0) {
 			i_assert(error != NULL);
-			error = str_sanitize(error,
-					     BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN);
+			error = str_sanitize(
+				error, BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN);
 			*error_r = cmd == NULL ?
 				t_strdup_printf("Invalid greeting: %s", error) :
 				t_strdup_printf("Invalid reply to %s: %s",
@@ -231,7 +232,6 @@ bag_smtp_client_read_reply(struct bag_smtp_client *client, const char *cmd,
 	int ret;
 
 	i_assert(!client->broken);
-	client->input_full = FALSE;
 
 	/* The parser reads for as long as data keeps coming, and it bounds
 	   a reply's text but not its empty lines: give it only as many
@@ -252,11 +252,9 @@ bag_smtp_client_read_reply(struct bag_smtp_client *client, const char *cmd,
  * Writing
  */
 
-/* Wait until the socket takes more output. Meanwhile read the replies that
-   arrive into the input buffer (bounded), so that a server that doesn't
-   read until it has written its replies can't deadlock a long pipelined
-   batch (RFC 2920, section 3.1). The deadline moves whenever the socket
-   becomes writable: the timeout is for a write that doesn't progress. */
+/* Wait until the socket takes more output. The deadline moves whenever the
+   socket becomes writable: the timeout is for a write that doesn't
+   progress. */
 static int
 bag_smtp_client_wait_output(struct bag_smtp_client *client,
 			    unsigned int timeout_msecs, long long *deadline,
@@ -268,11 +266,6 @@ bag_smtp_client_wait_output(struct bag_smtp_client *client,
 	i_zero(&pfd);
 	pfd.fd = client->fd;
 	pfd.events = POLLOUT;
-	if (!client->input_full && !client->input->eof &&
-	    client->input->stream_errno == 0 &&
-	    i_stream_get_data_size(client->input) <
-	    BAG_SMTP_CLIENT_MAX_READ_AHEAD)
-		pfd.events |= POLLIN;
 
 	ret = bag_smtp_client_poll(&pfd, *deadline);
 	if (ret < 0) {
@@ -284,13 +277,8 @@ bag_smtp_client_wait_output(struct bag_smtp_client *client,
 			what, bag_smtp_client_msecs_str(timeout_msecs));
 		return -1;
 	}
-	if ((pfd.revents & POLLIN) != 0) {
-		/* errors and EOF are reported when the reply is read */
-		if (i_stream_read(client->input) == -2)
-			client->input_full = TRUE;
-	}
-	if ((pfd.revents & (POLLOUT | POLLERR | POLLHUP)) != 0)
-		*deadline = bag_smtp_client_now_msecs() + timeout_msecs;
+	/* on POLLERR and POLLHUP the next write fails */
+	*deadline = bag_smtp_client_now_msecs() + timeout_msecs;
 	return 0;
 }
 
@@ -426,6 +414,7 @@ bag_smtp_client_send_body(struct bag_smtp_client *client,
 	static const char *what = "the message";
 	const unsigned int timeout_msecs = client->set.timeout_msecs;
 	long long deadline = bag_smtp_client_now_msecs() + timeout_msecs;
+	const bool was_corked = o_stream_is_corked(client->output);
 	enum ostream_send_istream_result res;
 	int ret;
 
@@ -464,14 +453,27 @@ bag_smtp_client_send_body(struct bag_smtp_client *client,
 
 	/* ostream-dot writes the final "." line only when finished: CRLF.CRLF
 	   if the message didn't end with CRLF (so a missing final newline is
-	   added), and just ".CRLF" if it did. */
-	while ((ret = o_stream_finish(dot_output)) == 0) {
+	   added), and just ".CRLF" if it did. It sends the line with
+	   o_stream_send() and asserts that the parent took all of it, but an
+	   fd ostream with an empty buffer writes at once, and fails if the
+	   server has closed the connection: cork the parent, so it only
+	   buffers the line, and let the flush report the error. */
+	for (;;) {
+		if (!was_corked)
+			o_stream_cork(client->output);
+		ret = o_stream_finish(dot_output);
+		if (!was_corked && o_stream_uncork_flush(client->output) < 0)
+			ret = -1;
+		if (ret != 0)
+			break;
 		if (bag_smtp_client_wait_output(client, timeout_msecs,
 						&deadline, what, error_r) < 0)
 			return -1;
 	}
 	if (ret < 0) {
-		bag_smtp_client_write_error(dot_output, what, error_r);
+		bag_smtp_client_write_error(client->output->stream_errno != 0 ?
+					    client->output : dot_output,
+					    what, error_r);
 		return -1;
 	}
 	return bag_smtp_client_flush(client, timeout_msecs, &deadline,
@@ -489,16 +491,17 @@ bag_smtp_client_send_message(struct bag_smtp_client *client,
 	size_t old_max_size;
 	int ret;
 
-	/* An fd ostream with an unlimited buffer would take in the whole
-	   message at once: bound it while sending. */
+	/* Bound the output buffer while sending (see
+	   BAG_SMTP_CLIENT_MAX_BODY_BUFFER); an unlimited one would also take
+	   in the whole message at once. */
 	old_max_size = o_stream_get_max_buffer_size(client->output);
 	if (old_max_size > BAG_SMTP_CLIENT_MAX_BODY_BUFFER) {
 		o_stream_set_max_buffer_size(client->output,
 					     BAG_SMTP_CLIENT_MAX_BODY_BUFFER);
 	}
 
-	/* ostream-dot adds missing CRs too; istream-crlf makes that hold
-	   for every line whatever ostream-dot's state. */
+	/* ostream-dot adds missing CRs too, but each costs it two iovecs;
+	   istream-crlf adds them in a plain copy. */
 	input = i_stream_create_crlf(message);
 	dot_output = o_stream_create_dot(client->output, FALSE);
 	ret = bag_smtp_client_send_body(client, input, dot_output, error_r);
@@ -616,6 +619,8 @@ bag_smtp_client_init(int fd, struct istream *input, struct ostream *output,
 	i_assert(set->my_hostname != NULL && *set->my_hostname != '\0');
 	i_assert(strpbrk(set->my_hostname, "\r\n") == NULL);
 	i_assert(set->timeout_msecs > 0);
+	/* the fd ostream adds its IO there when it buffers */
+	i_assert(current_ioloop != NULL);
 
 	pool = pool_alloconly_create("bag smtp client", 1024);
 	client = p_new(pool, struct bag_smtp_client, 1);
@@ -750,13 +755,12 @@ static bool bag_smtp_command_is_valid(string_t *cmd)
 
 static int
 bag_smtp_client_build_commands(struct bag_smtp_client *client,
-			       const struct smtp_address *mail_from,
-			       const struct smtp_params_mail *mail_params,
-			       const struct smtp_address *const *rcpts,
-			       const struct smtp_params_rcpt *const *rcpt_params,
-			       unsigned int rcpt_count,
-			       string_t **mail_cmd_r, string_t ***rcpt_cmds_r,
-			       const char **error_r)
+	const struct smtp_address *mail_from,
+	const struct smtp_params_mail *mail_params,
+	const struct smtp_address *const *rcpts,
+	const struct smtp_params_rcpt *const *rcpt_params,
+	unsigned int rcpt_count, string_t **mail_cmd_r,
+	string_t ***rcpt_cmds_r, const char **error_r)
 {
 	struct smtp_params_mail params;
 	string_t *cmd, **rcpt_cmds;
@@ -773,8 +777,10 @@ bag_smtp_client_build_commands(struct bag_smtp_client *client,
 		   leave it out. BINARYMIME needs BDAT, which this client
 		   doesn't speak. */
 		if ((client->caps & SMTP_CAPABILITY_8BITMIME) == 0 ||
-		    params.body.type == SMTP_PARAM_MAIL_BODY_TYPE_BINARYMIME)
-			params.body.type = SMTP_PARAM_MAIL_BODY_TYPE_UNSPECIFIED;
+		    params.body.type == SMTP_PARAM_MAIL_BODY_TYPE_BINARYMIME) {
+			params.body.type =
+				SMTP_PARAM_MAIL_BODY_TYPE_UNSPECIFIED;
+		}
 		pos = str_len(cmd);
 		str_append_c(cmd, ' ');
 		/* SIZE, ENVID and RET are left out without their
@@ -838,29 +844,34 @@ static void bag_smtp_client_rset(struct bag_smtp_client *client)
 	}
 }
 
-/* Read the reply to DATA. Returns 1 on 354 (go ahead), 0 when refused
-   (copied to data_reply), -1 on error. */
+/* Read a reply in the transaction into dest (but for DATA, not a 3xx: dest
+   stays unsent then). Returns 1, 0 if the server is closing the connection
+   (421, RFC 5321 section 3.8: no more replies follow, and the transaction
+   is over), or -1 on error. */
 static int
-bag_smtp_client_read_data_reply(struct bag_smtp_client *client, pool_t pool,
-				struct smtp_reply *data_reply,
-				const char **error_r)
+bag_smtp_client_read_tx_reply(struct bag_smtp_client *client, pool_t pool,
+			      const char *cmd, bool data,
+			      struct smtp_reply *dest, const char **error_r)
 {
 	struct smtp_reply *reply;
 
-	if (bag_smtp_client_read_reply(client, "DATA", FALSE,
+	if (bag_smtp_client_read_reply(client, cmd, FALSE,
 				       client->set.timeout_msecs,
 				       &reply, error_r) < 0)
 		return -1;
-	if (reply->status / 100 == 3)
+	if (data && reply->status / 100 == 3) {
+		/* the 354 isn't kept */
+		i_assert(dest->status == 0);
 		return 1;
-	if (smtp_reply_is_success(reply)) {
-		/* "accepted" without the message: nothing sane to do */
-		*error_r = t_strdup_printf("Unexpected reply to DATA: %s",
-					   bag_smtp_client_reply_str(reply));
-		return -1;
 	}
-	smtp_reply_copy(pool, data_reply, reply);
-	return 0;
+	smtp_reply_copy(pool, dest, reply);
+	if (reply->status == 421) {
+		bag_smtp_client_set_broken(client, t_strdup_printf(
+			"Server is closing the connection: %s",
+			bag_smtp_client_reply_str(reply)));
+		return 0;
+	}
+	return 1;
 }
 
 static int
@@ -875,7 +886,6 @@ bag_smtp_client_transaction(struct bag_smtp_client *client, pool_t pool,
 		(client->caps & SMTP_CAPABILITY_PIPELINING) != 0;
 	const unsigned int group_max =
 		pipelining ? BAG_SMTP_CLIENT_PIPELINE_MAX_COMMANDS : 1;
-	struct smtp_reply *reply;
 	unsigned int count, sent = 0, replied = 0, accepted = 0;
 	bool mail_replied = FALSE, mail_ok = FALSE, data_sent = FALSE;
 	string_t *cmds;
@@ -903,27 +913,27 @@ bag_smtp_client_transaction(struct bag_smtp_client *client, pool_t pool,
 			return -1;
 
 		if (!mail_replied) {
-			if (bag_smtp_client_read_reply(client, "MAIL FROM",
-					FALSE, client->set.timeout_msecs,
-					&reply, error_r) < 0)
-				return -1;
-			smtp_reply_copy(pool, &result->mail_reply, reply);
+			ret = bag_smtp_client_read_tx_reply(client, pool,
+				"MAIL FROM", FALSE, &result->mail_reply,
+				error_r);
+			if (ret <= 0)
+				return ret < 0 ? -1 : 1;
 			mail_replied = TRUE;
-			mail_ok = smtp_reply_is_success(reply);
-			/* what was sent must still be read */
-			if (!mail_ok && replied == sent && !data_sent)
-				return 1;
+			mail_ok = smtp_reply_is_success(&result->mail_reply);
 		}
 		for (; replied < sent; replied++) {
-			if (bag_smtp_client_read_reply(client, "RCPT TO",
-					FALSE, client->set.timeout_msecs,
-					&reply, error_r) < 0)
-				return -1;
-			smtp_reply_copy(pool, &result->rcpt_replies[replied],
-					reply);
-			if (smtp_reply_is_success(reply))
+			ret = bag_smtp_client_read_tx_reply(client, pool,
+				"RCPT TO", FALSE,
+				&result->rcpt_replies[replied],
+				error_r);
+			if (ret <= 0)
+				return ret < 0 ? -1 : 1;
+			if (smtp_reply_is_success(
+				&result->rcpt_replies[replied]))
 				accepted++;
 		}
+		/* after a refused MAIL, send no more than was sent, but
+		   read all of its replies */
 		if (sent == rcpt_count || (!mail_ok && !data_sent))
 			break;
 		str_truncate(cmds, 0);
@@ -940,10 +950,23 @@ bag_smtp_client_transaction(struct bag_smtp_client *client, pool_t pool,
 					      "DATA", error_r) < 0)
 			return -1;
 	}
-	ret = bag_smtp_client_read_data_reply(client, pool,
-					      &result->data_reply, error_r);
+	ret = bag_smtp_client_read_tx_reply(client, pool, "DATA", TRUE,
+					    &result->data_reply, error_r);
 	if (ret <= 0)
 		return ret < 0 ? -1 : 1;
+	if (result->data_reply.status != 0) {
+		/* refused (a 354 leaves it unsent) */
+		if (smtp_reply_is_success(&result->data_reply)) {
+			/* "accepted" without the message: nothing sane to
+			   do */
+			*error_r = t_strdup_printf(
+				"Unexpected reply to DATA: %s",
+				bag_smtp_client_reply_str(
+					&result->data_reply));
+			return -1;
+		}
+		return 1;
+	}
 
 	if (accepted == 0) {
 		/* A pipelining server must refuse DATA after no valid
@@ -958,12 +981,13 @@ bag_smtp_client_transaction(struct bag_smtp_client *client, pool_t pool,
 						 error_r) < 0)
 			return -1;
 	}
-	if (bag_smtp_client_read_reply(client, "end of message", FALSE,
-				       client->set.timeout_msecs,
-				       &reply, error_r) < 0)
-		return -1;
-	smtp_reply_copy(pool, &result->data_reply, reply);
-	*failed_r = accepted == 0 || !smtp_reply_is_success(reply);
+	ret = bag_smtp_client_read_tx_reply(client, pool, "end of message",
+					    FALSE, &result->data_reply,
+					    error_r);
+	if (ret <= 0)
+		return ret < 0 ? -1 : 1;
+	*failed_r = accepted == 0 ||
+		!smtp_reply_is_success(&result->data_reply);
 	return 1;
 }
 
@@ -1008,7 +1032,7 @@ int bag_smtp_client_send(struct bag_smtp_client *client, pool_t pool,
 				result_r, &failed, &error);
 			if (ret < 0)
 				bag_smtp_client_set_broken(client, error);
-			else if (failed)
+			else if (failed && !client->broken)
 				bag_smtp_client_rset(client);
 		}
 	} T_END_PASS_STR_IF(ret < 0, &error);

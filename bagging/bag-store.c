@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define BAG_STORE_LOCK_FILE "dovecot-bag.lock"
+#define BAG_STORE_REQUEST_FILE "dovecot-bag.flush-requested"
 
 const struct setting_parser_info *bag_store_set_roots[] = {
 	&smtp_submit_setting_parser_info,
@@ -34,6 +35,7 @@ int bag_store_open(struct mail_storage_service_ctx *storage_service,
 	const char *error;
 	int ret;
 
+	*store_r = NULL;
 	store = i_new(struct bag_store, 1);
 	store->username = i_strdup(username);
 	i_zero(&input);
@@ -112,22 +114,64 @@ void bag_store_close(struct bag_store **_store)
 	i_free(store);
 }
 
+static int
+bag_store_path(struct bag_store *store, const char *name,
+	       const char **path_r, const char **error_r)
+{
+	const char *home;
+
+	if (mail_user_get_home(store->user, &home) <= 0) {
+		*error_r = t_strdup_printf("Bag user %s has no home",
+					   store->username);
+		return -1;
+	}
+	*path_r = t_strconcat(home, "/", name, NULL);
+	return 0;
+}
+
+int bag_store_flush_request(struct bag_store *store, const char **error_r)
+{
+	const char *path;
+	int fd;
+
+	if (bag_store_path(store, BAG_STORE_REQUEST_FILE, &path, error_r) < 0)
+		return -1;
+	fd = open(path, O_WRONLY | O_CREAT, 0600);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	i_close_fd(&fd);
+	return 0;
+}
+
+int bag_store_flush_request_take(struct bag_store *store,
+				 const char **error_r)
+{
+	const char *path;
+
+	if (bag_store_path(store, BAG_STORE_REQUEST_FILE, &path, error_r) < 0)
+		return -1;
+	if (unlink(path) == 0)
+		return 1;
+	if (errno == ENOENT)
+		return 0;
+	*error_r = t_strdup_printf("unlink(%s) failed: %m", path);
+	return -1;
+}
+
 int bag_store_lock(struct bag_store *store, const char **error_r)
 {
 	struct file_lock_settings lock_set = {
 		.lock_method = FILE_LOCK_METHOD_FCNTL,
 		.close_on_free = TRUE,
 	};
-	const char *home, *path, *error;
+	const char *path, *error;
 	int fd, ret;
 
 	i_assert(store->lock == NULL);
-	if (mail_user_get_home(store->user, &home) <= 0) {
-		*error_r = t_strdup_printf("Bag user %s has no home",
-					   store->username);
+	if (bag_store_path(store, BAG_STORE_LOCK_FILE, &path, error_r) < 0)
 		return -1;
-	}
-	path = t_strconcat(home, "/"BAG_STORE_LOCK_FILE, NULL);
 	fd = open(path, O_RDWR | O_CREAT, 0600);
 	if (fd == -1) {
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);

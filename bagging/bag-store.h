@@ -52,6 +52,13 @@ void bag_store_close(struct bag_store **store);
 int bag_store_lock(struct bag_store *store, const char **error_r);
 void bag_store_unlock(struct bag_store *store);
 
+/* A flush was asked for while another process held the lock: the holder
+   sees the request (request) and takes it (take: 1 if there was one,
+   0 if not, -1 on error) before it lets the lock go. */
+int bag_store_flush_request(struct bag_store *store, const char **error_r);
+int bag_store_flush_request_take(struct bag_store *store,
+				 const char **error_r);
+
 /* The INBOX's state now. Reading the size visits every message. */
 int bag_store_get_status(struct bag_store *store, bool with_size,
 			 struct bag_store_status *status_r,

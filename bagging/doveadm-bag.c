@@ -328,7 +328,7 @@ doveadm_bag_status(const struct bag_def *def, bool with_size,
 {
 	struct mail_storage_service_ctx *service;
 	struct mirror_privileges privs;
-	struct bag_store *store;
+	struct bag_store *store = NULL;
 	const char *error;
 	int ret;
 
@@ -613,7 +613,7 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 	struct mirror_privileges privs;
 	struct mirror_registry *reg;
 	struct bag_flush_result result;
-	struct bag_store *store;
+	struct bag_store *store = NULL;
 	struct bag_def def;
 	const char *domain, *host_str = NULL, *host, *error;
 	unsigned int timeout_msecs;

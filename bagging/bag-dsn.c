@@ -255,22 +255,20 @@ bag_dsn_append_status_rcpt(string_t *str, const struct bag_dsn_recipient *rcpt)
 	const struct smtp_params_rcpt *params = rcpt->params;
 
 	if (params != NULL && smtp_params_rcpt_has_orcpt(params)) {
-		string_t *xtext = t_str_new(128);
 		const char *orcpt = params->orcpt.addr_raw;
 
 		if (orcpt == NULL) {
 			i_assert(params->orcpt.addr != NULL);
 			orcpt = smtp_address_encode(params->orcpt.addr);
 		}
-		/* the value as the sender gave it: xtext, which Dovecot's
-		   parser decoded (RFC 3461 section 4.2) */
-		smtp_xtext_encode_cstr(xtext, orcpt);
+		/* decoded from xtext (Dovecot's parser did that), as Postfix
+		   writes it and bounce parsers read it: the address the
+		   sender gave, printable */
 		str_append(str, "Original-Recipient: ");
 		bag_dsn_append_printable(str, params->orcpt.addr_type,
 					 BAG_DSN_MAX_VALUE_LEN);
 		str_append(str, "; ");
-		bag_dsn_append_printable(str, str_c(xtext),
-					 BAG_DSN_MAX_VALUE_LEN);
+		bag_dsn_append_printable(str, orcpt, BAG_DSN_MAX_VALUE_LEN);
 		str_append(str, "\r\n");
 	}
 	str_append(str, "Final-Recipient: rfc822; ");
@@ -315,13 +313,9 @@ bag_dsn_append_status_part(string_t *str, const struct bag_dsn *dsn,
 
 	/* per-message fields, in RFC 3464's order */
 	if (mail_params != NULL && mail_params->envid != NULL) {
-		string_t *xtext = t_str_new(128);
-
-		/* Dovecot keeps ENVID decoded; the field carries it the way
-		   the sender sent it, as xtext */
-		smtp_xtext_encode_cstr(xtext, mail_params->envid);
+		/* decoded from xtext, as for Original-Recipient */
 		str_append(str, "Original-Envelope-Id: ");
-		bag_dsn_append_printable(str, str_c(xtext),
+		bag_dsn_append_printable(str, mail_params->envid,
 					 BAG_DSN_MAX_VALUE_LEN);
 		str_append(str, "\r\n");
 	}

@@ -398,18 +398,21 @@ static void bag_odmr_reverse(struct bag_odmr_client *client)
 	set.timeout_msecs = bag_service.timeout_msecs;
 	smtp = bag_smtp_client_init(client->fd, client->input, client->output,
 				    &set);
-	if (ret <= 0)
+	if (ret <= 0) {
+		error = client->output->stream_errno != 0 ?
+			o_stream_get_error(client->output) :
+			"Timed out sending the ATRN reply";
 		ret = -1;
-	else
+	} else {
 		ret = bag_smtp_client_start(smtp, &reply, &error);
+	}
 	if (ret == 0) {
 		e_info(client->event, "ATRN: the customer refused the "
 		       "reversed session: %s",
 		       str_sanitize(smtp_reply_log(&reply), 200));
 	} else if (ret < 0) {
 		e_info(client->event, "ATRN: the reversed session failed: %s",
-		       ret == -1 && client->output->stream_errno == 0 ?
-		       error : o_stream_get_error(client->output));
+		       error);
 	} else {
 		if (bag_service_registry_open(&reg, &error) < 0)
 			e_error(client->event, "%s", error);

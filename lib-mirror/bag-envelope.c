@@ -48,6 +48,7 @@ void bag_envelope_write(string_t *dest, const struct smtp_address *mail_from,
 		bag_envelope_write_line(dest, BAG_HEADER_RCPT_TO,
 					rcpts[i].addr, params);
 	}
+	str_append(dest, BAG_HEADER_END": ok\r\n");
 }
 
 /* The value of "Name: value" if line is that header, else NULL. */
@@ -116,6 +117,12 @@ bag_envelope_parse_line(const char *line, pool_t pool,
 	}
 	value = bag_envelope_value(line, BAG_HEADER_RCPT_TO);
 	if (value == NULL) {
+		value = bag_envelope_value(line, BAG_HEADER_END);
+		if (value == NULL || strcmp(value, "ok") != 0) {
+			*error_r = "no "BAG_HEADER_END" line after the "
+				"recipients";
+			return -1;
+		}
 		*done_r = TRUE;
 		return 0;
 	}
@@ -193,8 +200,7 @@ int bag_envelope_read(struct istream *input, pool_t pool,
 						   str_sanitize(error, 200));
 			return -1;
 		}
-		if (!done)
-			i_stream_skip(input, len);
+		i_stream_skip(input, len);
 	}
 	if (array_count(&env_r->rcpts) == 0) {
 		*error_r = "Broken bag envelope: no recipients";

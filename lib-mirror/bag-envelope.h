@@ -10,18 +10,20 @@
      X-Bag-Mail-From: <sender@example.net> RET=HDRS ENVID=abc
      X-Bag-Rcpt-To: <alice@example.org> NOTIFY=FAILURE ORCPT=rfc822;...
      X-Bag-Rcpt-To: <bob@example.org>
+     X-Bag-Envelope-End: ok
 
-   They are the first lines of the stored message and nothing else writes
-   them there, so they can be told from the message's own header: reading
-   stops at the first line that isn't one of them, and only these lines
-   are left out when the message is sent on. An administrator reading the
-   bag over IMAP sees the envelope. */
+   They are the first lines of the stored message, and the end line closes
+   them: a sender who puts X-Bag-Rcpt-To: in the message's own header
+   can't add a recipient, because that header comes after the end line.
+   Only these lines are left out when the message is sent on. An
+   administrator reading the bag over IMAP sees the envelope. */
 
 struct istream;
 struct smtp_address;
 
 #define BAG_HEADER_MAIL_FROM "X-Bag-Mail-From"
 #define BAG_HEADER_RCPT_TO "X-Bag-Rcpt-To"
+#define BAG_HEADER_END "X-Bag-Envelope-End"
 /* the longest envelope line read back (a path is at most 256 octets,
    xtext-encoded parameters can triple) */
 #define BAG_ENVELOPE_LINE_MAX 4096
@@ -38,7 +40,8 @@ struct bag_envelope {
 	const struct smtp_address *mail_from;
 	struct smtp_params_mail mail_params;
 	ARRAY_TYPE(bag_envelope_rcpt) rcpts;
-	/* bag_envelope_read(): bytes of the envelope lines */
+	/* bag_envelope_read(): bytes of the envelope lines, the end line
+	   included */
 	uoff_t header_size;
 };
 
@@ -49,8 +52,8 @@ void bag_envelope_write(string_t *dest, const struct smtp_address *mail_from,
 			unsigned int rcpt_count);
 
 /* Read the envelope lines from input's current offset (strings and arrays
-   from pool). Returns 0 with input just after them, or -1 with an error
-   (no envelope, a malformed one, or a read error). */
+   from pool). Returns 0 with input just after the end line, or -1 with an
+   error (no envelope, a malformed or unended one, or a read error). */
 int bag_envelope_read(struct istream *input, pool_t pool,
 		      struct bag_envelope *env_r, const char **error_r);
 

@@ -157,6 +157,14 @@ static void mirror_mail_user_created(struct mail_user *user)
 		mode = MIRROR_READONLY_IGNORE;
 	if (mode == MIRROR_READONLY_NONE)
 		return;
+	/* a bag user (its userdb record says which domain it holds) reads
+	   the bag in an emergency: the bag service alone removes mail */
+	if (mail_user_plugin_getenv(user, "bag_domain") != NULL) {
+		muser->readonly = mode;
+		e_debug(mirror_user_event(user), "Bag of %s: read-only",
+			mail_user_plugin_getenv(user, "bag_domain"));
+		return;
+	}
 	dict_uri = mail_user_plugin_getenv(user, "mirror_dict");
 	if (dict_uri == NULL || *dict_uri == '\0')
 		return;

@@ -10,8 +10,11 @@
 #include "seq-range-array.h"
 #include "ostream.h"
 #include "time-util.h"
+#include "strescape.h"
+#include "write-full.h"
 #include "smtp-address.h"
 #include "smtp-reply.h"
+#include "smtp-reply-parser.h"
 #include "smtp-submit.h"
 #include "mail-storage.h"
 #include "mail-user.h"
@@ -50,6 +53,9 @@ struct bag_flush_ctx {
 	   is set in data stack frames of its own) */
 	char *error;
 	unsigned int unsynced;
+	/* the copies stored again for their waiting recipients: not tried
+	   again in the same flush */
+	ARRAY_TYPE(seq_range) resaved;
 };
 
 /* One message during its delivery */
@@ -89,11 +95,20 @@ static const char *bag_flush_mail_error(struct mail *mail)
 	return mailbox_get_last_internal_error(mail->box, NULL);
 }
 
-/* The enhanced status of a reply, or a default for its class */
+/* The enhanced status of a reply, or a default for its class. A server
+   that doesn't announce ENHANCEDSTATUSCODES may still give one. */
 static const char *bag_flush_reply_status(const struct smtp_reply *reply)
 {
+	struct smtp_reply_enhanced_code code;
+	const char *pos;
+
 	if (smtp_reply_has_enhanced_code(reply))
 		return smtp_reply_get_enh_code(reply);
+	if (reply->text_lines != NULL && reply->text_lines[0] != NULL &&
+	    smtp_reply_parse_enhanced_code(reply->text_lines[0], &code,
+					   &pos) &&
+	    code.x == reply->status / 100 && (*pos == ' ' || *pos == '\0'))
+		return t_strdup_printf("%u.%u.%u", code.x, code.y, code.z);
 	return reply->status / 100 == 5 ? "5.0.0" : "4.0.0";
 }
 
@@ -185,6 +200,7 @@ bag_flush_resave(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	struct mailbox *box = ctx->store->box;
 	ARRAY(struct bag_envelope_rcpt) waiting;
 	struct mailbox_transaction_context *trans;
+	struct mail_transaction_commit_changes changes;
 	struct mail_save_context *save_ctx;
 	struct istream *inputs[3], *input;
 	string_t *hdr = t_str_new(512);
@@ -211,7 +227,9 @@ bag_flush_resave(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	i_stream_unref(&inputs[0]);
 	i_stream_unref(&inputs[1]);
 
-	trans = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+	trans = mailbox_transaction_begin(box,
+					  MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+					  MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS,
 					  "bag resave");
 	save_ctx = mailbox_save_alloc(trans);
 	/* it keeps its age: it arrived when the original did */
@@ -235,7 +253,8 @@ bag_flush_resave(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 		else if (mailbox_save_finish(&save_ctx) < 0)
 			failed = TRUE;
 	}
-	if (failed || mailbox_transaction_commit(&trans) < 0) {
+	if (failed || mailbox_transaction_commit_get_changes(&trans,
+							      &changes) < 0) {
 		e_error(ctx->event, "Storing the rest of UID %u failed: %s",
 			fmail->mail->uid, input->stream_errno != 0 ?
 			i_stream_get_error(input) :
@@ -245,6 +264,8 @@ bag_flush_resave(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 		i_stream_unref(&input);
 		return -1;
 	}
+	seq_range_array_merge(&ctx->resaved, &changes.saved_uids);
+	pool_unref(&changes.pool);
 	i_stream_unref(&input);
 	return 0;
 }
@@ -435,6 +456,8 @@ static int bag_flush_pass(struct bag_flush_ctx *ctx, uint32_t *next_uid)
 	ret = 1;
 	array_foreach(&uids, range) {
 		for (uid = range->seq1; uid <= range->seq2 && ret > 0; uid++) {
+			if (seq_range_exists(&ctx->resaved, uid))
+				continue;
 			trans = mailbox_transaction_begin(box, 0, "bag flush");
 			mail = mail_alloc(trans, MAIL_FETCH_STREAM_HEADER |
 					  MAIL_FETCH_STREAM_BODY, NULL);
@@ -480,6 +503,7 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 	event_set_append_log_prefix(ctx.event, t_strdup_printf(
 		"bag %s: ", store->username));
 	ctx.result = result_r;
+	i_array_init(&ctx.resaved, 8);
 	/* again while mail arrives during the flush */
 	while ((ret = bag_flush_pass(&ctx, &next_uid)) > 0) ;
 	if (ret == 0 && ctx.unsynced > 0 && mailbox_sync(store->box, 0) < 0) {
@@ -491,6 +515,7 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 		result_r->error = t_strdup(ctx.error);
 		i_free(ctx.error);
 	}
+	array_free(&ctx.resaved);
 	event_unref(&ctx.event);
 	return ret;
 }
@@ -575,4 +600,36 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 	status.bounced = result->bounced;
 	bag_registry_status_set(reg, def->domain, &status, event);
 	event_unref(&event);
+}
+
+int bag_flush_request_connect(const char *base_dir, const char *domain,
+			      const char *host, bool wait,
+			      const char **error_r)
+{
+	string_t *line = t_str_new(128);
+	const char *path;
+	int fd;
+
+	path = t_strconcat(base_dir, "/"BAG_FLUSH_SOCKET, NULL);
+	fd = net_connect_unix(path);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("net_connect_unix(%s) failed: %m",
+					   path);
+		return -1;
+	}
+	str_append(line, "FLUSH\t");
+	str_append_tabescaped(line, domain);
+	if (host != NULL) {
+		str_append(line, "\thost=");
+		str_append_tabescaped(line, host);
+	}
+	if (wait)
+		str_append(line, "\twait");
+	str_append_c(line, '\n');
+	if (write_full(fd, str_data(line), str_len(line)) < 0) {
+		*error_r = t_strdup_printf("write(%s) failed: %m", path);
+		i_close_fd(&fd);
+		return -1;
+	}
+	return fd;
 }

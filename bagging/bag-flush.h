@@ -19,6 +19,9 @@ struct bag_store;
 struct bag_smtp_client;
 struct event;
 
+/* The bag service's listener that runs flushes (bag-flush-request.c) */
+#define BAG_FLUSH_SOCKET "bag-flush"
+
 /* The category of the bag's events (log prefix "bag: ") */
 extern struct event_category event_category_bag;
 
@@ -56,5 +59,13 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 			const char *how, const struct bag_flush_result *result,
 			struct event *event);
+
+/* Connect to base_dir's bag-flush listener and ask for a flush of domain
+   (to host instead of its ETRN host, if not NULL). With wait, the reply
+   line comes when the flush has ended (see bag-flush-request.c). Returns
+   the connected fd, or -1 with an error. */
+int bag_flush_request_connect(const char *base_dir, const char *domain,
+			      const char *host, bool wait,
+			      const char **error_r);
 
 #endif

@@ -622,18 +622,25 @@ void bag_odmr_client_create(const struct master_service_connection *conn)
 	client->server = smtp_server_init(&set);
 	smtp_server_command_register(client->server, "ATRN",
 				     bag_odmr_cmd_atrn, 0);
+	/* refused whether or not the client has authenticated */
 	smtp_server_command_register(client->server, "ETRN",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 	smtp_server_command_override(client->server, "MAIL",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 	smtp_server_command_override(client->server, "RCPT",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 	smtp_server_command_override(client->server, "DATA",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 	smtp_server_command_override(client->server, "BDAT",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 	smtp_server_command_override(client->server, "VRFY",
-				     bag_odmr_cmd_refuse, 0);
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 
 	client->input = i_stream_create_fd(conn->fd,
 					   BAG_ODMR_MAX_INPUT_BUFFER);

@@ -39,7 +39,10 @@ int bag_store_open(struct mail_storage_service_ctx *storage_service,
 	store = i_new(struct bag_store, 1);
 	store->username = i_strdup(username);
 	i_zero(&input);
-	input.module = "mail";
+	/* the config service sends a module's settings and its
+	   dependencies': LDA's are the mail settings and the submission
+	   settings that notifications need */
+	input.module = "lda";
 	input.service = service_name;
 	input.username = username;
 	input.event_parent = event_parent;

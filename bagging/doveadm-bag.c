@@ -7,6 +7,8 @@
 #include "array.h"
 #include "str.h"
 #include "str-sanitize.h"
+#include "strescape.h"
+#include "istream.h"
 #include "time-util.h"
 #include "settings-parser.h"
 #include "mail-storage-service.h"
@@ -427,23 +429,29 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 		mirror_registry_deinit(&reg);
 		return;
 	}
+	/* no more mail is bagged from here on */
 	ret = bag_registry_remove(reg, domain, pool_datastack_create(), &def,
 				  &error);
-	mirror_registry_deinit(&reg);
 	if (ret <= 0) {
 		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
 				    EX_TEMPFAIL, ret == 0 ?
 				    t_strdup_printf("%s is not bagged",
 						    domain) : error);
+		mirror_registry_deinit(&reg);
 		return;
 	}
-	/* the bag user was the suite's: its mail goes with it */
+	/* the bag user was the suite's: its mail goes with it, then its
+	   login (kept if the mail can't be deleted, so that it can be read
+	   and deleted later) */
 	purged = doveadm_mirror_purge_storage(def.user) == 0;
 	if (!purged) {
 		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"%s is no longer bagged, but deleting the mail of %s "
-			"failed", domain, def.user));
+			"failed: its user is kept", domain, def.user));
+	} else if (mirror_registry_user_remove(reg, def.user, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
 	}
+	mirror_registry_deinit(&reg);
 	doveadm_mirror_auth_cache_flush(def.user);
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	doveadm_bag_print_header();
@@ -588,90 +596,88 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	mirror_registry_deinit(&reg);
 }
 
-/* bag_timeout: how long to wait for each reply of the customer's MTA */
-static int doveadm_bag_timeout(unsigned int *msecs_r)
+/* The reply line of a waiting flush request: read until it ends (a
+   flush takes as long as it takes; each of its replies has its own
+   timeout). */
+static const char *doveadm_bag_flush_reply(int fd, const char **error_r)
 {
-	const char *str = doveadm_plugin_getenv("bag_timeout"), *error;
+	struct istream *input;
+	const char *line;
 
-	if (str == NULL || *str == '\0') {
-		*msecs_r = BAG_TIMEOUT_DEFAULT_SECS * 1000;
-		return 0;
+	input = i_stream_create_fd(fd, 1024);
+	i_stream_set_blocking(input, TRUE);
+	line = i_stream_read_next_line(input);
+	if (line == NULL) {
+		*error_r = input->stream_errno != 0 ?
+			t_strdup_printf("read() failed: %s",
+					i_stream_get_error(input)) :
+			"The bag service closed the connection (see its log)";
+	} else {
+		line = t_strdup(line);
 	}
-	if (settings_get_time_msecs(str, msecs_r, &error) < 0 ||
-	    *msecs_r == 0) {
-		doveadm_mirror_fail(EX_CONFIG, t_strdup_printf(
-			"Invalid bag_timeout '%s': %s", str_sanitize(str, 40),
-			*msecs_r == 0 ? "must be positive" : error));
-		return -1;
-	}
-	return 0;
+	i_stream_unref(&input);
+	return line;
 }
 
 static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 {
-	struct mail_storage_service_ctx *service;
-	struct mirror_privileges privs;
 	struct mirror_registry *reg;
-	struct bag_flush_result result;
-	struct bag_store *store = NULL;
 	struct bag_def def;
-	const char *domain, *host_str = NULL, *host, *error;
-	unsigned int timeout_msecs;
+	const char *domain, *host_str = NULL, *host, *line, *error;
+	const char *const *args;
 	in_port_t port;
-	int ret;
+	int fd;
 
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
 		return;
-	(void)doveadm_cmd_param_str(cctx, "host", &host_str);
-	if (doveadm_bag_timeout(&timeout_msecs) < 0 ||
-	    (reg = doveadm_mirror_registry_open()) == NULL)
+	if (doveadm_cmd_param_str(cctx, "host", &host_str) &&
+	    bag_host_parse(host_str, &host, &port, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return;
+	}
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return;
 	if (!doveadm_bag_get(reg, domain, &def)) {
 		mirror_registry_deinit(&reg);
 		return;
 	}
-	if (host_str == NULL)
-		host_str = def.host;
-	if (host_str == NULL) {
+	mirror_registry_deinit(&reg);
+	if (host_str == NULL && def.host == NULL) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"%s has no ETRN host: say where to send it with -h",
 			domain));
-		mirror_registry_deinit(&reg);
-		return;
-	}
-	if (bag_host_parse(host_str, &host, &port, &error) < 0) {
-		doveadm_mirror_fail(EX_USAGE, error);
-		mirror_registry_deinit(&reg);
 		return;
 	}
 
-	i_zero(&result);
-	mirror_privileges_get(pool_datastack_create(), &privs);
-	service = doveadm_mirror_storage_service_init(bag_store_set_roots);
-	ret = bag_store_open(service, def.user, "doveadm", TRUE, NULL, &store,
-			     &error);
-	if (ret == 0 && (ret = bag_store_lock(store, &error)) == 0) {
-		error = t_strdup_printf("%s is being flushed by another "
-					"process", domain);
-		ret = -1;
-	}
-	if (ret > 0) {
-		(void)bag_flush_to_host(store, host, port, timeout_msecs,
-					NULL, &result);
-	}
-	bag_store_close(&store);
-	doveadm_mirror_storage_service_deinit(&service);
-	if (mirror_privileges_set(&privs, &error) < 0)
-		i_fatal("%s", error);
-	if (ret < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		mirror_registry_deinit(&reg);
+	/* the bag service sends it, as the mail user, as for ETRN */
+	fd = bag_flush_request_connect(doveadm_settings->base_dir, domain,
+				       host_str, TRUE, &error);
+	if (fd == -1) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"Can't reach the bag service: %s", error));
 		return;
 	}
-	bag_flush_finished(reg, &def, "doveadm", &result, NULL);
-	mirror_registry_deinit(&reg);
-	if (result.error != NULL)
-		doveadm_mirror_fail(EX_TEMPFAIL, result.error);
+	line = doveadm_bag_flush_reply(fd, &error);
+	i_close_fd(&fd);
+	if (line == NULL) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return;
+	}
+	args = t_strsplit_tabescaped(line);
+	if (strcmp(args[0], "BUSY") == 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"%s is being flushed by another process", domain));
+		return;
+	}
+	if (strcmp(args[0], "DONE") != 0 || str_array_length(args) < 5) {
+		doveadm_mirror_fail(EX_TEMPFAIL, strcmp(args[0], "FAIL") == 0 &&
+				    args[1] != NULL ? args[1] :
+				    t_strdup_printf("Unexpected reply '%s'",
+						    str_sanitize(line, 80)));
+		return;
+	}
+	if (args[5] != NULL)
+		doveadm_mirror_fail(EX_TEMPFAIL, args[5]);
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	doveadm_print_header_simple("domain");
 	doveadm_print_header_simple("delivered");
@@ -680,11 +686,11 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("broken");
 	doveadm_print_header_simple("error");
 	doveadm_print(domain);
-	doveadm_print_num(result.delivered);
-	doveadm_print_num(result.deferred);
-	doveadm_print_num(result.bounced);
-	doveadm_print_num(result.broken);
-	doveadm_print(result.error == NULL ? "" : result.error);
+	doveadm_print(args[1]);
+	doveadm_print(args[2]);
+	doveadm_print(args[3]);
+	doveadm_print(args[4]);
+	doveadm_print(args[5] == NULL ? "" : args[5]);
 }
 
 static struct doveadm_cmd_ver2 doveadm_bag_commands[] = {

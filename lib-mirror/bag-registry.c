@@ -631,7 +631,6 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 			mirror_user_records_unset(trans,
 						  removed_r->atrn_identity);
 	}
-	mirror_user_records_unset(trans, removed_r->user);
 	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
 failed:
 	dict_transaction_rollback(&trans);

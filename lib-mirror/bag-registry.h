@@ -112,9 +112,10 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 		     const char *identity_password_hash,
 		     const char **error_r);
 /* Remove the bag of domain (and its recipient list, status and the login
-   records of its bag user and of its identity if that was created for it
-   and pulls no other domain). 1 removed (removed_r from pool), 0 not
-   bagged, -1 error. */
+   record of its identity if that was created for it and pulls no other
+   domain). The bag user's records stay, so that its mail can be found and
+   deleted: remove them with mirror_registry_user_remove() then. 1 removed
+   (removed_r from pool), 0 not bagged, -1 error. */
 int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 			pool_t pool, struct bag_def *removed_r,
 			const char **error_r);

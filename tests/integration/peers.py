@@ -1,0 +1,237 @@
+"""The real peers of Mail Bagging: the customer's MTA (aiosmtpd, told how to
+answer), Postfix's smtp-sink, fetchmail and msmtp."""
+
+import asyncio
+import glob
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Received:
+    def __init__(self, mail_from, rcpts, data, mail_options, rcpt_options):
+        self.mail_from = mail_from
+        self.rcpts = rcpts
+        self.data = data
+        self.mail_options = mail_options
+        self.rcpt_options = rcpt_options
+
+    @property
+    def subject(self):
+        for line in self.data.split(b"\r\n"):
+            if line.lower().startswith(b"subject:"):
+                return line[8:].strip().decode()
+            if not line:
+                break
+        return None
+
+
+class CustomerHandler:
+    """What the customer's MTA answers. Changeable while it runs."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.messages = []
+        # address (lowercase) -> reply for RCPT TO
+        self.rcpt_replies = {}
+        # reply after DATA, None: 250
+        self.data_reply = None
+        # close the connection instead of answering the Nth DATA (1-based,
+        # counted over the handler's life)
+        self.drop_at = None
+        self.datas = 0
+        self.delay = 0.0
+        self.connections = 0
+        self.open_connections = 0
+        self.max_open = 0
+
+    async def handle_RCPT(self, server, session, envelope, address,
+                          rcpt_options):
+        reply = self.rcpt_replies.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.datas += 1
+            n = self.datas
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.drop_at is not None and n >= self.drop_at:
+            # a crash of the customer's MTA: no reply at all
+            server.transport.abort()
+            return "421 4.3.0 gone"
+        if self.data_reply:
+            return self.data_reply
+        with self.lock:
+            self.messages.append(Received(
+                envelope.mail_from, list(envelope.rcpt_tos),
+                envelope.original_content or envelope.content,
+                list(envelope.mail_options),
+                [list(o) for o in envelope.rcpt_options]))
+        return "250 2.0.0 OK queued"
+
+
+class CountingSMTP(SMTP):
+    def connection_made(self, transport):
+        h = self.event_handler
+        with h.lock:
+            h.connections += 1
+            h.open_connections += 1
+            h.max_open = max(h.max_open, h.open_connections)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        h = self.event_handler
+        with h.lock:
+            h.open_connections -= 1
+        super().connection_lost(error)
+
+
+class CustomerController(Controller):
+    def factory(self):
+        return CountingSMTP(self.handler, decode_data=False,
+                            enable_SMTPUTF8=False,
+                            hostname="customer.test")
+
+
+class CustomerMTA:
+    """aiosmtpd on a loopback port, as the customer's own server."""
+
+    def __init__(self, port=None):
+        self.handler = CustomerHandler()
+        self.port = port or free_port()
+        self.controller = CustomerController(self.handler,
+                                             hostname="127.0.0.1",
+                                             port=self.port)
+        self.running = False
+
+    def start(self):
+        self.controller.start()
+        self.running = True
+        # the controller's own check that the server is up
+        wait = time.time() + 5
+        while self.handler.open_connections and time.time() < wait:
+            time.sleep(0.01)
+        with self.handler.lock:
+            self.handler.connections = 0
+            self.handler.max_open = 0
+        return self
+
+    def stop(self):
+        if self.running:
+            self.controller.stop()
+            self.running = False
+
+    @property
+    def messages(self):
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_for(self, count, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.messages) >= count:
+                return self.messages
+            time.sleep(0.05)
+        raise AssertionError("customer MTA got %d messages, not %d"
+                             % (len(self.messages), count))
+
+    @property
+    def hostport(self):
+        return "127.0.0.1:%d" % self.port
+
+
+class SmtpSink:
+    """Postfix's smtp-sink, dumping every message to a directory."""
+
+    def __init__(self, extra_args=(), count_only=False):
+        self.dir = tempfile.mkdtemp(prefix="bag-sink-")
+        os.chmod(self.dir, 0o777)
+        self.port = free_port()
+        args = ["/usr/sbin/smtp-sink"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        if not count_only:
+            args += ["-d", self.dir + "/"]
+        args += list(extra_args) + ["127.0.0.1:%d" % self.port, "64"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port),
+                                         timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("smtp-sink did not start")
+
+    def files(self):
+        return sorted(glob.glob(os.path.join(self.dir, "*")))
+
+    def wait_for(self, count, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.files()) >= count:
+                return self.files()
+            time.sleep(0.05)
+        raise AssertionError("smtp-sink got %d messages, not %d"
+                             % (len(self.files()), count))
+
+    @property
+    def hostport(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def fetchmail_etrn(port, domains, timeout=60):
+    """fetchmail --protocol ETRN: one ETRN per entry, verbatim."""
+    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
+    return subprocess.run(
+        ["fetchmail", "-v", "--nosyslog", "--protocol", "ETRN",
+         "--service", str(port), "--fetchdomains", ",".join(domains),
+         "127.0.0.1"],
+        capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, HOME=home))
+
+
+def fetchmail_odmr(port, user, password, domains, smtphost, timeout=120):
+    """fetchmail as the customer's ODMR client, pumping the reversed
+    session to smtphost (host/port)."""
+    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
+    rc = os.path.join(home, "fetchmailrc")
+    with open(rc, "w") as f:
+        f.write('poll 127.0.0.1 protocol ODMR service %d:\n'
+                '  user "%s" password "%s" fetchdomains %s\n'
+                '  smtphost %s\n'
+                % (port, user, password, ",".join(domains), smtphost))
+    os.chmod(rc, 0o600)
+    return subprocess.run(["fetchmail", "-v", "--nosyslog", "-f", rc],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HOME=home))
+
+
+def msmtp_etrn(port, node, timeout=60):
+    return subprocess.run(
+        ["msmtp", "--host=127.0.0.1", "--port=%d" % port, "--tls=off",
+         "--auth=off", "--rmqs=" + node],
+        capture_output=True, text=True, timeout=timeout)

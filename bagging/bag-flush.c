@@ -489,9 +489,11 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 		  struct bag_flush_result *result_r)
 {
 	struct bag_flush_ctx ctx;
+	struct timeval start, end;
 	uint32_t next_uid = 1;
 	int ret;
 
+	i_gettimeofday(&start);
 	i_zero(result_r);
 	i_zero(&ctx);
 	ctx.store = store;
@@ -517,6 +519,8 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 	}
 	array_free(&ctx.resaved);
 	event_unref(&ctx.event);
+	i_gettimeofday(&end);
+	result_r->usecs = timeval_diff_usecs(&end, &start);
 	return ret;
 }
 
@@ -529,9 +533,11 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 	struct istream *input;
 	struct ostream *output;
 	struct smtp_reply reply;
+	struct timeval start, end;
 	const char *error;
 	int fd, ret;
 
+	i_gettimeofday(&start);
 	i_zero(result_r);
 	fd = bag_smtp_client_connect(host, port, timeout_msecs, &error);
 	if (fd < 0) {
@@ -561,6 +567,8 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 	i_stream_unref(&input);
 	o_stream_unref(&output);
 	i_close_fd(&fd);
+	i_gettimeofday(&end);
+	result_r->usecs = timeval_diff_usecs(&end, &start);
 	return ret;
 }
 
@@ -583,13 +591,16 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 		add_int("delivered", result->delivered)->
 		add_int("deferred", result->deferred)->
 		add_int("bounced", result->bounced)->
-		add_int("broken", result->broken);
+		add_int("broken", result->broken)->
+		add_int("usecs", result->usecs);
 	if (result->error != NULL)
 		e->add_str("error", result->error);
 	e_info(e->event(), "Flush of %s (%s): %u delivered, %u waiting, %u "
-	       "recipients bounced%s%s", def->domain, how, result->delivered,
-	       result->deferred, result->bounced,
-	       result->error == NULL ? "" : ", stopped: ",
+	       "recipients bounced in %"PRIu64".%03"PRIu64" s%s%s",
+	       def->domain, how, result->delivered, result->deferred,
+	       result->bounced, result->usecs / 1000000,
+	       (result->usecs / 1000) % 1000,
+	       result->error == NULL ? "" : "; stopped: ",
 	       result->error == NULL ? "" : result->error);
 
 	i_zero(&status);

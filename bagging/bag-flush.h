@@ -37,6 +37,8 @@ struct bag_flush_result {
 	/* why the flush ended early (connection lost, a refused session),
 	   or NULL */
 	const char *error;
+	/* how long it took (with the connection, for bag_flush_to_host()) */
+	uint64_t usecs;
 };
 
 /* Send every message of store over client, which has been started.

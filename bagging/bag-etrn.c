@@ -111,15 +111,22 @@ bag_etrn_find(struct bag_etrn_client *client, struct mirror_registry *reg,
 	return 0;
 }
 
-/* Messages waiting in the bag, read from its index without visiting the
-   mailbox: the reply comes as fast for a big bag as for a small one. */
-static int bag_etrn_count(const struct bag_def *def, unsigned int *count_r,
-			  const char **error_r)
+/* Messages waiting in the bag: the registry's counter, so that the reply
+   comes as fast for a big bag as for a small one. The counter is a hint
+   (a flush sets it right): when it says none, the bag's index says. */
+static int
+bag_etrn_count(struct mirror_registry *reg, const struct bag_def *def,
+	       unsigned int *count_r, const char **error_r)
 {
 	struct bag_store *store = NULL;
 	struct bag_store_status status;
+	const char *error;
 	int ret;
 
+	if (bag_registry_count_get(reg, def->domain, count_r, &error) < 0)
+		e_error(bag_service.event, "%s", error);
+	else if (*count_r > 0)
+		return 0;
 	ret = bag_store_open(bag_service.storage_service, def->user, "bag",
 			     FALSE, bag_service.event, &store, error_r);
 	if (ret == 0)
@@ -148,28 +155,31 @@ bag_etrn_run(struct bag_etrn_client *client, struct smtp_server_cmd_ctx *cmd,
 	}
 	t_array_init(&defs, 4);
 	ret = bag_etrn_find(client, reg, node, kind, &defs, &error);
-	mirror_registry_deinit(&reg);
 	if (ret < 0) {
 		e_error(client->event, "ETRN %s: %s", node, error);
 		smtp_server_reply(cmd, 458, "4.3.0", "Unable to queue "
 				  "messages for node %s", node);
+		mirror_registry_deinit(&reg);
 		return;
 	}
 	if (array_count(&defs) == 0) {
 		smtp_server_reply(cmd, 459, "4.7.1", "Node %s not allowed: "
 				  "not a bagged domain of this client", node);
+		mirror_registry_deinit(&reg);
 		return;
 	}
 	array_foreach(&defs, def) {
-		if (bag_etrn_count(def, &count, &error) < 0) {
+		if (bag_etrn_count(reg, def, &count, &error) < 0) {
 			e_error(client->event, "ETRN %s: %s", def->domain,
 				error);
 			smtp_server_reply(cmd, 458, "4.3.0", "Unable to queue "
 					  "messages for node %s", node);
+			mirror_registry_deinit(&reg);
 			return;
 		}
 		total += count;
 	}
+	mirror_registry_deinit(&reg);
 	if (total == 0) {
 		smtp_server_reply(cmd, 251, "2.0.0", "OK, no messages "
 				  "waiting for node %s", node);

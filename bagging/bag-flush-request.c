@@ -129,6 +129,7 @@ bag_flush_result_add(struct bag_flush_result *total,
 	total->bounced += result->bounced;
 	total->broken = result->broken;
 	total->error = result->error;
+	total->remaining = result->remaining;
 	total->usecs += result->usecs;
 }
 

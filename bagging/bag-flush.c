@@ -495,6 +495,7 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 
 	i_gettimeofday(&start);
 	i_zero(result_r);
+	result_r->remaining = UINT_MAX;
 	i_zero(&ctx);
 	ctx.store = store;
 	ctx.client = client;
@@ -508,10 +509,15 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 	i_array_init(&ctx.resaved, 8);
 	/* again while mail arrives during the flush */
 	while ((ret = bag_flush_pass(&ctx, &next_uid)) > 0) ;
-	if (ret == 0 && ctx.unsynced > 0 && mailbox_sync(store->box, 0) < 0) {
+	if (ctx.unsynced > 0 && mailbox_sync(store->box, 0) < 0) {
 		bag_flush_set_error(&ctx, "Removing delivered mail failed: %s",
 			mailbox_get_last_internal_error(store->box, NULL));
 		ret = -1;
+	} else {
+		struct mailbox_status status;
+
+		mailbox_get_open_status(store->box, STATUS_MESSAGES, &status);
+		result_r->remaining = status.messages;
 	}
 	if (ctx.error != NULL) {
 		result_r->error = t_strdup(ctx.error);
@@ -539,6 +545,7 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 
 	i_gettimeofday(&start);
 	i_zero(result_r);
+	result_r->remaining = UINT_MAX;
 	fd = bag_smtp_client_connect(host, port, timeout_msecs, &error);
 	if (fd < 0) {
 		result_r->error = error;
@@ -610,6 +617,10 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 	status.deferred = result->deferred;
 	status.bounced = result->bounced;
 	bag_registry_status_set(reg, def->domain, &status, event);
+	if (result->remaining != UINT_MAX) {
+		bag_registry_count_set(reg, def->domain, result->remaining,
+				       event);
+	}
 	event_unref(&event);
 }
 

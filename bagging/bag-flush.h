@@ -34,6 +34,8 @@ struct bag_flush_result {
 	unsigned int bounced;
 	/* messages whose stored envelope can't be read: kept, logged */
 	unsigned int broken;
+	/* messages in the bag when the flush ended; UINT_MAX if unknown */
+	unsigned int remaining;
 	/* why the flush ended early (connection lost, a refused session),
 	   or NULL */
 	const char *error;
@@ -57,7 +59,7 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 		      struct event *event, struct bag_flush_result *result_r);
 
 /* Log the flush as the event bag_flush_finished and record it in the
-   registry's status of the bag. */
+   registry's status of the bag (and its message counter). */
 void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 			const char *how, const struct bag_flush_result *result,
 			struct event *event);

@@ -18,6 +18,7 @@
 #define BAG_KEY_RCPT BAG_KEY_PREFIX"rcpt/"
 #define BAG_KEY_IDENTITY BAG_KEY_PREFIX"identity/"
 #define BAG_KEY_STATUS BAG_KEY_PREFIX"status/"
+#define BAG_KEY_COUNT BAG_KEY_PREFIX"count/"
 
 static const struct {
 	enum bag_mode mode;
@@ -346,6 +347,11 @@ static const char *bag_domain_key(const char *domain)
 	return t_strconcat(BAG_KEY_DOMAIN, mirror_key_escape(domain), NULL);
 }
 
+static const char *bag_count_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_COUNT, mirror_key_escape(domain), NULL);
+}
+
 static const char *bag_identity_key(const char *identity)
 {
 	return t_strconcat(BAG_KEY_IDENTITY,
@@ -536,6 +542,8 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, bag_domain_key(def->domain), bag_def_encode(def));
+	/* from the start, so that incrementing it never races creating it */
+	dict_set(trans, bag_count_key(def->domain), "0");
 	if (bag_domains_change(reg, trans, BAG_KEY_DOMAINS, def->domain,
 			       TRUE, error_r) < 0 ||
 	    ((def->modes & BAG_MODE_ATRN) != 0 &&
@@ -611,6 +619,7 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 	dict_unset(trans, bag_domain_key(domain));
 	dict_unset(trans, t_strconcat(BAG_KEY_STATUS,
 				      mirror_key_escape(domain), NULL));
+	dict_unset(trans, bag_count_key(domain));
 	prefix = bag_rcpt_prefix(domain);
 	array_foreach_elem(&names, name)
 		dict_unset(trans, t_strconcat(prefix, name, NULL));
@@ -805,6 +814,59 @@ void bag_registry_status_set(struct mirror_registry *reg, const char *domain,
 	if (mirror_registry_commit(&trans, &error) < 0) {
 		e_error(event, "Can't record the flush of bag %s: %s",
 			domain, error);
+	}
+}
+
+int bag_registry_count_get(struct mirror_registry *reg, const char *domain,
+			   unsigned int *count_r, const char **error_r)
+{
+	const char *value;
+	int ret;
+
+	*count_r = 0;
+	ret = mirror_registry_get(reg, bag_count_key(domain), &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (str_to_uint(value, count_r) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in the "
+					   "message count of bag %s",
+					   str_sanitize(domain, 80));
+		return -1;
+	}
+	return 1;
+}
+
+void bag_registry_count_add(struct mirror_registry *reg, const char *domain,
+			    unsigned int count, struct event *event)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+	int ret;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_atomic_inc(trans, bag_count_key(domain), count);
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret == DICT_COMMIT_RET_NOTFOUND) {
+		/* a bag added by an earlier version: the next flush sets
+		   the right value */
+		bag_registry_count_set(reg, domain, count, event);
+	} else if (ret < 0) {
+		e_error(event, "Can't count the bag of %s: %s", domain,
+			error);
+	}
+}
+
+void bag_registry_count_set(struct mirror_registry *reg, const char *domain,
+			    unsigned int count, struct event *event)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, bag_count_key(domain), dec2str(count));
+	if (mirror_registry_commit(&trans, &error) < 0) {
+		e_error(event, "Can't count the bag of %s: %s", domain,
+			error);
 	}
 }
 

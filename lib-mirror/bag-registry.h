@@ -18,6 +18,10 @@
                          pull
      status/<domain>     the last flush: JSON {"time":, "result":,
                          "delivered":, "deferred":, "bounced":}
+     count/<domain>      the messages in the bag: incremented by LMTP
+                         for each message it stores, set to what is
+                         left by each flush (a hint for ETRN's reply,
+                         which must not read a big bag)
    The bag user (whose INBOX holds the domain's mail) and an ATRN identity
    created by the suite have login records like mirror storage users
    (shared/mirror/user/, shared/mirror/userdb/). <domain> and <address>
@@ -149,6 +153,15 @@ int bag_registry_status_get(struct mirror_registry *reg, const char *domain,
 void bag_registry_status_set(struct mirror_registry *reg, const char *domain,
 			     const struct bag_status *status,
 			     struct event *event);
+
+/* The message counter of the bag. get: 1 with it, 0 if there is none.
+   add and set log their errors: the counter is only a hint. */
+int bag_registry_count_get(struct mirror_registry *reg, const char *domain,
+			   unsigned int *count_r, const char **error_r);
+void bag_registry_count_add(struct mirror_registry *reg, const char *domain,
+			    unsigned int count, struct event *event);
+void bag_registry_count_set(struct mirror_registry *reg, const char *domain,
+			    unsigned int count, struct event *event);
 
 /* Replace the password hash of a login record the suite created. */
 int bag_registry_password_set(struct mirror_registry *reg, const char *user,

@@ -280,6 +280,11 @@ lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
 		lmtp_bag_store_finished(bclient, group,
 					data_size + strlen(target.header),
 					ret < 0 ? error : NULL);
+		if (ret == 0) {
+			bag_registry_count_add(bclient->registry,
+					       group->def->domain, 1,
+					       bclient->event);
+		}
 		array_foreach_elem(&group->rcpts, rcpt) {
 			if (ret < 0) {
 				smtp_server_recipient_reply(rcpt, 451, "4.3.0",

@@ -250,14 +250,21 @@ bag_odmr_cmd_auth(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 }
 
 static int
-bag_odmr_cmd_auth_continue(void *conn_ctx,
-			   struct smtp_server_cmd_ctx *cmd ATTR_UNUSED,
+bag_odmr_cmd_auth_continue(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 			   const char *response)
 {
 	struct bag_odmr_client *client = conn_ctx;
 
 	if (client->auth_request == NULL)
 		return -1;
+	if (strcmp(response, "*") == 0) {
+		/* RFC 4954: the client cancels the exchange */
+		auth_client_request_abort(&client->auth_request, "Cancelled");
+		client->auth_cmd = NULL;
+		smtp_server_reply(cmd, 501, "5.5.2",
+				  "Authentication cancelled");
+		return -1;
+	}
 	auth_client_request_continue(client->auth_request, response);
 	return 0;
 }
@@ -294,9 +301,13 @@ bag_odmr_atrn_domains(struct bag_odmr_client *client,
 		}
 		return 0;
 	}
-	for (names = t_strsplit_spaces(params, ", "); *names != NULL;
-	     names++) {
-		if (bag_domain_parse(*names, &domain, &error) < 0) {
+	/* domain *("," domain), with spaces after the commas allowed */
+	for (names = t_strsplit(params, ","); *names != NULL; names++) {
+		const char *name = *names;
+
+		while (*name == ' ')
+			name++;
+		if (bag_domain_parse(name, &domain, &error) < 0) {
 			smtp_server_reply(cmd, 501, "5.5.4", "Invalid domain "
 					  "%s", str_sanitize(*names, 80));
 			return -1;

@@ -51,6 +51,35 @@ void bag_envelope_write(string_t *dest, const struct smtp_address *mail_from,
 	str_append(dest, BAG_HEADER_END": ok\r\n");
 }
 
+bool bag_envelope_rcpt_fits(const struct smtp_address *mail_from,
+			    const struct smtp_params_mail *mail_params,
+			    const struct bag_envelope_rcpt *rcpt,
+			    const char **error_r)
+{
+	string_t *lines = t_str_new(512);
+	const char *p, *end;
+
+	if (rcpt->addr->localpart != NULL &&
+	    strlen(rcpt->addr->localpart) > BAG_LOCALPART_MAX_LEN) {
+		*error_r = "local part longer than 64 octets";
+		return FALSE;
+	}
+	if (strlen(smtp_address_encode_path(rcpt->addr)) > BAG_PATH_MAX_LEN) {
+		*error_r = "path longer than 256 octets";
+		return FALSE;
+	}
+	bag_envelope_write(lines, mail_from, mail_params, rcpt, 1);
+	for (p = str_c(lines); *p != '\0'; p = end + 2) {
+		end = strstr(p, "\r\n");
+		i_assert(end != NULL);
+		if ((size_t)(end - p) + 2 >= BAG_ENVELOPE_LINE_MAX) {
+			*error_r = "address or parameters too long";
+			return FALSE;
+		}
+	}
+	return TRUE;
+}
+
 /* The value of "Name: value" if line is that header, else NULL. */
 static const char *bag_envelope_value(const char *line, const char *name)
 {

@@ -28,6 +28,9 @@ struct smtp_address;
    xtext-encoded parameters can triple) */
 #define BAG_ENVELOPE_LINE_MAX 4096
 #define BAG_ENVELOPE_RCPTS_MAX 10000
+/* RFC 5321, 4.5.3.1 */
+#define BAG_LOCALPART_MAX_LEN 64
+#define BAG_PATH_MAX_LEN 256
 
 struct bag_envelope_rcpt {
 	const struct smtp_address *addr;
@@ -50,6 +53,14 @@ void bag_envelope_write(string_t *dest, const struct smtp_address *mail_from,
 			const struct smtp_params_mail *mail_params,
 			const struct bag_envelope_rcpt *rcpts,
 			unsigned int rcpt_count);
+
+/* Whether a recipient (with the transaction's MAIL FROM) can be held:
+   an address within RFC 5321's limits (local part 64, path 256 octets)
+   and envelope lines that bag_envelope_read() reads back. */
+bool bag_envelope_rcpt_fits(const struct smtp_address *mail_from,
+			    const struct smtp_params_mail *mail_params,
+			    const struct bag_envelope_rcpt *rcpt,
+			    const char **error_r);
 
 /* Read the envelope lines from input's current offset (strings and arrays
    from pool). Returns 0 with input just after the end line, or -1 with an

@@ -136,6 +136,7 @@ lmtp_bag_cmd_rcpt(struct client *client, struct smtp_server_cmd_ctx *cmd,
 	struct smtp_server_transaction *trans =
 		smtp_server_connection_get_transaction(rcpt->conn);
 	struct lmtp_bag_rcpt *brcpt;
+	struct bag_envelope_rcpt envrcpt;
 	const struct bag_def *def;
 	const char *domain, *error;
 	int ret;
@@ -164,6 +165,15 @@ lmtp_bag_cmd_rcpt(struct client *client, struct smtp_server_cmd_ctx *cmd,
 			str_sanitize(domain, 80), error);
 		smtp_server_recipient_reply(rcpt, 451, "4.3.0",
 					    "Temporary internal error");
+		return -1;
+	}
+	envrcpt.addr = rcpt->path;
+	envrcpt.params = rcpt->params;
+	if (!bag_envelope_rcpt_fits(trans->mail_from, &trans->params,
+				    &envrcpt, &error)) {
+		smtp_server_recipient_reply(rcpt, 501, "5.1.3",
+					    "Can't hold this recipient: %s",
+					    error);
 		return -1;
 	}
 	brcpt = p_new(rcpt->pool, struct lmtp_bag_rcpt, 1);

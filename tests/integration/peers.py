@@ -88,6 +88,10 @@ class CustomerHandler:
 
 
 class CountingSMTP(SMTP):
+    # a customer's MTA takes long lines (Postfix does): aiosmtpd's own
+    # limit would refuse them
+    line_length_limit = 1 << 20
+
     def connection_made(self, transport):
         h = self.event_handler
         with h.lock:

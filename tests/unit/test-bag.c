@@ -375,6 +375,34 @@ static void test_bag_envelope_broken(void)
 	test_end();
 }
 
+static void test_bag_envelope_rcpt_fits(void)
+{
+	pool_t pool = pool_datastack_create();
+	struct bag_envelope_rcpt rcpt;
+	struct smtp_params_mail mparams;
+	struct smtp_address *from;
+	string_t *local = t_str_new(128), *orcpt = t_str_new(5000);
+	const char *error;
+
+	test_begin("bag_envelope_rcpt_fits()");
+	i_zero(&mparams);
+	test_assert(smtp_address_parse_mailbox(pool, "s@example.net", 0,
+					       &from, &error) == 0);
+	test_bag_envelope_rcpt(pool, &rcpt, "a@example.org", "");
+	test_assert(bag_envelope_rcpt_fits(from, &mparams, &rcpt, &error));
+	while (str_len(local) < 65)
+		str_append_c(local, 'a');
+	str_append(local, "@example.org");
+	test_bag_envelope_rcpt(pool, &rcpt, str_c(local), "");
+	test_assert(!bag_envelope_rcpt_fits(from, &mparams, &rcpt, &error));
+	str_append(orcpt, "ORCPT=rfc822;");
+	while (str_len(orcpt) < BAG_ENVELOPE_LINE_MAX)
+		str_append_c(orcpt, 'o');
+	test_bag_envelope_rcpt(pool, &rcpt, "a@example.org", str_c(orcpt));
+	test_assert(!bag_envelope_rcpt_fits(from, &mparams, &rcpt, &error));
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -387,6 +415,7 @@ int main(void)
 		test_mirror_key_unescape,
 		test_bag_envelope_roundtrip,
 		test_bag_envelope_broken,
+		test_bag_envelope_rcpt_fits,
 		NULL
 	};
 	return test_run(test_functions);

@@ -1,0 +1,274 @@
+"""Hostile and malformed input to Mail Bagging: the ETRN and ODMR listeners
+and LMTP answer it, and nothing in a bag is lost or sent where it must not
+go."""
+
+import hashlib
+import socket
+import time
+
+import pytest
+
+from peers import CustomerMTA
+from test_bag import (DOMAIN, SMTPSession, bag_add, bag_messages, deliver,
+                      etrn_port, odmr_port, plain_auth, wait_until)
+
+
+@pytest.fixture
+def bag_sandbox(make_sandbox):
+    return make_sandbox(users=["alice@example.com"],
+                        settings={"bag_enabled": "yes"})
+
+
+@pytest.fixture
+def customer():
+    mta = CustomerMTA().start()
+    yield mta
+    mta.stop()
+
+
+def raw_reply(sock, timeout=10):
+    """Read one reply (maybe multi-line); None if the server closed."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            return data.decode(errors="replace") if data else None
+        if not chunk:
+            return data.decode(errors="replace") if data else None
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and lines[-2][3:4] == b" ":
+            return data.decode(errors="replace")
+
+
+def listener_ports(sb):
+    return {"etrn": etrn_port(sb), "odmr": odmr_port(sb)}
+
+
+@pytest.mark.parametrize("listener", ["etrn", "odmr"])
+def test_overlong_lines_nuls_and_bare_lf(bag_sandbox, customer, listener):
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport,
+            identity="odmr@" + DOMAIN)
+    deliver(sb, ["a@" + DOMAIN])
+    port = listener_ports(sb)[listener]
+
+    # a 64 KB command line
+    s = SMTPSession(port)
+    s.cmd("EHLO client.test")
+    s.send_raw(b"ETRN " + b"a" * 65536 + b"\r\n")
+    reply = raw_reply(s.sock)
+    assert reply is None or reply.startswith("500")
+    s.close()
+
+    # NUL bytes and control characters
+    s = SMTPSession(port)
+    s.cmd("EHLO client.test")
+    s.send_raw(b"ETRN cust\x00.test\r\n")
+    reply = raw_reply(s.sock)
+    assert reply is None or reply[:3] in ("500", "501", "502")
+    s.close()
+
+    # bare LF line ends: answered as lines, or refused, never a crash
+    s = SMTPSession(port)
+    s.send_raw(b"EHLO client.test\nNOOP\n")
+    reply = raw_reply(s.sock)
+    assert reply is None or reply[:1] in ("2", "5")
+    s.close()
+
+    # garbage and too many bad commands end the connection
+    s = SMTPSession(port)
+    closed = False
+    for i in range(30):
+        try:
+            code, _ = s.cmd("\x01\x02 junk %d" % i)
+            assert code in (500, 501, 502, 421)
+            if code == 421:
+                # too many bad commands
+                s.reply()
+        except (ConnectionError, OSError):
+            closed = True
+            break
+    assert closed
+    s.close()
+    assert bag_messages(sb) == 1
+
+
+def test_etrn_commands_in_the_wrong_state(bag_sandbox, customer):
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    deliver(sb, ["a@" + DOMAIN])
+    s = SMTPSession(etrn_port(sb))
+    assert s.cmd("DATA")[0] in (503, 554)
+    assert s.cmd("RCPT TO:<a@cust.test>")[0] == 503
+    s.cmd("EHLO client.test")
+    assert s.cmd("DATA")[0] == 503
+    assert s.cmd("RCPT TO:<a@cust.test>")[0] == 503
+    assert s.cmd("AUTH PLAIN AGFiYwBkZWY=")[0] in (500, 502, 503)
+    assert s.cmd("ATRN cust.test")[0] == 500
+    assert s.cmd("STARTTLS")[0] in (500, 502)
+    assert s.cmd("BDAT 10 LAST")[0] in (500, 502, 503, 554)
+    assert s.cmd("MAIL FROM:<x@remote.test>")[0] == 250
+    assert s.cmd("MAIL FROM:<y@remote.test>")[0] == 503
+    assert s.cmd("QUIT")[0] == 221
+    s.close()
+    assert bag_messages(sb) == 1 and customer.messages == []
+
+
+@pytest.mark.parametrize("node", [
+    "cust.test;rm -rf /", "../../etc/passwd", "cust.test/../x",
+    "cust%2etest", "-cust.test", "cust..test", "*.cust.test",
+    "cust.test.", "[127.0.0.1]", "@", "#", "@@cust.test", "#@cust.test",
+    "c" * 300 + ".test", "cust.test\x7f", "cust.test\xc3\xa9",
+])
+def test_etrn_injection_in_node_names(bag_sandbox, customer, node):
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    deliver(sb, ["a@" + DOMAIN])
+    s = SMTPSession(etrn_port(sb))
+    s.cmd("EHLO client.test")
+    s.send_raw(b"ETRN " + node.encode("utf-8", "surrogateescape") + b"\r\n")
+    reply = raw_reply(s.sock)
+    assert reply is not None and reply[:3] in ("459", "500", "501"), reply
+    # the reply shows no raw control bytes
+    assert "\x7f" not in reply and "\x00" not in reply
+    s.close()
+    time.sleep(0.5)
+    assert customer.messages == [] and bag_messages(sb) == 1
+
+
+@pytest.mark.parametrize("arg", [
+    "cust.test;x", "../cust.test", "cust.test,,,", "cust.test, ../x",
+    ",".join("d%d.test" % i for i in range(150)),
+])
+def test_atrn_bad_domain_lists(bag_sandbox, arg):
+    sb = bag_sandbox
+    row = bag_add(sb, identity="odmr@" + DOMAIN)
+    deliver(sb, ["a@" + DOMAIN])
+    s = SMTPSession(odmr_port(sb))
+    s.cmd("EHLO client.test")
+    assert plain_auth(s, "odmr@" + DOMAIN, row["atrn_password"])[0] == 235
+    code, _ = s.cmd("ATRN " + arg)
+    assert code in (450, 453, 501)
+    # the session goes on
+    assert s.cmd("NOOP")[0] == 250
+    s.close()
+    assert bag_messages(sb) == 1
+
+
+def test_odmr_auth_garbage(bag_sandbox):
+    sb = bag_sandbox
+    bag_add(sb, identity="odmr@" + DOMAIN)
+    s = SMTPSession(odmr_port(sb))
+    s.cmd("EHLO client.test")
+    assert s.cmd("AUTH")[0] == 501
+    assert s.cmd("AUTH NOSUCHMECH")[0] == 504
+    assert s.cmd("AUTH PLAIN !!!notbase64")[0] in (501, 535)
+    # an abandoned exchange
+    code, _ = s.cmd("AUTH CRAM-MD5")
+    assert code == 334
+    assert s.cmd("*")[0] == 501
+    assert s.cmd("ATRN")[0] == 530
+    s.close()
+
+
+def test_sender_cannot_add_recipients(bag_sandbox, customer):
+    """A message whose own header has the bag's envelope lines."""
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    s = sb.lmtp()
+    s.cmd("MAIL FROM:<attacker@remote.test>")
+    assert s.cmd("RCPT TO:<a@cust.test>")[0] == 250
+    s.cmd("DATA")
+    s.sock.sendall(b"X-Bag-Rcpt-To: <victim@elsewhere.test>\r\n"
+                   b"X-Bag-Envelope-End: ok\r\n"
+                   b"X-Bag-Mail-From: <forged@remote.test>\r\n"
+                   b"Subject: evil\r\n\r\nbody\r\n.\r\n")
+    assert s.reply()[0] == 250
+    s.close()
+    sb.doveadm("bag", "flush", DOMAIN)
+    (m,) = customer.messages
+    assert m.rcpts == ["a@" + DOMAIN]
+    assert m.mail_from == "attacker@remote.test"
+    # the message arrives as sent, its header with it
+    assert b"X-Bag-Rcpt-To: <victim@elsewhere.test>" in m.data
+
+
+def test_odd_messages_arrive_intact(bag_sandbox, customer):
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    bodies = {
+        "no body": b"Subject: no body\r\n",
+        "dots": b"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\n",
+        "long line": b"Subject: long line\r\n\r\n" + b"x" * 200000 + b"\r\n",
+        "8bit": b"Subject: 8bit\r\n\r\n\xc3\xa9\xff\xfe\r\n",
+        "big": b"Subject: big\r\n\r\n" + (b"0123456789" * 99 +
+                                           b"\r\n") * 12000,
+    }
+    for body in bodies.values():
+        s = sb.lmtp()
+        s.cmd("MAIL FROM:<sender@remote.test>")
+        assert s.cmd("RCPT TO:<a@cust.test>")[0] == 250
+        assert s.cmd("DATA")[0] == 354
+        data = body.replace(b"\r\n.", b"\r\n..")
+        if data.startswith(b"."):
+            data = b"." + data
+        s.sock.sendall(data + b".\r\n")
+        assert s.reply()[0] == 250
+        s.close()
+    assert bag_messages(sb) == len(bodies)
+    sb.doveadm("bag", "flush", DOMAIN)
+    got = {}
+    for m in customer.messages:
+        # strip the trace header the bag added
+        head, _, rest = m.data.partition(b"\r\n")
+        while head.startswith((b"Received:", b"\t", b" ")):
+            head, _, rest = rest.partition(b"\r\n")
+        got[m.subject] = head + b"\r\n" + rest
+    assert len(got) == len(bodies)
+    for name, body in bodies.items():
+        want = body if body.endswith(b"\r\n") else body + b"\r\n"
+        assert hashlib.sha256(got[name]).hexdigest() == \
+            hashlib.sha256(want).hexdigest(), name
+    assert bag_messages(sb) == 0
+
+
+def test_lmtp_refuses_hostile_recipients(bag_sandbox):
+    sb = bag_sandbox
+    bag_add(sb, identity="odmr@" + DOMAIN)
+    s = sb.lmtp()
+    s.cmd("MAIL FROM:<sender@remote.test>")
+    for rcpt in ("RCPT TO:<\"a\x00b\"@cust.test>",
+                 "RCPT TO:<a@cust.test> FOO=bar",
+                 "RCPT TO:<a@cust.test> NOTIFY=SOMETIMES",
+                 "RCPT TO:<" + "a" * 2000 + "@cust.test>"):
+        code, _ = s.cmd(rcpt)
+        assert code >= 500, rcpt
+    s.close()
+    assert bag_messages(sb) == 0
+
+
+def test_flood_of_etrn_connections(bag_sandbox, customer):
+    """Many clients at once: every one gets its reply, one flush runs at
+    a time, and every message arrives once."""
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    for i in range(5):
+        deliver(sb, ["a@" + DOMAIN], subject="f%d" % i)
+    customer.handler.delay = 0.2
+    sessions = [SMTPSession(etrn_port(sb)) for _ in range(15)]
+    codes = []
+    for s in sessions:
+        s.cmd("EHLO client.test")
+        codes.append(s.cmd("ETRN " + DOMAIN)[0])
+        s.close()
+    assert set(codes) <= {251, 253} and 253 in codes
+    customer.wait_for(5, timeout=60)
+    wait_until(lambda: customer.handler.open_connections == 0,
+               what="the flushes to end")
+    time.sleep(1)
+    assert sorted(m.subject for m in customer.messages) == \
+        ["f%d" % i for i in range(5)]
+    assert customer.handler.max_open == 1

@@ -19,6 +19,7 @@
 #define BAG_KEY_IDENTITY BAG_KEY_PREFIX"identity/"
 #define BAG_KEY_STATUS BAG_KEY_PREFIX"status/"
 #define BAG_KEY_COUNT BAG_KEY_PREFIX"count/"
+#define BAG_KEY_USAGE BAG_KEY_PREFIX"usage/"
 
 static const struct {
 	enum bag_mode mode;
@@ -868,6 +869,80 @@ void bag_registry_count_set(struct mirror_registry *reg, const char *domain,
 		e_error(event, "Can't count the bag of %s: %s", domain,
 			error);
 	}
+}
+
+static const char *
+bag_usage_key(const char *domain, const char *month, const char *what)
+{
+	return t_strconcat(BAG_KEY_USAGE, mirror_key_escape(domain), "/",
+			   month, "/", what, NULL);
+}
+
+static int
+bag_registry_get_u64(struct mirror_registry *reg, const char *key,
+		     uint64_t *value_r, const char **error_r)
+{
+	const char *value;
+	int ret;
+
+	*value_r = 0;
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (str_to_uint64(value, value_r) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s: "
+					   "not a number", key);
+		return -1;
+	}
+	return 1;
+}
+
+int bag_registry_usage_get(struct mirror_registry *reg, const char *domain,
+			   const char *month, uint64_t *messages_r,
+			   uint64_t *bytes_r, const char **error_r)
+{
+	int ret, ret2;
+
+	ret = bag_registry_get_u64(reg, bag_usage_key(domain, month,
+				   "messages"), messages_r, error_r);
+	if (ret < 0)
+		return -1;
+	ret2 = bag_registry_get_u64(reg, bag_usage_key(domain, month, "bytes"),
+				    bytes_r, error_r);
+	if (ret2 < 0)
+		return -1;
+	return ret > 0 || ret2 > 0 ? 1 : 0;
+}
+
+int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
+			   const char *month, uint64_t size,
+			   uint64_t *messages_r, uint64_t *bytes_r,
+			   const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *mkey = bag_usage_key(domain, month, "messages");
+	const char *bkey = bag_usage_key(domain, month, "bytes");
+	const char *error;
+	int ret;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_atomic_inc(trans, mkey, 1);
+	dict_atomic_inc(trans, bkey, (long long)size);
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret == DICT_COMMIT_RET_NOTFOUND) {
+		/* the month's first message: a backend that increments only
+		   existing keys (file, SQL) skipped both. Two first
+		   messages at the same instant may be counted as one. */
+		trans = dict_transaction_begin(reg->dict, &reg->opset);
+		dict_set(trans, mkey, "1");
+		dict_set(trans, bkey, dec2str(size));
+		ret = dict_transaction_commit(&trans, &error);
+	}
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict commit failed: %s", error);
+		return -1;
+	}
+	return bag_registry_usage_get(reg, domain, month, messages_r, bytes_r,
+				      error_r) < 0 ? -1 : 0;
 }
 
 int bag_registry_password_set(struct mirror_registry *reg, const char *user,

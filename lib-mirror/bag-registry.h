@@ -18,6 +18,9 @@
                          pull
      status/<domain>     the last flush: JSON {"time":, "result":,
                          "delivered":, "deferred":, "bounced":}
+     usage/<domain>/<YYYY-MM>/messages, .../bytes
+                         what LMTP took into the bag in a month (the
+                         month in the suite's zone), see bag-usage.h
      count/<domain>      the messages in the bag: incremented by LMTP
                          for each message it stores, set to what is
                          left by each flush (a hint for ETRN's reply,
@@ -162,6 +165,18 @@ void bag_registry_count_add(struct mirror_registry *reg, const char *domain,
 			    unsigned int count, struct event *event);
 void bag_registry_count_set(struct mirror_registry *reg, const char *domain,
 			    unsigned int count, struct event *event);
+
+/* Count one message of size bytes in the domain's usage of month, and
+   read back the month's totals (as they are after this message; other
+   servers' messages may be in them too). */
+int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
+			   const char *month, uint64_t size,
+			   uint64_t *messages_r, uint64_t *bytes_r,
+			   const char **error_r);
+/* 1 with a month's usage, 0 if nothing was counted, -1 on error. */
+int bag_registry_usage_get(struct mirror_registry *reg, const char *domain,
+			   const char *month, uint64_t *messages_r,
+			   uint64_t *bytes_r, const char **error_r);
 
 /* Replace the password hash of a login record the suite created. */
 int bag_registry_password_set(struct mirror_registry *reg, const char *user,

@@ -347,3 +347,14 @@ int mirror_schedule_parse(const char *time_str, const char *timezone,
 	sched_r->timezone = p_strdup(pool, timezone);
 	return 0;
 }
+
+const char *mirror_local_month(const char *timezone, time_t t)
+{
+	struct mirror_date date;
+	struct mirror_tz tz;
+
+	mirror_tz_switch(timezone, &tz);
+	mirror_local_date(t, &date);
+	mirror_tz_restore(&tz);
+	return t_strdup_printf("%04d-%02d", date.year + 1900, date.mon + 1);
+}

@@ -53,6 +53,9 @@ const char *mirror_schedule_format_utc(time_t t);
    zone's abbreviation at that time */
 const char *mirror_schedule_format_local(const struct mirror_schedule *sched,
 					 time_t t);
+/* The month of t in a zone: "2026-11". */
+const char *mirror_local_month(const char *timezone, time_t t);
+
 /* "00:00:00" */
 const char *mirror_schedule_time_str(const struct mirror_schedule *sched);
 

@@ -14,6 +14,7 @@
 #include "array.h"
 #include "str.h"
 #include "str-sanitize.h"
+#include "ioloop.h"
 #include "istream.h"
 #include "smtp-address.h"
 #include "smtp-params.h"
@@ -32,6 +33,8 @@
 #include "mirror-registry.h"
 #include "bag-registry.h"
 #include "bag-envelope.h"
+#include "bag-usage.h"
+#include "mirror-schedule.h"
 #include "mirror-copy.h"
 #include "lmtp-bag.h"
 
@@ -42,12 +45,16 @@
 
 struct lmtp_bag_client {
 	union lmtp_module_context module_ctx;
+	struct client *client;
 	struct event *event;
 	/* owned by the mirror part of the plugin, which outlives this */
 	struct mirror_registry *registry;
 	/* bag users are opened once per connection and fsynced */
 	struct mirror_copier *copier;
 	const char *delimiters;
+	/* monthly usage: its limits and the zone its months are in */
+	struct bag_usage_limits limits;
+	const char *timezone;
 
 	/* the bag definitions read in the current transaction (from its
 	   pool) */
@@ -267,6 +274,48 @@ lmtp_bag_store_finished(struct lmtp_bag_client *bclient,
 	}
 }
 
+/* Count the message in the domain's month; say so when it takes the month
+   past a limit (mail is never refused for it). */
+static void
+lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
+		     uoff_t size)
+{
+	const struct bag_usage_limits *limits = &bclient->limits;
+	const char *month, *error;
+	uint64_t messages, bytes;
+	enum bag_usage_crossed crossed;
+
+	month = mirror_local_month(bclient->timezone, ioloop_time);
+	if (bag_registry_usage_add(bclient->registry, domain, month, size,
+				   &messages, &bytes, &error) < 0) {
+		e_error(bclient->event, "Can't count the usage of %s: %s",
+			domain, error);
+		return;
+	}
+	crossed = bag_usage_crossed(limits, messages == 0 ? 0 : messages - 1,
+				    bytes < size ? 0 : bytes - size,
+				    messages, bytes);
+	if (crossed == BAG_USAGE_CROSSED_NONE)
+		return;
+	struct event_passthrough *e =
+		event_create_passthrough(bclient->event)->
+		set_name("bag_usage_limit_crossed")->
+		add_str("domain", domain)->
+		add_str("month", month)->
+		add_str("limit", (crossed & BAG_USAGE_CROSSED_MESSAGES) != 0 ?
+			"messages" : "bytes")->
+		add_int("messages", messages)->
+		add_int("bytes", bytes)->
+		add_int("tiers", bag_usage_tiers(limits, messages, bytes))->
+		add_int("charge", bag_usage_charge(limits, messages, bytes));
+	e_warning(e->event(), "%s went past its monthly limit of %s in %s: "
+		  "%"PRIu64" messages, %"PRIu64" bytes so far",
+		  domain, (crossed & BAG_USAGE_CROSSED_MESSAGES) != 0 ?
+		  t_strdup_printf("%"PRIu64" messages", limits->messages) :
+		  t_strdup_printf("%"PRIu64" bytes", limits->bytes),
+		  month, messages, bytes);
+}
+
 /* Store the message once for each group and reply to its recipients. */
 static void
 lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
@@ -294,6 +343,8 @@ lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
 			bag_registry_count_add(bclient->registry,
 					       group->def->domain, 1,
 					       bclient->event);
+			lmtp_bag_usage_count(bclient, group->def->domain,
+					     data_size);
 		}
 		array_foreach_elem(&group->rcpts, rcpt) {
 			if (ret < 0) {
@@ -392,6 +443,31 @@ static void lmtp_bag_client_destroy(struct client *client)
 	bclient->module_ctx.super.destroy(client);
 }
 
+static void
+lmtp_bag_usage_settings(struct lmtp_bag_client *bclient, struct mail_user *user)
+{
+	struct mirror_schedule sched;
+	const char *error;
+
+	if (bag_usage_limits_parse(
+			mail_user_plugin_getenv(user, "bag_usage_messages"),
+			mail_user_plugin_getenv(user, "bag_usage_bytes"),
+			mail_user_plugin_getenv(user, "bag_usage_tier_price"),
+			&bclient->limits, &error) < 0) {
+		e_error(bclient->event, "%s: using the defaults", error);
+		bag_usage_limits_default(&bclient->limits);
+	}
+	if (mirror_schedule_parse(NULL,
+			mail_user_plugin_getenv(user, "bag_usage_timezone"),
+			bclient->client->pool, &sched, &error) < 0) {
+		e_error(bclient->event, "bag_usage_timezone: %s: using %s",
+			error, MIRROR_SCHEDULE_DEFAULT_TIMEZONE);
+		bclient->timezone = MIRROR_SCHEDULE_DEFAULT_TIMEZONE;
+	} else {
+		bclient->timezone = sched.timezone;
+	}
+}
+
 void lmtp_bag_client_created(struct client *client,
 			     struct mail_storage_service_ctx *storage_service,
 			     struct mirror_registry *registry,
@@ -400,6 +476,7 @@ void lmtp_bag_client_created(struct client *client,
 	struct lmtp_bag_client *bclient;
 
 	bclient = p_new(client->pool, struct lmtp_bag_client, 1);
+	bclient->client = client;
 	bclient->registry = registry;
 	bclient->event = event_create(event_parent);
 	event_set_append_log_prefix(bclient->event, "bag: ");
@@ -410,6 +487,7 @@ void lmtp_bag_client_created(struct client *client,
 	bclient->delimiters =
 		p_strdup(client->pool,
 			 client->unexpanded_lda_set->recipient_delimiter);
+	lmtp_bag_usage_settings(bclient, client->raw_mail_user);
 
 	/* The envelope is kept with its DSN parameters (ENVID, RET, NOTIFY;
 	   LMTP accepts ORCPT already), so that a bounce from the customer's

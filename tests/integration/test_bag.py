@@ -768,3 +768,45 @@ def test_atrn_waits_for_a_running_flush(bag_sandbox, customer):
     s.close()
     e.close()
     customer.wait_for(3)
+
+
+# monthly usage (Mail Bagging, part 2)
+
+
+def test_monthly_usage_and_limits(make_sandbox):
+    sb = make_sandbox(users=[LOCAL], settings={
+        "bag_enabled": "yes", "bag_usage_messages": "3",
+        "bag_usage_bytes": "100000", "bag_usage_tier_price": "7",
+        "bag_usage_timezone": "UTC"})
+    bag_add(sb, identity="odmr@" + DOMAIN)
+    bag_add(sb, "two.test", identity="odmr@" + DOMAIN)
+    for i in range(4):
+        deliver(sb, ["a@" + DOMAIN, "b@" + DOMAIN], subject="u%d" % i)
+    deliver(sb, ["c@two.test"])
+    month = time.strftime("%Y-%m", time.gmtime())
+    rows = {r["domain"]: r for r in
+            sb.doveadm("bag", "usage", json_output=True).json}
+    size = len(make_message("u0"))
+    # one message per transaction and domain, whatever its recipients
+    assert rows[DOMAIN]["month"] == month
+    assert rows[DOMAIN]["messages"] == "4"
+    assert int(rows[DOMAIN]["bytes"]) == 4 * size
+    # 4 messages of a limit of 3: 2 started tiers
+    assert rows[DOMAIN]["tiers"] == "2" and rows[DOMAIN]["charge"] == "14"
+    assert rows["two.test"]["messages"] == "1"
+    assert rows["two.test"]["charge"] == "0"
+    # the crossing is said once, when it happens
+    log = sb.log()
+    assert log.count("went past its monthly limit of 3 messages") == 1
+    assert "cust.test went past its monthly limit" in log
+    # another month has nothing; bad months are refused
+    r = sb.doveadm("bag", "usage", "-m", "2001-01", DOMAIN,
+                   json_output=True)
+    assert r.json[0]["messages"] == "0" and r.json[0]["charge"] == "0"
+    for bad in ("2001-13", "2001", "01-2001", "x"):
+        r = sb.doveadm("bag", "usage", "-m", bad, check=False)
+        assert r.returncode == 64
+    # flushing doesn't change what was taken in
+    sb.doveadm("bag", "remove", "-f", "two.test")
+    r = sb.doveadm("bag", "usage", "two.test", json_output=True)
+    assert r.json[0]["messages"] == "1"

@@ -14,6 +14,8 @@
 #include "mirror-address.h"
 #include "bag-registry.h"
 #include "bag-envelope.h"
+#include "bag-usage.h"
+#include "mirror-schedule.h"
 
 static void test_bag_host_parse(void)
 {
@@ -406,6 +408,98 @@ static void test_bag_envelope_rcpt_fits(void)
 	test_end();
 }
 
+static void test_bag_usage_tiers(void)
+{
+	static const struct {
+		uint64_t messages, bytes, tiers, charge;
+	} table[] = {
+		{ 0, 0, 0, 0 },
+		{ 100000, 0, 0, 0 },
+		{ 100000, 1000000000ULL, 0, 0 },
+		{ 100001, 0, 2, 20 },
+		{ 200000, 0, 2, 20 },
+		{ 200001, 0, 3, 30 },
+		{ 350000, 0, 4, 40 },
+		{ 10, 2500000000ULL, 3, 30 },
+		{ 10, 1000000001ULL, 2, 20 },
+		/* the larger of the two decides */
+		{ 350000, 2500000000ULL, 4, 40 },
+		{ 150000, 2500000000ULL, 3, 30 },
+	};
+	struct bag_usage_limits limits;
+	unsigned int i;
+
+	test_begin("bag usage: tiers and charges");
+	bag_usage_limits_default(&limits);
+	for (i = 0; i < N_ELEMENTS(table); i++) {
+		test_assert_idx(bag_usage_tiers(&limits, table[i].messages,
+						table[i].bytes) ==
+				table[i].tiers, i);
+		test_assert_idx(bag_usage_charge(&limits, table[i].messages,
+						 table[i].bytes) ==
+				table[i].charge, i);
+	}
+	test_end();
+}
+
+static void test_bag_usage_limits(void)
+{
+	struct bag_usage_limits limits;
+	const char *error;
+
+	test_begin("bag usage: limits and crossing them");
+	test_assert(bag_usage_limits_parse("1000", "1M", "25", &limits,
+					   &error) == 0);
+	test_assert(limits.messages == 1000 && limits.bytes == 1024 * 1024 &&
+		    limits.price == 25);
+	test_assert(bag_usage_charge(&limits, 1001, 0) == 50);
+	test_assert(bag_usage_limits_parse("0", NULL, NULL, &limits,
+					   &error) < 0);
+	test_assert(bag_usage_limits_parse(NULL, "lots", NULL, &limits,
+					   &error) < 0);
+	test_assert(bag_usage_limits_parse(NULL, NULL, "-1", &limits,
+					   &error) < 0);
+	test_assert(bag_usage_limits_parse("", "", "", &limits, &error) == 0 &&
+		    limits.messages == BAG_USAGE_DEFAULT_MESSAGES);
+
+	bag_usage_limits_default(&limits);
+	test_assert(bag_usage_crossed(&limits, 99999, 0, 100000, 10) ==
+		    BAG_USAGE_CROSSED_NONE);
+	test_assert(bag_usage_crossed(&limits, 100000, 0, 100001, 10) ==
+		    BAG_USAGE_CROSSED_MESSAGES);
+	test_assert(bag_usage_crossed(&limits, 100001, 0, 100002, 10) ==
+		    BAG_USAGE_CROSSED_NONE);
+	test_assert(bag_usage_crossed(&limits, 5, 999999000, 6,
+				      1000000100) ==
+		    BAG_USAGE_CROSSED_BYTES);
+	test_end();
+}
+
+static void test_bag_usage_month(void)
+{
+	test_begin("bag usage: months across a boundary");
+	/* 2026-12-01 00:00 in Los Angeles is 08:00 UTC */
+	test_assert_strcmp(mirror_local_month("America/Los_Angeles",
+					      1796111999), "2026-11");
+	test_assert_strcmp(mirror_local_month("America/Los_Angeles",
+					      1796112000), "2026-12");
+	test_assert_strcmp(mirror_local_month("UTC", 1796111999),
+			   "2026-12");
+	/* the year's end in Berlin: 2026-12-31 23:00 UTC is January */
+	test_assert_strcmp(mirror_local_month("Europe/Berlin", 1798758000),
+			   "2027-01");
+	test_assert_strcmp(mirror_local_month("Europe/Berlin", 1798757999),
+			   "2026-12");
+	test_assert(bag_usage_month_is_valid("2026-12"));
+	test_assert(bag_usage_month_is_valid("2027-01"));
+	test_assert(!bag_usage_month_is_valid("2026-13"));
+	test_assert(!bag_usage_month_is_valid("2026-00"));
+	test_assert(!bag_usage_month_is_valid("2026-1"));
+	test_assert(!bag_usage_month_is_valid("26-12-01"));
+	test_assert(!bag_usage_month_is_valid("2026/12"));
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -419,6 +513,9 @@ int main(void)
 		test_bag_envelope_roundtrip,
 		test_bag_envelope_broken,
 		test_bag_envelope_rcpt_fits,
+		test_bag_usage_tiers,
+		test_bag_usage_limits,
+		test_bag_usage_month,
 		NULL
 	};
 	return test_run(test_functions);

@@ -5,11 +5,12 @@
 
    A request is one line, tab-separated:
 
-     FLUSH <domain> [host=<host[:port]>] [wait]
+     FLUSH <domain> [host=<host[:port]>] [wait] [backup]
 
    An ETRN process asks without "wait", and closes at once: it answers
    its client before the mail moves. `doveadm bag flush` asks with "wait"
-   and reads one reply line when the flush has ended:
+   and reads one reply line when the flush has ended; so does the backup
+   scheduler, which adds "backup":
 
      DONE <delivered> <deferred> <bounced> <broken> [<error>]
      BUSY                    another process is flushing the domain
@@ -23,6 +24,7 @@
 
 #include "lib.h"
 #include "str.h"
+#include "ioloop.h"
 #include "str-sanitize.h"
 #include "strescape.h"
 #include "write-full.h"
@@ -44,14 +46,16 @@ struct bag_flush_request {
 	/* NULL: the bag's ETRN host */
 	const char *host;
 	bool wait;
+	/* asked by the backup scheduler */
+	bool backup;
 };
 
 int bag_flush_request(const char *domain, const char **error_r)
 {
 	int fd;
 
-	fd = bag_flush_request_connect(bag_service.base_dir, domain, NULL,
-				       FALSE, error_r);
+	fd = bag_flush_request_connect(bag_service.base_dir, domain, NULL, 0,
+				       error_r);
 	if (fd == -1)
 		return -1;
 	i_close_fd(&fd);
@@ -111,6 +115,8 @@ bag_flush_request_read(int fd, struct bag_flush_request *req_r,
 			req_r->host = *args + 5;
 		else if (strcmp(*args, "wait") == 0)
 			req_r->wait = TRUE;
+		else if (strcmp(*args, "backup") == 0)
+			req_r->backup = TRUE;
 		else {
 			*error_r = t_strdup_printf("Invalid request option '%s'",
 						   str_sanitize(*args, 40));
@@ -139,13 +145,27 @@ bag_flush_locked(struct mirror_registry *reg, const struct bag_def *def,
 		 struct bag_store *store, const char *host, in_port_t port,
 		 const char *how, struct bag_flush_result *total)
 {
+	struct bag_flush_policy policy, *policyp = NULL;
 	struct bag_flush_result result;
 	const char *error;
 	int ret;
 
 	while ((ret = bag_store_flush_request_take(store, &error)) > 0) {
+		if ((def->modes & BAG_MODE_BACKUP) != 0) {
+			/* a backup bag gives up on what waited too long,
+			   however its flush was asked for */
+			i_zero(&policy);
+			policy.retry_period = def->retry_period;
+			policy.give_up_before = ioloop_time -
+				(time_t)def->retry_period;
+			if (bag_service.delay_warning > 0) {
+				policy.warn_before = ioloop_time -
+					(time_t)bag_service.delay_warning;
+			}
+			policyp = &policy;
+		}
 		(void)bag_flush_to_host(store, host, port,
-					bag_service.timeout_msecs,
+					bag_service.timeout_msecs, policyp,
 					bag_service.event, &result);
 		bag_flush_finished(reg, def, how, &result, bag_service.event);
 		bag_flush_result_add(total, &result);
@@ -164,7 +184,8 @@ bag_flush_domain(const struct bag_flush_request *req,
 	struct bag_store *store = NULL;
 	struct bag_def def;
 	const char *host_str, *host, *error;
-	const char *how = req->wait ? "doveadm" : "etrn";
+	const char *how = req->backup ? "backup" :
+		(req->wait ? "doveadm" : "etrn");
 	in_port_t port;
 	int ret;
 

@@ -37,6 +37,11 @@ struct event_category event_category_bag = {
 	.name = "bag",
 };
 
+static const struct bag_flush_policy bag_flush_no_policy;
+
+/* a message whose sender has been told that it waits */
+#define BAG_FLUSH_KEYWORD_WARNED "$BagDelayWarned"
+
 enum bag_flush_rcpt_state {
 	BAG_FLUSH_RCPT_DEFERRED = 0,
 	BAG_FLUSH_RCPT_DELIVERED,
@@ -47,6 +52,10 @@ struct bag_flush_ctx {
 	struct bag_store *store;
 	struct bag_smtp_client *client;
 	const char *remote_mta;
+	/* never NULL (bag_flush_no_policy) */
+	const struct bag_flush_policy *policy;
+	/* why a message wasn't sent at all (bag_flush_give_up()) */
+	const char *why;
 	struct event *event;
 	struct bag_flush_result *result;
 	/* why the flush stops (the result gets it when the flush ends: it
@@ -65,8 +74,13 @@ struct bag_flush_mail {
 	/* where the message proper starts, after the envelope lines */
 	uoff_t body_offset;
 	enum bag_flush_rcpt_state *states;
-	/* the reply that decided each recipient */
+	/* the reply that decided each recipient (NULL: nothing was sent) */
 	const struct smtp_reply **replies;
+	/* a failed recipient's retry period ran out */
+	bool *expired;
+	time_t saved;
+	/* a delay notification went out for it */
+	bool warned;
 };
 
 static void ATTR_FORMAT(2, 3)
@@ -112,15 +126,20 @@ static const char *bag_flush_reply_status(const struct smtp_reply *reply)
 	return reply->status / 100 == 5 ? "5.0.0" : "4.0.0";
 }
 
-/* Tell the sender which recipients were refused. Returns 0 when that is
-   done (or not wanted), -1 when the notification couldn't be sent: the
-   recipients then stay in the bag. */
+/* Tell the sender which recipients were refused (action FAILED: the
+   FAILED ones) or still wait (DELAYED: the DEFERRED ones). Returns 0
+   when that is done (or not wanted), -1 when the notification couldn't
+   be sent. */
 static int
-bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
+bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail,
+		 enum bag_dsn_action action)
 {
 	const struct smtp_submit_settings *set = ctx->store->submit_set;
+	enum bag_flush_rcpt_state state = action == BAG_DSN_ACTION_FAILED ?
+		BAG_FLUSH_RCPT_FAILED : BAG_FLUSH_RCPT_DEFERRED;
 	ARRAY(struct bag_dsn_recipient) rcpts;
 	const struct bag_envelope_rcpt *erpct;
+	const struct smtp_reply *reply;
 	struct bag_dsn_recipient *drcpt;
 	struct smtp_submit_input input;
 	struct smtp_submit *submit;
@@ -128,33 +147,43 @@ bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	struct istream *body;
 	struct ostream *output;
 	const char *error;
-	time_t arrival;
 	unsigned int i;
 	int ret;
 
 	t_array_init(&rcpts, 4);
 	for (i = 0; i < array_count(&fmail->env.rcpts); i++) {
 		erpct = array_idx(&fmail->env.rcpts, i);
-		if (fmail->states[i] != BAG_FLUSH_RCPT_FAILED ||
+		reply = fmail->replies[i];
+		if (fmail->states[i] != state ||
 		    !bag_dsn_wanted(fmail->env.mail_from, &erpct->params,
-				    BAG_DSN_ACTION_FAILED))
+				    action))
 			continue;
 		drcpt = array_append_space(&rcpts);
 		drcpt->rcpt = erpct->addr;
 		drcpt->params = &erpct->params;
-		drcpt->action = BAG_DSN_ACTION_FAILED;
-		drcpt->status = bag_flush_reply_status(fmail->replies[i]);
-		drcpt->remote_mta = ctx->remote_mta;
-		drcpt->diagnostic = smtp_reply_log(fmail->replies[i]);
+		drcpt->action = action;
+		if (action == BAG_DSN_ACTION_DELAYED) {
+			drcpt->status = reply == NULL ? "4.4.1" :
+				bag_flush_reply_status(reply);
+			drcpt->will_retry_until = fmail->saved +
+				ctx->policy->retry_period;
+		} else if (fmail->expired[i]) {
+			/* delivery time expired */
+			drcpt->status = "4.4.7";
+		} else {
+			drcpt->status = bag_flush_reply_status(reply);
+		}
+		drcpt->remote_mta = reply == NULL ? NULL : ctx->remote_mta;
+		drcpt->diagnostic = reply != NULL ? smtp_reply_log(reply) :
+			ctx->why;
 		drcpt->last_attempt = ioloop_time;
 	}
 	if (array_count(&rcpts) == 0)
 		return 0;
-	if (mail_get_save_date(fmail->mail, &arrival) < 0)
-		arrival = ioloop_time;
 	if ((body = bag_flush_body(fmail)) == NULL) {
-		e_error(ctx->event, "Can't read UID %u for its bounce: %s",
-			fmail->mail->uid, bag_flush_mail_error(fmail->mail));
+		e_error(ctx->event, "Can't read UID %u for its notification: "
+			"%s", fmail->mail->uid,
+			bag_flush_mail_error(fmail->mail));
 		return -1;
 	}
 	i_zero(&dsn);
@@ -162,7 +191,7 @@ bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	dsn.from_address = t_strconcat("MAILER-DAEMON@", set->hostname, NULL);
 	dsn.return_path = fmail->env.mail_from;
 	dsn.mail_params = &fmail->env.mail_params;
-	dsn.arrival_date = arrival;
+	dsn.arrival_date = fmail->saved;
 	dsn.rcpts = array_front(&rcpts);
 	dsn.rcpt_count = array_count(&rcpts);
 	dsn.message = body;
@@ -174,14 +203,14 @@ bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	smtp_submit_add_rcpt(submit, fmail->env.mail_from);
 	output = smtp_submit_send(submit);
 	if (bag_dsn_write(&dsn, output, &error) < 0) {
-		e_error(ctx->event, "Can't write the bounce of UID %u: %s",
-			fmail->mail->uid, error);
+		e_error(ctx->event, "Can't write the notification of UID %u: "
+			"%s", fmail->mail->uid, error);
 		ret = -1;
 	} else {
 		ret = smtp_submit_run(submit, &error);
 		if (ret <= 0) {
-			e_error(ctx->event, "Sending the bounce of UID %u to "
-				"%s failed: %s", fmail->mail->uid,
+			e_error(ctx->event, "Sending the notification of UID "
+				"%u to %s failed: %s", fmail->mail->uid,
 				smtp_address_encode(fmail->env.mail_from),
 				error);
 		}
@@ -191,6 +220,31 @@ bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 	/* a permanent failure (the sender's address is refused) is not
 	   worth keeping the recipients for */
 	return ret < 0 ? -1 : 0;
+}
+
+static bool bag_flush_mail_warned(struct mail *mail)
+{
+	const char *const *keywords = mail_get_keywords(mail);
+
+	return keywords != NULL &&
+		str_array_find(keywords, BAG_FLUSH_KEYWORD_WARNED);
+}
+
+/* Mark mail, or the copy save_ctx saves, as having been warned about. */
+static void
+bag_flush_set_warned(struct mailbox *box, struct mail *mail,
+		     struct mail_save_context *save_ctx)
+{
+	static const char *const names[] = { BAG_FLUSH_KEYWORD_WARNED, NULL };
+	struct mail_keywords *kw;
+
+	if (mailbox_keywords_create(box, names, &kw) < 0)
+		return;
+	if (save_ctx != NULL)
+		mailbox_save_set_flags(save_ctx, 0, kw);
+	else
+		mail_update_keywords(mail, MODIFY_ADD, kw);
+	mailbox_keywords_unref(&kw);
 }
 
 /* Store the message again with only its waiting recipients. */
@@ -237,6 +291,8 @@ bag_flush_resave(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail)
 		mailbox_save_set_save_date(save_ctx, save_date);
 	if (mail_get_received_date(fmail->mail, &received) == 0)
 		mailbox_save_set_received_date(save_ctx, received, 0);
+	if (fmail->warned)
+		bag_flush_set_warned(box, NULL, save_ctx);
 	if (mailbox_save_begin(&save_ctx, input) < 0)
 		failed = TRUE;
 	else {
@@ -301,8 +357,79 @@ bag_flush_classify(struct bag_flush_mail *fmail,
 	}
 }
 
-/* Deliver one message (envelope and replies from pool). Returns 1 if it
-   is done with (removed, kept or skipped), -1 if the connection failed. */
+/* With every recipient's state known: give up on what waited too long,
+   tell the senders, and remove the message, store the rest of it again,
+   or keep it. */
+static void bag_flush_settle(struct bag_flush_ctx *ctx,
+			     struct bag_flush_mail *fmail)
+{
+	const struct bag_flush_policy *policy = ctx->policy;
+	struct bag_flush_result *result = ctx->result;
+	unsigned int i, count = array_count(&fmail->env.rcpts);
+	unsigned int waiting = 0, delivered = 0, failed = 0;
+	bool warned = bag_flush_mail_warned(fmail->mail);
+
+	if (policy->give_up_before != 0 &&
+	    fmail->saved < policy->give_up_before) {
+		for (i = 0; i < count; i++) {
+			if (fmail->states[i] != BAG_FLUSH_RCPT_DEFERRED)
+				continue;
+			fmail->states[i] = BAG_FLUSH_RCPT_FAILED;
+			fmail->expired[i] = TRUE;
+		}
+	}
+	for (i = 0; i < count; i++) {
+		if (fmail->states[i] == BAG_FLUSH_RCPT_FAILED)
+			failed++;
+	}
+	if (failed > 0 &&
+	    bag_flush_notify(ctx, fmail, BAG_DSN_ACTION_FAILED) < 0) {
+		/* unannounced refusals stay: the next flush tries again */
+		for (i = 0; i < count; i++) {
+			if (fmail->states[i] == BAG_FLUSH_RCPT_FAILED)
+				fmail->states[i] = BAG_FLUSH_RCPT_DEFERRED;
+		}
+		failed = 0;
+	}
+	for (i = 0; i < count; i++) {
+		if (fmail->states[i] == BAG_FLUSH_RCPT_DEFERRED)
+			waiting++;
+		else if (fmail->states[i] == BAG_FLUSH_RCPT_DELIVERED)
+			delivered++;
+	}
+	if (waiting > 0 && !warned && policy->warn_before != 0 &&
+	    fmail->saved < policy->warn_before &&
+	    bag_flush_notify(ctx, fmail, BAG_DSN_ACTION_DELAYED) == 0)
+		fmail->warned = TRUE;
+	result->bounced += failed;
+	e_debug(ctx->event, "UID %u: %u of %u recipients delivered, %u "
+		"refused, %u waiting", fmail->mail->uid, delivered, count,
+		failed, waiting);
+	if (waiting == count) {
+		if (fmail->warned) {
+			bag_flush_set_warned(fmail->mail->box, fmail->mail,
+					     NULL);
+		}
+		result->deferred++;
+		return;
+	}
+	fmail->warned = fmail->warned || warned;
+	if (waiting > 0) {
+		if (bag_flush_resave(ctx, fmail) < 0) {
+			/* keep the original: at worst it is sent again */
+			result->deferred++;
+			return;
+		}
+		result->deferred++;
+	} else if (delivered > 0) {
+		result->delivered++;
+	}
+	mail_expunge(fmail->mail);
+}
+
+/* Deliver one message (envelope and replies from pool); without a
+   client, only settle it (bag_flush_give_up()). Returns 1 if it is done
+   with (removed, kept or skipped), -1 if the connection failed. */
 static int
 bag_flush_one_from(struct bag_flush_ctx *ctx, struct mail *mail, pool_t pool)
 {
@@ -313,7 +440,7 @@ bag_flush_one_from(struct bag_flush_ctx *ctx, struct mail *mail, pool_t pool)
 	const struct smtp_params_rcpt **params;
 	const struct bag_envelope_rcpt *rcpt;
 	struct istream *input, *body;
-	unsigned int i, count, waiting = 0, delivered = 0, failed = 0;
+	unsigned int i, count;
 	const char *error;
 	int ret;
 
@@ -334,64 +461,36 @@ bag_flush_one_from(struct bag_flush_ctx *ctx, struct mail *mail, pool_t pool)
 		result->broken++;
 		return 1;
 	}
+	if (mail_get_save_date(mail, &fmail.saved) < 0)
+		fmail.saved = ioloop_time;
 	fmail.body_offset = input->v_offset;
 	count = array_count(&fmail.env.rcpts);
 	addrs = t_new(const struct smtp_address *, count);
 	params = t_new(const struct smtp_params_rcpt *, count);
 	fmail.states = t_new(enum bag_flush_rcpt_state, count);
 	fmail.replies = t_new(const struct smtp_reply *, count);
+	fmail.expired = t_new(bool, count);
 	for (i = 0; i < count; i++) {
 		rcpt = array_idx(&fmail.env.rcpts, i);
 		addrs[i] = rcpt->addr;
 		params[i] = &rcpt->params;
 	}
-	body = i_stream_create_range(input, fmail.body_offset, UOFF_T_MAX);
-	ret = bag_smtp_client_send(ctx->client, pool, fmail.env.mail_from,
-				   &fmail.env.mail_params, addrs, params,
-				   count, body, &res, &error);
-	i_stream_unref(&body);
-	if (ret < 0) {
-		bag_flush_set_error(ctx, "UID %u: %s", mail->uid, error);
-		return -1;
-	}
-	bag_flush_classify(&fmail, &res);
-	for (i = 0; i < count; i++) {
-		if (fmail.states[i] == BAG_FLUSH_RCPT_FAILED)
-			failed++;
-	}
-	if (failed > 0 && bag_flush_notify(ctx, &fmail) < 0) {
-		/* unannounced refusals stay: the next flush tries again */
-		for (i = 0; i < count; i++) {
-			if (fmail.states[i] == BAG_FLUSH_RCPT_FAILED)
-				fmail.states[i] = BAG_FLUSH_RCPT_DEFERRED;
+	if (ctx->client != NULL) {
+		body = i_stream_create_range(input, fmail.body_offset,
+					     UOFF_T_MAX);
+		ret = bag_smtp_client_send(ctx->client, pool,
+					   fmail.env.mail_from,
+					   &fmail.env.mail_params, addrs,
+					   params, count, body, &res, &error);
+		i_stream_unref(&body);
+		if (ret < 0) {
+			bag_flush_set_error(ctx, "UID %u: %s", mail->uid,
+					    error);
+			return -1;
 		}
-		failed = 0;
+		bag_flush_classify(&fmail, &res);
 	}
-	for (i = 0; i < count; i++) {
-		if (fmail.states[i] == BAG_FLUSH_RCPT_DEFERRED)
-			waiting++;
-		else if (fmail.states[i] == BAG_FLUSH_RCPT_DELIVERED)
-			delivered++;
-	}
-	result->bounced += failed;
-	e_debug(ctx->event, "UID %u: %u of %u recipients delivered, %u "
-		"refused, %u waiting", mail->uid, delivered, count, failed,
-		waiting);
-	if (waiting == count) {
-		result->deferred++;
-		return 1;
-	}
-	if (waiting > 0) {
-		if (bag_flush_resave(ctx, &fmail) < 0) {
-			/* keep the original: at worst it is sent again */
-			result->deferred++;
-			return 1;
-		}
-		result->deferred++;
-	} else {
-		result->delivered++;
-	}
-	mail_expunge(mail);
+	bag_flush_settle(ctx, &fmail);
 	return 1;
 }
 
@@ -484,9 +583,12 @@ static int bag_flush_pass(struct bag_flush_ctx *ctx, uint32_t *next_uid)
 	return ret;
 }
 
-int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
-		  const char *remote_mta, struct event *event_parent,
-		  struct bag_flush_result *result_r)
+static int
+bag_flush_run_real(struct bag_store *store, struct bag_smtp_client *client,
+		   const char *remote_mta, const char *why,
+		   const struct bag_flush_policy *policy,
+		   struct event *event_parent,
+		   struct bag_flush_result *result_r)
 {
 	struct bag_flush_ctx ctx;
 	struct timeval start, end;
@@ -500,6 +602,8 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 	ctx.store = store;
 	ctx.client = client;
 	ctx.remote_mta = remote_mta;
+	ctx.why = why;
+	ctx.policy = policy != NULL ? policy : &bag_flush_no_policy;
 	ctx.event = event_create(event_parent);
 	event_add_category(ctx.event, &event_category_bag);
 	event_add_str(ctx.event, "bag_user", store->username);
@@ -530,8 +634,34 @@ int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
 	return ret;
 }
 
+int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
+		  const char *remote_mta,
+		  const struct bag_flush_policy *policy, struct event *event,
+		  struct bag_flush_result *result_r)
+{
+	return bag_flush_run_real(store, client, remote_mta, NULL, policy,
+				  event, result_r);
+}
+
+void bag_flush_give_up(struct bag_store *store,
+		       const struct bag_flush_policy *policy, const char *why,
+		       struct event *event, struct bag_flush_result *result)
+{
+	struct bag_flush_result given_up;
+
+	if (policy == NULL ||
+	    (policy->give_up_before == 0 && policy->warn_before == 0))
+		return;
+	(void)bag_flush_run_real(store, NULL, NULL, why, policy, event,
+				 &given_up);
+	result->bounced += given_up.bounced;
+	result->deferred = given_up.deferred;
+	result->remaining = given_up.remaining;
+}
+
 int bag_flush_to_host(struct bag_store *store, const char *host,
 		      in_port_t port, unsigned int timeout_msecs,
+		      const struct bag_flush_policy *policy,
 		      struct event *event, struct bag_flush_result *result_r)
 {
 	struct bag_smtp_client_settings set;
@@ -549,6 +679,8 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 	fd = bag_smtp_client_connect(host, port, timeout_msecs, &error);
 	if (fd < 0) {
 		result_r->error = error;
+		/* nothing was sent: what waited too long goes back */
+		bag_flush_give_up(store, policy, error, event, result_r);
 		return -1;
 	}
 	input = i_stream_create_fd(fd, BAG_FLUSH_MAX_INPUT_BUFFER);
@@ -567,8 +699,13 @@ int bag_flush_to_host(struct bag_store *store, const char *host,
 		result_r->error = t_strdup_printf("%s:%u: %s", host, port,
 						  error);
 	} else {
-		ret = bag_flush_run(store, client, host, event, result_r);
+		ret = bag_flush_run(store, client, host, policy, event,
+				    result_r);
 		bag_smtp_client_quit(client);
+	}
+	if (ret < 0) {
+		bag_flush_give_up(store, policy, result_r->error, event,
+				  result_r);
 	}
 	bag_smtp_client_deinit(&client);
 	i_stream_unref(&input);
@@ -625,7 +762,8 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 }
 
 int bag_flush_request_connect(const char *base_dir, const char *domain,
-			      const char *host, bool wait,
+			      const char *host,
+			      enum bag_flush_request_flags flags,
 			      const char **error_r)
 {
 	string_t *line = t_str_new(128);
@@ -645,8 +783,10 @@ int bag_flush_request_connect(const char *base_dir, const char *domain,
 		str_append(line, "\thost=");
 		str_append_tabescaped(line, host);
 	}
-	if (wait)
+	if ((flags & BAG_FLUSH_REQUEST_FLAG_WAIT) != 0)
 		str_append(line, "\twait");
+	if ((flags & BAG_FLUSH_REQUEST_FLAG_BACKUP) != 0)
+		str_append(line, "\tbackup");
 	str_append_c(line, '\n');
 	if (write_full(fd, str_data(line), str_len(line)) < 0) {
 		*error_r = t_strdup_printf("write(%s) failed: %m", path);

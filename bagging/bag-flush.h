@@ -43,20 +43,38 @@ struct bag_flush_result {
 	uint64_t usecs;
 };
 
+/* What a backup bag does with mail that has waited long: a message saved
+   before give_up_before that still waits bounces (its recipients fail
+   with 4.4.7, delivery time expired); one saved before warn_before gets a
+   single "delayed" notification. 0 turns either off. */
+struct bag_flush_policy {
+	time_t give_up_before;
+	time_t warn_before;
+	/* Will-Retry-Until is the save date plus this */
+	unsigned int retry_period;
+};
+
 /* Send every message of store over client, which has been started.
    remote_mta names the peer in notifications. event_parent may be NULL.
    The caller holds the
    store's lock. Returns 0 if the whole bag was tried, -1 if the flush
    stopped early (result_r->error). */
 int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
-		  const char *remote_mta, struct event *event,
+		  const char *remote_mta,
+		  const struct bag_flush_policy *policy, struct event *event,
 		  struct bag_flush_result *result_r);
 
 /* Connect to host:port, start an SMTP session, run the flush and end it
    with QUIT. */
 int bag_flush_to_host(struct bag_store *store, const char *host,
 		      in_port_t port, unsigned int timeout_msecs,
+		      const struct bag_flush_policy *policy,
 		      struct event *event, struct bag_flush_result *result_r);
+/* Apply policy to every message without sending any, after the
+   customer's MTA couldn't be reached (why, for the notifications). */
+void bag_flush_give_up(struct bag_store *store,
+		       const struct bag_flush_policy *policy, const char *why,
+		       struct event *event, struct bag_flush_result *result);
 
 /* Log the flush as the event bag_flush_finished and record it in the
    registry's status of the bag (and its message counter). */
@@ -64,12 +82,19 @@ void bag_flush_finished(struct mirror_registry *reg, const struct bag_def *def,
 			const char *how, const struct bag_flush_result *result,
 			struct event *event);
 
+enum bag_flush_request_flags {
+	/* a reply line comes when the flush has ended */
+	BAG_FLUSH_REQUEST_FLAG_WAIT = 0x01,
+	/* the backup scheduler asks */
+	BAG_FLUSH_REQUEST_FLAG_BACKUP = 0x02,
+};
+
 /* Connect to base_dir's bag-flush listener and ask for a flush of domain
-   (to host instead of its ETRN host, if not NULL). With wait, the reply
-   line comes when the flush has ended (see bag-flush-request.c). Returns
-   the connected fd, or -1 with an error. */
+   (to host instead of its ETRN host, if not NULL); see
+   bag-flush-request.c. Returns the connected fd, or -1 with an error. */
 int bag_flush_request_connect(const char *base_dir, const char *domain,
-			      const char *host, bool wait,
+			      const char *host,
+			      enum bag_flush_request_flags flags,
 			      const char **error_r);
 
 #endif

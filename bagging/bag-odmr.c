@@ -430,7 +430,7 @@ static void bag_odmr_reverse(struct bag_odmr_client *client)
 		array_foreach_modifiable(&client->domains, dom) {
 			ret = bag_flush_run(dom->store, smtp,
 					    net_ip2addr(&client->remote_ip),
-					    client->event, &result);
+					    NULL, client->event, &result);
 			if (reg != NULL) {
 				bag_flush_finished(reg, &dom->def, "atrn",
 						   &result, client->event);

@@ -20,6 +20,9 @@
 #include "bag-service.h"
 
 #define BAG_AUTH_SOCKET_DEFAULT "bag-auth"
+/* Postfix's minimal_backoff_time and maximal_backoff_time */
+#define BAG_BACKUP_RETRY_MIN_DEFAULT_SECS 300
+#define BAG_BACKUP_RETRY_MAX_DEFAULT_SECS 4000
 
 struct bag_service bag_service;
 
@@ -56,6 +59,26 @@ static void client_connected(struct master_service_connection *conn)
 		i_close_fd(&conn->fd);
 		bag_service_client_destroyed();
 	}
+}
+
+/* A duration setting in seconds; invalid ones are logged and the default
+   used. */
+static unsigned int
+bag_service_time(const struct mail_user_settings *user_set, const char *name,
+		 unsigned int default_secs, unsigned int min_secs)
+{
+	const char *value = mail_user_set_plugin_getenv(user_set, name);
+	const char *error;
+	unsigned int secs;
+
+	if (value == NULL || *value == '\0')
+		return default_secs;
+	if (settings_get_time(value, &secs, &error) < 0 || secs < min_secs) {
+		e_error(bag_service.event, "Invalid %s '%s': using %u s", name,
+			str_sanitize(value, 40), default_secs);
+		return default_secs;
+	}
+	return secs;
 }
 
 static void bag_service_settings_init(void)
@@ -97,6 +120,14 @@ static void bag_service_settings_init(void)
 		i_strconcat(bag_service.base_dir, "/", value, NULL);
 	bag_service.plaintext_auth = mail_user_set_plugin_getenv_bool(
 		user_set, "bag_odmr_plaintext_auth");
+	bag_service.retry_min = bag_service_time(user_set,
+		"bag_backup_retry_min", BAG_BACKUP_RETRY_MIN_DEFAULT_SECS, 1);
+	bag_service.retry_max = bag_service_time(user_set,
+		"bag_backup_retry_max", BAG_BACKUP_RETRY_MAX_DEFAULT_SECS, 1);
+	if (bag_service.retry_max < bag_service.retry_min)
+		bag_service.retry_max = bag_service.retry_min;
+	bag_service.delay_warning = bag_service_time(user_set,
+		"bag_backup_delay_warning", 0, 0);
 }
 
 int main(int argc, char *argv[])
@@ -111,10 +142,17 @@ int main(int argc, char *argv[])
 		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
 		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
 
+	bool backup = FALSE;
+	int c;
+
 	master_service = master_service_init("bag", service_flags,
-					     &argc, &argv, "");
-	if (master_getopt(master_service) > 0)
-		return FATAL_DEFAULT;
+					     &argc, &argv, "b");
+	while ((c = master_getopt(master_service)) > 0) {
+		if (c == 'b')
+			backup = TRUE;
+		else
+			return FATAL_DEFAULT;
+	}
 	master_service_init_log(master_service);
 
 	bag_service.event = event_create(NULL);
@@ -131,7 +169,10 @@ int main(int argc, char *argv[])
 	restrict_access_allow_coredumps(TRUE);
 	master_service_init_finish(master_service);
 
-	master_service_run(master_service, client_connected);
+	if (backup)
+		bag_backup_run();
+	else
+		master_service_run(master_service, client_connected);
 
 	mail_storage_service_deinit(&bag_service.storage_service);
 	dict_drivers_unregister_builtin();

@@ -33,6 +33,11 @@ struct bag_service {
 	/* bag_odmr_plaintext_auth: offer PLAIN and LOGIN to non-local
 	   clients (there is no TLS on the ODMR port) */
 	bool plaintext_auth;
+	/* backup bags: bag_backup_retry_min and _max, the first interval
+	   between tries and the longest (doubling between them), and
+	   bag_backup_delay_warning, after how long a waiting message's
+	   sender is told (0: never); in seconds */
+	unsigned int retry_min, retry_max, delay_warning;
 };
 
 extern struct bag_service bag_service;
@@ -44,6 +49,9 @@ int bag_service_registry_open(struct mirror_registry **reg_r,
 void bag_service_client_destroyed(void);
 
 void bag_etrn_client_create(const struct master_service_connection *conn);
+/* The backup scheduler, run by the service started with -b: one process,
+   no listener, retrying the backup bags until master stops it. */
+void bag_backup_run(void);
 void bag_odmr_client_create(const struct master_service_connection *conn);
 
 /* Ask the bag-flush listener to flush domain to its ETRN host. Doesn't

@@ -167,6 +167,7 @@ static void doveadm_bag_print_header(void)
 	doveadm_print_header_simple("etrn_nets");
 	doveadm_print_header_simple("host");
 	doveadm_print_header_simple("atrn_identity");
+	doveadm_print_header_simple("retry_period");
 	doveadm_print_header_simple("recipient_list");
 }
 
@@ -178,6 +179,8 @@ static void doveadm_bag_print(const struct bag_def *def)
 	doveadm_print(bag_nets_str(def));
 	doveadm_print(def->host == NULL ? "" : def->host);
 	doveadm_print(def->atrn_identity == NULL ? "" : def->atrn_identity);
+	doveadm_print(def->retry_period == 0 ? "" :
+		      dec2str(def->retry_period));
 	doveadm_print(def->recipient_list ? "yes" : "no");
 }
 
@@ -223,8 +226,11 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	struct mirror_registry *reg;
 	struct bag_def def;
 	const char *const *nets = NULL, *host = NULL, *identity = NULL;
+	const char *period = NULL;
 	const char *domain, *hash, *identity_hash = NULL, *error;
 	char *password = NULL, *identity_password = NULL;
+	unsigned int secs;
+	bool backup = FALSE;
 	in_port_t port;
 	int ret;
 
@@ -236,20 +242,47 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	(void)doveadm_cmd_param_array(cctx, "etrn-net", &nets);
 	(void)doveadm_cmd_param_str(cctx, "host", &host);
 	(void)doveadm_cmd_param_str(cctx, "atrn-identity", &identity);
-	if (nets != NULL || host != NULL) {
-		if (nets == NULL || host == NULL) {
-			doveadm_mirror_fail(EX_USAGE, "ETRN needs both the "
-				"customer's networks (-e) and its MTA (-h)");
-			return;
-		}
+	(void)doveadm_cmd_param_bool(cctx, "backup", &backup);
+	(void)doveadm_cmd_param_str(cctx, "retry-period", &period);
+	if (host != NULL && nets == NULL && !backup) {
+		doveadm_mirror_fail(EX_USAGE, "-h is the MTA of ETRN (-e) or "
+				    "of a backup domain (-b)");
+		return;
+	}
+	if ((nets != NULL || backup) && host == NULL) {
+		doveadm_mirror_fail(EX_USAGE, "ETRN (-e) and a backup domain "
+				    "(-b) need the customer's MTA (-h)");
+		return;
+	}
+	if (host != NULL &&
+	    bag_host_parse(host, &def.host, &port, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return;
+	}
+	def.host = host;
+	if (nets != NULL) {
 		if (!doveadm_bag_nets_parse(nets, &def))
 			return;
-		if (bag_host_parse(host, &def.host, &port, &error) < 0) {
-			doveadm_mirror_fail(EX_USAGE, error);
+		def.modes |= BAG_MODE_ETRN;
+	}
+	if (period != NULL && !backup) {
+		doveadm_mirror_fail(EX_USAGE, "-p is the retry period of a "
+				    "backup domain (-b)");
+		return;
+	}
+	if (backup) {
+		def.retry_period = BAG_RETRY_PERIOD_DEFAULT_SECS;
+		if (period != NULL &&
+		    (settings_get_time(period, &secs, &error) < 0 ||
+		     secs == 0 || secs > BAG_RETRY_PERIOD_MAX_SECS)) {
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+				"Invalid retry period '%s' (1 second to 365 "
+				"days, e.g. 5d)", str_sanitize(period, 40)));
 			return;
 		}
-		def.host = host;
-		def.modes |= BAG_MODE_ETRN;
+		if (period != NULL)
+			def.retry_period = secs;
+		def.modes |= BAG_MODE_BACKUP;
 	}
 	if (identity != NULL) {
 		if (!mirror_storage_is_valid(identity, &error)) {
@@ -263,7 +296,8 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	}
 	if (def.modes == 0) {
 		doveadm_mirror_fail(EX_USAGE, "Give a mode: ETRN (-e NETS "
-				    "-h HOST) or ATRN (-a IDENTITY)");
+				    "-h HOST), ATRN (-a IDENTITY) or a backup "
+				    "domain (-b -h HOST)");
 		return;
 	}
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
@@ -361,6 +395,7 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_registry *reg;
 	struct bag_store_status status;
+	struct bag_backup_state backup;
 	struct bag_status flush;
 	struct bag_def def;
 	const char *domain, *error;
@@ -373,7 +408,8 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	if (bag_registry_status_get(reg, domain, pool_datastack_create(),
-				    &flush, &error) < 0) {
+				    &flush, &error) < 0 ||
+	    bag_registry_backup_get(reg, domain, &backup, &error) < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		mirror_registry_deinit(&reg);
 		return;
@@ -393,6 +429,8 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("delivered");
 	doveadm_print_header_simple("deferred");
 	doveadm_print_header_simple("bounced");
+	doveadm_print_header_simple("next_retry");
+	doveadm_print_header_simple("failed_tries");
 	doveadm_bag_print(&def);
 	doveadm_print(doveadm_bag_time(def.created));
 	doveadm_print_num(status.messages);
@@ -403,6 +441,8 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	doveadm_print_num(flush.delivered);
 	doveadm_print_num(flush.deferred);
 	doveadm_print_num(flush.bounced);
+	doveadm_print(doveadm_bag_time(backup.next));
+	doveadm_print_num(backup.failures);
 }
 
 static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
@@ -654,7 +694,8 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 
 	/* the bag service sends it, as the mail user, as for ETRN */
 	fd = bag_flush_request_connect(doveadm_settings->base_dir, domain,
-				       host_str, TRUE, &error);
+				       host_str, BAG_FLUSH_REQUEST_FLAG_WAIT,
+				       &error);
 	if (fd == -1) {
 		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Can't reach the bag service: %s", error));
@@ -813,10 +854,12 @@ DOVEADM_CMD_PARAMS_END
 {
 	.name = "bag add",
 	.cmd = cmd_bag_add,
-	.usage = "[-e <network>[,...] -h <host>[:<port>]] "
-		 "[-a <atrn identity>] <domain>",
+	.usage = "[-e <network>[,...]] [-b [-p <retry period>]] "
+		 "[-h <host>[:<port>]] [-a <atrn identity>] <domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('e', "etrn-net", CMD_PARAM_ARRAY, 0)
+DOVEADM_CMD_PARAM('b', "backup", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('p', "retry-period", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)

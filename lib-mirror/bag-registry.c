@@ -20,6 +20,7 @@
 #define BAG_KEY_STATUS BAG_KEY_PREFIX"status/"
 #define BAG_KEY_COUNT BAG_KEY_PREFIX"count/"
 #define BAG_KEY_USAGE BAG_KEY_PREFIX"usage/"
+#define BAG_KEY_BACKUP BAG_KEY_PREFIX"backup/"
 
 static const struct {
 	enum bag_mode mode;
@@ -27,6 +28,7 @@ static const struct {
 } bag_mode_names[] = {
 	{ BAG_MODE_ETRN, "etrn" },
 	{ BAG_MODE_ATRN, "atrn" },
+	{ BAG_MODE_BACKUP, "backup" },
 };
 
 const char *bag_modes_to_str(enum bag_mode modes)
@@ -58,7 +60,7 @@ int bag_modes_parse(const char *str, enum bag_mode *modes_r,
 		}
 		if (i == N_ELEMENTS(bag_mode_names)) {
 			*error_r = t_strdup_printf(
-				"Unknown bag mode '%s' (etrn, atrn)",
+				"Unknown bag mode '%s' (etrn, atrn, backup)",
 				str_sanitize(*names, 20));
 			return -1;
 		}
@@ -198,17 +200,23 @@ bool bag_def_is_valid(const struct bag_def *def, const char **error_r)
 		*error_r = t_strdup_printf("bag user: %s", error);
 		return FALSE;
 	}
-	if (def->modes == 0 ||
-	    (def->modes & ~(BAG_MODE_ETRN | BAG_MODE_ATRN)) != 0) {
+	if (def->modes == 0 || (def->modes & ~BAG_MODES_ALL) != 0) {
 		*error_r = "no valid mode";
 		return FALSE;
 	}
+	if ((def->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0 &&
+	    (def->host == NULL ||
+	     bag_host_parse(def->host, &host, &port, &error) < 0)) {
+		*error_r = "etrn or backup without a valid host";
+		return FALSE;
+	}
+	if ((def->modes & BAG_MODE_BACKUP) != 0 &&
+	    (def->retry_period == 0 ||
+	     def->retry_period > BAG_RETRY_PERIOD_MAX_SECS)) {
+		*error_r = "backup without a valid retry period";
+		return FALSE;
+	}
 	if ((def->modes & BAG_MODE_ETRN) != 0) {
-		if (def->host == NULL ||
-		    bag_host_parse(def->host, &host, &port, &error) < 0) {
-			*error_r = "etrn without a valid host";
-			return FALSE;
-		}
 		if (array_count(&def->etrn_nets) == 0 ||
 		    array_count(&def->etrn_nets) > BAG_NETS_MAX) {
 			*error_r = t_strdup_printf(
@@ -249,8 +257,14 @@ const char *bag_def_encode(const struct bag_def *def)
 		array_foreach_elem(&def->etrn_nets, net)
 			json_object_array_add(arr, json_object_new_string(net));
 		json_object_object_add(obj, "etrn_nets", arr);
+	}
+	if ((def->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0) {
 		json_object_object_add(obj, "host",
 				       json_object_new_string(def->host));
+	}
+	if ((def->modes & BAG_MODE_BACKUP) != 0) {
+		json_object_object_add(obj, "retry_period",
+				       json_object_new_int64(def->retry_period));
 	}
 	if ((def->modes & BAG_MODE_ATRN) != 0) {
 		json_object_object_add(obj, "atrn_identity",
@@ -283,10 +297,17 @@ bag_def_from_json(struct json_object *obj, pool_t pool,
 		return -1;
 	}
 	p_array_init(&def_r->etrn_nets, pool, 4);
-	if ((def_r->modes & BAG_MODE_ETRN) != 0) {
-		if (mirror_json_get_str(obj, "host", &def_r->host,
+	if ((def_r->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0 &&
+	    mirror_json_get_str(obj, "host", &def_r->host, error_r) < 0)
+		return -1;
+	if ((def_r->modes & BAG_MODE_BACKUP) != 0) {
+		if (mirror_json_get_int(obj, "retry_period", 1,
+					BAG_RETRY_PERIOD_MAX_SECS, &num,
 					error_r) < 0)
 			return -1;
+		def_r->retry_period = (unsigned int)num;
+	}
+	if ((def_r->modes & BAG_MODE_ETRN) != 0) {
 		if (!json_object_object_get_ex(obj, "etrn_nets", &arr) ||
 		    !json_object_is_type(arr, json_type_array)) {
 			*error_r = "'etrn_nets' is missing or not an array";
@@ -621,6 +642,8 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 	dict_unset(trans, t_strconcat(BAG_KEY_STATUS,
 				      mirror_key_escape(domain), NULL));
 	dict_unset(trans, bag_count_key(domain));
+	dict_unset(trans, t_strconcat(BAG_KEY_BACKUP, mirror_key_escape(domain),
+				      NULL));
 	prefix = bag_rcpt_prefix(domain);
 	array_foreach_elem(&names, name)
 		dict_unset(trans, t_strconcat(prefix, name, NULL));
@@ -943,6 +966,62 @@ int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
 	}
 	return bag_registry_usage_get(reg, domain, month, messages_r, bytes_r,
 				      error_r) < 0 ? -1 : 0;
+}
+
+int bag_registry_backup_get(struct mirror_registry *reg, const char *domain,
+			    struct bag_backup_state *state_r,
+			    const char **error_r)
+{
+	struct json_object *obj;
+	const char *value, *error;
+	int64_t next, interval, failures;
+	int ret;
+
+	i_zero(state_r);
+	ret = mirror_registry_get(reg, t_strconcat(BAG_KEY_BACKUP,
+				mirror_key_escape(domain), NULL),
+				  &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (mirror_json_parse(value, json_type_object, &obj, &error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in the retry "
+					   "schedule of %s: %s", domain, error);
+		return -1;
+	}
+	if (mirror_json_get_int(obj, "next", 0, INT64_MAX, &next,
+				&error) < 0 ||
+	    mirror_json_get_int(obj, "interval", 0, UINT_MAX, &interval,
+				&error) < 0 ||
+	    mirror_json_get_int(obj, "failures", 0, UINT_MAX, &failures,
+				&error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in the retry "
+					   "schedule of %s: %s", domain, error);
+		json_object_put(obj);
+		return -1;
+	}
+	json_object_put(obj);
+	state_r->next = (time_t)next;
+	state_r->interval = (unsigned int)interval;
+	state_r->failures = (unsigned int)failures;
+	return 1;
+}
+
+int bag_registry_backup_set(struct mirror_registry *reg, const char *domain,
+			    const struct bag_backup_state *state,
+			    const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	struct json_object *obj = json_object_new_object();
+
+	json_object_object_add(obj, "next", json_object_new_int64(state->next));
+	json_object_object_add(obj, "interval",
+			       json_object_new_int64(state->interval));
+	json_object_object_add(obj, "failures",
+			       json_object_new_int64(state->failures));
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, t_strconcat(BAG_KEY_BACKUP, mirror_key_escape(domain),
+				    NULL), mirror_json_finish(obj));
+	return mirror_registry_commit(&trans, error_r);
 }
 
 int bag_registry_password_set(struct mirror_registry *reg, const char *user,

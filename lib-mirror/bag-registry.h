@@ -18,6 +18,8 @@
                          pull
      status/<domain>     the last flush: JSON {"time":, "result":,
                          "delivered":, "deferred":, "bounced":}
+     backup/<domain>     a backup bag's retry schedule: JSON
+                         {"next":, "interval":, "failures":}
      usage/<domain>/<YYYY-MM>/messages, .../bytes
                          what LMTP took into the bag in a month (the
                          month in the suite's zone), see bag-usage.h
@@ -44,7 +46,14 @@ enum bag_mode {
 	BAG_MODE_ETRN = 0x01,
 	/* the customer's MTA authenticates and pulls with ATRN (RFC 2645) */
 	BAG_MODE_ATRN = 0x02,
+	/* Backup Domain: the bag service sends the bag to host by itself,
+	   retrying, and bounces what waited longer than retry_period */
+	BAG_MODE_BACKUP = 0x04,
 };
+#define BAG_MODES_ALL (BAG_MODE_ETRN | BAG_MODE_ATRN | BAG_MODE_BACKUP)
+/* RFC 5321 4.5.4.1: give up after at least 4-5 days */
+#define BAG_RETRY_PERIOD_DEFAULT_SECS (5*24*60*60)
+#define BAG_RETRY_PERIOD_MAX_SECS (365*24*60*60)
 
 struct bag_def {
 	/* lowercase */
@@ -54,8 +63,11 @@ struct bag_def {
 	enum bag_mode modes;
 	/* ETRN: the networks ETRN is accepted from ("192.0.2.0/24", "::1") */
 	ARRAY_TYPE(const_string) etrn_nets;
-	/* ETRN: where the bag goes, "host", "host:port" or "[ip6]:port" */
+	/* ETRN and backup: where the bag goes, "host", "host:port" or
+	   "[ip6]:port" */
 	const char *host;
+	/* backup: how long a message is retried before it bounces */
+	unsigned int retry_period;
 	/* ATRN: the identity (passdb user) allowed to pull the domain */
 	const char *atrn_identity;
 	/* RCPT TO is refused for addresses not in the domain's list */
@@ -74,7 +86,8 @@ struct bag_status {
 };
 
 const char *bag_modes_to_str(enum bag_mode modes);
-/* "etrn,atrn" (commas or spaces); 0 with an error for an unknown mode. */
+/* "etrn,atrn,backup" (commas or spaces); -1 with an error for an unknown
+   mode. */
 int bag_modes_parse(const char *str, enum bag_mode *modes_r,
 		    const char **error_r);
 
@@ -177,6 +190,20 @@ int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
 int bag_registry_usage_get(struct mirror_registry *reg, const char *domain,
 			   const char *month, uint64_t *messages_r,
 			   uint64_t *bytes_r, const char **error_r);
+
+/* The retry schedule of a backup bag: next == 0 when no retry is
+   pending. get: 1 with it, 0 if none, -1 on error. */
+struct bag_backup_state {
+	time_t next;
+	unsigned int interval;
+	unsigned int failures;
+};
+int bag_registry_backup_get(struct mirror_registry *reg, const char *domain,
+			    struct bag_backup_state *state_r,
+			    const char **error_r);
+int bag_registry_backup_set(struct mirror_registry *reg, const char *domain,
+			    const struct bag_backup_state *state,
+			    const char **error_r);
 
 /* Replace the password hash of a login record the suite created. */
 int bag_registry_password_set(struct mirror_registry *reg, const char *user,

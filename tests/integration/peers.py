@@ -54,6 +54,7 @@ class CustomerHandler:
         self.datas = 0
         self.delay = 0.0
         self.connections = 0
+        self.connect_times = []
         self.open_connections = 0
         self.max_open = 0
 
@@ -96,6 +97,7 @@ class CountingSMTP(SMTP):
         h = self.event_handler
         with h.lock:
             h.connections += 1
+            h.connect_times.append(time.time())
             h.open_connections += 1
             h.max_open = max(h.max_open, h.open_connections)
         super().connection_made(transport)
@@ -134,6 +136,7 @@ class CustomerMTA:
             time.sleep(0.01)
         with self.handler.lock:
             self.handler.connections = 0
+            self.handler.connect_times = []
             self.handler.max_open = 0
         return self
 

@@ -168,6 +168,7 @@ static void doveadm_bag_print_header(void)
 	doveadm_print_header_simple("host");
 	doveadm_print_header_simple("atrn_identity");
 	doveadm_print_header_simple("retry_period");
+	doveadm_print_header_simple("pop3");
 	doveadm_print_header_simple("recipient_list");
 }
 
@@ -181,6 +182,8 @@ static void doveadm_bag_print(const struct bag_def *def)
 	doveadm_print(def->atrn_identity == NULL ? "" : def->atrn_identity);
 	doveadm_print(def->retry_period == 0 ? "" :
 		      dec2str(def->retry_period));
+	doveadm_print((def->modes & BAG_MODE_POP3) == 0 ? "" :
+		      (def->pop3_per_account ? "per-account" : "catch-all"));
 	doveadm_print(def->recipient_list ? "yes" : "no");
 }
 
@@ -226,7 +229,7 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	struct mirror_registry *reg;
 	struct bag_def def;
 	const char *const *nets = NULL, *host = NULL, *identity = NULL;
-	const char *period = NULL;
+	const char *period = NULL, *pop3 = NULL;
 	const char *domain, *hash, *identity_hash = NULL, *error;
 	char *password = NULL, *identity_password = NULL;
 	unsigned int secs;
@@ -244,6 +247,23 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	(void)doveadm_cmd_param_str(cctx, "atrn-identity", &identity);
 	(void)doveadm_cmd_param_bool(cctx, "backup", &backup);
 	(void)doveadm_cmd_param_str(cctx, "retry-period", &period);
+	if (doveadm_cmd_param_str(cctx, "pop3", &pop3)) {
+		if (nets != NULL || host != NULL || identity != NULL ||
+		    backup || period != NULL) {
+			doveadm_mirror_fail(EX_USAGE, "A POP3 connector (-P) "
+					    "goes with no other mode");
+			return;
+		}
+		if (strcmp(pop3, "per-account") == 0)
+			def.pop3_per_account = TRUE;
+		else if (strcmp(pop3, "catch-all") != 0) {
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+				"Invalid POP3 connector '%s' (catch-all or "
+				"per-account)", str_sanitize(pop3, 20)));
+			return;
+		}
+		def.modes |= BAG_MODE_POP3;
+	}
 	if (host != NULL && nets == NULL && !backup) {
 		doveadm_mirror_fail(EX_USAGE, "-h is the MTA of ETRN (-e) or "
 				    "of a backup domain (-b)");
@@ -296,8 +316,9 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	}
 	if (def.modes == 0) {
 		doveadm_mirror_fail(EX_USAGE, "Give a mode: ETRN (-e NETS "
-				    "-h HOST), ATRN (-a IDENTITY) or a backup "
-				    "domain (-b -h HOST)");
+				    "-h HOST), ATRN (-a IDENTITY), a backup "
+				    "domain (-b -h HOST) or a POP3 connector "
+				    "(-P catch-all|per-account)");
 		return;
 	}
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
@@ -359,10 +380,10 @@ static void cmd_bag_list(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 		doveadm_bag_print(def);
 }
 
-/* What waits in the bag. The bag user is opened as itself: the caller's
-   identity is restored afterwards. */
+/* What waits in the bag of user (the bag user or a POP3 box). It is opened
+   as itself: the caller's identity is restored afterwards. */
 static int
-doveadm_bag_status(const struct bag_def *def, bool with_size,
+doveadm_bag_status(const char *user, bool with_size,
 		   struct bag_store_status *status_r)
 {
 	struct mail_storage_service_ctx *service;
@@ -373,7 +394,7 @@ doveadm_bag_status(const struct bag_def *def, bool with_size,
 
 	mirror_privileges_get(pool_datastack_create(), &privs);
 	service = doveadm_mirror_storage_service_init(bag_store_set_roots);
-	ret = bag_store_open(service, def->user, "doveadm", TRUE, NULL, &store,
+	ret = bag_store_open(service, user, "doveadm", TRUE, NULL, &store,
 			     &error);
 	if (ret == 0)
 		ret = bag_store_get_status(store, with_size, status_r, &error);
@@ -415,7 +436,7 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	mirror_registry_deinit(&reg);
-	if (doveadm_bag_status(&def, TRUE, &status) < 0)
+	if (doveadm_bag_status(def.user, TRUE, &status) < 0)
 		return;
 
 	doveadm_print_init(DOVEADM_PRINT_TYPE_PAGER);
@@ -445,12 +466,36 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	doveadm_print_num(backup.failures);
 }
 
+/* Delete the mail of a user the suite created for a bag, then its login
+   (kept if the mail can't be deleted, so that it can be read and deleted
+   later). */
+static bool
+doveadm_bag_user_purge(struct mirror_registry *reg, const char *domain,
+		       const char *user)
+{
+	const char *error;
+	bool purged;
+
+	purged = doveadm_mirror_purge_storage(user) == 0;
+	if (!purged) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"%s is no longer bagged, but deleting the mail of %s "
+			"failed: its user is kept", domain, user));
+	} else if (mirror_registry_user_remove(reg, user, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	}
+	doveadm_mirror_auth_cache_flush(user);
+	return purged;
+}
+
 static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_registry *reg;
+	ARRAY_TYPE(const_string) box_addrs, box_users;
 	struct bag_store_status status;
 	struct bag_def def;
-	const char *domain, *error;
+	const char *domain, *user, *error;
+	unsigned int messages;
 	bool force = FALSE, purged;
 	int ret;
 
@@ -459,15 +504,32 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 	(void)doveadm_cmd_param_bool(cctx, "force", &force);
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return;
+	t_array_init(&box_addrs, 16);
+	t_array_init(&box_users, 16);
 	if (!doveadm_bag_get(reg, domain, &def) ||
-	    doveadm_bag_status(&def, FALSE, &status) < 0) {
+	    doveadm_bag_status(def.user, FALSE, &status) < 0) {
 		mirror_registry_deinit(&reg);
 		return;
 	}
-	if (status.messages > 0 && !force) {
+	/* the boxes of a POP3 connector with a box per account count too */
+	if (bag_registry_box_list(reg, domain, pool_datastack_create(),
+				  &box_addrs, &box_users, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	messages = status.messages;
+	array_foreach_elem(&box_users, user) {
+		if (doveadm_bag_status(user, FALSE, &status) < 0) {
+			mirror_registry_deinit(&reg);
+			return;
+		}
+		messages += status.messages;
+	}
+	if (messages > 0 && !force) {
 		doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
 			"%u messages wait in the bag of %s: flush them first, "
-			"or remove with -f to delete them", status.messages,
+			"or remove with -f to delete them", messages,
 			domain));
 		mirror_registry_deinit(&reg);
 		return;
@@ -483,40 +545,92 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 		mirror_registry_deinit(&reg);
 		return;
 	}
-	/* the bag user was the suite's: its mail goes with it, then its
-	   login (kept if the mail can't be deleted, so that it can be read
-	   and deleted later) */
-	purged = doveadm_mirror_purge_storage(def.user) == 0;
-	if (!purged) {
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"%s is no longer bagged, but deleting the mail of %s "
-			"failed: its user is kept", domain, def.user));
-	} else if (mirror_registry_user_remove(reg, def.user, &error) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	/* the bag user and the boxes were the suite's: their mail goes
+	   with them */
+	purged = doveadm_bag_user_purge(reg, domain, def.user);
+	array_foreach_elem(&box_users, user) {
+		if (!doveadm_bag_user_purge(reg, domain, user))
+			purged = FALSE;
 	}
 	mirror_registry_deinit(&reg);
-	doveadm_mirror_auth_cache_flush(def.user);
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	doveadm_bag_print_header();
 	doveadm_print_header_simple("messages_deleted");
 	doveadm_bag_print(&def);
-	doveadm_print_num(purged ? status.messages : 0);
+	doveadm_print_num(purged ? messages : 0);
+}
+
+/* Boxes for new recipients of a bag with a box per account: created with
+   a password, shown once (passwords_r: one per address, "" if the box
+   existed). */
+static int
+doveadm_bag_boxes_add(struct mirror_registry *reg, const struct bag_def *def,
+		      const ARRAY_TYPE(const_string) *addrs,
+		      ARRAY_TYPE(const_string) *passwords_r)
+{
+	const char *addr, *user, *hash, *old, *error, *none = "";
+	char *password;
+	int ret;
+
+	array_foreach_elem(addrs, addr) {
+		if (addr == NULL)
+			break;
+		ret = bag_registry_box_get(reg, def->domain, addr, &old,
+					   &error);
+		if (ret < 0) {
+			doveadm_mirror_fail(EX_TEMPFAIL, error);
+			return -1;
+		}
+		if (ret > 0) {
+			array_push_back(passwords_r, &none);
+			continue;
+		}
+		user = bag_box_user_name(addr);
+		if ((ret = doveadm_bag_name_free(reg, user)) <= 0) {
+			if (ret == 0) {
+				doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE,
+					t_strdup_printf("The box name %s of %s "
+							"is taken", user,
+							addr));
+			}
+			return -1;
+		}
+		if (doveadm_mirror_password_new(
+				DOVEADM_MIRROR_PASSWORD_ARGON2ID, &password,
+				&hash) < 0)
+			return -1;
+		if (bag_registry_box_add(reg, def->domain, addr, user, hash,
+					 &error) < 0) {
+			doveadm_mirror_fail(EX_TEMPFAIL, error);
+			sodium_memzero(password, strlen(password));
+			return -1;
+		}
+		/* the data stack copy is printed, then wiped with the rest
+		   when the command ends */
+		array_push_back(passwords_r, (const char **)&password);
+	}
+	return 0;
 }
 
 static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_registry *reg;
-	ARRAY_TYPE(const_string) addrs;
+	ARRAY_TYPE(const_string) addrs, added, passwords, box_addrs, box_users;
 	struct bag_def def;
-	const char *const *args = NULL, *domain, *addr, *error;
+	const char *const *args = NULL, *domain, *addr, *box, *error;
 	const char *verb = strrchr(cctx->cmd->name, ' ') + 1;
 	bool list = strcmp(verb, "list") == 0;
 	bool clear = strcmp(verb, "clear") == 0;
+	bool add = strcmp(verb, "add") == 0;
+	unsigned int i, j;
 	int ret = 0;
 
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
 		return;
 	t_array_init(&addrs, 16);
+	t_array_init(&passwords, 16);
+	t_array_init(&box_addrs, 16);
+	t_array_init(&box_users, 16);
 	if (!list && !clear) {
 		if (!doveadm_cmd_param_array(cctx, "address", &args) ||
 		    args[0] == NULL) {
@@ -538,17 +652,29 @@ static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 		mirror_registry_deinit(&reg);
 		return;
 	}
+	t_array_init(&added, 16);
+	array_append_array(&added, &addrs);
+	if (add && def.pop3_per_account &&
+	    doveadm_bag_boxes_add(reg, &def, &added, &passwords) < 0) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
 	if (clear)
 		ret = bag_registry_rcpt_clear(reg, &def, &error);
 	else if (!list) {
 		ret = bag_registry_rcpt_update(reg, &def, array_front(&addrs),
-			strcmp(verb, "add") == 0, &error);
+					       add, &error);
 	}
 	if (ret == 0) {
 		array_clear(&addrs);
 		ret = bag_registry_rcpt_list(reg, domain,
 					     pool_datastack_create(), &addrs,
 					     &error);
+	}
+	if (ret == 0 && def.pop3_per_account) {
+		ret = bag_registry_box_list(reg, domain,
+					    pool_datastack_create(),
+					    &box_addrs, &box_users, &error);
 	}
 	mirror_registry_deinit(&reg);
 	if (ret < 0) {
@@ -558,10 +684,111 @@ static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	doveadm_print_header_simple("domain");
 	doveadm_print_header_simple("recipient");
-	array_foreach_elem(&addrs, addr) {
+	doveadm_print_header_simple("box");
+	doveadm_print_header_simple("password");
+	for (i = 0; i < array_count(&addrs); i++) {
+		addr = array_idx_elem(&addrs, i);
+		box = "";
+		for (j = 0; j < array_count(&box_addrs); j++) {
+			if (strcmp(array_idx_elem(&box_addrs, j), addr) == 0)
+				box = array_idx_elem(&box_users, j);
+		}
 		doveadm_print(domain);
 		doveadm_print(addr);
+		doveadm_print(box);
+		for (j = 0; j < array_count(&passwords); j++) {
+			if (strcmp(array_idx_elem(&added, j), addr) == 0)
+				break;
+		}
+		doveadm_print(j < array_count(&passwords) ?
+			      array_idx_elem(&passwords, j) : "");
 	}
+	for (j = 0; j < array_count(&passwords); j++) {
+		const char *pw = array_idx_elem(&passwords, j);
+
+		sodium_memzero((void *)pw, strlen(pw));
+	}
+}
+
+/* bag password -r ADDRESS: a new password for the POP3 box of a recipient
+   (a bag with a box per account), creating the box if it has none yet. */
+static void cmd_bag_password_box(const char *name)
+{
+	struct mirror_registry *reg;
+	struct bag_def def;
+	const char *at, *domain, *addr, *user, *hash, *error;
+	char *password;
+	int ret;
+
+	if ((at = strrchr(name, '@')) == NULL ||
+	    bag_domain_parse(at + 1, &domain, &error) < 0 ||
+	    bag_rcpt_parse(name, domain, &addr, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, at == NULL ? t_strdup_printf(
+			"Invalid address '%s'", str_sanitize(name, 64)) :
+			error);
+		return;
+	}
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def)) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (!def.pop3_per_account) {
+		doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
+			"The bag of %s has no box per account", domain));
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (def.recipient_list &&
+	    (ret = bag_registry_rcpt_lookup(reg, domain, addr, &error)) <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ? t_strdup_printf(
+				    "%s is not in the recipient list of %s",
+				    addr, domain) : error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if ((ret = bag_registry_box_get(reg, domain, addr, &user,
+					&error)) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	if (ret == 0) {
+		user = bag_box_user_name(addr);
+		if ((ret = doveadm_bag_name_free(reg, user)) <= 0) {
+			if (ret == 0) {
+				doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE,
+					t_strdup_printf("The box name %s of "
+							"%s is taken", user,
+							addr));
+			}
+			mirror_registry_deinit(&reg);
+			return;
+		}
+		ret = 0;
+	}
+	if (doveadm_mirror_password_new(DOVEADM_MIRROR_PASSWORD_ARGON2ID,
+					&password, &hash) < 0) {
+		mirror_registry_deinit(&reg);
+		return;
+	}
+	ret = ret == 0 ?
+		bag_registry_box_add(reg, domain, addr, user, hash, &error) :
+		bag_registry_password_set(reg, user, hash, &error);
+	if (ret < 0)
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	else {
+		doveadm_mirror_auth_cache_flush(user);
+		doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+		doveadm_print_header_simple("user");
+		doveadm_print_header_simple("password");
+		doveadm_print(user);
+		doveadm_print(password);
+	}
+	sodium_memzero(password, strlen(password));
+	mirror_registry_deinit(&reg);
 }
 
 static void cmd_bag_password(struct doveadm_cmd_context *cctx)
@@ -571,7 +798,7 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	struct bag_def def;
 	const char *name, *user, *hash, *error;
 	char *password;
-	bool identity = FALSE;
+	bool identity = FALSE, recipient = FALSE;
 	int ret;
 
 	if (!doveadm_cmd_param_str(cctx, "name", &name)) {
@@ -579,6 +806,15 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	(void)doveadm_cmd_param_bool(cctx, "atrn-identity", &identity);
+	(void)doveadm_cmd_param_bool(cctx, "recipient", &recipient);
+	if (identity && recipient) {
+		doveadm_mirror_fail(EX_USAGE, "-a and -r don't go together");
+		return;
+	}
+	if (recipient) {
+		cmd_bag_password_box(name);
+		return;
+	}
 	if (!identity && bag_domain_parse(name, &name, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
@@ -855,10 +1091,12 @@ DOVEADM_CMD_PARAMS_END
 	.name = "bag add",
 	.cmd = cmd_bag_add,
 	.usage = "[-e <network>[,...]] [-b [-p <retry period>]] "
-		 "[-h <host>[:<port>]] [-a <atrn identity>] <domain>",
+		 "[-h <host>[:<port>]] [-a <atrn identity>] "
+		 "[-P catch-all|per-account] <domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('e', "etrn-net", CMD_PARAM_ARRAY, 0)
 DOVEADM_CMD_PARAM('b', "backup", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('P', "pop3", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('p', "retry-period", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_STR, 0)
@@ -926,9 +1164,10 @@ DOVEADM_CMD_PARAMS_END
 {
 	.name = "bag password",
 	.cmd = cmd_bag_password,
-	.usage = "[-a] <domain>|<atrn identity>",
+	.usage = "[-a] <domain>|<atrn identity> | -r <address>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('r', "recipient", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('\0', "name", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 },

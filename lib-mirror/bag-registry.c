@@ -21,6 +21,7 @@
 #define BAG_KEY_COUNT BAG_KEY_PREFIX"count/"
 #define BAG_KEY_USAGE BAG_KEY_PREFIX"usage/"
 #define BAG_KEY_BACKUP BAG_KEY_PREFIX"backup/"
+#define BAG_KEY_BOX BAG_KEY_PREFIX"box/"
 
 static const struct {
 	enum bag_mode mode;
@@ -29,6 +30,7 @@ static const struct {
 	{ BAG_MODE_ETRN, "etrn" },
 	{ BAG_MODE_ATRN, "atrn" },
 	{ BAG_MODE_BACKUP, "backup" },
+	{ BAG_MODE_POP3, "pop3" },
 };
 
 const char *bag_modes_to_str(enum bag_mode modes)
@@ -60,7 +62,8 @@ int bag_modes_parse(const char *str, enum bag_mode *modes_r,
 		}
 		if (i == N_ELEMENTS(bag_mode_names)) {
 			*error_r = t_strdup_printf(
-				"Unknown bag mode '%s' (etrn, atrn, backup)",
+				"Unknown bag mode '%s' (etrn, atrn, backup, "
+				"pop3)",
 				str_sanitize(*names, 20));
 			return -1;
 		}
@@ -204,6 +207,10 @@ bool bag_def_is_valid(const struct bag_def *def, const char **error_r)
 		*error_r = "no valid mode";
 		return FALSE;
 	}
+	if ((def->modes & BAG_MODE_POP3) != 0 && def->modes != BAG_MODE_POP3) {
+		*error_r = "pop3 goes with no other mode";
+		return FALSE;
+	}
 	if ((def->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0 &&
 	    (def->host == NULL ||
 	     bag_host_parse(def->host, &host, &port, &error) < 0)) {
@@ -272,6 +279,10 @@ const char *bag_def_encode(const struct bag_def *def)
 		json_object_object_add(obj, "auto_identity",
 			json_object_new_boolean(def->auto_identity));
 	}
+	if ((def->modes & BAG_MODE_POP3) != 0) {
+		json_object_object_add(obj, "pop3_per_account",
+			json_object_new_boolean(def->pop3_per_account));
+	}
 	json_object_object_add(obj, "recipient_list",
 			       json_object_new_boolean(def->recipient_list));
 	json_object_object_add(obj, "created",
@@ -331,7 +342,9 @@ bag_def_from_json(struct json_object *obj, pool_t pool,
 				  error_r) < 0))
 		return -1;
 	if (mirror_json_get_bool(obj, "recipient_list",
-				 &def_r->recipient_list, error_r) < 0)
+				 &def_r->recipient_list, error_r) < 0 ||
+	    mirror_json_get_bool(obj, "pop3_per_account",
+				 &def_r->pop3_per_account, error_r) < 0)
 		return -1;
 	if (mirror_json_get_int(obj, "created", 0, INT64_MAX, &num,
 				error_r) < 0)
@@ -367,6 +380,12 @@ int bag_def_decode(const char *json, pool_t pool, struct bag_def *def_r,
 static const char *bag_domain_key(const char *domain)
 {
 	return t_strconcat(BAG_KEY_DOMAIN, mirror_key_escape(domain), NULL);
+}
+
+static const char *bag_box_key(const char *domain, const char *addr)
+{
+	return t_strconcat(BAG_KEY_BOX, mirror_key_escape(domain), "/",
+			   mirror_key_escape(addr), NULL);
 }
 
 static const char *bag_count_key(const char *domain)
@@ -576,9 +595,11 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 		return -1;
 	}
 	/* the bag user reads its bag over IMAP: bag_domain makes the
-	   mirror plugin keep that session read-only */
+	   mirror plugin keep that session read-only. A POP3 box is the
+	   customer's to empty: bag_pop3. */
 	userdb = json_object_new_object();
-	json_object_object_add(userdb, "bag_domain",
+	json_object_object_add(userdb, (def->modes & BAG_MODE_POP3) != 0 ?
+			       "bag_pop3" : "bag_domain",
 			       json_object_new_string(def->domain));
 	mirror_user_records_set(trans, def->user, user_password_hash, userdb);
 	/* the identity only authenticates: no userdb record, so it can't
@@ -625,7 +646,7 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 			const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	ARRAY_TYPE(const_string) names, identity_domains;
+	ARRAY_TYPE(const_string) names, identity_domains, box_addrs, box_users;
 	const char *name, *prefix;
 	int ret;
 
@@ -634,8 +655,12 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 		return ret;
 	t_array_init(&names, 16);
 	t_array_init(&identity_domains, 4);
+	t_array_init(&box_addrs, 16);
+	t_array_init(&box_users, 16);
 	if (bag_rcpt_keys(reg, domain, pool_datastack_create(), &names,
-			  error_r) < 0)
+			  error_r) < 0 ||
+	    bag_registry_box_list(reg, domain, pool_datastack_create(),
+				  &box_addrs, &box_users, error_r) < 0)
 		return -1;
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_unset(trans, bag_domain_key(domain));
@@ -644,6 +669,8 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 	dict_unset(trans, bag_count_key(domain));
 	dict_unset(trans, t_strconcat(BAG_KEY_BACKUP, mirror_key_escape(domain),
 				      NULL));
+	array_foreach_elem(&box_addrs, name)
+		dict_unset(trans, bag_box_key(domain, name));
 	prefix = bag_rcpt_prefix(domain);
 	array_foreach_elem(&names, name)
 		dict_unset(trans, t_strconcat(prefix, name, NULL));
@@ -966,6 +993,93 @@ int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
 	}
 	return bag_registry_usage_get(reg, domain, month, messages_r, bytes_r,
 				      error_r) < 0 ? -1 : 0;
+}
+
+const char *bag_box_user_name(const char *addr)
+{
+	const char *at = strrchr(addr, '@'), *p;
+	string_t *name = t_str_new(64);
+
+	i_assert(at != NULL);
+	str_append(name, "_bag_");
+	for (p = addr; p < at; p++) {
+		if (i_isalnum(*p) || *p == '.' || *p == '_' || *p == '-')
+			str_append_c(name, i_tolower(*p));
+		else
+			str_append_c(name, '-');
+	}
+	str_append(name, at);
+	return str_c(name);
+}
+
+int bag_registry_box_get(struct mirror_registry *reg, const char *domain,
+			 const char *addr, const char **user_r,
+			 const char **error_r)
+{
+	return mirror_registry_get(reg, bag_box_key(domain, addr), user_r,
+				   error_r);
+}
+
+int bag_registry_box_add(struct mirror_registry *reg, const char *domain,
+			 const char *addr, const char *user,
+			 const char *password_hash, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	struct json_object *userdb;
+	const char *old;
+	int ret;
+
+	ret = bag_registry_box_get(reg, domain, addr, &old, error_r);
+	if (ret != 0)
+		return ret < 0 ? -1 : 0;
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, bag_box_key(domain, addr), user);
+	userdb = json_object_new_object();
+	json_object_object_add(userdb, "bag_pop3",
+			       json_object_new_string(domain));
+	/* without a password, mail is kept until the box is given one */
+	mirror_user_records_set(trans, user, password_hash, userdb);
+	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
+}
+
+struct bag_box_list_ctx {
+	pool_t pool;
+	ARRAY_TYPE(const_string) *addrs, *users;
+};
+
+static int
+bag_box_list_entry(const char *name, const char *value, void *context,
+		   const char **error_r)
+{
+	struct bag_box_list_ctx *ctx = context;
+	string_t *str = t_str_new(64);
+	const char *s;
+
+	if (mirror_key_unescape(name, str) < 0) {
+		*error_r = "Broken registry data in a POP3 box key";
+		return -1;
+	}
+	s = p_strdup(ctx->pool, str_c(str));
+	array_push_back(ctx->addrs, &s);
+	s = p_strdup(ctx->pool, value);
+	array_push_back(ctx->users, &s);
+	return 0;
+}
+
+int bag_registry_box_list(struct mirror_registry *reg, const char *domain,
+			  pool_t pool, ARRAY_TYPE(const_string) *addrs,
+			  ARRAY_TYPE(const_string) *users,
+			  const char **error_r)
+{
+	struct bag_box_list_ctx ctx = {
+		.pool = pool,
+		.addrs = addrs,
+		.users = users,
+	};
+
+	return mirror_registry_iterate(reg, t_strconcat(BAG_KEY_BOX,
+			mirror_key_escape(domain), "/", NULL),
+			bag_box_list_entry, &ctx, error_r);
 }
 
 int bag_registry_backup_get(struct mirror_registry *reg, const char *domain,

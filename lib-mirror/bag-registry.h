@@ -16,6 +16,9 @@
                          list (when the bag has one)
      identity/<identity> JSON array of the domains an ATRN identity may
                          pull
+     box/<domain>/<address>
+                         the POP3 box user of a recipient (pop3 bags with
+                         a box per account)
      status/<domain>     the last flush: JSON {"time":, "result":,
                          "delivered":, "deferred":, "bounced":}
      backup/<domain>     a backup bag's retry schedule: JSON
@@ -49,8 +52,13 @@ enum bag_mode {
 	/* Backup Domain: the bag service sends the bag to host by itself,
 	   retrying, and bounces what waited longer than retry_period */
 	BAG_MODE_BACKUP = 0x04,
+	/* POP3 connector: one copy per recipient, with X-Envelope-To, in a
+	   POP3 box the customer collects: the bag user's (catch-all) or one
+	   per recipient (pop3_per_account). No other mode goes with it. */
+	BAG_MODE_POP3 = 0x08,
 };
-#define BAG_MODES_ALL (BAG_MODE_ETRN | BAG_MODE_ATRN | BAG_MODE_BACKUP)
+#define BAG_MODES_ALL \
+	(BAG_MODE_ETRN | BAG_MODE_ATRN | BAG_MODE_BACKUP | BAG_MODE_POP3)
 /* RFC 5321 4.5.4.1: give up after at least 4-5 days */
 #define BAG_RETRY_PERIOD_DEFAULT_SECS (5*24*60*60)
 #define BAG_RETRY_PERIOD_MAX_SECS (365*24*60*60)
@@ -70,6 +78,8 @@ struct bag_def {
 	unsigned int retry_period;
 	/* ATRN: the identity (passdb user) allowed to pull the domain */
 	const char *atrn_identity;
+	/* pop3: each recipient has a box of its own */
+	bool pop3_per_account;
 	/* RCPT TO is refused for addresses not in the domain's list */
 	bool recipient_list;
 	/* the identity's login record was created for this bag */
@@ -190,6 +200,24 @@ int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
 int bag_registry_usage_get(struct mirror_registry *reg, const char *domain,
 			   const char *month, uint64_t *messages_r,
 			   uint64_t *bytes_r, const char **error_r);
+
+/* The POP3 box user of a recipient address: _bag_LOCAL@DOMAIN, with the
+   characters a username can't safely have made '-'. */
+const char *bag_box_user_name(const char *addr);
+/* 1 with the box user of addr, 0 if it has none, -1 on error. */
+int bag_registry_box_get(struct mirror_registry *reg, const char *domain,
+			 const char *addr, const char **user_r,
+			 const char **error_r);
+/* Create the box of addr (a userdb record; with password_hash a login
+   too). 1 if created, 0 if it exists (nothing changed), -1 on error. */
+int bag_registry_box_add(struct mirror_registry *reg, const char *domain,
+			 const char *addr, const char *user,
+			 const char *password_hash, const char **error_r);
+/* Every box of a domain: addresses and their users, sorted. */
+int bag_registry_box_list(struct mirror_registry *reg, const char *domain,
+			  pool_t pool, ARRAY_TYPE(const_string) *addrs,
+			  ARRAY_TYPE(const_string) *users,
+			  const char **error_r);
 
 /* The retry schedule of a backup bag: next == 0 when no retry is
    pending. get: 1 with it, 0 if none, -1 on error. */

@@ -45,8 +45,9 @@ int mirror_json_get_bool(struct json_object *obj, const char *name,
 			 bool *value_r, const char **error_r);
 
 /* The login records of a user the suite created, read by Dovecot's dict
-   passdb (user/<user>: {"password": ...}) and, when userdb_fields is not
-   NULL, its dict userdb (userdb/<user>: the fields; released). */
+   passdb (user/<user>: {"password": ...}; none when password_hash is NULL)
+   and, when userdb_fields is not NULL, its dict userdb (userdb/<user>: the
+   fields; released). */
 void mirror_user_records_set(struct dict_transaction_context *trans,
 			     const char *user, const char *password_hash,
 			     struct json_object *userdb_fields);

@@ -587,7 +587,8 @@ void mirror_user_records_set(struct dict_transaction_context *trans,
 			     const char *user, const char *password_hash,
 			     struct json_object *userdb_fields)
 {
-	mirror_user_password_set(trans, user, password_hash);
+	if (password_hash != NULL)
+		mirror_user_password_set(trans, user, password_hash);
 	if (userdb_fields != NULL) {
 		dict_set(trans, mirror_userdb_key(user),
 			 mirror_json_finish(userdb_fields));

@@ -316,6 +316,103 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 		  month, messages, bytes);
 }
 
+/* The POP3 box of a recipient of a bag with a box per account, created
+   (without a password: the administrator gives it one) on its first
+   mail. */
+static int
+lmtp_bag_pop3_box(struct lmtp_bag_client *bclient, const struct bag_def *def,
+		  const struct smtp_address *path, const char **user_r,
+		  const char **error_r)
+{
+	const char *addr, *domain, *user;
+	int ret;
+
+	if (!mirror_address_keys(path->localpart, path->domain,
+				 bclient->delimiters, &addr, &domain)) {
+		*error_r = "not an address a box can be made for";
+		return -1;
+	}
+	ret = bag_registry_box_get(bclient->registry, def->domain, addr,
+				   &user, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		user = bag_box_user_name(addr);
+		if (bag_registry_box_add(bclient->registry, def->domain, addr,
+					 user, NULL, error_r) < 0)
+			return -1;
+		e_info(bclient->event, "POP3 box %s created for %s", user,
+		       addr);
+	}
+	*user_r = t_strdup(user);
+	return 0;
+}
+
+/* A POP3 connector bag: one copy per recipient, saying whom it is for,
+   so that a multidrop client routes Bcc and list recipients right. */
+static void
+lmtp_bag_store_pop3(struct client *client, struct lmtp_bag_client *bclient,
+		    struct smtp_server_transaction *trans, struct mail *mail,
+		    uoff_t data_size, const struct lmtp_bag_group *group)
+{
+	struct smtp_server_recipient *rcpt;
+	struct mirror_copy_target target;
+	const char *addr, *error;
+	string_t *hdr = t_str_new(256);
+	unsigned int i, stored = 0;
+	int ret;
+
+	for (i = 0; i < array_count(&group->rcpts); i++) {
+		rcpt = array_idx_elem(&group->rcpts, i);
+		if (lmtp_bag_group_is_dup(group, i)) {
+			smtp_server_recipient_reply(rcpt, 250, "2.0.0",
+				"Held for %s", group->def->domain);
+			continue;
+		}
+		i_zero(&target);
+		target.storage = group->def->user;
+		ret = !group->def->pop3_per_account ? 0 :
+			lmtp_bag_pop3_box(bclient, group->def, rcpt->path,
+					  &target.storage, &error);
+		if (ret == 0) {
+			addr = smtp_address_encode(rcpt->path);
+			str_truncate(hdr, 0);
+			str_printfa(hdr, "Return-Path: <%s>\r\n"
+				    "Delivered-To: %s\r\n"
+				    "X-Envelope-To: %s\r\n",
+				    smtp_address_encode(trans->mail_from),
+				    addr, addr);
+			if (client->lmtp_set->lmtp_add_received_header) {
+				smtp_server_transaction_write_trace_record(
+					hdr, trans,
+					SMTP_SERVER_TRACE_RCPT_TO_ADDRESS_NONE);
+			}
+			target.header = str_c(hdr);
+			t_array_init(&target.mirror_ids, 1);
+			t_array_init(&target.envelope_to, 1);
+			ret = mirror_copier_copy(bclient->copier, mail,
+						 &target, 1, TRUE,
+						 bclient->event, &error);
+		}
+		if (ret < 0) {
+			e_error(bclient->event, "POP3 box of %s: %s",
+				smtp_address_encode(rcpt->path), error);
+			smtp_server_recipient_reply(rcpt, 451, "4.3.0",
+				"Temporary internal error");
+		} else {
+			stored++;
+			smtp_server_recipient_reply(rcpt, 250, "2.0.0",
+				"Held for %s", group->def->domain);
+		}
+	}
+	lmtp_bag_store_finished(bclient, group, data_size,
+				stored == 0 ? "not stored for any recipient" :
+				NULL);
+	/* one message taken in, however many copies */
+	if (stored > 0)
+		lmtp_bag_usage_count(bclient, group->def->domain, data_size);
+}
+
 /* Store the message once for each group and reply to its recipients. */
 static void
 lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
@@ -329,6 +426,11 @@ lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
 	int ret;
 
 	array_foreach(groups, group) {
+		if ((group->def->modes & BAG_MODE_POP3) != 0) {
+			lmtp_bag_store_pop3(client, bclient, trans, mail,
+					    data_size, group);
+			continue;
+		}
 		i_zero(&target);
 		target.storage = group->def->user;
 		target.header = lmtp_bag_header(client, trans, group);

@@ -242,3 +242,23 @@ def msmtp_etrn(port, node, timeout=60):
         ["msmtp", "--host=127.0.0.1", "--port=%d" % port, "--tls=off",
          "--auth=off", "--rmqs=" + node],
         capture_output=True, text=True, timeout=timeout)
+
+
+def fetchmail_pop3_multidrop(port, user, password, domain, smtphost,
+                             keep=False, timeout=120):
+    """fetchmail collecting a POP3 connector box in multidrop mode: each
+    message goes to the recipient its X-Envelope-To names (so a Bcc
+    reaches its recipient), through smtphost (host/port)."""
+    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
+    rc = os.path.join(home, "fetchmailrc")
+    with open(rc, "w") as f:
+        f.write('poll 127.0.0.1 protocol POP3 service %d no dns\n'
+                '  localdomains %s envelope "X-Envelope-To"\n'
+                '  user "%s" password "%s" is * here\n'
+                "  sslproto '' smtphost %s smtpaddress %s%s\n"
+                % (port, domain, user, password, smtphost, domain,
+                   " keep" if keep else ""))
+    os.chmod(rc, 0o600)
+    return subprocess.run(["fetchmail", "-v", "--nosyslog", "-f", rc],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HOME=home))

@@ -94,7 +94,7 @@ def test_service_fires_at_the_configured_time(make_sandbox):
     hms = datetime.fromtimestamp(target, LA).strftime("%H:%M:%S")
     sb = make_sandbox(settings={"mirror_expire_time": hms})
     # a new installation: no scan recorded, nothing to make up
-    started = wait_for(sb, r"Info: Expiry scans at", 10)
+    started = wait_for(sb, r"Info: Expiry scans at", 30)
     assert "Expiry scans at %s America/Los_Angeles; last scan: never; " \
         "next: %s (%s)" % (hms, fmt_local(target, LA), fmt_utc(target)) \
         in started[0], started
@@ -131,7 +131,7 @@ def test_catch_up_runs_a_missed_scan_once(make_sandbox):
     hms = datetime.fromtimestamp(scheduled, LA).strftime("%H:%M:%S")
     settings = {"mirror_expire_time": hms}
     sb = make_sandbox(settings=settings)
-    wait_for(sb, r"Info: Expiry scans at .* last scan: never", 10)
+    wait_for(sb, r"Info: Expiry scans at .* last scan: never", 30)
     # a new installation doesn't make up the run of two hours ago
     time.sleep(1)
     assert not service_lines(sb, r"Running")
@@ -146,7 +146,7 @@ def test_catch_up_runs_a_missed_scan_once(make_sandbox):
     assert row["overdue"] == "yes"
 
     sb = restart(sb, settings)
-    lines = wait_for(sb, r"Running the missed expiry scan", 10)
+    lines = wait_for(sb, r"Running the missed expiry scan", 30)
     assert lines[0].endswith("Running the missed expiry scan of %s (%s)"
                              % (fmt_local(scheduled, LA),
                                 fmt_utc(scheduled))), lines
@@ -163,7 +163,7 @@ def test_catch_up_runs_a_missed_scan_once(make_sandbox):
     # a scan after the latest scheduled time: nothing to make up
     set_last_run(sb, int(time.time()))
     sb = restart(sb, settings)
-    wait_for(sb, r"Info: Expiry scans at .* next: 20", 10)
+    wait_for(sb, r"Info: Expiry scans at .* next: 20", 30)
     time.sleep(1)
     assert len(service_lines(sb, r"Running")) == 1
 
@@ -229,7 +229,7 @@ def test_schedule_in_another_zone(make_sandbox):
     row = schedule(sb, "-T", str(utc("2026-10-25 00:30:00"))).row
     assert row["next_run_local"] == "2026-10-26 02:30:00 CET"
     assert row["next_run_utc"] == "2026-10-26 01:30:00 UTC"
-    wait_for(sb, r"Info: Expiry scans at 02:30:00 Europe/Berlin", 10)
+    wait_for(sb, r"Info: Expiry scans at 02:30:00 Europe/Berlin", 30)
 
 
 @pytest.mark.parametrize("setting,value,error", [
@@ -251,7 +251,7 @@ def test_invalid_settings(make_sandbox, setting, value, error):
     assert error in r.stderr
     # the service says why it does nothing, and stays up (a restart
     # can't fix the configuration)
-    lines = wait_for(sb, re.escape(error), 10)
+    lines = wait_for(sb, re.escape(error), 30)
     assert "Error: " in lines[0]
     assert lines[0].endswith(": no expiry scans run until the "
                              "configuration is fixed")

@@ -170,6 +170,30 @@ static void test_bag_def_roundtrip(void)
 				   &error) == 0);
 	test_assert(decoded.host == NULL &&
 		    array_count(&decoded.etrn_nets) == 0);
+
+	/* a POP3 connector, a box per account */
+	def.modes = BAG_MODE_POP3;
+	def.pop3_per_account = TRUE;
+	json = bag_def_encode(&def);
+	test_assert(bag_def_decode(json, pool_datastack_create(), &decoded,
+				   &error) == 0);
+	test_assert(decoded.modes == BAG_MODE_POP3 &&
+		    decoded.pop3_per_account);
+	test_end();
+}
+
+static void test_bag_box_user_name(void)
+{
+	test_begin("bag_box_user_name()");
+	test_assert_strcmp(bag_box_user_name("alice@example.org"),
+			   "_bag_alice@example.org");
+	test_assert_strcmp(bag_box_user_name("B.c-d_e@example.org"),
+			   "_bag_b.c-d_e@example.org");
+	/* what a user name can't safely have (quoted local parts too) */
+	test_assert_strcmp(bag_box_user_name("a b/c%d@example.org"),
+			   "_bag_a-b-c-d@example.org");
+	test_assert_strcmp(bag_box_user_name("\"x@y\"@example.org"),
+			   "_bag_-x-y-@example.org");
 	test_end();
 }
 
@@ -207,6 +231,13 @@ static void test_bag_def_decode_broken(void)
 		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
 		"\"modes\":\"atrn\",\"atrn_identity\":\"o@example.org\","
 		"\"created\":-1}",
+		/* pop3 goes with no other mode */
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"pop3,atrn\",\"atrn_identity\":\"o@example.org\","
+		"\"created\":1}",
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"pop3\",\"pop3_per_account\":\"yes\","
+		"\"created\":1}",
 	};
 	struct bag_def def;
 	const char *error;
@@ -509,6 +540,7 @@ int main(void)
 		test_bag_modes,
 		test_bag_def_roundtrip,
 		test_bag_def_decode_broken,
+		test_bag_box_user_name,
 		test_mirror_key_unescape,
 		test_bag_envelope_roundtrip,
 		test_bag_envelope_broken,

@@ -407,6 +407,37 @@ doveadm_bag_status(const char *user, bool with_size,
 	return ret;
 }
 
+/* What waits for a domain: in its bag user and, for a POP3 connector with
+   a box per account, in every box (box_users_r: those boxes). */
+static int
+doveadm_bag_status_all(struct mirror_registry *reg, const struct bag_def *def,
+		       bool with_size, struct bag_store_status *status_r,
+		       ARRAY_TYPE(const_string) *box_users_r)
+{
+	ARRAY_TYPE(const_string) box_addrs;
+	struct bag_store_status box;
+	const char *user, *error;
+
+	if (doveadm_bag_status(def->user, with_size, status_r) < 0)
+		return -1;
+	t_array_init(&box_addrs, 16);
+	if (bag_registry_box_list(reg, def->domain, pool_datastack_create(),
+				  &box_addrs, box_users_r, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
+	}
+	array_foreach_elem(box_users_r, user) {
+		if (doveadm_bag_status(user, with_size, &box) < 0)
+			return -1;
+		status_r->messages += box.messages;
+		status_r->bytes += box.bytes;
+		if (box.oldest != 0 &&
+		    (status_r->oldest == 0 || box.oldest < status_r->oldest))
+			status_r->oldest = box.oldest;
+	}
+	return 0;
+}
+
 static const char *doveadm_bag_time(time_t t)
 {
 	return t == 0 ? "" : t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", t);
@@ -419,7 +450,9 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	struct bag_backup_state backup;
 	struct bag_status flush;
 	struct bag_def def;
+	ARRAY_TYPE(const_string) box_users;
 	const char *domain, *error;
+	int ret;
 
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL ||
 	    (reg = doveadm_mirror_registry_open()) == NULL)
@@ -435,8 +468,10 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 		mirror_registry_deinit(&reg);
 		return;
 	}
+	t_array_init(&box_users, 16);
+	ret = doveadm_bag_status_all(reg, &def, TRUE, &status, &box_users);
 	mirror_registry_deinit(&reg);
-	if (doveadm_bag_status(def.user, TRUE, &status) < 0)
+	if (ret < 0)
 		return;
 
 	doveadm_print_init(DOVEADM_PRINT_TYPE_PAGER);
@@ -491,7 +526,7 @@ doveadm_bag_user_purge(struct mirror_registry *reg, const char *domain,
 static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_registry *reg;
-	ARRAY_TYPE(const_string) box_addrs, box_users;
+	ARRAY_TYPE(const_string) box_users;
 	struct bag_store_status status;
 	struct bag_def def;
 	const char *domain, *user, *error;
@@ -504,28 +539,14 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 	(void)doveadm_cmd_param_bool(cctx, "force", &force);
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return;
-	t_array_init(&box_addrs, 16);
 	t_array_init(&box_users, 16);
 	if (!doveadm_bag_get(reg, domain, &def) ||
-	    doveadm_bag_status(def.user, FALSE, &status) < 0) {
-		mirror_registry_deinit(&reg);
-		return;
-	}
-	/* the boxes of a POP3 connector with a box per account count too */
-	if (bag_registry_box_list(reg, domain, pool_datastack_create(),
-				  &box_addrs, &box_users, &error) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
+	    doveadm_bag_status_all(reg, &def, FALSE, &status,
+				   &box_users) < 0) {
 		mirror_registry_deinit(&reg);
 		return;
 	}
 	messages = status.messages;
-	array_foreach_elem(&box_users, user) {
-		if (doveadm_bag_status(user, FALSE, &status) < 0) {
-			mirror_registry_deinit(&reg);
-			return;
-		}
-		messages += status.messages;
-	}
 	if (messages > 0 && !force) {
 		doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
 			"%u messages wait in the bag of %s: flush them first, "

@@ -139,6 +139,11 @@ def test_per_account_boxes(sb):
         pop3(sb, "_bag_a@" + DOMAIN, boxes["a@" + DOMAIN]["password"])
     assert len(pop3_headers(sb, "_bag_a@" + DOMAIN, new["password"])) == 2
 
+    # show counts what waits in every box
+    show = sb.doveadm("bag", "show", DOMAIN, json_output=True).json[0]
+    assert show["messages"] == "3" and int(show["bytes"]) > 0
+    assert show["oldest"] != ""
+
     # removing the bag deletes the boxes with their mail and logins
     r = sb.doveadm("bag", "remove", DOMAIN, check=False)
     assert r.returncode == 65 and "3 messages" in r.stderr

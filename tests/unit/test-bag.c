@@ -344,7 +344,7 @@ static void test_bag_envelope_roundtrip(void)
 
 	/* the null sender */
 	str_truncate(msg, 0);
-	bag_envelope_write(msg, &(struct smtp_address){ NULL, NULL },
+	bag_envelope_write(msg, &(struct smtp_address){ .localpart = NULL },
 			   &mparams, rcpts, 1);
 	str_append(msg, "\r\nbody");
 	input = test_bag_input(str_c(msg));

@@ -19,6 +19,11 @@ struct mirror_registry {
 /* dict_lookup() with the key in the error. 1 found, 0 not, -1 error. */
 int mirror_registry_get(struct mirror_registry *reg, const char *key,
 			const char **value_r, const char **error_r);
+/* Look up count keys; values_r[i] is the value (from pool) or NULL when
+   the key doesn't exist. 0, or -1 with the first error. */
+int mirror_registry_get_many(struct mirror_registry *reg, pool_t pool,
+			     const char *const *keys, unsigned int count,
+			     const char **values_r, const char **error_r);
 int mirror_registry_commit(struct dict_transaction_context **trans,
 			   const char **error_r);
 /* Call callback with every key under prefix (its suffix) and value until

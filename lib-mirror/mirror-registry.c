@@ -6,6 +6,7 @@
 #include "strnum.h"
 #include "str-sanitize.h"
 #include "ioloop.h"
+#include "dict-private.h"
 #include "mirror-registry-private.h"
 
 #define MIRROR_KEY_PREFIX DICT_PATH_SHARED"mirror/"
@@ -417,6 +418,10 @@ int mirror_registry_get(struct mirror_registry *reg, const char *key,
 	const char *error = NULL;
 	int ret;
 
+	/* never inside an open transaction: Redis would queue the GET
+	   between MULTI and EXEC */
+	i_assert(reg->dict->transaction_count == 0);
+
 	ret = dict_lookup(reg->dict, &reg->opset, pool_datastack_create(),
 			  key, value_r, &error);
 	if (ret < 0) {
@@ -424,6 +429,67 @@ int mirror_registry_get(struct mirror_registry *reg, const char *key,
 					   key, error);
 	}
 	return ret;
+}
+
+/* Lookups pipelined where the dict can (the dict proxy), one by one
+   where it can't; a batch at a time, so that a large registry doesn't
+   queue everything at once. */
+#define MIRROR_REGISTRY_GET_BATCH 512
+
+struct mirror_registry_get_slot {
+	pool_t pool;
+	const char **value_r;
+	const char *key;
+	const char **error_r;
+};
+
+static void
+mirror_registry_get_many_callback(const struct dict_lookup_result *result,
+				  struct mirror_registry_get_slot *slot)
+{
+	if (result->ret > 0)
+		*slot->value_r = p_strdup(slot->pool, result->value);
+	else if (result->ret < 0 && *slot->error_r == NULL) {
+		*slot->error_r = p_strdup_printf(slot->pool,
+			"dict lookup of %s failed: %s", slot->key,
+			result->error);
+	}
+}
+
+int mirror_registry_get_many(struct mirror_registry *reg, pool_t pool,
+			     const char *const *keys, unsigned int count,
+			     const char **values_r, const char **error_r)
+{
+	i_assert(!pool->datastack_pool);
+	i_assert(reg->dict->transaction_count == 0);
+
+	struct mirror_registry_get_slot *slots;
+	const char *error = NULL;
+	unsigned int i, n;
+
+	for (i = 0; i < count; i++)
+		values_r[i] = NULL;
+	for (i = 0; i < count && error == NULL; i += n) {
+		n = I_MIN(count - i, MIRROR_REGISTRY_GET_BATCH);
+		slots = p_new(pool, struct mirror_registry_get_slot, n);
+		for (unsigned int j = 0; j < n; j++) {
+			slots[j].pool = pool;
+			slots[j].value_r = &values_r[i + j];
+			slots[j].key = keys[i + j];
+			slots[j].error_r = &error;
+			dict_lookup_async(reg->dict, &reg->opset, keys[i + j],
+					  mirror_registry_get_many_callback,
+					  &slots[j]);
+		}
+		/* the callbacks may run in the dict's ioloop, in another
+		   data stack frame: pool is not the data stack */
+		dict_wait(reg->dict);
+	}
+	if (error != NULL) {
+		*error_r = t_strdup(error);
+		return -1;
+	}
+	return 0;
 }
 
 static const char *mirror_storage_key(const char *storage)
@@ -719,22 +785,22 @@ int mirror_registry_get_def(struct mirror_registry *reg, unsigned int id,
 	return 0;
 }
 
-/* Replace (new_def != NULL) or drop the definition with id in the list
-   of key. */
+/* The list of name (a source, or a storage with by_storage) with the
+   definition of id replaced by new_def, or dropped (new_def == NULL).
+   Read before the transaction that writes it: no lookup may run while a
+   transaction is open (Redis queues everything between MULTI and EXEC). */
 static int
-mirror_registry_replace(struct mirror_registry *reg,
-			struct dict_transaction_context *trans,
-			const char *key, bool by_storage, const char *name,
-			unsigned int id, const struct mirror_def *new_def,
-			const char **error_r)
+mirror_registry_replaced(struct mirror_registry *reg, bool by_storage,
+			 const char *name, unsigned int id,
+			 const struct mirror_def *new_def,
+			 ARRAY_TYPE(mirror_def) *kept, const char **error_r)
 {
-	ARRAY_TYPE(mirror_def) defs, kept;
+	ARRAY_TYPE(mirror_def) defs;
 	const struct mirror_def *def;
 	pool_t pool = pool_datastack_create();
 	int ret;
 
 	t_array_init(&defs, 4);
-	t_array_init(&kept, 4);
 	ret = by_storage ?
 		mirror_registry_storage_lookup(reg, name, pool, &defs,
 					       error_r) :
@@ -743,11 +809,10 @@ mirror_registry_replace(struct mirror_registry *reg,
 		return -1;
 	array_foreach(&defs, def) {
 		if (def->id != id)
-			array_push_back(&kept, def);
+			array_push_back(kept, def);
 		else if (new_def != NULL)
-			array_push_back(&kept, new_def);
+			array_push_back(kept, new_def);
 	}
-	mirror_registry_set_defs(trans, key, &kept);
 	return 0;
 }
 
@@ -755,22 +820,26 @@ int mirror_registry_update(struct mirror_registry *reg,
 			   const struct mirror_def *def, const char **error_r)
 {
 	struct dict_transaction_context *trans;
+	ARRAY_TYPE(mirror_def) by_source, by_storage;
 	const char *error;
 
 	if (!mirror_def_is_valid(def, &error)) {
 		*error_r = t_strdup_printf("Invalid mirror: %s", error);
 		return -1;
 	}
-	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	if (mirror_registry_replace(reg, trans, t_strconcat(MIRROR_KEY_SOURCE,
-			mirror_key_escape(def->source), NULL), FALSE,
-			def->source, def->id, def, error_r) < 0 ||
-	    mirror_registry_replace(reg, trans,
-			mirror_storage_key(def->storage), TRUE,
-			def->storage, def->id, def, error_r) < 0) {
-		dict_transaction_rollback(&trans);
+	t_array_init(&by_source, 4);
+	t_array_init(&by_storage, 4);
+	if (mirror_registry_replaced(reg, FALSE, def->source, def->id, def,
+				     &by_source, error_r) < 0 ||
+	    mirror_registry_replaced(reg, TRUE, def->storage, def->id, def,
+				     &by_storage, error_r) < 0)
 		return -1;
-	}
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	mirror_registry_set_defs(trans, t_strconcat(MIRROR_KEY_SOURCE,
+				 mirror_key_escape(def->source), NULL),
+				 &by_source);
+	mirror_registry_set_defs(trans, mirror_storage_key(def->storage),
+				 &by_storage);
 	return mirror_registry_commit(&trans, error_r);
 }
 
@@ -779,7 +848,7 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 			   const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	ARRAY_TYPE(mirror_def) defs, kept;
+	ARRAY_TYPE(mirror_def) defs, kept, kept_storage;
 	ARRAY_TYPE(const_string) sources, kept_sources;
 	const struct mirror_def *def;
 	const char *id_key, *source_key, *source, *s;
@@ -806,6 +875,24 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 		}
 	}
 
+	/* everything read first: no lookup while the transaction is open */
+	t_array_init(&kept_storage, 4);
+	if (found &&
+	    mirror_registry_replaced(reg, TRUE, removed_r->storage, id, NULL,
+				     &kept_storage, error_r) < 0)
+		return -1;
+	t_array_init(&kept_sources, 16);
+	if (array_count(&kept) == 0) {
+		t_array_init(&sources, 16);
+		if (mirror_registry_get_sources(reg, pool_datastack_create(),
+						&sources, error_r) < 0)
+			return -1;
+		array_foreach_elem(&sources, s) {
+			if (strcmp(s, source) != 0)
+				array_push_back(&kept_sources, &s);
+		}
+	}
+
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	/* the id entry goes even if it was stale */
 	dict_unset(trans, id_key);
@@ -813,12 +900,9 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 	dict_unset(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/failures", id));
 	dict_unset(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/last-failure",
 					  id));
-	if (found &&
-	    mirror_registry_replace(reg, trans,
-			mirror_storage_key(removed_r->storage), TRUE,
-			removed_r->storage, id, NULL, error_r) < 0) {
-		dict_transaction_rollback(&trans);
-		return -1;
+	if (found) {
+		mirror_registry_set_defs(trans,
+			mirror_storage_key(removed_r->storage), &kept_storage);
 	}
 	source_key = t_strconcat(MIRROR_KEY_SOURCE,
 				 mirror_key_escape(source), NULL);
@@ -826,17 +910,6 @@ int mirror_registry_remove(struct mirror_registry *reg, unsigned int id,
 		dict_set(trans, source_key, mirror_defs_encode(&kept));
 	else {
 		dict_unset(trans, source_key);
-		t_array_init(&sources, 16);
-		t_array_init(&kept_sources, 16);
-		if (mirror_registry_get_sources(reg, pool_datastack_create(),
-						&sources, error_r) < 0) {
-			dict_transaction_rollback(&trans);
-			return -1;
-		}
-		array_foreach_elem(&sources, s) {
-			if (strcmp(s, source) != 0)
-				array_push_back(&kept_sources, &s);
-		}
 		dict_set(trans, MIRROR_KEY_SOURCES,
 			 mirror_sources_encode(&kept_sources));
 	}
@@ -1221,6 +1294,7 @@ int mirror_registry_domain_assign(struct mirror_registry *reg,
 	struct mirror_account old_acct, new_acct;
 	const char *old, *domain_key;
 	pool_t pool = pool_datastack_create();
+	bool moved;
 	int ret;
 
 	domain_key = t_strconcat(MIRROR_KEY_DOMAIN,
@@ -1239,13 +1313,13 @@ int mirror_registry_domain_assign(struct mirror_registry *reg,
 	if ((ret = mirror_registry_domain_account(reg, domain, &old,
 						  error_r)) < 0)
 		return -1;
+	i_zero(&old_acct);
+	moved = ret > 0 && (account == NULL || strcmp(old, account) != 0);
+	if (moved && mirror_registry_account_get(reg, old, pool, &old_acct,
+						 error_r) < 0)
+		return -1;
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	if (ret > 0 && (account == NULL || strcmp(old, account) != 0)) {
-		if (mirror_registry_account_get(reg, old, pool, &old_acct,
-						error_r) < 0) {
-			dict_transaction_rollback(&trans);
-			return -1;
-		}
+	if (moved) {
 		if (old_acct.name != NULL) {
 			mirror_account_drop_domain(&old_acct, domain);
 			dict_set(trans, t_strconcat(MIRROR_KEY_ACCOUNT,
@@ -1390,79 +1464,89 @@ int mirror_registry_iterate(struct mirror_registry *reg, const char *prefix,
 	return 0;
 }
 
-struct mirror_expire_list_ctx {
-	pool_t pool;
-	ARRAY_TYPE(mirror_expire_entry) *entries;
-};
-
-static int
-mirror_expire_list_entry(const char *name, const char *value, void *context,
-			 const char **error_r)
-{
-	struct mirror_expire_list_ctx *ctx = context;
-	struct mirror_expire_entry *entry;
-	long t;
-
-	if (str_to_long(value, &t) < 0 || t < 0) {
-		*error_r = t_strdup_printf("Broken registry data in %s%s: "
-					   "not a time", MIRROR_KEY_EXPIRE,
-					   str_sanitize(name, 80));
-		return -1;
-	}
-	entry = array_append_space(ctx->entries);
-	entry->storage_key = p_strdup(ctx->pool, name);
-	entry->oldest = (time_t)t;
-	return 0;
-}
-
 int mirror_registry_expire_list(struct mirror_registry *reg, pool_t pool,
+				const char *const *storage_keys,
+				unsigned int count,
 				ARRAY_TYPE(mirror_expire_entry) *entries,
 				const char **error_r)
 {
-	struct mirror_expire_list_ctx ctx = {
-		.pool = pool,
-		.entries = entries,
-	};
+	struct mirror_expire_entry *entry;
+	const char **keys, **values;
+	pool_t lookup_pool;
+	unsigned int i;
+	long t;
+	int ret = 0;
 
-	return mirror_registry_iterate(reg, MIRROR_KEY_EXPIRE,
-				       mirror_expire_list_entry, &ctx,
-				       error_r);
-}
-
-struct mirror_list_all_ctx {
-	pool_t pool;
-	ARRAY_TYPE(mirror_def) *defs;
-};
-
-static int
-mirror_list_all_source(const char *name, const char *value, void *context,
-		       const char **error_r)
-{
-	struct mirror_list_all_ctx *ctx = context;
-	const char *error;
-
-	if (mirror_defs_decode(value, ctx->pool, ctx->defs, &error) < 0) {
-		*error_r = t_strdup_printf(
-			"Broken registry data in %s%s: %s", MIRROR_KEY_SOURCE,
-			str_sanitize(name, 80), error);
+	keys = t_new(const char *, count + 1);
+	values = t_new(const char *, count + 1);
+	for (i = 0; i < count; i++)
+		keys[i] = t_strconcat(MIRROR_KEY_EXPIRE, storage_keys[i], NULL);
+	lookup_pool = pool_alloconly_create("mirror expire index", 4096);
+	if (mirror_registry_get_many(reg, lookup_pool, keys, count, values,
+				     error_r) < 0) {
+		pool_unref(&lookup_pool);
 		return -1;
 	}
-	return 0;
+	for (i = 0; i < count && ret == 0; i++) {
+		if (values[i] == NULL)
+			continue;
+		if (str_to_long(values[i], &t) < 0 || t < 0) {
+			*error_r = t_strdup_printf(
+				"Broken registry data in %s: not a time",
+				str_sanitize(keys[i], 120));
+			ret = -1;
+			break;
+		}
+		entry = array_append_space(entries);
+		entry->storage_key = p_strdup(pool, storage_keys[i]);
+		entry->oldest = (time_t)t;
+	}
+	pool_unref(&lookup_pool);
+	return ret;
 }
 
 int mirror_registry_list_all(struct mirror_registry *reg, pool_t pool,
 			     ARRAY_TYPE(mirror_def) *defs,
 			     const char **error_r)
 {
-	struct mirror_list_all_ctx ctx = {
-		.pool = pool,
-		.defs = defs,
-	};
+	ARRAY_TYPE(const_string) sources;
+	const char *const *source, **keys, **values, *error;
+	pool_t lookup_pool;
+	unsigned int i, count;
+	int ret = 0;
 
-	if (mirror_registry_iterate(reg, MIRROR_KEY_SOURCE,
-				    mirror_list_all_source, &ctx,
-				    error_r) < 0)
+	t_array_init(&sources, 64);
+	if (mirror_registry_get_sources(reg, pool_datastack_create(),
+					&sources, error_r) < 0)
 		return -1;
-	array_sort(defs, mirror_def_cmp);
-	return 0;
+	count = array_count(&sources);
+	keys = t_new(const char *, count + 1);
+	values = t_new(const char *, count + 1);
+	i = 0;
+	array_foreach(&sources, source) {
+		keys[i++] = t_strconcat(MIRROR_KEY_SOURCE,
+					mirror_key_escape(*source), NULL);
+	}
+	lookup_pool = pool_alloconly_create("mirror source list", 4096);
+	if (mirror_registry_get_many(reg, lookup_pool, keys, count, values,
+				     error_r) < 0) {
+		pool_unref(&lookup_pool);
+		return -1;
+	}
+	for (i = 0; i < count; i++) {
+		/* listed but gone: removed while we read */
+		if (values[i] == NULL)
+			continue;
+		if (mirror_defs_decode(values[i], pool, defs, &error) < 0) {
+			*error_r = t_strdup_printf(
+				"Broken registry data in %s: %s",
+				str_sanitize(keys[i], 120), error);
+			ret = -1;
+			break;
+		}
+	}
+	pool_unref(&lookup_pool);
+	if (ret == 0)
+		array_sort(defs, mirror_def_cmp);
+	return ret;
 }

@@ -209,13 +209,18 @@ struct mirror_expire_entry {
 };
 ARRAY_DEFINE_TYPE(mirror_expire_entry, struct mirror_expire_entry);
 const char *mirror_expire_storage_key(const char *storage);
-/* Append every entry of the expire index to entries (strings from pool),
-   with one dict iteration. Returns 0, or -1 on error. */
+/* Append the expire index entries of these storages (storage keys, as
+   mirror_expire_storage_key() gives them) to entries (strings from pool);
+   a storage without an entry is left out. The lookups are pipelined where
+   the dict can, and no dict iteration is needed (Redis has none).
+   Returns 0, or -1 on error. */
 int mirror_registry_expire_list(struct mirror_registry *reg, pool_t pool,
+				const char *const *storage_keys,
+				unsigned int count,
 				ARRAY_TYPE(mirror_expire_entry) *entries,
 				const char **error_r);
-/* Append every mirror to defs, sorted by id, reading the source/ keys with
-   one dict iteration (mirror_registry_list() reads them one by one). */
+/* Append every mirror to defs, sorted by id: the source list, then every
+   source's mirrors, with pipelined lookups (no dict iteration). */
 int mirror_registry_list_all(struct mirror_registry *reg, pool_t pool,
 			     ARRAY_TYPE(mirror_def) *defs,
 			     const char **error_r);

@@ -99,7 +99,8 @@ static int mirror_expire_load(struct mirror_expire_scan *scan,
 	const struct mirror_def *def;
 	const struct mirror_expire_entry *entry;
 	struct mirror_expire_storage *storage;
-	const char *key;
+	const char *key, **keys;
+	unsigned int nkeys = 0;
 
 	p_array_init(&defs, scan->pool, 64);
 	if (mirror_registry_list_all(scan->registry, scan->pool, &defs,
@@ -123,9 +124,12 @@ static int mirror_expire_load(struct mirror_expire_scan *scan,
 		array_push_back(&storage->mirror_ids, &def->id);
 	}
 
+	keys = t_new(const char *, array_count(&scan->storages) + 1);
+	array_foreach_elem(&scan->storages, storage)
+		keys[nkeys++] = mirror_expire_storage_key(storage->name);
 	p_array_init(&entries, scan->pool, array_count(&defs) + 1);
-	if (mirror_registry_expire_list(scan->registry, scan->pool, &entries,
-					error_r) < 0)
+	if (mirror_registry_expire_list(scan->registry, scan->pool, keys,
+					nkeys, &entries, error_r) < 0)
 		return -1;
 	array_foreach(&entries, entry) {
 		storage = hash_table_lookup(scan->storage_hash,

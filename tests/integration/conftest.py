@@ -210,9 +210,11 @@ def header_values(message, name):
 def make_sandbox(request):
     started = []
 
-    def start(users=(), sieve_before=None, settings=None):
+    def start(users=(), sieve_before=None, settings=None, store=None):
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
+        if store is not None:
+            args += ["--store", store]
         for u in users:
             args += ["--user", "%s:%s" % (u, PASSWORD)]
         if sieve_before is not None:
@@ -257,3 +259,12 @@ def sandbox(make_sandbox):
     return make_sandbox(users=["alice@example.com", "bob@example.com",
                                "carol@example.com", "audit@example.com",
                                "audit2@example.com", "dave@other.test"])
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a loopback port, for this test only."""
+    from store import RedisServer
+    server = RedisServer().start()
+    yield server
+    server.cleanup()

@@ -22,6 +22,8 @@
 #define BAG_KEY_USAGE BAG_KEY_PREFIX"usage/"
 #define BAG_KEY_BACKUP BAG_KEY_PREFIX"backup/"
 #define BAG_KEY_BOX BAG_KEY_PREFIX"box/"
+#define BAG_KEY_RCPTS BAG_KEY_PREFIX"rcpts/"
+#define BAG_KEY_BOXES BAG_KEY_PREFIX"boxes/"
 
 static const struct {
 	enum bag_mode mode;
@@ -399,6 +401,16 @@ static const char *bag_identity_key(const char *identity)
 			   mirror_key_escape(t_str_lcase(identity)), NULL);
 }
 
+static const char *bag_rcpts_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_RCPTS, mirror_key_escape(domain), NULL);
+}
+
+static const char *bag_boxes_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_BOXES, mirror_key_escape(domain), NULL);
+}
+
 static const char *bag_rcpt_prefix(const char *domain)
 {
 	return t_strconcat(BAG_KEY_RCPT, mirror_key_escape(domain), "/", NULL);
@@ -487,28 +499,27 @@ static int bag_str_cmp(const char *const *s1, const char *const *s2)
 	return strcmp(*s1, *s2);
 }
 
-/* Add (or, add=FALSE, remove) domain in the array under key. */
+/* The array under key with domain added (or, add=FALSE, removed), read
+   before the transaction that writes it with bag_domains_set(). */
 static int
-bag_domains_change(struct mirror_registry *reg,
-		   struct dict_transaction_context *trans, const char *key,
-		   const char *domain, bool add, const char **error_r)
+bag_domains_changed(struct mirror_registry *reg, const char *key,
+		    const char *domain, bool add,
+		    ARRAY_TYPE(const_string) *kept, const char **error_r)
 {
-	ARRAY_TYPE(const_string) domains, kept;
+	ARRAY_TYPE(const_string) domains;
 	const char *d;
 
 	t_array_init(&domains, 16);
-	t_array_init(&kept, 16);
 	if (bag_domains_get(reg, key, pool_datastack_create(), &domains,
 			    error_r) < 0)
 		return -1;
 	array_foreach_elem(&domains, d) {
 		if (strcmp(d, domain) != 0)
-			array_push_back(&kept, &d);
+			array_push_back(kept, &d);
 	}
 	if (add)
-		array_push_back(&kept, &domain);
-	array_sort(&kept, bag_str_cmp);
-	bag_domains_set(trans, key, &kept);
+		array_push_back(kept, &domain);
+	array_sort(kept, bag_str_cmp);
 	return 0;
 }
 
@@ -548,6 +559,7 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 {
 	struct dict_transaction_context *trans;
 	struct json_object *userdb;
+	ARRAY_TYPE(const_string) domains, identity_domains;
 	struct bag_def old;
 	const char *error;
 	int ret;
@@ -581,18 +593,28 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 		return -1;
 	}
 
+	t_array_init(&domains, 16);
+	t_array_init(&identity_domains, 4);
+	if (bag_domains_changed(reg, BAG_KEY_DOMAINS, def->domain, TRUE,
+				&domains, error_r) < 0 ||
+	    ((def->modes & BAG_MODE_ATRN) != 0 &&
+	     bag_domains_changed(reg, bag_identity_key(def->atrn_identity),
+				 def->domain, TRUE, &identity_domains,
+				 error_r) < 0))
+		return -1;
+
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, bag_domain_key(def->domain), bag_def_encode(def));
 	/* from the start, so that incrementing it never races creating it */
 	dict_set(trans, bag_count_key(def->domain), "0");
-	if (bag_domains_change(reg, trans, BAG_KEY_DOMAINS, def->domain,
-			       TRUE, error_r) < 0 ||
-	    ((def->modes & BAG_MODE_ATRN) != 0 &&
-	     bag_domains_change(reg, trans,
-				bag_identity_key(def->atrn_identity),
-				def->domain, TRUE, error_r) < 0)) {
-		dict_transaction_rollback(&trans);
-		return -1;
+	/* the lists exist from the start: a store without dict iteration
+	   (Redis) reads only them */
+	dict_set(trans, bag_rcpts_key(def->domain), "[]");
+	dict_set(trans, bag_boxes_key(def->domain), "[]");
+	bag_domains_set(trans, BAG_KEY_DOMAINS, &domains);
+	if ((def->modes & BAG_MODE_ATRN) != 0) {
+		bag_domains_set(trans, bag_identity_key(def->atrn_identity),
+				&identity_domains);
 	}
 	/* the bag user reads its bag over IMAP: bag_domain makes the
 	   mirror plugin keep that session read-only. A POP3 box is the
@@ -611,34 +633,162 @@ int bag_registry_add(struct mirror_registry *reg, struct bag_def *def,
 	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
 }
 
-struct bag_rcpt_list_ctx {
+/* A JSON array of addresses of domain: a recipient list or the boxes of
+   a POP3 connector. 1 found, 0 the key doesn't exist, -1 error. */
+static int
+bag_addrs_get(struct mirror_registry *reg, const char *key,
+	      const char *domain, pool_t pool,
+	      ARRAY_TYPE(const_string) *addrs, const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *value, *addr, *error;
+	size_t i, count;
+	int ret;
+
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (mirror_json_parse(value, json_type_array, &arr, &error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s: %s",
+					   key, error);
+		return -1;
+	}
+	count = json_object_array_length(arr);
+	for (i = 0; i < count; i++) {
+		elem = json_object_array_get_idx(arr, i);
+		if (!json_object_is_type(elem, json_type_string) ||
+		    bag_rcpt_parse(json_object_get_string(elem), domain,
+				   &addr, &error) < 0) {
+			*error_r = t_strdup_printf("Broken registry data in "
+						   "%s: invalid address", key);
+			json_object_put(arr);
+			return -1;
+		}
+		addr = p_strdup(pool, addr);
+		array_push_back(addrs, &addr);
+	}
+	json_object_put(arr);
+	return 1;
+}
+
+static void
+bag_addrs_set(struct dict_transaction_context *trans, const char *key,
+	      ARRAY_TYPE(const_string) *addrs)
+{
+	struct json_object *arr;
+	const char *addr;
+
+	array_sort(addrs, bag_str_cmp);
+	arr = json_object_new_array();
+	array_foreach_elem(addrs, addr)
+		json_object_array_add(arr, json_object_new_string(addr));
+	dict_set(trans, key, mirror_json_finish(arr));
+}
+
+static bool bag_addrs_contain(const ARRAY_TYPE(const_string) *addrs,
+			      const char *addr)
+{
+	const char *a;
+
+	array_foreach_elem(addrs, a) {
+		if (strcmp(a, addr) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+struct bag_key_list_ctx {
 	pool_t pool;
-	ARRAY_TYPE(const_string) *addrs;
+	ARRAY_TYPE(const_string) *addrs, *values;
+	const char *what;
 };
 
 static int
-bag_rcpt_list_entry(const char *name, const char *value ATTR_UNUSED,
-		    void *context, const char **error_r ATTR_UNUSED)
+bag_key_list_entry(const char *name, const char *value, void *context,
+		   const char **error_r)
 {
-	struct bag_rcpt_list_ctx *ctx = context;
-	const char *addr = p_strdup(ctx->pool, name);
+	struct bag_key_list_ctx *ctx = context;
+	string_t *str = t_str_new(64);
+	const char *s;
 
-	array_push_back(ctx->addrs, &addr);
+	if (mirror_key_unescape(name, str) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s",
+					   ctx->what);
+		return -1;
+	}
+	s = p_strdup(ctx->pool, str_c(str));
+	array_push_back(ctx->addrs, &s);
+	if (ctx->values != NULL) {
+		s = p_strdup(ctx->pool, value);
+		array_push_back(ctx->values, &s);
+	}
 	return 0;
 }
 
-/* The escaped names of the list's keys */
+/* The addresses in list_key; a bag made before the lists existed has
+   only the keys under prefix, found with a dict iteration (the file and
+   SQL dicts have one). values: the keys' values, read too. */
 static int
-bag_rcpt_keys(struct mirror_registry *reg, const char *domain, pool_t pool,
-	      ARRAY_TYPE(const_string) *names, const char **error_r)
+bag_list_read(struct mirror_registry *reg, const char *list_key,
+	      const char *prefix, const char *domain, pool_t pool,
+	      ARRAY_TYPE(const_string) *addrs,
+	      ARRAY_TYPE(const_string) *values, const char **error_r)
 {
-	struct bag_rcpt_list_ctx ctx = {
+	struct bag_key_list_ctx ctx = {
 		.pool = pool,
-		.addrs = names,
+		.addrs = addrs,
+		.values = values,
+		.what = list_key,
 	};
+	ARRAY_TYPE(const_string) listed;
+	const char *const *addr, **keys, **found, *v;
+	unsigned int i, count;
+	pool_t lookup_pool;
+	int ret;
 
-	return mirror_registry_iterate(reg, bag_rcpt_prefix(domain),
-				       bag_rcpt_list_entry, &ctx, error_r);
+	if (values == NULL) {
+		ret = bag_addrs_get(reg, list_key, domain, pool, addrs,
+				    error_r);
+	} else {
+		t_array_init(&listed, 16);
+		ret = bag_addrs_get(reg, list_key, domain, pool, &listed,
+				    error_r);
+	}
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		return mirror_registry_iterate(reg, prefix, bag_key_list_entry,
+					       &ctx, error_r);
+	}
+	if (values == NULL)
+		return 0;
+	count = array_count(&listed);
+	keys = t_new(const char *, count + 1);
+	found = t_new(const char *, count + 1);
+	i = 0;
+	array_foreach(&listed, addr)
+		keys[i++] = t_strconcat(prefix, mirror_key_escape(*addr), NULL);
+	lookup_pool = pool_alloconly_create("bag list", 1024);
+	ret = mirror_registry_get_many(reg, lookup_pool, keys, count, found,
+				       error_r);
+	for (i = 0; i < count && ret == 0; i++) {
+		/* listed, but its key is gone: not there */
+		if (found[i] == NULL)
+			continue;
+		array_push_back(addrs, array_idx(&listed, i));
+		v = p_strdup(pool, found[i]);
+		array_push_back(values, &v);
+	}
+	pool_unref(&lookup_pool);
+	return ret;
+}
+
+static int
+bag_rcpt_addrs(struct mirror_registry *reg, const char *domain, pool_t pool,
+	       ARRAY_TYPE(const_string) *addrs, const char **error_r)
+{
+	return bag_list_read(reg, bag_rcpts_key(domain),
+			     bag_rcpt_prefix(domain), domain, pool, addrs,
+			     NULL, error_r);
 }
 
 int bag_registry_remove(struct mirror_registry *reg, const char *domain,
@@ -646,22 +796,34 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 			const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	ARRAY_TYPE(const_string) names, identity_domains, box_addrs, box_users;
-	const char *name, *prefix;
+	ARRAY_TYPE(const_string) addrs, box_addrs, box_users, domains;
+	ARRAY_TYPE(const_string) identity_domains;
+	const char *addr, *prefix, *identity_key = NULL;
 	int ret;
 
 	ret = bag_registry_get(reg, domain, pool, removed_r, error_r);
 	if (ret <= 0)
 		return ret;
-	t_array_init(&names, 16);
-	t_array_init(&identity_domains, 4);
+	/* everything read first: no lookup while the transaction is open */
+	t_array_init(&addrs, 16);
 	t_array_init(&box_addrs, 16);
 	t_array_init(&box_users, 16);
-	if (bag_rcpt_keys(reg, domain, pool_datastack_create(), &names,
-			  error_r) < 0 ||
+	t_array_init(&domains, 16);
+	t_array_init(&identity_domains, 4);
+	if (bag_rcpt_addrs(reg, domain, pool_datastack_create(), &addrs,
+			   error_r) < 0 ||
 	    bag_registry_box_list(reg, domain, pool_datastack_create(),
-				  &box_addrs, &box_users, error_r) < 0)
+				  &box_addrs, &box_users, error_r) < 0 ||
+	    bag_domains_changed(reg, BAG_KEY_DOMAINS, domain, FALSE,
+				&domains, error_r) < 0)
 		return -1;
+	if ((removed_r->modes & BAG_MODE_ATRN) != 0) {
+		identity_key = bag_identity_key(removed_r->atrn_identity);
+		if (bag_domains_changed(reg, identity_key, domain, FALSE,
+					&identity_domains, error_r) < 0)
+			return -1;
+	}
+
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_unset(trans, bag_domain_key(domain));
 	dict_unset(trans, t_strconcat(BAG_KEY_STATUS,
@@ -669,32 +831,24 @@ int bag_registry_remove(struct mirror_registry *reg, const char *domain,
 	dict_unset(trans, bag_count_key(domain));
 	dict_unset(trans, t_strconcat(BAG_KEY_BACKUP, mirror_key_escape(domain),
 				      NULL));
-	array_foreach_elem(&box_addrs, name)
-		dict_unset(trans, bag_box_key(domain, name));
+	array_foreach_elem(&box_addrs, addr)
+		dict_unset(trans, bag_box_key(domain, addr));
+	dict_unset(trans, bag_boxes_key(domain));
 	prefix = bag_rcpt_prefix(domain);
-	array_foreach_elem(&names, name)
-		dict_unset(trans, t_strconcat(prefix, name, NULL));
-	if (bag_domains_change(reg, trans, BAG_KEY_DOMAINS, domain, FALSE,
-			       error_r) < 0)
-		goto failed;
-	if ((removed_r->modes & BAG_MODE_ATRN) != 0) {
-		const char *key = bag_identity_key(removed_r->atrn_identity);
-
-		if (bag_domains_change(reg, trans, key, domain, FALSE,
-				       error_r) < 0 ||
-		    bag_domains_get(reg, key, pool_datastack_create(),
-				    &identity_domains, error_r) < 0)
-			goto failed;
-		/* still listed: the domain itself, about to go */
+	array_foreach_elem(&addrs, addr)
+		dict_unset(trans, t_strconcat(prefix, mirror_key_escape(addr),
+					      NULL));
+	dict_unset(trans, bag_rcpts_key(domain));
+	bag_domains_set(trans, BAG_KEY_DOMAINS, &domains);
+	if (identity_key != NULL) {
+		bag_domains_set(trans, identity_key, &identity_domains);
+		/* no other domain left for an identity the suite made */
 		if (removed_r->auto_identity &&
-		    array_count(&identity_domains) <= 1)
+		    array_count(&identity_domains) == 0)
 			mirror_user_records_unset(trans,
 						  removed_r->atrn_identity);
 	}
 	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
-failed:
-	dict_transaction_rollback(&trans);
-	return -1;
 }
 
 int bag_registry_rcpt_lookup(struct mirror_registry *reg, const char *domain,
@@ -719,18 +873,35 @@ int bag_registry_rcpt_update(struct mirror_registry *reg,
 			     const char **error_r)
 {
 	struct dict_transaction_context *trans;
+	ARRAY_TYPE(const_string) list, kept;
 	struct bag_def changed = *def;
-	const char *prefix = bag_rcpt_prefix(def->domain);
+	const char *prefix = bag_rcpt_prefix(def->domain), *addr;
+	const char *const *ap;
+
+	t_array_init(&list, 16);
+	t_array_init(&kept, 16);
+	if (bag_rcpt_addrs(reg, def->domain, pool_datastack_create(), &list,
+			   error_r) < 0)
+		return -1;
+	array_foreach_elem(&list, addr) {
+		if (add || !str_array_find(addrs, addr))
+			array_push_back(&kept, &addr);
+	}
+	for (ap = addrs; add && *ap != NULL; ap++) {
+		if (!bag_addrs_contain(&kept, *ap))
+			array_push_back(&kept, ap);
+	}
 
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	for (; *addrs != NULL; addrs++) {
+	for (ap = addrs; *ap != NULL; ap++) {
 		const char *key = t_strconcat(prefix,
-					      mirror_key_escape(*addrs), NULL);
+					      mirror_key_escape(*ap), NULL);
 		if (add)
 			dict_set(trans, key, "1");
 		else
 			dict_unset(trans, key);
 	}
+	bag_addrs_set(trans, bag_rcpts_key(def->domain), &kept);
 	if (!def->recipient_list) {
 		changed.recipient_list = TRUE;
 		bag_def_set(trans, &changed);
@@ -742,17 +913,20 @@ int bag_registry_rcpt_clear(struct mirror_registry *reg,
 			    const struct bag_def *def, const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	ARRAY_TYPE(const_string) names;
+	ARRAY_TYPE(const_string) addrs;
 	struct bag_def changed = *def;
-	const char *prefix = bag_rcpt_prefix(def->domain), *name;
+	const char *prefix = bag_rcpt_prefix(def->domain), *addr;
 
-	t_array_init(&names, 16);
-	if (bag_rcpt_keys(reg, def->domain, pool_datastack_create(), &names,
-			  error_r) < 0)
+	t_array_init(&addrs, 16);
+	if (bag_rcpt_addrs(reg, def->domain, pool_datastack_create(), &addrs,
+			   error_r) < 0)
 		return -1;
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	array_foreach_elem(&names, name)
-		dict_unset(trans, t_strconcat(prefix, name, NULL));
+	array_foreach_elem(&addrs, addr)
+		dict_unset(trans, t_strconcat(prefix, mirror_key_escape(addr),
+					      NULL));
+	array_clear(&addrs);
+	bag_addrs_set(trans, bag_rcpts_key(def->domain), &addrs);
 	changed.recipient_list = FALSE;
 	bag_def_set(trans, &changed);
 	return mirror_registry_commit(&trans, error_r);
@@ -762,25 +936,8 @@ int bag_registry_rcpt_list(struct mirror_registry *reg, const char *domain,
 			   pool_t pool, ARRAY_TYPE(const_string) *addrs,
 			   const char **error_r)
 {
-	ARRAY_TYPE(const_string) names;
-	const char *name, *addr;
-	string_t *str = t_str_new(128);
-
-	t_array_init(&names, 16);
-	if (bag_rcpt_keys(reg, domain, pool_datastack_create(), &names,
-			  error_r) < 0)
+	if (bag_rcpt_addrs(reg, domain, pool, addrs, error_r) < 0)
 		return -1;
-	array_foreach_elem(&names, name) {
-		str_truncate(str, 0);
-		if (mirror_key_unescape(name, str) < 0) {
-			*error_r = t_strdup_printf(
-				"Broken registry data in the recipient list "
-				"of %s", domain);
-			return -1;
-		}
-		addr = p_strdup(pool, str_c(str));
-		array_push_back(addrs, &addr);
-	}
 	array_sort(addrs, bag_str_cmp);
 	return 0;
 }
@@ -1026,14 +1183,25 @@ int bag_registry_box_add(struct mirror_registry *reg, const char *domain,
 {
 	struct dict_transaction_context *trans;
 	struct json_object *userdb;
+	ARRAY_TYPE(const_string) addrs;
 	const char *old;
 	int ret;
 
 	ret = bag_registry_box_get(reg, domain, addr, &old, error_r);
 	if (ret != 0)
 		return ret < 0 ? -1 : 0;
+	t_array_init(&addrs, 16);
+	ret = bag_addrs_get(reg, bag_boxes_key(domain), domain,
+			    pool_datastack_create(), &addrs, error_r);
+	if (ret < 0)
+		return -1;
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, bag_box_key(domain, addr), user);
+	/* a bag made before the list existed is iterated instead */
+	if (ret > 0 && !bag_addrs_contain(&addrs, addr)) {
+		array_push_back(&addrs, &addr);
+		bag_addrs_set(trans, bag_boxes_key(domain), &addrs);
+	}
 	userdb = json_object_new_object();
 	json_object_object_add(userdb, "bag_pop3",
 			       json_object_new_string(domain));
@@ -1042,44 +1210,15 @@ int bag_registry_box_add(struct mirror_registry *reg, const char *domain,
 	return mirror_registry_commit(&trans, error_r) < 0 ? -1 : 1;
 }
 
-struct bag_box_list_ctx {
-	pool_t pool;
-	ARRAY_TYPE(const_string) *addrs, *users;
-};
-
-static int
-bag_box_list_entry(const char *name, const char *value, void *context,
-		   const char **error_r)
-{
-	struct bag_box_list_ctx *ctx = context;
-	string_t *str = t_str_new(64);
-	const char *s;
-
-	if (mirror_key_unescape(name, str) < 0) {
-		*error_r = "Broken registry data in a POP3 box key";
-		return -1;
-	}
-	s = p_strdup(ctx->pool, str_c(str));
-	array_push_back(ctx->addrs, &s);
-	s = p_strdup(ctx->pool, value);
-	array_push_back(ctx->users, &s);
-	return 0;
-}
-
 int bag_registry_box_list(struct mirror_registry *reg, const char *domain,
 			  pool_t pool, ARRAY_TYPE(const_string) *addrs,
 			  ARRAY_TYPE(const_string) *users,
 			  const char **error_r)
 {
-	struct bag_box_list_ctx ctx = {
-		.pool = pool,
-		.addrs = addrs,
-		.users = users,
-	};
-
-	return mirror_registry_iterate(reg, t_strconcat(BAG_KEY_BOX,
-			mirror_key_escape(domain), "/", NULL),
-			bag_box_list_entry, &ctx, error_r);
+	return bag_list_read(reg, bag_boxes_key(domain),
+			     t_strconcat(BAG_KEY_BOX,
+					 mirror_key_escape(domain), "/", NULL),
+			     domain, pool, addrs, users, error_r);
 }
 
 int bag_registry_backup_get(struct mirror_registry *reg, const char *domain,

@@ -14,11 +14,14 @@
      rcpt/<domain>/<address>
                          "1" for each address of the domain's recipient
                          list (when the bag has one)
+     rcpts/<domain>      JSON array of those addresses (so that no dict
+                         iteration is needed: Redis has none)
      identity/<identity> JSON array of the domains an ATRN identity may
                          pull
      box/<domain>/<address>
                          the POP3 box user of a recipient (pop3 bags with
                          a box per account)
+     boxes/<domain>      JSON array of the addresses with a box
      status/<domain>     the last flush: JSON {"time":, "result":,
                          "delivered":, "deferred":, "bounced":}
      backup/<domain>     a backup bag's retry schedule: JSON

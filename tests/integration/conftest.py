@@ -210,11 +210,14 @@ def header_values(message, name):
 def make_sandbox(request):
     started = []
 
-    def start(users=(), sieve_before=None, settings=None, store=None):
+    def start(users=(), sieve_before=None, settings=None, store=None,
+              mail_dir=None):
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
         if store is not None:
             args += ["--store", store]
+        if mail_dir is not None:
+            args += ["--mail-dir", mail_dir]
         for u in users:
             args += ["--user", "%s:%s" % (u, PASSWORD)]
         if sieve_before is not None:

@@ -216,6 +216,9 @@ def fetchmail_etrn(port, domains, timeout=60):
     return subprocess.run(
         ["fetchmail", "-v", "--nosyslog", "--protocol", "ETRN",
          "--service", str(port), "--fetchdomains", ",".join(domains),
+         # its own lock: as root it would be /var/run/fetchmail.pid,
+         # and a second fetchmail at once would refuse to run
+         "--pidfile", os.path.join(home, "fetchmail.pid"),
          "127.0.0.1"],
         capture_output=True, text=True, timeout=timeout,
         env=dict(os.environ, HOME=home))

@@ -23,6 +23,7 @@
 #define MIRROR_KEY_DOMAIN MIRROR_KEY_PREFIX"domain/"
 #define MIRROR_KEY_EXPIRE MIRROR_KEY_PREFIX"expire/"
 #define MIRROR_KEY_EXPIRE_LAST_RUN MIRROR_KEY_PREFIX"expire-last-run"
+#define MIRROR_KEY_EXPIRE_LEASE MIRROR_KEY_PREFIX"expire-lease/"
 /* A registry value is an array of objects; room for one more level of
    nesting that a later version may add. */
 #define MIRROR_JSON_MAX_DEPTH 4
@@ -1428,6 +1429,105 @@ int mirror_registry_expire_set_last_run(struct mirror_registry *reg,
 
 	trans = dict_transaction_begin(reg->dict, &reg->opset);
 	dict_set(trans, MIRROR_KEY_EXPIRE_LAST_RUN, dec2str(last_run));
+	return mirror_registry_commit(&trans, error_r);
+}
+
+/* The fleet's lease on a scheduled scan */
+
+static const char *mirror_expire_lease_key(time_t run, const char *what)
+{
+	return t_strdup_printf(MIRROR_KEY_EXPIRE_LEASE"%ld/%s", (long)run,
+			       what);
+}
+
+int mirror_registry_expire_lease_take(struct mirror_registry *reg,
+				      time_t run, unsigned int attempt,
+				      const char *holder, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *key, *value, *error;
+	unsigned int tickets;
+	int ret;
+
+	/* the first increment of the attempt's counter makes it 1: that
+	   server holds the lease. Redis creates the key with INCRBY; the
+	   file and SQL dicts increment only an existing key, and a
+	   missing one is set. */
+	key = mirror_expire_lease_key(run, dec2str(attempt));
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_atomic_inc(trans, key, 1);
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret == DICT_COMMIT_RET_NOTFOUND) {
+		trans = dict_transaction_begin(reg->dict, &reg->opset);
+		dict_set(trans, key, "1");
+		ret = dict_transaction_commit(&trans, &error);
+	}
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict commit failed: %s", error);
+		return -1;
+	}
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) < 0)
+		return -1;
+	if (ret == 0 || str_to_uint(value, &tickets) < 0 || tickets == 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s", key);
+		return -1;
+	}
+	if (tickets > 1)
+		return 0;
+	return mirror_registry_expire_lease_refresh(reg, run, attempt, holder,
+						    error_r) < 0 ? -1 : 1;
+}
+
+int mirror_registry_expire_lease_refresh(struct mirror_registry *reg,
+					 time_t run, unsigned int attempt,
+					 const char *holder,
+					 const char **error_r)
+{
+	struct dict_transaction_context *trans;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_set(trans, mirror_expire_lease_key(run, "holder"),
+		 t_strdup_printf("%u %ld %s", attempt, (long)time(NULL),
+				 holder));
+	return mirror_registry_commit(&trans, error_r);
+}
+
+int mirror_registry_expire_lease_holder(struct mirror_registry *reg,
+					time_t run, unsigned int *attempt_r,
+					time_t *refreshed_r,
+					const char **holder_r,
+					const char **error_r)
+{
+	const char *key = mirror_expire_lease_key(run, "holder");
+	const char *value, *const *args;
+	long t;
+	int ret;
+
+	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	args = t_strsplit(value, " ");
+	if (str_array_length(args) != 3 ||
+	    str_to_uint(args[0], attempt_r) < 0 || *attempt_r == 0 ||
+	    str_to_long(args[1], &t) < 0 || t < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s", key);
+		return -1;
+	}
+	*refreshed_r = (time_t)t;
+	*holder_r = args[2];
+	return 1;
+}
+
+int mirror_registry_expire_lease_forget(struct mirror_registry *reg,
+					time_t run, unsigned int attempts,
+					const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	unsigned int i;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	dict_unset(trans, mirror_expire_lease_key(run, "holder"));
+	for (i = 1; i <= attempts; i++)
+		dict_unset(trans, mirror_expire_lease_key(run, dec2str(i)));
 	return mirror_registry_commit(&trans, error_r);
 }
 

@@ -224,6 +224,30 @@ int mirror_registry_expire_list(struct mirror_registry *reg, pool_t pool,
 int mirror_registry_list_all(struct mirror_registry *reg, pool_t pool,
 			     ARRAY_TYPE(mirror_def) *defs,
 			     const char **error_r);
+/* The lease that makes one server of a fleet run a scheduled scan: 1 if
+   this holder took attempt of the scan scheduled at run (the first to
+   increment its counter), 0 if another server did, -1 on error. The
+   holder then refreshes the lease while the scan runs; when it goes
+   silent (died, or two servers lost to each other), the next attempt
+   is taken the same way. */
+int mirror_registry_expire_lease_take(struct mirror_registry *reg,
+				      time_t run, unsigned int attempt,
+				      const char *holder, const char **error_r);
+int mirror_registry_expire_lease_refresh(struct mirror_registry *reg,
+					 time_t run, unsigned int attempt,
+					 const char *holder,
+					 const char **error_r);
+/* 1 with the holder's attempt, last refresh and name; 0 if nobody holds
+   the lease of run; -1 on error */
+int mirror_registry_expire_lease_holder(struct mirror_registry *reg,
+					time_t run, unsigned int *attempt_r,
+					time_t *refreshed_r,
+					const char **holder_r,
+					const char **error_r);
+/* remove the lease keys of a past run */
+int mirror_registry_expire_lease_forget(struct mirror_registry *reg,
+					time_t run, unsigned int attempts,
+					const char **error_r);
 int mirror_registry_expire_last_run(struct mirror_registry *reg,
 				    time_t *last_run_r, const char **error_r);
 int mirror_registry_expire_set_last_run(struct mirror_registry *reg,

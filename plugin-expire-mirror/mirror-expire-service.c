@@ -17,16 +17,28 @@
 
    The sleep is cut into pieces of at most an hour, and the schedule
    recomputed after each, so that setting the clock or suspending the host
-   can't make a long sleep miss a run. */
+   can't make a long sleep miss a run.
+
+   Servers sharing one registry (a fleet on Redis) scan once for all: each
+   run is leased in the registry (mirror_registry_expire_lease_take()).
+   The server that takes the lease scans and refreshes the lease while
+   the scan runs; the others check back now and then until the scan is
+   recorded, and take the next attempt when the holder has been silent
+   for mirror_expire_lease (it died), or when nobody took the lease (two
+   servers lost to each other). */
 
 #include "lib.h"
 #include "array.h"
+#include "hostpid.h"
 #include "ioloop.h"
+#include "istream.h"
+#include "fd-util.h"
 #include "time-util.h"
 #include "child-wait.h"
 #include "execv-const.h"
 #include "restrict-access.h"
 #include "settings-parser.h"
+#include "str-sanitize.h"
 #include "dict.h"
 #include "master-interface.h"
 #include "master-service.h"
@@ -39,6 +51,10 @@
 
 /* Recompute the next run at least this often. */
 #define MIRROR_EXPIRE_MAX_SLEEP_SECS (60*60)
+/* mirror_expire_lease: a lease holder silent this long has died */
+#define MIRROR_EXPIRE_LEASE_DEFAULT_SECS (10*60)
+/* lease attempts of a past run whose keys are removed */
+#define MIRROR_EXPIRE_LEASE_FORGET_ATTEMPTS 8
 
 struct mirror_expire_settings {
 	ARRAY(const char *) plugin_envs;
@@ -60,8 +76,20 @@ struct mirror_expire {
 	bool missed;
 	struct timeout *to;
 
-	/* the running scan */
+	/* the fleet's lease: the run it is for, the attempt this server
+	   took or lost last (0: none yet) */
+	const char *holder;
+	unsigned int lease_secs;
+	time_t lease_run;
+	unsigned int lease_attempt;
+	bool lease_held;
+	struct timeout *to_refresh;
+
+	/* the running scan, and what it logs (doveadm logs to stderr) */
 	pid_t pid;
+	int log_fd;
+	struct istream *log_input;
+	struct io *log_io;
 	struct child_wait *child_wait;
 	struct timeval started;
 	time_t run_for;
@@ -96,6 +124,7 @@ static struct event_category event_category_mirror_expire = {
 static struct mirror_expire mirror_expire;
 
 static void mirror_expire_check(struct mirror_expire *ctx);
+static void mirror_expire_log_input(struct mirror_expire *ctx);
 
 static const char *
 mirror_expire_plugin_getenv(const struct mirror_expire_settings *set,
@@ -169,6 +198,123 @@ mirror_expire_time_str(struct mirror_expire *ctx, time_t t)
 			       mirror_schedule_format_utc(t));
 }
 
+static int
+mirror_expire_registry(struct mirror_expire *ctx,
+		       struct mirror_registry **reg_r)
+{
+	const char *error;
+
+	if (mirror_registry_init(ctx->dict_uri, ctx->base_dir, ctx->event,
+				 reg_r, &error) < 0) {
+		e_error(ctx->event, "Expiry scan lease: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static void mirror_expire_lease_refresh(struct mirror_expire *ctx)
+{
+	struct mirror_registry *reg;
+	const char *error;
+
+	if (mirror_expire_registry(ctx, &reg) < 0)
+		return;
+	if (mirror_registry_expire_lease_refresh(reg, ctx->lease_run,
+						 ctx->lease_attempt,
+						 ctx->holder, &error) < 0) {
+		e_error(ctx->event, "Can't refresh the lease of the expiry "
+			"scan of %s: %s",
+			mirror_expire_time_str(ctx, ctx->lease_run), error);
+	}
+	mirror_registry_deinit(&reg);
+}
+
+/* The lease of the scan of run: 1 taken (this server scans), 0 another
+   server has it (check back later), -1 error (check back later). */
+static int mirror_expire_lease(struct mirror_expire *ctx, time_t run)
+{
+	struct mirror_registry *reg;
+	const char *holder, *error;
+	unsigned int attempt = 0;
+	time_t refreshed = 0, now = time(NULL);
+	int ret;
+
+	if (ctx->lease_run != run) {
+		ctx->lease_run = run;
+		ctx->lease_attempt = 0;
+	}
+	if (mirror_expire_registry(ctx, &reg) < 0)
+		return -1;
+	if (ctx->lease_attempt > 0) {
+		/* lost before: is the holder alive? */
+		ret = mirror_registry_expire_lease_holder(reg, run, &attempt,
+				&refreshed, &holder, &error);
+		if (ret < 0) {
+			e_error(ctx->event, "Can't read the lease of the "
+				"expiry scan of %s: %s",
+				mirror_expire_time_str(ctx, run), error);
+			mirror_registry_deinit(&reg);
+			return -1;
+		}
+		if (ret > 0 && attempt >= ctx->lease_attempt &&
+		    now - refreshed < (time_t)ctx->lease_secs) {
+			ctx->lease_attempt = attempt;
+			mirror_registry_deinit(&reg);
+			return 0;
+		}
+		if (ret > 0) {
+			e_warning(ctx->event, "Expiry scan of %s: %s has "
+				  "been silent for %ld s: taking it over",
+				  mirror_expire_time_str(ctx, run), holder,
+				  (long)(now - refreshed));
+		}
+	}
+	ctx->lease_attempt = I_MAX(ctx->lease_attempt, attempt) + 1;
+	ret = mirror_registry_expire_lease_take(reg, run, ctx->lease_attempt,
+						ctx->holder, &error);
+	if (ret < 0) {
+		e_error(ctx->event, "Can't take the lease of the expiry scan "
+			"of %s: %s", mirror_expire_time_str(ctx, run), error);
+	} else if (ret == 0) {
+		e_info(ctx->event, "Expiry scan of %s: another server has "
+		       "taken it (attempt %u)",
+		       mirror_expire_time_str(ctx, run), ctx->lease_attempt);
+	}
+	mirror_registry_deinit(&reg);
+	return ret;
+}
+
+/* After a scan: the lease keys of the run before are of no more use. */
+static void mirror_expire_lease_done(struct mirror_expire *ctx)
+{
+	struct mirror_registry *reg;
+	const char *error;
+	time_t before;
+
+	timeout_remove(&ctx->to_refresh);
+	ctx->lease_held = FALSE;
+	before = mirror_schedule_prev(&ctx->sched, ctx->lease_run - 1);
+	if (mirror_expire_registry(ctx, &reg) < 0)
+		return;
+	if (mirror_registry_expire_lease_forget(reg, before,
+			MIRROR_EXPIRE_LEASE_FORGET_ATTEMPTS, &error) < 0) {
+		e_error(ctx->event, "Can't remove the lease of the expiry "
+			"scan of %s: %s",
+			mirror_expire_time_str(ctx, before), error);
+	}
+	mirror_registry_deinit(&reg);
+}
+
+/* How long a server that lost the lease waits before it looks again:
+   jittered, so that two servers that lost to each other don't meet
+   again */
+static unsigned int mirror_expire_lease_recheck_msecs(struct mirror_expire *ctx)
+{
+	unsigned int base = I_MAX(I_MIN(ctx->lease_secs / 4, 60U), 1U) * 1000;
+
+	return base + i_rand_limit(base);
+}
+
 static void
 mirror_expire_exited(const struct child_wait_status *status,
 		     struct mirror_expire *ctx)
@@ -178,6 +324,13 @@ mirror_expire_exited(const struct child_wait_status *status,
 
 	child_wait_free(&ctx->child_wait);
 	ctx->pid = -1;
+	if (ctx->log_input != NULL) {
+		/* what doveadm logged last, before how it ended */
+		i_stream_set_blocking(ctx->log_input, TRUE);
+		mirror_expire_log_input(ctx);
+	}
+	if (ctx->lease_held)
+		mirror_expire_lease_done(ctx);
 	msecs = timeval_diff_msecs(&ioloop_timeval, &ctx->started);
 	e = event_create_passthrough(ctx->event)->
 		set_name("mirror_expire_run_finished")->
@@ -214,6 +367,64 @@ mirror_expire_exited(const struct child_wait_status *status,
 	mirror_expire_check(ctx);
 }
 
+/* doveadm's log lines ("Info: ...", "Error: ...") into the service's
+   log, at their own level */
+static void mirror_expire_log_line(struct mirror_expire *ctx,
+				   const char *line)
+{
+	static const struct {
+		const char *prefix;
+		enum log_type type;
+	} levels[] = {
+		{ "Debug: ", LOG_TYPE_DEBUG },
+		{ "Info: ", LOG_TYPE_INFO },
+		{ "Warning: ", LOG_TYPE_WARNING },
+		{ "Error: ", LOG_TYPE_ERROR },
+		{ "Fatal: ", LOG_TYPE_ERROR },
+		{ "Panic: ", LOG_TYPE_ERROR },
+	};
+	enum log_type type = LOG_TYPE_ERROR;
+	unsigned int i;
+
+	if (*line == '\0')
+		return;
+	for (i = 0; i < N_ELEMENTS(levels); i++) {
+		if (str_begins(line, levels[i].prefix)) {
+			type = levels[i].type;
+			line += strlen(levels[i].prefix);
+			break;
+		}
+	}
+	switch (type) {
+	case LOG_TYPE_DEBUG:
+		e_debug(ctx->event, "doveadm: %s", line);
+		break;
+	case LOG_TYPE_INFO:
+		e_info(ctx->event, "doveadm: %s", line);
+		break;
+	case LOG_TYPE_WARNING:
+		e_warning(ctx->event, "doveadm: %s", line);
+		break;
+	default:
+		e_error(ctx->event, "doveadm: %s", line);
+		break;
+	}
+}
+
+static void mirror_expire_log_input(struct mirror_expire *ctx)
+{
+	const char *line;
+
+	while ((line = i_stream_read_next_line(ctx->log_input)) != NULL) T_BEGIN {
+		mirror_expire_log_line(ctx, str_sanitize(line, 1024));
+	} T_END;
+	if (ctx->log_input->eof || ctx->log_input->stream_errno != 0) {
+		io_remove(&ctx->log_io);
+		i_stream_destroy(&ctx->log_input);
+		i_close_fd(&ctx->log_fd);
+	}
+}
+
 static void
 mirror_expire_run(struct mirror_expire *ctx, time_t run_for, bool catch_up)
 {
@@ -221,6 +432,7 @@ mirror_expire_run(struct mirror_expire *ctx, time_t run_for, bool catch_up)
 		MIRROR_DOVEADM_PATH, "-c", ctx->config_path,
 		"mirror", "expire", NULL
 	};
+	int fd[2];
 	pid_t pid;
 
 	i_assert(ctx->pid == -1);
@@ -232,22 +444,41 @@ mirror_expire_run(struct mirror_expire *ctx, time_t run_for, bool catch_up)
 		e_info(ctx->event, "Running the expiry scan of %s",
 		       mirror_expire_time_str(ctx, run_for));
 	}
+	if (pipe(fd) < 0) {
+		e_error(ctx->event,
+			"Expiry scan of %s failed: pipe() failed: %m",
+			mirror_expire_time_str(ctx, run_for));
+		return;
+	}
 	pid = fork();
 	if (pid < 0) {
 		e_error(ctx->event,
 			"Expiry scan of %s failed: fork() failed: %m",
 			mirror_expire_time_str(ctx, run_for));
+		i_close_fd(&fd[0]);
+		i_close_fd(&fd[1]);
 		return;
 	}
 	if (pid == 0) {
 		/* doveadm must see a standalone start: none of the master's
-		   fds or environment, only import_environment */
+		   fds or environment, only import_environment. Its log (to
+		   stderr) comes to us; its table output is not needed. */
 		(void)close(MASTER_ANVIL_FD);
 		(void)close(MASTER_STATUS_FD);
 		(void)close(MASTER_DEAD_FD);
+		if (dup2(fd[1], STDERR_FILENO) < 0)
+			i_fatal("dup2() failed: %m");
+		(void)close(fd[0]);
+		(void)close(fd[1]);
 		master_service_env_clean();
 		execv_const(argv[0], argv);
 	}
+	i_close_fd(&fd[1]);
+	ctx->log_fd = fd[0];
+	fd_close_on_exec(ctx->log_fd, TRUE);
+	ctx->log_input = i_stream_create_fd(ctx->log_fd, 8192);
+	ctx->log_io = io_add(ctx->log_fd, IO_READ, mirror_expire_log_input,
+			     ctx);
 	ctx->pid = pid;
 	ctx->run_for = run_for;
 	ctx->catch_up = catch_up;
@@ -278,14 +509,27 @@ static void mirror_expire_check(struct mirror_expire *ctx)
 			       mirror_schedule_format_utc(last_run));
 			ctx->covered = prev;
 			ctx->missed = FALSE;
+		} else if (mirror_expire_lease(ctx, prev) <= 0) {
+			/* another server scans (or the registry is down):
+			   look again soon */
+			ctx->to = timeout_add(
+				mirror_expire_lease_recheck_msecs(ctx),
+				mirror_expire_check, ctx);
+			return;
 		} else {
 			/* covered before the scan ends: a failed scan isn't
 			   repeated until the next scheduled run */
+			ctx->lease_held = TRUE;
 			mirror_expire_run(ctx, prev, ctx->missed);
 			ctx->covered = prev;
 			ctx->missed = FALSE;
-			if (ctx->pid != -1)
+			if (ctx->pid != -1) {
+				ctx->to_refresh = timeout_add(
+					I_MAX(ctx->lease_secs / 3, 1U) * 1000,
+					mirror_expire_lease_refresh, ctx);
 				return;
+			}
+			mirror_expire_lease_done(ctx);
 		}
 	}
 	next = mirror_schedule_next(&ctx->sched, now);
@@ -322,11 +566,12 @@ static void
 mirror_expire_init(struct mirror_expire *ctx,
 		   const struct mirror_expire_settings *set)
 {
-	const char *error;
+	const char *value, *error;
 
 	i_zero(ctx);
 	ctx->pool = pool_alloconly_create("mirror-expire", 256);
 	ctx->pid = -1;
+	ctx->log_fd = -1;
 	ctx->event = event_create(NULL);
 	event_add_category(ctx->event, &event_category_mirror_expire);
 
@@ -349,6 +594,19 @@ mirror_expire_init(struct mirror_expire *ctx,
 			"configuration is fixed", error);
 		return;
 	}
+	value = mirror_expire_plugin_getenv(set, "mirror_expire_lease");
+	ctx->lease_secs = MIRROR_EXPIRE_LEASE_DEFAULT_SECS;
+	if (value != NULL && *value != '\0' &&
+	    (settings_get_time(value, &ctx->lease_secs, &error) < 0 ||
+	     ctx->lease_secs == 0)) {
+		e_error(ctx->event, "Invalid mirror_expire_lease '%s': "
+			"expected a time, e.g. 10 min: no expiry scans run "
+			"until the configuration is fixed",
+			str_sanitize(value, 40));
+		return;
+	}
+	ctx->holder = p_strdup_printf(ctx->pool, "%s/%s", my_hostname,
+				      my_pid);
 	/* once the service is up and its log set */
 	ctx->to = timeout_add_short(0, mirror_expire_start, ctx);
 }
@@ -356,6 +614,10 @@ mirror_expire_init(struct mirror_expire *ctx,
 static void mirror_expire_deinit(struct mirror_expire *ctx)
 {
 	timeout_remove(&ctx->to);
+	timeout_remove(&ctx->to_refresh);
+	io_remove(&ctx->log_io);
+	i_stream_destroy(&ctx->log_input);
+	i_close_fd(&ctx->log_fd);
 	if (ctx->pid != -1) {
 		/* the scan is a process of its own: let it finish */
 		e_info(ctx->event, "Stopping while the expiry scan of %s runs "

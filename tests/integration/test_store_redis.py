@@ -10,10 +10,13 @@ share their mail storage: one mirror storage, one bag (and its flush lock,
 an fcntl lock beside it) for both."""
 
 import imaplib
+import re
 import shutil
 import tempfile
 import threading
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -242,3 +245,98 @@ def test_two_etrns_at_two_servers_send_each_message_once(fleet, customer):
     assert subjects_of(customer.messages) == \
         ["m%02d" % i for i in range(count)]
     assert bag_messages(a) == 0
+
+
+# The nightly scan: once for the fleet
+
+LA = ZoneInfo("America/Los_Angeles")
+
+
+def expire_lines(sb, pattern):
+    return [l for l in sb.log().splitlines()
+            if "mirror-expire: " in l and re.search(pattern, l)]
+
+
+def wait_lines(sbs, pattern, timeout, count=1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = [l for sb in sbs for l in expire_lines(sb, pattern)]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError("no %d lines matching %r in %ds:\n%s" % (
+        count, pattern, timeout,
+        "\n".join(sb.log()[-2000:] for sb in sbs)))
+
+
+def schedule_in(secs, lease="4s"):
+    target = int(time.time()) + secs
+    return target, {"mirror_expire_time":
+                    datetime.fromtimestamp(target, LA).strftime("%H:%M:%S"),
+                    "mirror_expire_lease": lease}
+
+
+def test_the_nightly_scan_runs_once_for_the_fleet(fleet, redis_server):
+    target, settings = schedule_in(10)
+    a, b = fleet(settings), fleet(settings)
+    m = a.mirror_add(ALICE, days=1)
+    ok(b.deliver([ALICE], make_message(subject="kept")))
+    wait_lines([a, b], r"Expiry scan of .* finished", 60)
+    # the other server lost the lease, or found the scan recorded already
+    wait_lines([a, b], r"another server has taken it|: already done at", 30)
+    time.sleep(1)
+    assert len(wait_lines([a, b], r"Running the expiry scan", 1)) == 1
+    last = int(redis_server.command("GET", PREFIX + "mirror/expire-last-run"))
+    assert last >= target
+    holder = redis_server.command(
+        "GET", "%smirror/expire-lease/%d/holder" % (PREFIX, target))
+    assert holder.startswith("1 "), holder
+    assert a.maildir_count(m["storage"]) == 1
+
+
+def test_a_server_waits_while_the_lease_holder_scans(fleet, redis_server):
+    target, settings = schedule_in(10, lease="3s")
+    lease = "%smirror/expire-lease/%d/" % (PREFIX, target)
+    # another server took the run and is scanning: it refreshes its lease
+    redis_server.command("SET", lease + "1", "1")
+    stop = threading.Event()
+
+    def refresh():
+        while not stop.is_set():
+            redis_server.command("SET", lease + "holder",
+                                 "1 %d otherhost/7" % int(time.time()))
+            stop.wait(0.5)
+    refresher = threading.Thread(target=refresh)
+    refresher.start()
+    try:
+        a = fleet(settings)
+        wait_lines([a], r"another server has taken it \(attempt 1\)", 30)
+        # it keeps waiting, longer than the lease, while the holder lives
+        time.sleep(5)
+        assert not expire_lines(a, r"Running|taking it over")
+        # the holder's scan ends and is recorded
+        redis_server.command("SET", PREFIX + "mirror/expire-last-run",
+                             str(target + 1))
+        wait_lines([a], r": already done at", 30)
+    finally:
+        stop.set()
+        refresher.join()
+    assert not expire_lines(a, r"Running|taking it over")
+
+
+def test_a_silent_lease_holder_is_taken_over(fleet, redis_server):
+    target, settings = schedule_in(10, lease="3s")
+    # a server took the run and died before it scanned
+    redis_server.command("SET", "%smirror/expire-lease/%d/1"
+                         % (PREFIX, target), "1")
+    redis_server.command("SET", "%smirror/expire-lease/%d/holder"
+                         % (PREFIX, target),
+                         "1 %d deadhost/42" % (target - 100))
+    a = fleet(settings)
+    lines = wait_lines([a], r"deadhost/42 has been silent for \d+ s: "
+                       r"taking it over", 60)
+    assert "Warning: " in lines[0]
+    wait_lines([a], r"Expiry scan of .* finished", 60)
+    holder = redis_server.command(
+        "GET", "%smirror/expire-lease/%d/holder" % (PREFIX, target))
+    assert holder.startswith("2 ") and "deadhost" not in holder, holder

@@ -1,5 +1,5 @@
 """A real redis-server on a loopback port: the shared store of the
-two-server tests. It keeps an append-only file (fsync always), so that a
+two-server tests (and of `scripts/bench --store redis`). It keeps an append-only file (fsync always), so that a
 stop and a start on the same directory lose nothing, as a production
 Redis with persistence wouldn't."""
 
@@ -10,7 +10,12 @@ import subprocess
 import tempfile
 import time
 
-from peers import free_port
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -3,6 +3,12 @@
 Every sandbox is checked when the test ends: Dovecot's log must show no
 panic, fatal error or crash, and (under MIRROR_SANDBOX_PRELOAD) no
 sanitizer report may have been written.
+
+MIRROR_TEST_STORE=redis runs every test with the registry in one real
+redis-server (started for the session, a key prefix per sandbox) instead
+of the embedded file dict, MIRROR_TEST_STORE=sqlite in an SQLite database
+per sandbox through Dovecot's dict-sql. Tests look at the registry through
+doveadm and the dict proxy (Sandbox.registry_get), whatever the backend.
 """
 
 import glob
@@ -24,6 +30,33 @@ SANDBOX = os.path.join(TOP, "scripts", "sandbox")
 DOMAIN = "example.com"
 
 PASSWORD = "secret"
+STORE = os.environ.get("MIRROR_TEST_STORE", "embedded")
+if STORE not in ("embedded", "redis", "sqlite"):
+    raise RuntimeError("MIRROR_TEST_STORE must be embedded, redis or sqlite")
+# the registry every sandbox's doveadm reaches, whatever the backend
+REGISTRY = "proxy::mirror"
+
+
+_session_redis = None
+_redis_prefixes = 0
+
+
+def session_store():
+    """The registry of a new sandbox under MIRROR_TEST_STORE (for
+    scripts/sandbox --store)."""
+    global _session_redis, _redis_prefixes
+    from store import RedisServer
+    if STORE == "sqlite":
+        return "sqlite"
+    if _session_redis is None:
+        _session_redis = RedisServer().start()
+    _redis_prefixes += 1
+    return _session_redis.uri("t%d/" % _redis_prefixes)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _session_redis is not None:
+        _session_redis.cleanup()
 
 
 def make_message(subject="hello", body="body line\r\n", msgid=None,
@@ -193,6 +226,15 @@ class Sandbox:
         with open(self.info["log"], errors="replace") as f:
             return f.read()
 
+    def registry_get(self, key):
+        """A registry value (key without shared/), None if missing."""
+        r = self.doveadm("dict", "get", REGISTRY, "shared/" + key,
+                         check=False)
+        return r.stdout.rstrip("\n") if r.returncode == 0 else None
+
+    def registry_set(self, key, value):
+        self.doveadm("dict", "set", REGISTRY, "shared/" + key, value)
+
     def stats(self):
         """Dovecot's own metrics: {metric name: count}."""
         r = self.doveadm("stats", "dump", json_output=True)
@@ -214,6 +256,8 @@ def make_sandbox(request):
               mail_dir=None):
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
+        if store is None and STORE != "embedded":
+            store = session_store()
         if store is not None:
             args += ["--store", store]
         if mail_dir is not None:

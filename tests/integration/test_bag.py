@@ -240,10 +240,8 @@ def test_bag_password_rotation(bag_sandbox):
     ident = sb.doveadm("bag", "password", "-a", "odmr@" + DOMAIN,
                        json_output=True).json[0]
     assert ident["user"] == "odmr@" + DOMAIN
-    # the hash on disk is CRAM-MD5's, never the password
-    with open(os.path.join(sb.dir, "state", "mirror",
-                           "registry.dict")) as f:
-        text = f.read()
+    # the hash in the registry is CRAM-MD5's, never the password
+    text = sb.registry_get("mirror/user/odmr@" + DOMAIN)
     assert ident["password"] not in text and "{CRAM-MD5}" in text
 
 

@@ -261,13 +261,10 @@ def test_broken_registry_data_loses_no_mail(make_sandbox):
         sb = make_sandbox(users=[ALICE, AUDIT],
                           settings={"mirror_failure": policy})
         sb.mirror_add(ALICE, AUDIT)
-        path = os.path.join(sb.dir, "state", "mirror", "registry.dict")
-        with open(path) as f:
-            text = f.read()
-        with open(path + ".new", "w") as f:
-            f.write(text.replace('"days":30', '"days":"thirty"'))
-        os.chmod(path + ".new", 0o644)
-        os.rename(path + ".new", path)
+        key = "mirror/source/" + ALICE
+        value = sb.registry_get(key)
+        assert '"days":30' in value, value
+        sb.registry_set(key, value.replace('"days":30', '"days":"thirty"'))
 
         rcpt, data = sb.deliver([ALICE])
         assert data[0][0] == code, (policy, data)

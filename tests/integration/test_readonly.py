@@ -250,10 +250,6 @@ def test_other_storages_and_users_are_unaffected(sandbox):
     assert sandbox.maildir_count(AUDIT) == 1
 
 
-def registry_uri(sb):
-    return "file:" + os.path.join(sb.dir, "state", "mirror", "registry.dict")
-
-
 def login_fails(sb, user):
     """Dovecot's answer to a session it could not set up: IMAP says OK to
     LOGIN (the password was right) and then BYE, POP3 says -ERR [SYS/TEMP]."""
@@ -277,8 +273,7 @@ def login_fails(sb, user):
 
 def test_broken_registry_data_fails_closed(sandbox):
     storage_with_mail(sandbox, count=1)
-    sandbox.doveadm("dict", "set", "-u", "", registry_uri(sandbox),
-                    "shared/mirror/storage/" + AUDIT, "garbage")
+    sandbox.registry_set("mirror/storage/" + AUDIT, "garbage")
     login_fails(sandbox, AUDIT)
     log = sandbox.log()
     assert "mirror: Can't tell whether the user is a read-only mirror " \

@@ -59,8 +59,7 @@ def has_expire_command(sb):
 
 
 def set_last_run(sb, t):
-    sb.doveadm("dict", "set", "file:%s/state/mirror/registry.dict" % sb.dir,
-               REGISTRY_LAST_RUN, str(t))
+    sb.registry_set(REGISTRY_LAST_RUN[len("shared/"):], str(t))
 
 
 def service_lines(sb, pattern):

@@ -13,6 +13,7 @@
 #include "master-service-settings.h"
 #include "mail-user.h"
 #include "mail-storage-service.h"
+#include "mirror-log.h"
 #include "mirror-registry.h"
 #include "bag-registry.h"
 #include "bag-store.h"
@@ -142,6 +143,7 @@ int main(int argc, char *argv[])
 		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
 		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT;
 
+	struct mirror_log_nudge *log_nudge;
 	bool backup = FALSE;
 	int c;
 
@@ -168,11 +170,14 @@ int main(int argc, char *argv[])
 	restrict_access_by_env(0, NULL);
 	restrict_access_allow_coredumps(TRUE);
 	master_service_init_finish(master_service);
+	/* the settings' errors above may come before the log process reads */
+	log_nudge = mirror_log_nudge_start();
 
 	if (backup)
 		bag_backup_run();
 	else
 		master_service_run(master_service, client_connected);
+	mirror_log_nudge_stop(&log_nudge);
 
 	mail_storage_service_deinit(&bag_service.storage_service);
 	dict_drivers_unregister_builtin();

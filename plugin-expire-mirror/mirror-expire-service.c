@@ -43,6 +43,7 @@
 #include "master-interface.h"
 #include "master-service.h"
 #include "master-service-settings.h"
+#include "mirror-log.h"
 #include "mirror-registry.h"
 #include "mirror-schedule.h"
 
@@ -85,9 +86,7 @@ struct mirror_expire {
 	bool lease_held;
 	struct timeout *to_refresh;
 
-	/* see mirror_expire_log_nudge() */
-	struct timeout *to_nudge;
-	unsigned int nudges;
+	struct mirror_log_nudge *log_nudge;
 
 	/* the running scan, and what it logs (doveadm logs to stderr) */
 	pid_t pid;
@@ -566,26 +565,6 @@ static void mirror_expire_start(struct mirror_expire *ctx)
 	mirror_expire_check(ctx);
 }
 
-/* Dovecot 2.3's log process reads a service's log pipe for the first time
-   after it has started every service. If this process has already logged
-   then (its first lines come at once), the log process takes them in with
-   the master's handshake and doesn't look at them again until more is
-   written to the pipe, which for this quiet service may be a day later.
-   So write to it a few more times, early: the log prefix, which is
-   harmless to send again. */
-static const unsigned int mirror_expire_nudge_msecs[] = { 1000, 5000, 30000 };
-
-static void mirror_expire_log_nudge(struct mirror_expire *ctx)
-{
-	timeout_remove(&ctx->to_nudge);
-	i_set_failure_send_prefix("mirror-expire: ");
-	if (++ctx->nudges < N_ELEMENTS(mirror_expire_nudge_msecs)) {
-		ctx->to_nudge = timeout_add(
-			mirror_expire_nudge_msecs[ctx->nudges],
-			mirror_expire_log_nudge, ctx);
-	}
-}
-
 static void
 mirror_expire_init(struct mirror_expire *ctx,
 		   const struct mirror_expire_settings *set)
@@ -598,8 +577,8 @@ mirror_expire_init(struct mirror_expire *ctx,
 	ctx->log_fd = -1;
 	ctx->event = event_create(NULL);
 	event_add_category(ctx->event, &event_category_mirror_expire);
-	ctx->to_nudge = timeout_add(mirror_expire_nudge_msecs[0],
-				    mirror_expire_log_nudge, ctx);
+	/* the lines below may come before the log process reads */
+	ctx->log_nudge = mirror_log_nudge_start();
 
 	ctx->base_dir = master_service_settings_get(master_service)->base_dir;
 	ctx->config_path = master_service_get_config_path(master_service);
@@ -641,7 +620,7 @@ static void mirror_expire_deinit(struct mirror_expire *ctx)
 {
 	timeout_remove(&ctx->to);
 	timeout_remove(&ctx->to_refresh);
-	timeout_remove(&ctx->to_nudge);
+	mirror_log_nudge_stop(&ctx->log_nudge);
 	io_remove(&ctx->log_io);
 	i_stream_destroy(&ctx->log_input);
 	i_close_fd(&ctx->log_fd);

@@ -733,6 +733,17 @@ static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 
 /* bag password -r ADDRESS: a new password for the POP3 box of a recipient
    (a bag with a box per account), creating the box if it has none yet. */
+
+/* A login just given a new password: the only time the password is shown */
+static void doveadm_bag_print_login(const char *user, const char *password)
+{
+	doveadm_mirror_auth_cache_flush(user);
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_print_header_simple("user");
+	doveadm_print_header_simple("password");
+	doveadm_print(user);
+	doveadm_print(password);
+}
 static void cmd_bag_password_box(const char *name)
 {
 	struct mirror_registry *reg;
@@ -800,14 +811,8 @@ static void cmd_bag_password_box(const char *name)
 		bag_registry_password_set(reg, user, hash, &error);
 	if (ret < 0)
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
-	else {
-		doveadm_mirror_auth_cache_flush(user);
-		doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-		doveadm_print_header_simple("user");
-		doveadm_print_header_simple("password");
-		doveadm_print(user);
-		doveadm_print(password);
-	}
+	else
+		doveadm_bag_print_login(user, password);
 	sodium_memzero(password, strlen(password));
 	mirror_registry_deinit(&reg);
 }
@@ -884,14 +889,8 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	}
 	if (bag_registry_password_set(reg, user, hash, &error) < 0)
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
-	else {
-		doveadm_mirror_auth_cache_flush(user);
-		doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-		doveadm_print_header_simple("user");
-		doveadm_print_header_simple("password");
-		doveadm_print(user);
-		doveadm_print(password);
-	}
+	else
+		doveadm_bag_print_login(user, password);
 	sodium_memzero(password, strlen(password));
 	mirror_registry_deinit(&reg);
 }

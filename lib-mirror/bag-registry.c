@@ -1085,36 +1085,20 @@ bag_usage_key(const char *domain, const char *month, const char *what)
 			   month, "/", what, NULL);
 }
 
-static int
-bag_registry_get_u64(struct mirror_registry *reg, const char *key,
-		     uint64_t *value_r, const char **error_r)
-{
-	const char *value;
-	int ret;
-
-	*value_r = 0;
-	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
-		return ret;
-	if (str_to_uint64(value, value_r) < 0) {
-		*error_r = t_strdup_printf("Broken registry data in %s: "
-					   "not a number", key);
-		return -1;
-	}
-	return 1;
-}
-
 int bag_registry_usage_get(struct mirror_registry *reg, const char *domain,
 			   const char *month, uint64_t *messages_r,
 			   uint64_t *bytes_r, const char **error_r)
 {
 	int ret, ret2;
 
-	ret = bag_registry_get_u64(reg, bag_usage_key(domain, month,
-				   "messages"), messages_r, error_r);
+	ret = mirror_registry_get_counter(reg,
+			bag_usage_key(domain, month, "messages"), messages_r,
+			error_r);
 	if (ret < 0)
 		return -1;
-	ret2 = bag_registry_get_u64(reg, bag_usage_key(domain, month, "bytes"),
-				    bytes_r, error_r);
+	ret2 = mirror_registry_get_counter(reg,
+			bag_usage_key(domain, month, "bytes"), bytes_r,
+			error_r);
 	if (ret2 < 0)
 		return -1;
 	return ret > 0 || ret2 > 0 ? 1 : 0;

@@ -24,6 +24,10 @@ int mirror_registry_get(struct mirror_registry *reg, const char *key,
 int mirror_registry_get_many(struct mirror_registry *reg, pool_t pool,
 			     const char *const *keys, unsigned int count,
 			     const char **values_r, const char **error_r);
+/* A counter: 1 with its value, 0 (value 0) if it doesn't exist, -1 if it
+   can't be read or isn't a number. */
+int mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
+				uint64_t *value_r, const char **error_r);
 int mirror_registry_commit(struct dict_transaction_context **trans,
 			   const char **error_r);
 /* Call callback with every key under prefix (its suffix) and value until

@@ -1013,9 +1013,8 @@ void mirror_registry_status_update(struct mirror_registry *reg,
 		i_error("mirror: Updating the copy counters failed: %s", error);
 }
 
-static int
-mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
-			    uint64_t *value_r, const char **error_r)
+int mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
+				uint64_t *value_r, const char **error_r)
 {
 	const char *value;
 	int ret;
@@ -1024,10 +1023,11 @@ mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
 	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
 		return ret;
 	if (str_to_uint64(value, value_r) < 0) {
-		*error_r = t_strdup_printf("Broken registry data in %s", key);
+		*error_r = t_strdup_printf("Broken registry data in %s: "
+					   "not a number", key);
 		return -1;
 	}
-	return 0;
+	return 1;
 }
 
 int mirror_registry_status_get(struct mirror_registry *reg, unsigned int id,

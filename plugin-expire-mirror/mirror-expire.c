@@ -8,6 +8,8 @@
 #include "ioloop.h"
 #include "str.h"
 #include "str-sanitize.h"
+#include "strnum.h"
+#include "istream.h"
 #include "time-util.h"
 #include "mail-storage-service.h"
 #include "mail-namespace.h"
@@ -16,6 +18,7 @@
 #include "mirror-chain.h"
 #include "mirror-privileges.h"
 #include "mirror-expire.h"
+#include "mirror-expire-free.h"
 
 
 /* shared with the suite's other plugins by name */
@@ -72,6 +75,8 @@ struct mirror_expire_visit {
 	struct mailbox *box;
 	uint32_t uid_validity;
 	bool fsync;
+	/* mirror_expire_free_processes of the storage user */
+	unsigned int free_processes;
 	ARRAY(struct mirror_expire_chain) chains;
 };
 
@@ -192,6 +197,17 @@ static int mirror_expire_visit_open(struct mirror_expire_visit *visit,
 	}
 	value = mail_user_plugin_getenv(visit->user, "mirror_fsync");
 	visit->fsync = value == NULL || strcmp(value, "no") != 0;
+	value = mail_user_plugin_getenv(visit->user,
+					"mirror_expire_free_processes");
+	visit->free_processes = MIRROR_EXPIRE_FREE_DEFAULT_PROCESSES;
+	if (value != NULL && (str_to_uint(value, &visit->free_processes) < 0 ||
+			      visit->free_processes >
+			      MIRROR_EXPIRE_FREE_MAX_PROCESSES)) {
+		*error_r = t_strdup_printf(
+			"Invalid mirror_expire_free_processes '%s': "
+			"not a number of 0..16", str_sanitize(value, 40));
+		return -1;
+	}
 
 	ns = mail_namespace_find_inbox(visit->user->namespaces);
 	visit->box = mailbox_alloc(ns->list, "INBOX",
@@ -327,18 +343,33 @@ static void mirror_expire_record(struct mirror_expire_visit *visit,
 	}
 }
 
-/* Record the removals in the chains, then commit the expunges. The
-   records go first: a record of a copy that a failed commit left in place
-   is harmless (verify counts it as expired, the next scan removes it),
-   while a removed copy with no record would fail verify. */
+/* Storages with fewer messages to remove than this free them in the scan
+   (forking isn't worth it) */
+#define MIRROR_EXPIRE_FREE_MIN_MESSAGES 64
+
+/* A message the scan removes */
+struct mirror_expire_due {
+	uint32_t uid;
+	uoff_t size;
+};
+ARRAY_DEFINE_TYPE(mirror_expire_due, struct mirror_expire_due);
+
+/* Expire records for the due messages in the chains that recorded them.
+   The records go before the expunges: a record of a copy that a failed
+   commit left in place is harmless (verify counts it as expired, the next
+   scan removes it), while a removed copy with no record would fail
+   verify. */
 static int
-mirror_expire_commit(struct mirror_expire_visit *visit,
-		     struct mailbox_transaction_context **trans,
-		     const char **error_r)
+mirror_expire_append_records(struct mirror_expire_visit *visit,
+			     const ARRAY_TYPE(mirror_expire_due) *due,
+			     const char **error_r)
 {
 	struct mirror_expire_chain *chain;
+	const struct mirror_expire_due *d;
 	const char *error;
 
+	array_foreach(due, d)
+		mirror_expire_record(visit, d->uid);
 	array_foreach_modifiable(&visit->chains, chain) {
 		if (array_count(&chain->appends) == 0)
 			continue;
@@ -349,21 +380,97 @@ mirror_expire_commit(struct mirror_expire_visit *visit,
 			*error_r = t_strdup_printf(
 				"Mirror %u: chain append failed, nothing "
 				"removed: %s", chain->mirror_id, error);
-			mailbox_transaction_rollback(trans);
 			return -1;
 		}
 	}
-	if (mailbox_transaction_commit(trans) < 0 ||
+	return 0;
+}
+
+/* Hold the message's file open while Dovecot unlinks its name. Only
+   maildir and sdbox unlink a file per message; for mdbox the descriptor
+   is of a shared file, and holding it costs nothing. */
+static void mirror_expire_hold_file(struct mail *mail,
+				    struct mirror_expire_free *free_ctx)
+{
+	struct istream *input;
+	int fd;
+
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0)
+		return;
+	fd = i_stream_get_fd(input);
+	if (fd != -1 && (fd = dup(fd)) != -1)
+		mirror_expire_free_hold(free_ctx, fd);
+}
+
+/* Expunge due[0..count-1] in one transaction and sync (which unlinks the
+   files), then hand the held files to the workers. */
+static int
+mirror_expire_remove_batch(struct mirror_expire_visit *visit,
+			   const struct mirror_expire_due *due,
+			   unsigned int count,
+			   struct mirror_expire_free *free_ctx,
+			   const char **error_r)
+{
+	struct mailbox_transaction_context *trans;
+	struct mail *mail;
+	unsigned int i;
+
+	trans = mailbox_transaction_begin(visit->box, 0, "mirror expire");
+	mail = mail_alloc(trans, 0, NULL);
+	for (i = 0; i < count; i++) {
+		/* gone already: expunged by someone else meanwhile */
+		if (!mail_set_uid(mail, due[i].uid))
+			continue;
+		if (free_ctx != NULL)
+			mirror_expire_hold_file(mail, free_ctx);
+		mail_expunge(mail);
+		visit->res->removed++;
+		visit->res->bytes += due[i].size;
+	}
+	mail_free(&mail);
+	if (mailbox_transaction_commit(&trans) < 0 ||
 	    mailbox_sync(visit->box, 0) < 0) {
 		*error_r = t_strdup_printf("Expunging failed: %s",
 			mailbox_get_last_internal_error(visit->box, NULL));
 		return -1;
 	}
+	if (free_ctx != NULL)
+		mirror_expire_free_flush(free_ctx);
 	return 0;
 }
 
-/* Expunge what is due (or just find the oldest message, for a rebuild or
-   a dry run). */
+static int
+mirror_expire_remove(struct mirror_expire_visit *visit,
+		     const ARRAY_TYPE(mirror_expire_due) *due,
+		     const char **error_r)
+{
+	struct mirror_expire_free *free_ctx = NULL;
+	const struct mirror_expire_due *d;
+	unsigned int i, count, batch;
+	int ret = 0;
+
+	if (mirror_expire_append_records(visit, due, error_r) < 0)
+		return -1;
+	d = array_get(due, &count);
+	if (count >= MIRROR_EXPIRE_FREE_MIN_MESSAGES) {
+		free_ctx = mirror_expire_free_init(visit->free_processes,
+						   visit->scan->event);
+	}
+	/* without workers, Dovecot's unlink() frees each file */
+	batch = free_ctx == NULL ? count :
+		mirror_expire_free_batch(free_ctx);
+	for (i = 0; i < count && ret == 0; i += batch) T_BEGIN {
+		ret = mirror_expire_remove_batch(visit, d + i,
+						 I_MIN(batch, count - i),
+						 free_ctx, error_r);
+	} T_END_PASS_STR_IF(ret < 0, error_r);
+	if (free_ctx != NULL)
+		mirror_expire_free_deinit(&free_ctx);
+	return ret;
+}
+
+/* Find what is due (and the oldest message kept), then remove it, unless
+   this is a dry run or a rebuild. */
 static int mirror_expire_mails(struct mirror_expire_visit *visit,
 			       const char **error_r)
 {
@@ -371,6 +478,8 @@ static int mirror_expire_mails(struct mirror_expire_visit *visit,
 	struct mailbox_transaction_context *trans;
 	struct mailbox_status status;
 	struct mail *mail;
+	ARRAY_TYPE(mirror_expire_due) due;
+	struct mirror_expire_due *d;
 	time_t cutoff, date;
 	uoff_t size;
 	uint32_t seq;
@@ -378,6 +487,7 @@ static int mirror_expire_mails(struct mirror_expire_visit *visit,
 
 	cutoff = mirror_expire_cutoff(set->now, visit->storage->days);
 	mailbox_get_open_status(visit->box, STATUS_MESSAGES, &status);
+	i_array_init(&due, 256);
 	trans = mailbox_transaction_begin(visit->box, 0, "mirror expire");
 	mail = mail_alloc(trans, MAIL_FETCH_SAVE_DATE, NULL);
 	for (seq = 1; seq <= status.messages; seq++) {
@@ -411,19 +521,31 @@ static int mirror_expire_mails(struct mirror_expire_visit *visit,
 			ret = -1;
 			break;
 		}
-		visit->res->removed++;
-		visit->res->bytes += size;
-		if (!set->dry_run) {
-			mirror_expire_record(visit, mail->uid);
-			mail_expunge(mail);
-		}
+		d = array_append_space(&due);
+		d->uid = mail->uid;
+		d->size = size;
 	}
 	mail_free(&mail);
-	if (ret < 0 || set->dry_run || visit->res->removed == 0) {
+	/* the save dates looked up may have been cached: keep them for
+	   the next scan, unless this is a dry run */
+	if (ret < 0 || set->dry_run)
 		mailbox_transaction_rollback(&trans);
-		return ret;
+	else if (mailbox_transaction_commit(&trans) < 0) {
+		*error_r = t_strdup_printf("Can't read the mailbox: %s",
+			mailbox_get_last_internal_error(visit->box, NULL));
+		ret = -1;
 	}
-	return mirror_expire_commit(visit, &trans, error_r);
+	if (ret == 0 && set->dry_run) {
+		const struct mirror_expire_due *dd;
+
+		array_foreach(&due, dd) {
+			visit->res->removed++;
+			visit->res->bytes += dd->size;
+		}
+	} else if (ret == 0 && array_count(&due) > 0)
+		ret = mirror_expire_remove(visit, &due, error_r);
+	array_free(&due);
+	return ret;
 }
 
 static const char *
@@ -525,6 +647,7 @@ int mirror_expire_run(const struct mirror_expire_settings *set,
 	scan.service = service;
 	scan.event = event_create(event_parent);
 	event_add_category(scan.event, &event_category_mirror);
+	event_set_forced_debug(scan.event, set->debug);
 	event_set_append_log_prefix(scan.event, "mirror expire: ");
 	mirror_privileges_get(scan.pool, &scan.privs);
 

@@ -25,7 +25,7 @@ struct mirror_expire_settings {
 	bool dry_run;
 	/* open every storage and rewrite its index entry; expire nothing */
 	bool rebuild_index;
-	/* debug logging of the storage users */
+	/* debug logging of the scan and of the storage users */
 	bool debug;
 };
 

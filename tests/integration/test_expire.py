@@ -12,8 +12,10 @@ they run with the registry behind Dovecot's dict service
 (mirror_dict = proxy::mirror).
 """
 
+import glob
 import imaplib
 import json
+import os
 import time
 
 import pytest
@@ -56,9 +58,10 @@ def save_dates(sb, user):
     return {int(m["uid"]): int(m["date.saved.unixtime"]) for m in r.json}
 
 
-def expire(sb, *args, check=True):
+def expire(sb, *args, check=True, debug=False):
     """Run the scan; returns (rows, the doveadm result)."""
-    r = sb.doveadm("mirror", "expire", *args, json_output=True, check=check)
+    r = sb.doveadm(*(["-D"] if debug else []), "mirror", "expire", *args,
+                   json_output=True, check=check)
     rows = json.loads(r.stdout) if r.stdout.strip() else []
     for row in rows:
         assert set(row) == ROW_FIELDS, row
@@ -276,3 +279,64 @@ def test_rebuild_index(sb):
 def test_bad_time(sb):
     _, r = expire(sb, "-T", "0", check=False)
     assert r.returncode == EX_USAGE
+
+
+def deliver_many(sb, rcpt, n):
+    s = sb.lmtp()
+    try:
+        for i in range(n):
+            ok(s.send([rcpt], make_message(subject="m%d" % i)))
+    finally:
+        s.close()
+
+
+def deleted_files_open(directory):
+    """Files under directory that a process holds open after their last
+    name is gone."""
+    held = []
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(directory) and target.endswith(" (deleted)"):
+            held.append((fd, target))
+    return held
+
+
+# mirror-expire-free.c: at least this many removals use the workers
+FREE_MIN_MESSAGES = 64
+
+
+@pytest.mark.parametrize("processes", [2, 0])
+def test_removed_files_freed(make_sandbox, processes):
+    sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(
+        SETTINGS, mirror_expire_free_processes=str(processes)))
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    n = FREE_MIN_MESSAGES + 6
+    deliver_many(sb, ALICE, n)
+    assert sb.maildir_count(AUDIT) == n
+    rows, r = expire(sb, "-T", str(int(time.time()) + 2 * DAY), debug=True)
+    assert rows[0]["removed"] == str(n)
+    workers = "%d processes free the removed files" % processes
+    if processes:
+        assert workers in r.stderr
+    else:
+        assert "processes free the removed files" not in r.stderr
+    # every file is gone, and no worker is left holding one
+    assert sb.maildir_count(AUDIT) == 0
+    assert deleted_files_open(os.path.join(sb.dir, "mail")) == []
+    assert sb.imap_messages(AUDIT) == []
+    code, row = verify(sb, 1)
+    assert code == 0 and row["expired"] == str(n), row
+
+
+def test_bad_free_processes(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(
+        SETTINGS, mirror_expire_free_processes="many"))
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    deliver(sb, ALICE, 2)
+    rows, r = expire(sb, "-T", str(int(time.time()) + 2 * DAY), check=False)
+    assert r.returncode != 0
+    assert "Invalid mirror_expire_free_processes 'many'" in r.stderr
+    assert len(save_dates(sb, AUDIT)) == 2

@@ -442,13 +442,18 @@ int bag_registry_get(struct mirror_registry *reg, const char *domain,
 	return 1;
 }
 
-/* A JSON array of domains, e.g. the bag list or an identity's domains */
+/* A JSON array of strings, each checked by parse (which may normalize
+   it): 1 found, 0 the key doesn't exist, -1 error. `what` names a string
+   in the error. */
 static int
-bag_domains_get(struct mirror_registry *reg, const char *key, pool_t pool,
-		ARRAY_TYPE(const_string) *domains, const char **error_r)
+bag_strings_get(struct mirror_registry *reg, const char *key,
+		int (*parse)(const char *str, const char *domain,
+			     const char **value_r, const char **error_r),
+		const char *domain, const char *what, pool_t pool,
+		ARRAY_TYPE(const_string) *strings, const char **error_r)
 {
 	struct json_object *arr, *elem;
-	const char *value, *domain, *error;
+	const char *value, *str, *error;
 	size_t i, count;
 	int ret;
 
@@ -463,35 +468,58 @@ bag_domains_get(struct mirror_registry *reg, const char *key, pool_t pool,
 	for (i = 0; i < count; i++) {
 		elem = json_object_array_get_idx(arr, i);
 		if (!json_object_is_type(elem, json_type_string) ||
-		    bag_domain_parse(json_object_get_string(elem), &domain,
-				     &error) < 0) {
+		    parse(json_object_get_string(elem), domain, &str,
+			  &error) < 0) {
 			*error_r = t_strdup_printf("Broken registry data in "
-						   "%s: invalid domain", key);
+						   "%s: invalid %s", key, what);
 			json_object_put(arr);
 			return -1;
 		}
-		domain = p_strdup(pool, domain);
-		array_push_back(domains, &domain);
+		str = p_strdup(pool, str);
+		array_push_back(strings, &str);
 	}
 	json_object_put(arr);
 	return 1;
 }
 
 static void
+bag_strings_set(struct dict_transaction_context *trans, const char *key,
+		const ARRAY_TYPE(const_string) *strings)
+{
+	struct json_object *arr;
+	const char *str;
+
+	arr = json_object_new_array();
+	array_foreach_elem(strings, str)
+		json_object_array_add(arr, json_object_new_string(str));
+	dict_set(trans, key, mirror_json_finish(arr));
+}
+
+static int
+bag_domain_parse_any(const char *str, const char *domain ATTR_UNUSED,
+		     const char **value_r, const char **error_r)
+{
+	return bag_domain_parse(str, value_r, error_r);
+}
+
+/* A JSON array of domains, e.g. the bag list or an identity's domains */
+static int
+bag_domains_get(struct mirror_registry *reg, const char *key, pool_t pool,
+		ARRAY_TYPE(const_string) *domains, const char **error_r)
+{
+	return bag_strings_get(reg, key, bag_domain_parse_any, NULL,
+			       "domain", pool, domains, error_r);
+}
+
+/* An empty list is no key */
+static void
 bag_domains_set(struct dict_transaction_context *trans, const char *key,
 		const ARRAY_TYPE(const_string) *domains)
 {
-	struct json_object *arr;
-	const char *domain;
-
-	if (array_count(domains) == 0) {
+	if (array_count(domains) == 0)
 		dict_unset(trans, key);
-		return;
-	}
-	arr = json_object_new_array();
-	array_foreach_elem(domains, domain)
-		json_object_array_add(arr, json_object_new_string(domain));
-	dict_set(trans, key, mirror_json_finish(arr));
+	else
+		bag_strings_set(trans, key, domains);
 }
 
 static int bag_str_cmp(const char *const *s1, const char *const *s2)
@@ -640,48 +668,17 @@ bag_addrs_get(struct mirror_registry *reg, const char *key,
 	      const char *domain, pool_t pool,
 	      ARRAY_TYPE(const_string) *addrs, const char **error_r)
 {
-	struct json_object *arr, *elem;
-	const char *value, *addr, *error;
-	size_t i, count;
-	int ret;
-
-	if ((ret = mirror_registry_get(reg, key, &value, error_r)) <= 0)
-		return ret;
-	if (mirror_json_parse(value, json_type_array, &arr, &error) < 0) {
-		*error_r = t_strdup_printf("Broken registry data in %s: %s",
-					   key, error);
-		return -1;
-	}
-	count = json_object_array_length(arr);
-	for (i = 0; i < count; i++) {
-		elem = json_object_array_get_idx(arr, i);
-		if (!json_object_is_type(elem, json_type_string) ||
-		    bag_rcpt_parse(json_object_get_string(elem), domain,
-				   &addr, &error) < 0) {
-			*error_r = t_strdup_printf("Broken registry data in "
-						   "%s: invalid address", key);
-			json_object_put(arr);
-			return -1;
-		}
-		addr = p_strdup(pool, addr);
-		array_push_back(addrs, &addr);
-	}
-	json_object_put(arr);
-	return 1;
+	return bag_strings_get(reg, key, bag_rcpt_parse, domain, "address",
+			       pool, addrs, error_r);
 }
 
+/* Sorted; an empty list stays a key */
 static void
 bag_addrs_set(struct dict_transaction_context *trans, const char *key,
 	      ARRAY_TYPE(const_string) *addrs)
 {
-	struct json_object *arr;
-	const char *addr;
-
 	array_sort(addrs, bag_str_cmp);
-	arr = json_object_new_array();
-	array_foreach_elem(addrs, addr)
-		json_object_array_add(arr, json_object_new_string(addr));
-	dict_set(trans, key, mirror_json_finish(arr));
+	bag_strings_set(trans, key, addrs);
 }
 
 static bool bag_addrs_contain(const ARRAY_TYPE(const_string) *addrs,

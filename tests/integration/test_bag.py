@@ -302,6 +302,29 @@ def test_lmtp_recipient_list(bag_sandbox):
     assert rcpt[0][0] == 250
 
 
+def test_broken_registry_lists(bag_sandbox):
+    """The JSON lists of the registry: a bad entry is a clear error."""
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host="127.0.0.1")
+    sb.doveadm("bag", "recipient", "add", DOMAIN, "a@" + DOMAIN)
+    key = "shared/bag/rcpts/" + DOMAIN
+    good = sb.doveadm("dict", "get", "proxy::mirror", key).stdout.strip()
+    sb.doveadm("dict", "set", "proxy::mirror", key, '["a@elsewhere.test"]')
+    r = sb.doveadm("bag", "recipient", "list", DOMAIN, check=False)
+    assert r.returncode == 75, r.stderr
+    assert "Broken registry data in %s: invalid address" % key in r.stderr
+    sb.doveadm("dict", "set", "proxy::mirror", key, good)
+    rows = sb.doveadm("bag", "recipient", "list", DOMAIN,
+                      json_output=True).json
+    assert [row["recipient"] for row in rows] == ["a@" + DOMAIN]
+
+    key = "shared/bag/domains"
+    sb.doveadm("dict", "set", "proxy::mirror", key, '["not a domain"]')
+    r = sb.doveadm("bag", "list", check=False)
+    assert r.returncode == 75, r.stderr
+    assert "Broken registry data in %s: invalid domain" % key in r.stderr
+
+
 def test_lmtp_broken_registry_data_tempfails(bag_sandbox):
     sb = bag_sandbox
     sb.doveadm("dict", "set", "proxy::mirror", "shared/bag/domain/" + DOMAIN,

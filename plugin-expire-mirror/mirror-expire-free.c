@@ -136,6 +136,8 @@ mirror_expire_free_init(unsigned int processes, struct event *event)
 			array_foreach_modifiable(&ctx->workers, worker)
 				i_close_fd(&worker->fd);
 			i_close_fd(&fds[0]);
+			array_free(&ctx->workers);
+			i_free(ctx);
 			mirror_expire_free_worker_run(fds[1]);
 		}
 		i_close_fd(&fds[1]);

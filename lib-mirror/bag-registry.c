@@ -1044,18 +1044,12 @@ int bag_registry_count_get(struct mirror_registry *reg, const char *domain,
 void bag_registry_count_add(struct mirror_registry *reg, const char *domain,
 			    unsigned int count, struct event *event)
 {
-	struct dict_transaction_context *trans;
-	const char *error;
-	int ret;
+	const char *key = bag_count_key(domain), *error;
+	const long long diff = count;
 
-	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	dict_atomic_inc(trans, bag_count_key(domain), count);
-	ret = dict_transaction_commit(&trans, &error);
-	if (ret == DICT_COMMIT_RET_NOTFOUND) {
-		/* a bag added by an earlier version: the next flush sets
-		   the right value */
-		bag_registry_count_set(reg, domain, count, event);
-	} else if (ret < 0) {
+	/* missing for a bag added by an earlier version: the next flush
+	   sets the right value */
+	if (mirror_registry_counters_add(reg, &key, &diff, 1, &error) < 0) {
 		e_error(event, "Can't count the bag of %s: %s", domain,
 			error);
 	}
@@ -1106,29 +1100,16 @@ int bag_registry_usage_add(struct mirror_registry *reg, const char *domain,
 			   uint64_t *messages_r, uint64_t *bytes_r,
 			   const char **error_r)
 {
-	struct dict_transaction_context *trans;
-	const char *mkey = bag_usage_key(domain, month, "messages");
-	const char *bkey = bag_usage_key(domain, month, "bytes");
-	const char *error;
-	int ret;
+	const char *keys[] = {
+		bag_usage_key(domain, month, "messages"),
+		bag_usage_key(domain, month, "bytes"),
+	};
+	const long long diffs[] = { 1, (long long)size };
 
-	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	dict_atomic_inc(trans, mkey, 1);
-	dict_atomic_inc(trans, bkey, (long long)size);
-	ret = dict_transaction_commit(&trans, &error);
-	if (ret == DICT_COMMIT_RET_NOTFOUND) {
-		/* the month's first message: a backend that increments only
-		   existing keys (file, SQL) skipped both. Two first
-		   messages at the same instant may be counted as one. */
-		trans = dict_transaction_begin(reg->dict, &reg->opset);
-		dict_set(trans, mkey, "1");
-		dict_set(trans, bkey, dec2str(size));
-		ret = dict_transaction_commit(&trans, &error);
-	}
-	if (ret < 0) {
-		*error_r = t_strdup_printf("dict commit failed: %s", error);
+	/* missing for the month's first message */
+	if (mirror_registry_counters_add(reg, keys, diffs, N_ELEMENTS(keys),
+					 error_r) < 0)
 		return -1;
-	}
 	return bag_registry_usage_get(reg, domain, month, messages_r, bytes_r,
 				      error_r) < 0 ? -1 : 0;
 }

@@ -30,6 +30,15 @@ int mirror_registry_get_counter(struct mirror_registry *reg, const char *key,
 				uint64_t *value_r, const char **error_r);
 int mirror_registry_commit(struct dict_transaction_context **trans,
 			   const char **error_r);
+/* Add diffs[i] to the counter keys[i], all in one transaction. Redis
+   creates a missing key with INCRBY; the file and SQL dicts increment
+   only existing keys, so when one is missing (DICT_COMMIT_RET_NOTFOUND)
+   every key is set to its diff instead: two first increments at the same
+   instant may then count as one. 0, or -1 with error_r. */
+int mirror_registry_counters_add(struct mirror_registry *reg,
+				 const char *const *keys,
+				 const long long *diffs, unsigned int count,
+				 const char **error_r);
 /* Call callback with every key under prefix (its suffix) and value until
    it returns -1. */
 int mirror_registry_iterate(struct mirror_registry *reg, const char *prefix,

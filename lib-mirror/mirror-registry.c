@@ -566,6 +566,34 @@ mirror_registry_get_sources(struct mirror_registry *reg, pool_t pool,
 	return 0;
 }
 
+int mirror_registry_counters_add(struct mirror_registry *reg,
+				 const char *const *keys,
+				 const long long *diffs, unsigned int count,
+				 const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+	unsigned int i;
+	int ret;
+
+	trans = dict_transaction_begin(reg->dict, &reg->opset);
+	for (i = 0; i < count; i++)
+		dict_atomic_inc(trans, keys[i], diffs[i]);
+	ret = dict_transaction_commit(&trans, &error);
+	if (ret == DICT_COMMIT_RET_NOTFOUND) {
+		trans = dict_transaction_begin(reg->dict, &reg->opset);
+		for (i = 0; i < count; i++)
+			dict_set(trans, keys[i], t_strdup_printf("%lld",
+								 diffs[i]));
+		ret = dict_transaction_commit(&trans, &error);
+	}
+	if (ret < 0) {
+		*error_r = t_strdup_printf("dict commit failed: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
 int mirror_registry_commit(struct dict_transaction_context **trans,
 		       const char **error_r)
 {
@@ -582,23 +610,12 @@ static int
 mirror_registry_alloc_id(struct mirror_registry *reg, unsigned int *id_r,
 			 const char **error_r)
 {
-	struct dict_transaction_context *trans;
-	const char *value, *error;
-	int ret;
+	const char *key = MIRROR_KEY_NEXT_ID, *value;
+	const long long one = 1;
 
-	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	dict_atomic_inc(trans, MIRROR_KEY_NEXT_ID, 1);
-	ret = dict_transaction_commit(&trans, &error);
-	if (ret == DICT_COMMIT_RET_NOTFOUND) {
-		/* first mirror ever */
-		trans = dict_transaction_begin(reg->dict, &reg->opset);
-		dict_set(trans, MIRROR_KEY_NEXT_ID, "1");
-		ret = dict_transaction_commit(&trans, &error);
-	}
-	if (ret < 0) {
-		*error_r = t_strdup_printf("dict commit failed: %s", error);
+	/* missing before the first mirror ever */
+	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0)
 		return -1;
-	}
 	if (mirror_registry_get(reg, MIRROR_KEY_NEXT_ID, &value, error_r) < 0)
 		return -1;
 	if (value == NULL || str_to_uint(value, id_r) < 0 || *id_r == 0) {
@@ -1444,8 +1461,8 @@ int mirror_registry_expire_lease_take(struct mirror_registry *reg,
 				      time_t run, unsigned int attempt,
 				      const char *holder, const char **error_r)
 {
-	struct dict_transaction_context *trans;
-	const char *key, *value, *error;
+	const long long one = 1;
+	const char *key, *value;
 	unsigned int tickets;
 	int ret;
 
@@ -1454,18 +1471,8 @@ int mirror_registry_expire_lease_take(struct mirror_registry *reg,
 	   file and SQL dicts increment only an existing key, and a
 	   missing one is set. */
 	key = mirror_expire_lease_key(run, dec2str(attempt));
-	trans = dict_transaction_begin(reg->dict, &reg->opset);
-	dict_atomic_inc(trans, key, 1);
-	ret = dict_transaction_commit(&trans, &error);
-	if (ret == DICT_COMMIT_RET_NOTFOUND) {
-		trans = dict_transaction_begin(reg->dict, &reg->opset);
-		dict_set(trans, key, "1");
-		ret = dict_transaction_commit(&trans, &error);
-	}
-	if (ret < 0) {
-		*error_r = t_strdup_printf("dict commit failed: %s", error);
+	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0)
 		return -1;
-	}
 	if ((ret = mirror_registry_get(reg, key, &value, error_r)) < 0)
 		return -1;
 	if (ret == 0 || str_to_uint(value, &tickets) < 0 || tickets == 0) {

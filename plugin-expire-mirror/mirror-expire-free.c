@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* setresgid(), setresuid() */
 #include "lib.h"
 #include "array.h"
+#include "fd-util.h"
 #include "fdpass.h"
 #include "mirror-expire-free.h"
 
@@ -141,6 +142,7 @@ mirror_expire_free_init(unsigned int processes, struct event *event)
 			mirror_expire_free_worker_run(fds[1]);
 		}
 		i_close_fd(&fds[1]);
+		fd_close_on_exec(fds[0], TRUE);
 		worker = array_append_space(&ctx->workers);
 		worker->pid = pid;
 		worker->fd = fds[0];

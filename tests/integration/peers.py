@@ -210,34 +210,41 @@ class SmtpSink:
         self.proc.wait()
 
 
+def run_fetchmail(args=(), rc_text=None, timeout=60):
+    """fetchmail in a home of its own, with args, or with rc_text as its
+    rc file."""
+    with tempfile.TemporaryDirectory(prefix="bag-fetchmail-") as home:
+        cmd = ["fetchmail", "-v", "--nosyslog",
+               # its own lock: as root it would be /var/run/fetchmail.pid,
+               # and a second fetchmail at once would refuse to run
+               "--pidfile", os.path.join(home, "fetchmail.pid")]
+        if rc_text is not None:
+            rc = os.path.join(home, "fetchmailrc")
+            with open(rc, "w") as f:
+                f.write(rc_text)
+            os.chmod(rc, 0o600)
+            cmd += ["-f", rc]
+        return subprocess.run(cmd + list(args), capture_output=True,
+                              text=True, timeout=timeout,
+                              env=dict(os.environ, HOME=home))
+
+
 def fetchmail_etrn(port, domains, timeout=60):
     """fetchmail --protocol ETRN: one ETRN per entry, verbatim."""
-    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
-    return subprocess.run(
-        ["fetchmail", "-v", "--nosyslog", "--protocol", "ETRN",
-         "--service", str(port), "--fetchdomains", ",".join(domains),
-         # its own lock: as root it would be /var/run/fetchmail.pid,
-         # and a second fetchmail at once would refuse to run
-         "--pidfile", os.path.join(home, "fetchmail.pid"),
-         "127.0.0.1"],
-        capture_output=True, text=True, timeout=timeout,
-        env=dict(os.environ, HOME=home))
+    return run_fetchmail(["--protocol", "ETRN", "--service", str(port),
+                          "--fetchdomains", ",".join(domains), "127.0.0.1"],
+                         timeout=timeout)
 
 
 def fetchmail_odmr(port, user, password, domains, smtphost, timeout=120):
     """fetchmail as the customer's ODMR client, pumping the reversed
     session to smtphost (host/port)."""
-    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
-    rc = os.path.join(home, "fetchmailrc")
-    with open(rc, "w") as f:
-        f.write('poll 127.0.0.1 protocol ODMR service %d:\n'
-                '  user "%s" password "%s" fetchdomains %s\n'
-                '  smtphost %s\n'
-                % (port, user, password, ",".join(domains), smtphost))
-    os.chmod(rc, 0o600)
-    return subprocess.run(["fetchmail", "-v", "--nosyslog", "-f", rc],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, HOME=home))
+    return run_fetchmail(rc_text=(
+        'poll 127.0.0.1 protocol ODMR service %d:\n'
+        '  user "%s" password "%s" fetchdomains %s\n'
+        '  smtphost %s\n'
+        % (port, user, password, ",".join(domains), smtphost)),
+        timeout=timeout)
 
 
 def msmtp_etrn(port, node, timeout=60):
@@ -252,16 +259,11 @@ def fetchmail_pop3_multidrop(port, user, password, domain, smtphost,
     """fetchmail collecting a POP3 connector box in multidrop mode: each
     message goes to the recipient its X-Envelope-To names (so a Bcc
     reaches its recipient), through smtphost (host/port)."""
-    home = tempfile.mkdtemp(prefix="bag-fetchmail-")
-    rc = os.path.join(home, "fetchmailrc")
-    with open(rc, "w") as f:
-        f.write('poll 127.0.0.1 protocol POP3 service %d no dns\n'
-                '  localdomains %s envelope "X-Envelope-To"\n'
-                '  user "%s" password "%s" is * here\n'
-                "  sslproto '' smtphost %s smtpaddress %s%s\n"
-                % (port, domain, user, password, smtphost, domain,
-                   " keep" if keep else ""))
-    os.chmod(rc, 0o600)
-    return subprocess.run(["fetchmail", "-v", "--nosyslog", "-f", rc],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, HOME=home))
+    return run_fetchmail(rc_text=(
+        'poll 127.0.0.1 protocol POP3 service %d no dns\n'
+        '  localdomains %s envelope "X-Envelope-To"\n'
+        '  user "%s" password "%s" is * here\n'
+        "  sslproto '' smtphost %s smtpaddress %s%s\n"
+        % (port, domain, user, password, smtphost, domain,
+           " keep" if keep else "")),
+        timeout=timeout)

@@ -731,9 +731,6 @@ static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 	}
 }
 
-/* bag password -r ADDRESS: a new password for the POP3 box of a recipient
-   (a bag with a box per account), creating the box if it has none yet. */
-
 /* A login just given a new password: the only time the password is shown */
 static void doveadm_bag_print_login(const char *user, const char *password)
 {
@@ -744,6 +741,9 @@ static void doveadm_bag_print_login(const char *user, const char *password)
 	doveadm_print(user);
 	doveadm_print(password);
 }
+
+/* bag password -r ADDRESS: a new password for the POP3 box of a recipient
+   (a bag with a box per account), creating the box if it has none yet. */
 static void cmd_bag_password_box(const char *name)
 {
 	struct mirror_registry *reg;

@@ -610,18 +610,20 @@ static int
 mirror_registry_alloc_id(struct mirror_registry *reg, unsigned int *id_r,
 			 const char **error_r)
 {
-	const char *key = MIRROR_KEY_NEXT_ID, *value;
+	const char *key = MIRROR_KEY_NEXT_ID;
 	const long long one = 1;
+	uint64_t id;
+	int ret;
 
 	/* missing before the first mirror ever */
-	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0)
+	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0 ||
+	    (ret = mirror_registry_get_counter(reg, key, &id, error_r)) < 0)
 		return -1;
-	if (mirror_registry_get(reg, MIRROR_KEY_NEXT_ID, &value, error_r) < 0)
-		return -1;
-	if (value == NULL || str_to_uint(value, id_r) < 0 || *id_r == 0) {
+	if (ret == 0 || id == 0 || id > UINT_MAX) {
 		*error_r = "Broken registry data: invalid id counter";
 		return -1;
 	}
+	*id_r = id;
 	return 0;
 }
 
@@ -1462,8 +1464,8 @@ int mirror_registry_expire_lease_take(struct mirror_registry *reg,
 				      const char *holder, const char **error_r)
 {
 	const long long one = 1;
-	const char *key, *value;
-	unsigned int tickets;
+	const char *key;
+	uint64_t tickets;
 	int ret;
 
 	/* the first increment of the attempt's counter makes it 1: that
@@ -1471,11 +1473,11 @@ int mirror_registry_expire_lease_take(struct mirror_registry *reg,
 	   file and SQL dicts increment only an existing key, and a
 	   missing one is set. */
 	key = mirror_expire_lease_key(run, dec2str(attempt));
-	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0)
+	if (mirror_registry_counters_add(reg, &key, &one, 1, error_r) < 0 ||
+	    (ret = mirror_registry_get_counter(reg, key, &tickets,
+						error_r)) < 0)
 		return -1;
-	if ((ret = mirror_registry_get(reg, key, &value, error_r)) < 0)
-		return -1;
-	if (ret == 0 || str_to_uint(value, &tickets) < 0 || tickets == 0) {
+	if (ret == 0 || tickets == 0) {
 		*error_r = t_strdup_printf("Broken registry data in %s", key);
 		return -1;
 	}

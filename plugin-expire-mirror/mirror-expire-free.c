@@ -167,11 +167,8 @@ unsigned int mirror_expire_free_batch(struct mirror_expire_free *ctx)
 
 void mirror_expire_free_hold(struct mirror_expire_free *ctx, int fd)
 {
-	if (array_count(&ctx->held) >= ctx->batch) {
-		/* the caller flushes before this: stay within the limit */
-		i_close_fd(&fd);
-		return;
-	}
+	/* the caller flushes every batch: the limit is kept */
+	i_assert(array_count(&ctx->held) < ctx->batch);
 	array_push_back(&ctx->held, &fd);
 }
 

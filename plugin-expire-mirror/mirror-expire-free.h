@@ -30,7 +30,7 @@ mirror_expire_free_init(unsigned int processes, struct event *event);
 /* How many descriptors may be held before mirror_expire_free_flush():
    what the process's descriptor limit leaves. */
 unsigned int mirror_expire_free_batch(struct mirror_expire_free *ctx);
-/* Keep fd (taken over) until the next flush. */
+/* Keep fd (taken over) until the next flush; at most batch at once. */
 void mirror_expire_free_hold(struct mirror_expire_free *ctx, int fd);
 /* Hand the held descriptors to the workers (or close them here, if a
    worker is gone). Call after the names are unlinked. */

@@ -189,6 +189,15 @@ class Sandbox:
         finally:
             s.close()
 
+    def deliver_many(self, rcpts, n, subject="m"):
+        """n messages over one LMTP session; the reply of each."""
+        s = self.lmtp()
+        try:
+            return [s.send(rcpts, make_message(subject="%s%d" % (subject, i)))
+                    for i in range(n)]
+        finally:
+            s.close()
+
     def imap_messages(self, user, mailbox="INBOX", password=PASSWORD):
         """All messages of a mailbox, read over IMAP (without setting \\Seen)."""
         imap = imaplib.IMAP4(self.info["imap"]["host"], self.info["imap"]["port"])

@@ -281,15 +281,6 @@ def test_bad_time(sb):
     assert r.returncode == EX_USAGE
 
 
-def deliver_many(sb, rcpt, n):
-    s = sb.lmtp()
-    try:
-        for i in range(n):
-            ok(s.send([rcpt], make_message(subject="m%d" % i)))
-    finally:
-        s.close()
-
-
 def deleted_files_open(directory):
     """Files under directory that a process holds open after their last
     name is gone."""
@@ -314,7 +305,8 @@ def test_removed_files_freed(make_sandbox, processes):
         SETTINGS, mirror_expire_free_processes=str(processes)))
     sb.mirror_add(ALICE, storage=AUDIT, days=1)
     n = FREE_MIN_MESSAGES + 6
-    deliver_many(sb, ALICE, n)
+    for replies in sb.deliver_many([ALICE], n):
+        ok(replies)
     assert sb.maildir_count(AUDIT) == n
     rows, r = expire(sb, "-T", str(int(time.time()) + 2 * DAY), debug=True)
     assert rows[0]["removed"] == str(n)

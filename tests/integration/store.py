@@ -10,12 +10,10 @@ import subprocess
 import tempfile
 import time
 
+from ports import free_port
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -2,7 +2,17 @@
 
 Every sandbox is checked when the test ends: Dovecot's log must show no
 panic, fatal error or crash, and (under MIRROR_SANDBOX_PRELOAD) no
-sanitizer report may have been written.
+sanitizer report may have been written. Dovecot's master takes two
+seconds or more to stop (it waits for its children, then sleeps a second
+after SIGQUIT), so a test does not wait for it: its sandbox gets SIGTERM
+and is checked again once the master has exited, during a later test or at
+the end of the session (see Reaper); what a sandbox logged while shutting
+down fails the session, naming the test it belonged to.
+
+Tests run in parallel (pytest-xdist, `-n`): each worker has its own
+ports (ports.py) and every sandbox its own directory. Tests that need the
+real clock to keep time with the suite's timers are marked
+`xdist_group("clock")` and run one after another in one worker.
 
 MIRROR_TEST_STORE=redis runs every test with the registry in one real
 redis-server (started for the session, a key prefix per sandbox) instead
@@ -18,12 +28,15 @@ import os
 import poplib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
+
+import ports
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SANDBOX = os.path.join(TOP, "scripts", "sandbox")
@@ -35,6 +48,10 @@ if STORE not in ("embedded", "redis", "sqlite"):
     raise RuntimeError("MIRROR_TEST_STORE must be embedded, redis or sqlite")
 # the registry every sandbox's doveadm reaches, whatever the backend
 REGISTRY = "proxy::mirror"
+# scripts/sandbox takes its ports from this worker's slice
+os.environ["MIRROR_PORT_RANGE"] = "%d-%d" % ports.worker_range()
+# how long a stopping master may take before it is killed
+STOP_TIMEOUT = 20
 
 
 _session_redis = None
@@ -52,6 +69,13 @@ def session_store():
         _session_redis = RedisServer().start()
     _redis_prefixes += 1
     return _session_redis.uri("t%d/" % _redis_prefixes)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "nosan: runs no C path of the suite that other tests "
+        "don't (argument refusals, the sandbox script): left out of the "
+        "sanitizer pass (-m 'not nosan')")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -159,13 +183,13 @@ class Sandbox:
     # users and mail
 
     # Dovecot's passwd-file rereads a changed file at most once a second:
-    # wait that long so that the next lookup sees the change.
+    # `sandbox user-add` returns when auth knows the new user, and
+    # remove_user when it doesn't know the user any more.
 
     def add_user(self, user, password=PASSWORD):
         """user may be a whole ADDRESS:PASSWORD:FIELDS spec (password=None)."""
         spec = user if password is None else "%s:%s" % (user, password)
         subprocess.run([SANDBOX, "user-add", self.dir, spec], check=True)
-        time.sleep(1.1)
 
     def remove_user(self, user):
         path = os.path.join(self.dir, "users")
@@ -177,7 +201,10 @@ class Sandbox:
         st = os.stat(path)
         os.chown(path + ".new", st.st_uid, st.st_gid)
         os.rename(path + ".new", path)
-        time.sleep(1.1)
+        deadline = time.time() + 10
+        while self.doveadm("user", user, check=False).returncode != 67:
+            assert time.time() < deadline, "auth still knows " + user
+            time.sleep(0.05)
 
     def lmtp(self):
         return LMTPSession(self.info["lmtp"]["host"], self.info["lmtp"]["port"])
@@ -257,12 +284,123 @@ def header_values(message, name):
                         re.MULTILINE | re.IGNORECASE)]
 
 
+PROBLEM = re.compile(r"Panic:|Fatal:|killed with signal|"
+                     r"AddressSanitizer|runtime error")
+
+
+def sandbox_problems(d, offset=0):
+    """What Dovecot reported in sandbox d's log from offset on, and its
+    sanitizer reports; the log's size."""
+    problems = []
+    log = os.path.join(d, "dovecot.log")
+    size = offset
+    if os.path.exists(log):
+        with open(log, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        size = offset + len(data)
+        for line in data.decode(errors="replace").splitlines():
+            # SIGKILL is only ever sent by a test, on purpose
+            if "killed with signal 9" in line:
+                continue
+            if PROBLEM.search(line):
+                problems.append(line.strip())
+    for report in glob.glob(os.path.join(d, "sanitizer", "*")):
+        with open(report, errors="replace") as f:
+            problems.append("%s:\n%s" % (report, f.read()))
+    return problems, size
+
+
+def master_pid(d):
+    try:
+        with open(os.path.join(d, "run", "master.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    # a zombie is dead too (the master is not our child: never one here)
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+class Reaper:
+    """Sandboxes that were sent SIGTERM and not waited for. Each is checked
+    once its master has exited: the rest of its log (what Dovecot logged
+    while shutting down) and the sanitizer reports written at exit."""
+
+    def __init__(self):
+        self.stopping = []
+        # (test, problems) found after the test had ended
+        self.problems = []
+
+    def stop(self, test, d, offset, keep=False):
+        pid = master_pid(d)
+        if pid is not None and alive(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.stopping.append((test, d, pid, offset, time.time(), keep))
+
+    def collect(self, wait):
+        """Check the sandboxes that have stopped (with wait, all of them:
+        a master that doesn't exit in STOP_TIMEOUT is killed, and that is
+        a problem of its own)."""
+        left = []
+        for entry in self.stopping:
+            test, d, pid, offset, since, keep = entry
+            running = pid is not None and alive(pid)
+            if running and wait:
+                deadline = since + STOP_TIMEOUT
+                while alive(pid) and time.time() < deadline:
+                    time.sleep(0.05)
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    self.problems.append(
+                        (test, ["the master did not stop in %ds"
+                                % STOP_TIMEOUT]))
+                running = False
+            if running:
+                left.append(entry)
+                continue
+            problems, _ = sandbox_problems(d, offset)
+            if problems:
+                self.problems.append((test, problems))
+            elif not keep and not os.environ.get("MIRROR_KEEP_SANDBOX"):
+                shutil.rmtree(d, ignore_errors=True)
+        self.stopping = left
+
+
+_reaper = Reaper()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reaper():
+    yield _reaper
+    _reaper.collect(wait=True)
+    assert not _reaper.problems, \
+        "Dovecot reported problems while shutting down:\n" + "\n".join(
+            "%s:\n  %s" % (test, "\n  ".join(p))
+            for test, p in _reaper.problems)
+
+
 @pytest.fixture
-def make_sandbox(request):
+def make_sandbox(request, reaper):
     started = []
 
     def start(users=(), sieve_before=None, settings=None, store=None,
-              mail_dir=None):
+              mail_dir=None, config=None):
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
         if store is None and STORE != "embedded":
@@ -271,6 +409,11 @@ def make_sandbox(request):
             args += ["--store", store]
         if mail_dir is not None:
             args += ["--mail-dir", mail_dir]
+        if config is not None:
+            path = os.path.join(d, "input.conf")
+            with open(path, "w") as f:
+                f.write(config)
+            args += ["--config", path]
         for u in users:
             args += ["--user", "%s:%s" % (u, PASSWORD)]
         if sieve_before is not None:
@@ -289,23 +432,10 @@ def make_sandbox(request):
 
     problems = []
     for d in started:
-        subprocess.run([SANDBOX, "stop", d])
-        log = os.path.join(d, "dovecot.log")
-        if os.path.exists(log):
-            with open(log, errors="replace") as f:
-                for line in f:
-                    # SIGKILL is only ever sent by a test, on purpose
-                    if "killed with signal 9" in line:
-                        continue
-                    if re.search(r"Panic:|Fatal:|killed with signal|"
-                                 r"AddressSanitizer|runtime error", line):
-                        problems.append(line.strip())
-        for report in glob.glob(os.path.join(d, "sanitizer", "*")):
-            with open(report, errors="replace") as f:
-                problems.append("%s:\n%s" % (report, f.read()))
-    if not problems and not os.environ.get("MIRROR_KEEP_SANDBOX"):
-        for d in started:
-            shutil.rmtree(d, ignore_errors=True)
+        found, size = sandbox_problems(d)
+        problems += found
+        reaper.stop(request.node.nodeid, d, size, keep=bool(found))
+    reaper.collect(wait=False)
     assert not problems, "Dovecot reported problems:\n" + "\n".join(problems)
 
 

@@ -9,7 +9,11 @@ import tempfile
 
 import pytest
 
-from conftest import SANDBOX, TOP, LMTPSession, Sandbox, make_message
+from conftest import (PASSWORD, SANDBOX, TOP, LMTPSession, Sandbox,
+                      make_message)
+
+# scripts/sandbox itself runs no C code of the suite's own
+pytestmark = pytest.mark.nosan
 
 
 def module_dirs():
@@ -100,3 +104,46 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
     log = open(os.path.join(d, "dovecot.log")).read()
     assert "Panic:" not in log and "Fatal:" not in log
     shutil.rmtree(base, ignore_errors=True)
+
+
+def doveconf(sb, name):
+    r = subprocess.run(["doveconf", "-c", sb.conf, "-h", name],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_operator_config_is_included_and_kept(make_sandbox):
+    """start --config FILE: the operator's own settings (here a metric and
+    a changed limit) reach the instance, and survive a restart."""
+    sb = make_sandbox(config="mail_max_userip_connections = 7\n"
+                             "metric sandbox_test_logins {\n"
+                             "  filter = event=imap_command_finished\n"
+                             "}\n")
+    assert doveconf(sb, "mail_max_userip_connections") == "7"
+    assert "sandbox_test_logins" in doveconf(sb, "metric")
+    subprocess.run([SANDBOX, "stop", sb.dir], check=True)
+    r = subprocess.run([SANDBOX, "start", sb.dir], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    sb = Sandbox(sb.dir, json.loads(r.stdout))
+    assert doveconf(sb, "mail_max_userip_connections") == "7"
+    # a broken file is refused with Dovecot's own error
+    bad = os.path.join(sb.dir, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("no_such_setting = 1\n")
+    subprocess.run([SANDBOX, "stop", sb.dir], check=True)
+    r = subprocess.run([SANDBOX, "start", sb.dir, "--config", bad],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "Unknown setting: no_such_setting" in r.stderr, r.stderr
+
+
+def test_user_add_returns_when_the_user_can_log_in(make_sandbox):
+    sb = make_sandbox()
+    for i in range(3):
+        user = "new%d@example.com" % i
+        subprocess.run([SANDBOX, "user-add", sb.dir,
+                        "%s:%s" % (user, PASSWORD)], check=True)
+        # at once, with no wait
+        assert sb.imap_messages(user) == []

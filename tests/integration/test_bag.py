@@ -182,6 +182,7 @@ def test_bag_add_list_show_remove(bag_sandbox, customer):
         "atrn_identity"] == "odmr@" + DOMAIN
 
 
+@pytest.mark.nosan
 @pytest.mark.parametrize("args,code", [
     (["bag", "add", DOMAIN], 64),
     (["bag", "add", "-e", "127.0.0.1", DOMAIN], 64),
@@ -208,6 +209,7 @@ def test_bag_commands_bad_input(bag_sandbox, args, code):
     assert sb.doveadm("bag", "list", json_output=True).json == []
 
 
+@pytest.mark.nosan
 def test_bag_add_refuses_duplicates_and_taken_names(bag_sandbox):
     sb = bag_sandbox
     bag_add(sb, identity="odmr@" + DOMAIN)
@@ -571,7 +573,7 @@ def test_etrn_forms_and_refusals(bag_sandbox, customer):
     assert s.cmd("ETRN two words.test")[0] == 501
     assert s.cmd("ETRN bad..name")[0] == 501
     assert s.cmd("ETRN cust.test;rm")[0] == 501
-    assert s.cmd("ETRN %s\x7f" % DOMAIN)[0] in (500, 501)
+    assert s.cmd("ETRN %s\x7f" % DOMAIN)[0] == 500
     # not a relay: MAIL starts a transaction, RCPT is refused
     assert s.cmd("MAIL FROM:<x@remote.test>")[0] == 250
     assert s.cmd("ETRN " + DOMAIN)[0] == 503
@@ -602,6 +604,7 @@ def test_etrn_with_msmtp(bag_sandbox, customer):
     assert r.returncode == 69 and "459" in r.stderr
 
 
+@pytest.mark.xdist_group("clock")
 def test_etrn_reply_comes_first_and_flushes_serialize(bag_sandbox, customer):
     """A slow customer: the ETRN reply doesn't wait for the flush, a
     second ETRN during the flush starts no parallel one, and every

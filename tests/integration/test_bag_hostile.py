@@ -60,7 +60,7 @@ def test_overlong_lines_nuls_and_bare_lf(bag_sandbox, customer, listener):
     s.cmd("EHLO client.test")
     s.send_raw(b"ETRN " + b"a" * 65536 + b"\r\n")
     reply = raw_reply(s.sock)
-    assert reply is None or reply.startswith("500")
+    assert reply == "500 5.5.2 Line too long\r\n", reply
     s.close()
 
     # NUL bytes and control characters
@@ -68,30 +68,22 @@ def test_overlong_lines_nuls_and_bare_lf(bag_sandbox, customer, listener):
     s.cmd("EHLO client.test")
     s.send_raw(b"ETRN cust\x00.test\r\n")
     reply = raw_reply(s.sock)
-    assert reply is None or reply[:3] in ("500", "501", "502")
+    assert reply == "500 5.5.2 Invalid command syntax\r\n", reply
     s.close()
 
-    # bare LF line ends: answered as lines, or refused, never a crash
+    # bare LF line ends: answered as lines (as Dovecot's lib-smtp does)
     s = SMTPSession(port)
     s.send_raw(b"EHLO client.test\nNOOP\n")
     reply = raw_reply(s.sock)
-    assert reply is None or reply[:1] in ("2", "5")
+    assert reply.startswith("250-"), reply
     s.close()
 
-    # garbage and too many bad commands end the connection
+    # garbage: ten bad commands, then 421 and the connection ends
     s = SMTPSession(port)
-    closed = False
-    for i in range(30):
-        try:
-            code, _ = s.cmd("\x01\x02 junk %d" % i)
-            assert code in (500, 501, 502, 421)
-            if code == 421:
-                # too many bad commands
-                s.reply()
-        except (ConnectionError, OSError):
-            closed = True
-            break
-    assert closed
+    codes = [s.cmd("\x01\x02 junk %d" % i)[0] for i in range(11)]
+    assert codes == [500] * 10 + [421]
+    with pytest.raises((ConnectionError, OSError)):
+        s.cmd("NOOP")
     s.close()
     assert bag_messages(sb) == 1
 
@@ -101,15 +93,15 @@ def test_etrn_commands_in_the_wrong_state(bag_sandbox, customer):
     bag_add(sb, nets="127.0.0.1", host=customer.hostport)
     deliver(sb, ["a@" + DOMAIN])
     s = SMTPSession(etrn_port(sb))
-    assert s.cmd("DATA")[0] in (503, 554)
+    assert s.cmd("DATA")[0] == 503
     assert s.cmd("RCPT TO:<a@cust.test>")[0] == 503
     s.cmd("EHLO client.test")
     assert s.cmd("DATA")[0] == 503
     assert s.cmd("RCPT TO:<a@cust.test>")[0] == 503
-    assert s.cmd("AUTH PLAIN AGFiYwBkZWY=")[0] in (500, 502, 503)
+    assert s.cmd("AUTH PLAIN AGFiYwBkZWY=")[0] == 502
     assert s.cmd("ATRN cust.test")[0] == 500
-    assert s.cmd("STARTTLS")[0] in (500, 502)
-    assert s.cmd("BDAT 10 LAST")[0] in (500, 502, 503, 554)
+    assert s.cmd("STARTTLS")[0] == 502
+    assert s.cmd("BDAT 10 LAST")[0] == 502
     assert s.cmd("MAIL FROM:<x@remote.test>")[0] == 250
     assert s.cmd("MAIL FROM:<y@remote.test>")[0] == 503
     assert s.cmd("QUIT")[0] == 221
@@ -117,13 +109,17 @@ def test_etrn_commands_in_the_wrong_state(bag_sandbox, customer):
     assert bag_messages(sb) == 1 and customer.messages == []
 
 
-@pytest.mark.parametrize("node", [
-    "cust.test;rm -rf /", "../../etc/passwd", "cust.test/../x",
-    "cust%2etest", "-cust.test", "cust..test", "*.cust.test",
-    "cust.test.", "[127.0.0.1]", "@", "#", "@@cust.test", "#@cust.test",
-    "c" * 300 + ".test", "cust.test\x7f", "cust.test\xc3\xa9",
+@pytest.mark.parametrize("node,code", [
+    ("cust.test;rm -rf /", "501"), ("../../etc/passwd", "501"),
+    ("cust.test/../x", "501"), ("cust%2etest", "501"), ("-cust.test", "501"),
+    ("cust..test", "501"), ("*.cust.test", "501"), ("cust.test.", "501"),
+    ("[127.0.0.1]", "501"), ("@", "501"), ("#", "501"),
+    ("@@cust.test", "501"), ("#@cust.test", "501"),
+    ("c" * 300 + ".test", "501"),
+    # a control character is refused by lib-smtp's command parser
+    ("cust.test\x7f", "500"), ("cust.test\xc3\xa9", "501"),
 ])
-def test_etrn_injection_in_node_names(bag_sandbox, customer, node):
+def test_etrn_injection_in_node_names(bag_sandbox, customer, node, code):
     sb = bag_sandbox
     bag_add(sb, nets="127.0.0.1", host=customer.hostport)
     deliver(sb, ["a@" + DOMAIN])
@@ -131,7 +127,7 @@ def test_etrn_injection_in_node_names(bag_sandbox, customer, node):
     s.cmd("EHLO client.test")
     s.send_raw(b"ETRN " + node.encode("utf-8", "surrogateescape") + b"\r\n")
     reply = raw_reply(s.sock)
-    assert reply is not None and reply[:3] in ("459", "500", "501"), reply
+    assert reply is not None and reply[:4] == code + " ", reply
     # the reply shows no raw control bytes
     assert "\x7f" not in reply and "\x00" not in reply
     s.close()
@@ -151,7 +147,7 @@ def test_atrn_bad_domain_lists(bag_sandbox, arg):
     s.cmd("EHLO client.test")
     assert plain_auth(s, "odmr@" + DOMAIN, row["atrn_password"])[0] == 235
     code, _ = s.cmd("ATRN " + arg)
-    assert code in (450, 453, 501)
+    assert code == 501
     # the session goes on
     assert s.cmd("NOOP")[0] == 250
     s.close()
@@ -165,7 +161,8 @@ def test_odmr_auth_garbage(bag_sandbox):
     s.cmd("EHLO client.test")
     assert s.cmd("AUTH")[0] == 501
     assert s.cmd("AUTH NOSUCHMECH")[0] == 504
-    assert s.cmd("AUTH PLAIN !!!notbase64")[0] in (501, 535)
+    # Dovecot's auth refuses the undecodable response
+    assert s.cmd("AUTH PLAIN !!!notbase64")[0] == 535
     # an abandoned exchange
     code, _ = s.cmd("AUTH CRAM-MD5")
     assert code == 334
@@ -240,12 +237,13 @@ def test_lmtp_refuses_hostile_recipients(bag_sandbox):
     bag_add(sb, identity="odmr@" + DOMAIN)
     s = sb.lmtp()
     s.cmd("MAIL FROM:<sender@remote.test>")
+    codes = [500, 555, 555, 501]
     for rcpt in ("RCPT TO:<\"a\x00b\"@cust.test>",
                  "RCPT TO:<a@cust.test> FOO=bar",
                  "RCPT TO:<a@cust.test> NOTIFY=SOMETIMES",
                  "RCPT TO:<" + "a" * 2000 + "@cust.test>"):
         code, _ = s.cmd(rcpt)
-        assert code >= 500, rcpt
+        assert code == codes.pop(0), rcpt
     s.close()
     assert bag_messages(sb) == 0
 

@@ -360,6 +360,7 @@ def test_storage_owned_by_another_uid(make_sandbox):
             for r, _, files in os.walk(alice_dir) for f in files} == {nobody}
 
 
+@pytest.mark.nosan
 def test_invalid_boolean_setting_is_reported(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT], settings={"mirror_fsync": "maybe"})
     sb.mirror_add(ALICE, AUDIT)
@@ -369,6 +370,7 @@ def test_invalid_boolean_setting_is_reported(make_sandbox):
         in sb.log()
 
 
+@pytest.mark.nosan
 def test_invalid_failure_policy_fails_safe(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT],
                       settings={"mirror_failure": "tmpfail"})
@@ -385,22 +387,25 @@ def test_hostile_envelope_cannot_inject_headers(sandbox):
     header lines of the mirror copy, and never stop delivery."""
     sandbox.mirror_add(ALICE, AUDIT)
     evil = [
-        (ALICE, 'ORCPT=rfc822;"alice+x+0D+0AX-Evil:+20injected"@example.com'),
-        (ALICE, "ORCPT=rfc822;alice+2Bx+0AX-Evil:+20injected@example.com"),
-        (ALICE, "ORCPT=rfc822;" + "a" * 600 + "@example.com"),
-        (ALICE, "ORCPT=utf-8;alice@example.com"),
-        (ALICE, "ORCPT=rfc822;"),
-        ("x" * 300 + "@example.com", ""),
+        # lib-smtp refuses a broken xtext and control characters
+        (ALICE, 'ORCPT=rfc822;"alice+x+0D+0AX-Evil:+20injected"@example.com',
+         501),
+        (ALICE, "ORCPT=rfc822;alice+2Bx+0AX-Evil:+20injected@example.com",
+         501),
+        (ALICE, "ORCPT=rfc822;" + "a" * 600 + "@example.com", 250),
+        (ALICE, "ORCPT=utf-8;alice@example.com", 250),
+        (ALICE, "ORCPT=rfc822;", 501),
+        ("x" * 300 + "@example.com", "", 550),
     ]
-    for rcpt in evil:
+    for addr, params, want in evil:
         s = sandbox.lmtp()
         try:
-            rcpt_replies, data = s.send([rcpt], make_message(subject="evil"))
+            rcpt_replies, data = s.send([(addr, params)],
+                                        make_message(subject="evil"))
         finally:
             s.close()
-        code = rcpt_replies[0][0]
-        assert code in (250, 501, 550), rcpt_replies
-        if code == 250:
+        assert rcpt_replies[0][0] == want, rcpt_replies
+        if want == 250:
             assert data[0][0] == 250, data
     for copy in sandbox.imap_messages(AUDIT):
         head = copy.split(b"\r\n\r\n", 1)[0]

@@ -57,7 +57,7 @@ def test_mirrors_and_storage_users_in_sql(sb):
     listed = sb.doveadm("mirror", "list", json_output=True).json
     assert listed[0]["copies"] == "3"
     assert rows(sb, "mirror", "status/")[
-        "status/%s/copies" % m["id"]] in ("3", 3)
+        "status/%s/copies" % m["id"]] == "3"
     # the expiry scan reads the index rows, and removes what is due
     oldest = int(rows(sb, "mirror", "expire/")["expire/" + m["storage"]])
     r = sb.doveadm("mirror", "expire", "-T", str(oldest + 2 * DAY),

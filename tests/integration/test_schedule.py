@@ -2,12 +2,6 @@
 configured time (the real clock, a few seconds ahead), makes up a missed
 run once when it starts, and `doveadm mirror schedule` shows the last and
 next runs in UTC and in the zone, DST included.
-
-The scan itself (`doveadm mirror expire`) is another part of the issue.
-Where it is not installed yet, the service's attempt is still visible: it
-logs the run and doveadm's exit status. The assertions that need the real
-scan (it records expire-last-run) are marked NEEDS-SCAN and run only when
-`doveadm mirror expire` exists.
 """
 
 import json
@@ -49,13 +43,6 @@ def schedule(sb, *args, check=True):
         assert len(r.json) == 1, r.stdout
         r.row = r.json[0]
     return r
-
-
-def has_expire_command(sb):
-    """Whether `doveadm mirror expire` (the scan) is installed."""
-    r = sb.doveadm("mirror", check=False)
-    return re.search(r"^\s+expire\s", r.stderr + r.stdout,
-                     re.MULTILINE) is not None
 
 
 def set_last_run(sb, t):
@@ -134,6 +121,7 @@ def restart(sb, settings):
     return Sandbox(sb.dir, json.loads(r.stdout))
 
 
+@pytest.mark.xdist_group("clock")
 def test_service_fires_at_the_configured_time(make_sandbox):
     # a few seconds ahead, in the default zone (America/Los_Angeles)
     target = int(time.time()) + 8
@@ -155,21 +143,17 @@ def test_service_fires_at_the_configured_time(make_sandbox):
     # the service ran doveadm and logged how it ended
     done = wait_for(sb, r"Expiry scan of .* (finished|failed)", 60)
     assert fmt_utc(target) in done[0]
-    if has_expire_command(sb):
-        # NEEDS-SCAN: the scan succeeded and recorded its time
-        assert "finished" in done[0], done
-        row = schedule(sb).row
-        assert row["last_run_utc"] >= fmt_utc(target)
-        assert row["next_run_utc"] == fmt_utc(target + 24 * 3600)
-    else:
-        # until `mirror expire` lands, doveadm refuses the unknown command
-        assert done[0].endswith("failed: doveadm mirror expire exited "
-                                "with status 64"), done
+    # the scan succeeded and recorded its time
+    assert "finished" in done[0], done
+    row = schedule(sb).row
+    assert row["last_run_utc"] >= fmt_utc(target)
+    assert row["next_run_utc"] == fmt_utc(target + 24 * 3600)
     # once
     time.sleep(2)
     assert len(service_lines(sb, r"Running")) == 1
 
 
+@pytest.mark.xdist_group("clock")
 def test_catch_up_runs_a_missed_scan_once(make_sandbox):
     now = int(time.time())
     # the scan's time of day was two hours ago
@@ -196,15 +180,15 @@ def test_catch_up_runs_a_missed_scan_once(make_sandbox):
     assert lines[0].endswith("Running the missed expiry scan of %s (%s)"
                              % (fmt_local(scheduled, LA),
                                 fmt_utc(scheduled))), lines
-    wait_for(sb, r"Expiry scan of .* (finished|failed)", 60)
+    done = wait_for(sb, r"Expiry scan of .* (finished|failed)", 60)
+    assert "finished" in done[0], done
     time.sleep(2)
     # one scan for the three missed days, not three
     assert len(service_lines(sb, r"Running")) == 1
-    if has_expire_command(sb):
-        # NEEDS-SCAN: the scan recorded itself, nothing is overdue now
-        row = schedule(sb).row
-        assert row["last_run_utc"] >= fmt_utc(now)
-        assert row["overdue"] == "no"
+    # the scan recorded itself, nothing is overdue now
+    row = schedule(sb).row
+    assert row["last_run_utc"] >= fmt_utc(now)
+    assert row["overdue"] == "no"
 
     # a scan after the latest scheduled time: nothing to make up
     set_last_run(sb, int(time.time()))
@@ -278,6 +262,7 @@ def test_schedule_in_another_zone(make_sandbox):
     wait_for(sb, r"Info: Expiry scans at 02:30:00 Europe/Berlin", 30, grace=60)
 
 
+@pytest.mark.nosan
 @pytest.mark.parametrize("setting,value,error", [
     ("mirror_expire_timezone", "Mars/Olympus_Mons",
      "Invalid mirror_expire_timezone 'Mars/Olympus_Mons': not in the time "
@@ -305,6 +290,7 @@ def test_invalid_settings(make_sandbox, setting, value, error):
     assert not service_lines(sb, r"Running|Fatal|killed")
 
 
+@pytest.mark.nosan
 def test_schedule_usage_errors(make_sandbox):
     sb = make_sandbox()
     r = schedule(sb, "-T", "yesterday", check=False)

@@ -272,10 +272,16 @@ def test_rebuild_index(sb):
                      "-T", str(int(time.time()) + 2 * DAY))
     assert sorted(r["storage"] for r in rows) == sorted(want)
     assert all(r["removed"] == "0" for r in rows)
-    assert {s: index(sb, s) for s in want} == want
+    # the index kept at delivery is the save time as LMTP began the save;
+    # the rebuilt one is the oldest save date the storage reports (a
+    # maildir file's ctime may be a second later)
+    assert {s: index(sb, s) for s in want} == \
+        {s: min(save_dates(sb, s).values()) for s in want}
+    assert all(0 <= index(sb, s) - want[s] <= 1 for s in want)
     assert len(save_dates(sb, AUDIT)) == 2
 
 
+@pytest.mark.nosan
 def test_bad_time(sb):
     _, r = expire(sb, "-T", "0", check=False)
     assert r.returncode == EX_USAGE
@@ -323,6 +329,7 @@ def test_removed_files_freed(make_sandbox, processes):
     assert code == 0 and row["expired"] == str(n), row
 
 
+@pytest.mark.nosan
 def test_bad_free_processes(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(
         SETTINGS, mirror_expire_free_processes="many"))

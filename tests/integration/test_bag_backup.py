@@ -37,6 +37,7 @@ def outbox_messages(sb):
     return out
 
 
+@pytest.mark.nosan
 def test_backup_add_and_bad_input(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=FAST)
     row = backup_add(sb, 2525, period="3d")
@@ -52,6 +53,7 @@ def test_backup_add_and_bad_input(make_sandbox):
             sb.doveadm("bag", "list", json_output=True).json] == [DOMAIN]
 
 
+@pytest.mark.xdist_group("clock")
 def test_outage_then_back_every_message_once(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=FAST)
     port = free_port()
@@ -82,6 +84,7 @@ def test_outage_then_back_every_message_once(make_sandbox):
         customer.stop()
 
 
+@pytest.mark.xdist_group("clock")
 def test_retry_intervals_back_off(make_sandbox):
     """A customer that answers 451: the tries come 2, 4, 4 seconds apart
     (bag_backup_retry_min = 2s, doubling to bag_backup_retry_max = 4s)."""
@@ -105,6 +108,7 @@ def test_retry_intervals_back_off(make_sandbox):
         customer.stop()
 
 
+@pytest.mark.xdist_group("clock")
 def test_give_up_bounces_with_4_4_7(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=FAST)
     port = free_port()
@@ -145,6 +149,7 @@ def test_5xx_bounces_at_once(make_sandbox):
         customer.stop()
 
 
+@pytest.mark.xdist_group("clock")
 def test_schedule_survives_a_restart(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=dict(
         FAST, bag_backup_retry_min="3s", bag_backup_retry_max="60s"))
@@ -176,6 +181,7 @@ def test_schedule_survives_a_restart(make_sandbox):
         customer.stop()
 
 
+@pytest.mark.xdist_group("clock")
 def test_delay_warning_once(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=dict(
         FAST, bag_backup_delay_warning="2s"))

@@ -173,6 +173,7 @@ def test_per_account_box_made_on_first_mail(sb):
     assert m["X-Envelope-To"] == "New+tag@" + DOMAIN
 
 
+@pytest.mark.nosan
 @pytest.mark.parametrize("args,code", [
     (["bag", "add", "-P", "every", DOMAIN], 64),
     (["bag", "add", "-P", "catch-all", "-e", "127.0.0.1", "-h", "mx",
@@ -190,6 +191,7 @@ def test_pop3_bad_input(sb, args, code):
     assert sb.doveadm("bag", "list", json_output=True).json == []
 
 
+@pytest.mark.nosan
 def test_pop3_bag_refusals(sb):
     pop3_add(sb, "catch-all")
     # a catch-all has no boxes per account

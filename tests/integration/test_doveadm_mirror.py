@@ -76,6 +76,7 @@ BAD_ADD = [
 ]
 
 
+@pytest.mark.nosan
 @pytest.mark.parametrize("args,message", BAD_ADD)
 def test_bad_add_fails_clearly_and_changes_nothing(sandbox, args, message):
     sandbox.mirror_add("example.com", AUDIT)
@@ -99,6 +100,7 @@ def test_duplicate_mirror_is_refused(sandbox):
     assert registry(sandbox) == before
 
 
+@pytest.mark.nosan
 @pytest.mark.parametrize("arg", ["999", "0", "abc", "-1", "1.5"])
 def test_remove_unknown_or_invalid_id(sandbox, arg):
     sandbox.mirror_add(ALICE, AUDIT)
@@ -109,6 +111,7 @@ def test_remove_unknown_or_invalid_id(sandbox, arg):
     assert registry(sandbox) == before
 
 
+@pytest.mark.nosan
 def test_exit_codes_follow_doveadm_conventions(sandbox):
     codes = {
         "usage": sandbox.doveadm("mirror", "add", "-s", AUDIT, "x",
@@ -121,6 +124,7 @@ def test_exit_codes_follow_doveadm_conventions(sandbox):
     assert codes == {"usage": 64, "nouser": 67, "notfound": 68}
 
 
+@pytest.mark.nosan
 def test_list_filter_validates_source(sandbox):
     r = sandbox.doveadm("mirror", "list", "not a source", check=False)
     assert r.returncode == 64 and "Invalid source" in r.stderr

@@ -208,6 +208,7 @@ def test_limits_per_service_level(leveled):
                   "allowed": "unlimited", "domains": "third.test"}]
 
 
+@pytest.mark.nosan
 def test_account_commands_reject_bad_input(leveled):
     sb = leveled
     r = sb.doveadm("mirror", "account", "set", "acme", "platinum",
@@ -224,6 +225,7 @@ def test_account_commands_reject_bad_input(leveled):
     assert r.returncode == 64
 
 
+@pytest.mark.nosan
 def test_bad_level_settings_are_config_errors(make_sandbox):
     sb = make_sandbox(users=[ALICE],
                       settings={"mirror_levels": "free:0 basic:one",

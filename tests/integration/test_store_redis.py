@@ -276,6 +276,7 @@ def schedule_in(secs, lease="4s"):
                     "mirror_expire_lease": lease}
 
 
+@pytest.mark.xdist_group("clock")
 def test_the_nightly_scan_runs_once_for_the_fleet(fleet, redis_server):
     target, settings = schedule_in(10)
     a, b = fleet(settings), fleet(settings)
@@ -294,6 +295,7 @@ def test_the_nightly_scan_runs_once_for_the_fleet(fleet, redis_server):
     assert a.maildir_count(m["storage"]) == 1
 
 
+@pytest.mark.xdist_group("clock")
 def test_a_server_waits_while_the_lease_holder_scans(fleet, redis_server):
     target, settings = schedule_in(10, lease="3s")
     lease = "%smirror/expire-lease/%d/" % (PREFIX, target)
@@ -324,6 +326,7 @@ def test_a_server_waits_while_the_lease_holder_scans(fleet, redis_server):
     assert not expire_lines(a, r"Running|taking it over")
 
 
+@pytest.mark.xdist_group("clock")
 def test_a_silent_lease_holder_is_taken_over(fleet, redis_server):
     target, settings = schedule_in(10, lease="3s")
     # a server took the run and died before it scanned

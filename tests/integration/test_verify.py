@@ -7,6 +7,8 @@ import os
 import stat
 import threading
 
+import pytest
+
 from conftest import PASSWORD, make_message
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -247,6 +249,7 @@ def test_chain_append_failure_keeps_the_copy(sandbox):
     assert code == 75, err
 
 
+@pytest.mark.nosan
 def test_unknown_and_invalid_id(sandbox):
     code, row, err = verify(sandbox, 99)
     assert code == EX_NOTFOUND and row is None

@@ -36,10 +36,4 @@ bool mirror_address_keys(const char *localpart, const char *domain,
 			 const char *delimiters,
 			 const char **address_r, const char **domain_r);
 
-/* Escape a source for use as one component of a dict key: everything
-   except [a-z0-9.@_+-] becomes %XX. */
-const char *mirror_key_escape(const char *str);
-/* The reverse: -1 for a malformed or NUL escape. */
-int mirror_key_unescape(const char *str, string_t *dest);
-
 #endif

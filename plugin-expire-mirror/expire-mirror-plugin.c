@@ -28,6 +28,8 @@
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
 #include "mirror-registry.h"
+#include "mirror-expire-index.h"
+#include "mirror-event.h"
 
 #define EXPIRE_MIRROR_USER_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, expire_mirror_user_module)
@@ -51,7 +53,7 @@ struct expire_mirror_user {
 	union mail_user_module_context module_ctx;
 	struct event *event;
 	const char *dict_uri;
-	struct mirror_registry *registry;
+	struct registry *registry;
 
 	enum expire_mirror_storage_state storage;
 	/* What the index is known to hold: the oldest save date, 0 for no
@@ -80,9 +82,6 @@ void expire_mirror_plugin_init(struct module *module);
 void expire_mirror_plugin_deinit(void);
 
 /* shared with the suite's other plugins by name */
-static struct event_category event_category_mirror = {
-	.name = "mirror",
-};
 
 static MODULE_CONTEXT_DEFINE_INIT(expire_mirror_user_module,
 				  &mail_user_module_register);
@@ -97,8 +96,8 @@ static int expire_mirror_registry(struct mail_user *user,
 {
 	if (euser->registry != NULL)
 		return 0;
-	return mirror_registry_init(euser->dict_uri, user->set->base_dir,
-				    euser->event, &euser->registry, error_r);
+	return registry_init(euser->dict_uri, user->set->base_dir,
+			     euser->event, &euser->registry, error_r);
 }
 
 /* Returns TRUE if user is a mirror storage, looking it up the first time. */
@@ -413,7 +412,7 @@ static void expire_mirror_user_deinit(struct mail_user *user)
 	struct expire_mirror_user *euser =
 		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
 
-	mirror_registry_deinit(&euser->registry);
+	registry_deinit(&euser->registry);
 	event_unref(&euser->event);
 	euser->module_ctx.super.deinit(user);
 }

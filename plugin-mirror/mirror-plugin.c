@@ -9,6 +9,7 @@
 #include "mirror-readonly.h"
 #include "mirror-copy.h"
 #include "mirror-plugin.h"
+#include "mirror-event.h"
 
 #define MIRROR_USER_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, mirror_user_module)
@@ -115,19 +116,19 @@ static int
 mirror_user_readonly_lookup(struct mail_user *user, const char *dict_uri,
 			    const char **error_r)
 {
-	struct mirror_registry *reg;
+	struct registry *reg;
 	ARRAY_TYPE(mirror_def) defs;
 	const struct mirror_def *def;
 	int ret;
 
-	if (mirror_registry_init(dict_uri, user->set->base_dir, user->event,
+	if (registry_init(dict_uri, user->set->base_dir, user->event,
 				 &reg, error_r) < 0)
 		return -1;
 	t_array_init(&defs, 4);
 	ret = mirror_registry_storage_lookup(reg, user->username,
 					     pool_datastack_create(), &defs,
 					     error_r);
-	mirror_registry_deinit(&reg);
+	registry_deinit(&reg);
 	if (ret <= 0)
 		return ret;
 	array_foreach(&defs, def) {

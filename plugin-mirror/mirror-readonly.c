@@ -8,6 +8,7 @@
 #include "mirror-copy.h"
 #include "mirror-plugin.h"
 #include "mirror-readonly.h"
+#include "mirror-event.h"
 
 #define MIRROR_READONLY_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, mirror_readonly_storage_module)

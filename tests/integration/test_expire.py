@@ -301,14 +301,14 @@ def deleted_files_open(directory):
     return held
 
 
-# mirror-expire-free.c: at least this many removals use the workers
+# mirror-expire-reclaim.c: at least this many removals use the workers
 FREE_MIN_MESSAGES = 64
 
 
 @pytest.mark.parametrize("processes", [2, 0])
-def test_removed_files_freed(make_sandbox, processes):
+def test_removed_files_reclaimed(make_sandbox, processes):
     sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(
-        SETTINGS, mirror_expire_free_processes=str(processes)))
+        SETTINGS, mirror_expire_reclaim_processes=str(processes)))
     sb.mirror_add(ALICE, storage=AUDIT, days=1)
     n = FREE_MIN_MESSAGES + 6
     for replies in sb.deliver_many([ALICE], n):
@@ -330,12 +330,12 @@ def test_removed_files_freed(make_sandbox, processes):
 
 
 @pytest.mark.nosan
-def test_bad_free_processes(make_sandbox):
+def test_bad_reclaim_processes(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(
-        SETTINGS, mirror_expire_free_processes="many"))
+        SETTINGS, mirror_expire_reclaim_processes="many"))
     sb.mirror_add(ALICE, storage=AUDIT, days=1)
     deliver(sb, ALICE, 2)
     rows, r = expire(sb, "-T", str(int(time.time()) + 2 * DAY), check=False)
     assert r.returncode != 0
-    assert "Invalid mirror_expire_free_processes 'many'" in r.stderr
+    assert "Invalid mirror_expire_reclaim_processes 'many'" in r.stderr
     assert len(save_dates(sb, AUDIT)) == 2

@@ -1,0 +1,370 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* doveadm mirror verify ID: check a mirror's hash chain, and check every
+   copy it records against the storage's INBOX. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "str-sanitize.h"
+#include "strnum.h"
+#include "hex-binary.h"
+#include "hash-method.h"
+#include "sort.h"
+#include "istream.h"
+#include "istream-crlf.h"
+#include "module-dir.h"
+#include "master-service.h"
+#include "mail-storage-service.h"
+#include "mail-namespace.h"
+#include "mail-storage-private.h" /* mailbox_get_path_to() */
+#include "doveadm.h"
+#include "doveadm-cmd.h"
+#include "doveadm-print.h"
+#include "doveadm-settings.h"
+#include "mirror-registry.h"
+#include "mirror-chain.h"
+#include "mirror-privileges.h"
+#include "doveadm-mirror.h"
+#include "doveadm-mirror-verify.h"
+
+#include <sysexits.h>
+
+struct mirror_verify {
+	unsigned int mirror_id;
+	const char *storage;
+
+	struct mail_storage_service_ctx *service;
+	struct mail_storage_service_user *service_user;
+	struct mail_user *user;
+	struct mailbox *box;
+
+	ARRAY_TYPE(mirror_chain_record) records;
+	/* (uidvalidity << 32 | uid) of each expire record, sorted */
+	ARRAY(uint64_t) expired;
+	unsigned int present, expired_count, missing, altered;
+	const char *broken;
+};
+
+/* Find the mirror: its storage user. Returns FALSE (with the command
+   failed) if it can't. */
+static bool mirror_verify_lookup(struct mirror_verify *ctx)
+{
+	struct registry *reg;
+	struct mirror_def def;
+	const char *error;
+	int ret;
+
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return FALSE;
+	ret = mirror_registry_get_def(reg, ctx->mirror_id,
+				      pool_datastack_create(), &def, &error);
+	registry_deinit(&reg);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				   EX_TEMPFAIL, ret == 0 ?
+				   t_strdup_printf("Unknown mirror id %u",
+						   ctx->mirror_id) : error);
+		return FALSE;
+	}
+	ctx->storage = def.storage;
+	return TRUE;
+}
+
+/* Set up the storage user and open its INBOX. */
+static bool mirror_verify_open(struct mirror_verify *ctx)
+{
+	struct mail_storage_service_input input;
+	struct mail_namespace *ns;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.module = "mail";
+	input.service = "doveadm";
+	input.username = ctx->storage;
+	ret = mail_storage_service_lookup(ctx->service, &input,
+					  &ctx->service_user, &error);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? EX_NOUSER : EX_TEMPFAIL,
+			ret == 0 ? t_strdup_printf(
+				"Storage user %s doesn't exist",
+				str_sanitize(ctx->storage, 80)) :
+			t_strdup_printf("Storage user %s lookup failed: %s",
+					ctx->storage, error));
+		return FALSE;
+	}
+	if (mail_storage_service_next(ctx->service, ctx->service_user,
+				      &ctx->user, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"Failed to initialize storage user %s: %s",
+			ctx->storage, error));
+		return FALSE;
+	}
+	ns = mail_namespace_find_inbox(ctx->user->namespaces);
+	ctx->box = mailbox_alloc(ns->list, "INBOX", 0);
+	if (mailbox_open(ctx->box) < 0 || mailbox_sync(ctx->box, 0) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"Failed to open INBOX of storage user %s: %s",
+			ctx->storage,
+			mailbox_get_last_internal_error(ctx->box, NULL)));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static void mirror_verify_close(struct mirror_verify *ctx)
+{
+	if (ctx->box != NULL)
+		mailbox_free(&ctx->box);
+	if (ctx->user != NULL)
+		mail_user_deinit(&ctx->user);
+	if (ctx->service_user != NULL)
+		mail_storage_service_user_unref(&ctx->service_user);
+}
+
+static int mirror_verify_read_chain(struct mirror_verify *ctx)
+{
+	const struct mirror_chain_record *rec;
+	const char *dir, *path, *error;
+	uint64_t key;
+	int ret;
+
+	ret = mailbox_get_path_to(ctx->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
+				  &dir);
+	if (ret <= 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, ret == 0 ?
+			"The storage's INBOX has no control directory" :
+			mailbox_get_last_internal_error(ctx->box, NULL));
+		return -1;
+	}
+	path = t_strdup_printf("%s/%s", dir,
+			       mirror_chain_file_name(ctx->mirror_id));
+	if (mirror_chain_read(path, ctx->mirror_id, &ctx->records,
+			      &ctx->broken, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
+	}
+	if (ctx->broken != NULL) {
+		i_error("Mirror %u: chain %s is broken: %s", ctx->mirror_id,
+			path, ctx->broken);
+	}
+	array_foreach(&ctx->records, rec) {
+		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
+			continue;
+		key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+		array_push_back(&ctx->expired, &key);
+	}
+	array_sort(&ctx->expired, uint64_cmp);
+	return 0;
+}
+
+static int
+mirror_verify_hash_mail(struct mail *mail,
+			unsigned char digest_r[MIRROR_CHAIN_HASH_SIZE],
+			const char **error_r)
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	struct istream *input, *lf_input;
+	const unsigned char *data;
+	size_t size;
+	void *hash_ctx;
+	int ret = 0;
+
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0) {
+		*error_r = mailbox_get_last_internal_error(mail->box, NULL);
+		return -1;
+	}
+	hash_ctx = i_malloc(meth->context_size);
+	meth->init(hash_ctx);
+	lf_input = i_stream_create_lf(input);
+	while (i_stream_read_more(lf_input, &data, &size) > 0) {
+		meth->loop(hash_ctx, data, size);
+		i_stream_skip(lf_input, size);
+	}
+	if (lf_input->stream_errno != 0) {
+		*error_r = t_strdup_printf("read(%s) failed: %s",
+					   i_stream_get_name(lf_input),
+					   i_stream_get_error(lf_input));
+		ret = -1;
+	}
+	meth->result(hash_ctx, digest_r);
+	i_stream_unref(&lf_input);
+	i_free(hash_ctx);
+	return ret;
+}
+
+/* Check one copy record. Returns 0, or -1 on a temporary failure. */
+static int
+mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
+		   uint32_t uid_validity,
+		   const struct mirror_chain_record *rec)
+{
+	unsigned char digest[MIRROR_CHAIN_HASH_SIZE];
+	enum mail_error mail_error;
+	const char *error;
+	uint64_t key;
+
+	key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+	if (array_bsearch(&ctx->expired, &key, uint64_cmp) != NULL) {
+		ctx->expired_count++;
+		return 0;
+	}
+	if (rec->uid_validity != uid_validity) {
+		ctx->missing++;
+		i_error("Mirror %u: UID %u is missing: the mailbox's "
+			"UIDVALIDITY changed from %u to %u", ctx->mirror_id,
+			rec->uid, rec->uid_validity, uid_validity);
+		return 0;
+	}
+	if (!mail_set_uid(mail, rec->uid)) {
+		ctx->missing++;
+		i_error("Mirror %u: UID %u is missing", ctx->mirror_id,
+			rec->uid);
+		return 0;
+	}
+	if (mirror_verify_hash_mail(mail, digest, &error) < 0) {
+		(void)mailbox_get_last_error(mail->box, &mail_error);
+		if (mail->expunged || mail_error == MAIL_ERROR_EXPUNGED) {
+			ctx->missing++;
+			i_error("Mirror %u: UID %u is missing",
+				ctx->mirror_id, rec->uid);
+			return 0;
+		}
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"Mirror %u: Failed to read UID %u: %s",
+			ctx->mirror_id, rec->uid, error));
+		return -1;
+	}
+	if (memcmp(digest, rec->content_hash, sizeof(digest)) != 0) {
+		ctx->altered++;
+		i_error("Mirror %u: UID %u is altered: its content hash is "
+			"%s, the chain recorded %s", ctx->mirror_id, rec->uid,
+			binary_to_hex(digest, sizeof(digest)),
+			binary_to_hex(rec->content_hash,
+				      sizeof(rec->content_hash)));
+		return 0;
+	}
+	ctx->present++;
+	return 0;
+}
+
+static int mirror_verify_mails(struct mirror_verify *ctx)
+{
+	struct mailbox_transaction_context *trans;
+	const struct mirror_chain_record *rec;
+	struct mailbox_status status;
+	struct mail *mail;
+	int ret = 0;
+
+	mailbox_get_open_status(ctx->box, STATUS_UIDVALIDITY, &status);
+	trans = mailbox_transaction_begin(ctx->box, 0, "mirror verify");
+	mail = mail_alloc(trans, 0, NULL);
+	array_foreach(&ctx->records, rec) {
+		if (rec->type != MIRROR_CHAIN_RECORD_COPY)
+			continue;
+		T_BEGIN {
+			ret = mirror_verify_copy(ctx, mail, status.uidvalidity,
+						 rec);
+		} T_END;
+		if (ret < 0)
+			break;
+	}
+	mail_free(&mail);
+	(void)mailbox_transaction_commit(&trans);
+	return ret;
+}
+
+static void mirror_verify_print(struct mirror_verify *ctx)
+{
+	const struct mirror_chain_record *last;
+	unsigned char zero[MIRROR_CHAIN_HASH_SIZE];
+	const unsigned char *head = zero;
+
+	memset(zero, 0, sizeof(zero));
+	if (array_count(&ctx->records) > 0) {
+		last = array_back(&ctx->records);
+		head = last->link;
+	}
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_print_header_simple("id");
+	doveadm_print_header_simple("storage");
+	doveadm_print_header_simple("records");
+	doveadm_print_header_simple("present");
+	doveadm_print_header_simple("expired");
+	doveadm_print_header_simple("missing");
+	doveadm_print_header_simple("altered");
+	doveadm_print_header_simple("chain");
+	doveadm_print_header_simple("head");
+	doveadm_print_num(ctx->mirror_id);
+	doveadm_print(ctx->storage);
+	doveadm_print_num(array_count(&ctx->records));
+	doveadm_print_num(ctx->present);
+	doveadm_print_num(ctx->expired_count);
+	doveadm_print_num(ctx->missing);
+	doveadm_print_num(ctx->altered);
+	doveadm_print(ctx->broken == NULL ? "ok" : "broken");
+	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
+}
+
+static void mirror_verify_run(struct mirror_verify *ctx)
+{
+	struct mirror_privileges privs;
+	const char *error;
+	bool ok;
+
+	mirror_privileges_get(pool_datastack_create(), &privs);
+	ctx->service = doveadm_mirror_storage_service_init(NULL);
+	ok = mirror_verify_open(ctx) &&
+		mirror_verify_read_chain(ctx) == 0 &&
+		mirror_verify_mails(ctx) == 0;
+	mirror_verify_close(ctx);
+	if (mirror_privileges_set(&privs, &error) < 0)
+		i_fatal("%s", error);
+	doveadm_mirror_storage_service_deinit(&ctx->service);
+
+	if (!ok)
+		return;
+	mirror_verify_print(ctx);
+	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0)
+		doveadm_exit_code = EX_DATAERR;
+}
+
+static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
+{
+	struct mirror_verify ctx;
+	const char *id_str;
+
+	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+		doveadm_mirror_fail(EX_USAGE,
+				   "mirror verify: Usage: mirror verify ID");
+		return;
+	}
+	i_zero(&ctx);
+	if (str_to_uint(id_str, &ctx.mirror_id) < 0 || ctx.mirror_id == 0) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
+		return;
+	}
+	if (!mirror_verify_lookup(&ctx))
+		return;
+	i_array_init(&ctx.records, 64);
+	i_array_init(&ctx.expired, 16);
+	mirror_verify_run(&ctx);
+	array_free(&ctx.expired);
+	array_free(&ctx.records);
+}
+
+static struct doveadm_cmd_ver2 doveadm_mirror_verify_cmd = {
+	.name = "mirror verify",
+	.cmd = cmd_mirror_verify,
+	.usage = "<id>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "id", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+};
+
+void doveadm_mirror_verify_register(void)
+{
+	doveadm_cmd_register_ver2(&doveadm_mirror_verify_cmd);
+}

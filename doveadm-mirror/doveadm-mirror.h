@@ -1,0 +1,52 @@
+#ifndef DOVEADM_MIRROR_H
+#define DOVEADM_MIRROR_H
+
+/* What the doveadm mirror commands share (doveadm-mirror.c). */
+
+struct registry;
+struct mail_storage_service_ctx;
+struct module;
+struct setting_parser_info;
+
+/* Log error on stderr and set doveadm's exit code. */
+void doveadm_mirror_fail(int exit_code, const char *error);
+/* Open the registry of mirror_dict, or fail the command (EX_CONFIG if it
+   is not set, EX_TEMPFAIL if it can't be opened) and return NULL. */
+struct registry *doveadm_mirror_registry_open(void);
+
+/* A storage service for opening mirror storage users from a command, with
+   a temporary privilege drop (restore the identity afterwards with
+   mirror_privileges_set()). Deinit keeps this module loaded. */
+struct mail_storage_service_ctx *
+doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[]);
+void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **service);
+
+enum doveadm_mirror_password_scheme {
+	/* for users that log in with PLAIN or LOGIN */
+	DOVEADM_MIRROR_PASSWORD_ARGON2ID,
+	/* for users that must be able to use CRAM-MD5 (ATRN identities):
+	   the HMAC-MD5 states, which are as good as the password for
+	   CRAM-MD5 but don't reveal it */
+	DOVEADM_MIRROR_PASSWORD_CRAM_MD5,
+};
+
+/* A new random password (144 bits from libsodium, 24 base64url
+   characters) and the hash that is stored instead of it. The password is
+   allocated from the data stack: wipe it with sodium_memzero() once
+   shown. -1 fails the command. */
+int doveadm_mirror_password_new(enum doveadm_mirror_password_scheme scheme,
+				char **password_r, const char **hash_r);
+/* Returns 1 if the userdb knows user, 0 if not, -1 if it can't tell. */
+int doveadm_mirror_user_exists(const char *user, const char **error_r);
+/* Make a changed password effective at once (best effort). */
+void doveadm_mirror_auth_cache_flush(const char *user);
+/* Delete the home of username, which holds its mail with the shipped
+   configuration (mail_location under ~). It runs in a child process
+   that becomes the user, so that nothing is deleted as root and this
+   process (perhaps a long-lived doveadm server) keeps its identity.
+   Errors are logged. */
+int doveadm_mirror_purge_storage(const char *username);
+
+void doveadm_mirror_plugin_init(struct module *module);
+
+#endif

@@ -1,0 +1,616 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "ioloop.h"
+#include "istream.h"
+#include "istream-concat.h"
+#include "istream-crlf.h"
+#include "istream-hash.h"
+#include "hash-method.h"
+#include "seq-range-array.h"
+#include "mail-user.h"
+#include "mail-namespace.h"
+#include "mail-storage-private.h" /* mailbox_get_path_to() */
+#include "mail-storage.h"
+#include "mail-storage-service.h"
+#include "mirror-registry.h"
+#include "mirror-chain.h"
+#include "mirror-privileges.h"
+#include "mirror-copy.h"
+#include "mirror-event.h"
+
+/* Open storages kept per connection; the least recently used goes first. */
+#define MIRROR_COPIER_MAX_STORAGES 16
+
+struct mirror_storage {
+	char *username;
+	struct mail_storage_service_user *service_user;
+	struct mail_user *user;
+	struct mailbox *box;
+	struct mirror_privileges privs;
+	time_t last_used;
+};
+
+struct mirror_copier {
+	pool_t pool;
+	/* parent of the storage users' events */
+	struct event *event_parent;
+	bool fsync;
+	struct mail_storage_service_ctx *storage_service;
+	/* where copies are counted, with the identity the copier was created
+	   with (LMTP's own, before any delivery drops privileges) */
+	struct registry *registry;
+	struct mirror_privileges privs;
+	ARRAY(struct mirror_storage *) storages;
+};
+
+/* State of one target during mirror_copier_copy() */
+struct mirror_copy_state {
+	/* created when the copy starts, so that its duration is the copy's */
+	struct event *event;
+	struct mirror_storage *storage;
+	struct mailbox_transaction_context *trans;
+	uoff_t size;
+	/* the copy's content hash, for the mirrors' chains: computed while
+	   saving (context from mirror_chain_hash_method) */
+	void *hash_ctx;
+	unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE];
+	bool hashed;
+};
+
+
+struct mirror_copier *
+mirror_copier_init(struct mail_storage_service_ctx *storage_service,
+		   struct registry *registry,
+		   struct event *event_parent, bool fsync)
+{
+	struct mirror_copier *copier;
+	pool_t pool;
+
+	pool = pool_alloconly_create("mirror copier", 1024);
+	copier = p_new(pool, struct mirror_copier, 1);
+	copier->pool = pool;
+	copier->storage_service = storage_service;
+	copier->event_parent = event_parent;
+	copier->fsync = fsync;
+	copier->registry = registry;
+	mirror_privileges_get(pool, &copier->privs);
+	event_ref(event_parent);
+	i_array_init(&copier->storages, 4);
+	return copier;
+}
+
+static bool mirror_storage_activate(struct mirror_storage *storage,
+				    const char **error_r)
+{
+	if (mirror_privileges_set(&storage->privs, error_r) < 0)
+		return FALSE;
+	mail_storage_service_io_activate_user(storage->service_user);
+	return TRUE;
+}
+
+static void mirror_storage_deactivate(struct mirror_storage *storage)
+{
+	mail_storage_service_io_deactivate_user(storage->service_user);
+}
+
+static void mirror_storage_free(struct mirror_storage **_storage)
+{
+	struct mirror_storage *storage = *_storage;
+	const char *error;
+
+	*_storage = NULL;
+	if (storage->user != NULL) {
+		/* closing the mailbox may still write its index */
+		if (mirror_storage_activate(storage, &error)) {
+			mailbox_free(&storage->box);
+			mirror_storage_deactivate(storage);
+		}
+		if (storage->box != NULL)
+			mailbox_free(&storage->box);
+		mail_user_deinit(&storage->user);
+	}
+	if (storage->service_user != NULL)
+		mail_storage_service_user_unref(&storage->service_user);
+	i_free(storage->privs.groups);
+	i_free(storage->username);
+	i_free(storage);
+}
+
+static void mirror_copier_forget(struct mirror_copier *copier,
+				 struct mirror_storage *storage)
+{
+	struct mirror_storage *const *storages;
+	unsigned int i, count;
+
+	storages = array_get(&copier->storages, &count);
+	for (i = 0; i < count; i++) {
+		if (storages[i] == storage) {
+			array_delete(&copier->storages, i, 1);
+			break;
+		}
+	}
+	mirror_storage_free(&storage);
+}
+
+void mirror_copier_deinit(struct mirror_copier **_copier)
+{
+	struct mirror_copier *copier = *_copier;
+	struct mirror_storage *storage;
+	struct ioloop_context *orig_ctx;
+	struct mirror_privileges orig;
+	const char *error;
+
+	if (copier == NULL)
+		return;
+	*_copier = NULL;
+
+	T_BEGIN {
+		mirror_privileges_get(pool_datastack_create(), &orig);
+		orig_ctx = io_loop_get_current_context(current_ioloop);
+		if (orig_ctx != NULL) {
+			io_loop_context_ref(orig_ctx);
+			io_loop_context_deactivate(orig_ctx);
+		}
+		array_foreach_elem(&copier->storages, storage)
+			mirror_storage_free(&storage);
+		if (mirror_privileges_set(&orig, &error) < 0)
+			i_fatal("mirror: %s", error);
+		if (orig_ctx != NULL) {
+			io_loop_context_activate(orig_ctx);
+			io_loop_context_unref(&orig_ctx);
+		}
+	} T_END;
+	array_free(&copier->storages);
+	event_unref(&copier->event_parent);
+	pool_unref(&copier->pool);
+}
+
+static struct mirror_storage *
+mirror_copier_find(struct mirror_copier *copier, const char *username)
+{
+	struct mirror_storage *storage;
+
+	array_foreach_elem(&copier->storages, storage) {
+		if (strcmp(storage->username, username) == 0)
+			return storage;
+	}
+	return NULL;
+}
+
+static void mirror_copier_evict(struct mirror_copier *copier)
+{
+	struct mirror_storage *storage, *oldest = NULL;
+
+	if (array_count(&copier->storages) < MIRROR_COPIER_MAX_STORAGES)
+		return;
+	array_foreach_elem(&copier->storages, storage) {
+		if (oldest == NULL || storage->last_used < oldest->last_used)
+			oldest = storage;
+	}
+	mirror_copier_forget(copier, oldest);
+}
+
+/* Set up a storage user and open its INBOX. On success the user is active,
+   with its privileges. */
+static int
+mirror_copier_open(struct mirror_copier *copier, const char *username,
+		   struct mirror_storage **storage_r, const char **error_r)
+{
+	struct mail_storage_service_input input;
+	struct mirror_storage *storage;
+	struct mail_namespace *ns;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.module = input.service = "lmtp";
+	input.username = username;
+	input.event_parent = copier->event_parent;
+
+	storage = i_new(struct mirror_storage, 1);
+	storage->username = i_strdup(username);
+	ret = mail_storage_service_lookup(copier->storage_service, &input,
+					  &storage->service_user, &error);
+	if (ret <= 0) {
+		*error_r = ret == 0 ?
+			t_strdup_printf("Storage user %s doesn't exist",
+					username) :
+			t_strdup_printf("Storage user %s lookup failed: %s",
+					username, error);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	if (!copier->fsync &&
+	    mail_storage_service_user_set_setting(storage->service_user,
+						  "mail_fsync", "never",
+						  &error) <= 0)
+		i_panic("mirror: Can't set mail_fsync=never: %s", error);
+	if (mail_storage_service_next(copier->storage_service,
+				      storage->service_user,
+				      &storage->user, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Failed to initialize storage user %s: %s",
+			username, error);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	/* remember the identity the storage service gave this user */
+	T_BEGIN {
+		struct mirror_privileges privs;
+
+		mirror_privileges_get(pool_datastack_create(), &privs);
+		storage->privs = privs;
+		storage->privs.groups = i_new(gid_t, privs.ngroups + 1);
+		memcpy(storage->privs.groups, privs.groups,
+		       sizeof(gid_t) * privs.ngroups);
+	} T_END;
+
+	ns = mail_namespace_find_inbox(storage->user->namespaces);
+	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY);
+	if (mailbox_open(storage->box) < 0) {
+		*error_r = t_strdup_printf(
+			"Failed to open INBOX of storage user %s: %s",
+			username, mailbox_get_last_internal_error(
+				storage->box, NULL));
+		mirror_storage_deactivate(storage);
+		mirror_storage_free(&storage);
+		return -1;
+	}
+	*storage_r = storage;
+	return 0;
+}
+
+static int
+mirror_copier_get(struct mirror_copier *copier, const char *username,
+		  struct mirror_storage **storage_r, const char **error_r)
+{
+	struct mirror_storage *storage;
+
+	storage = mirror_copier_find(copier, username);
+	if (storage != NULL) {
+		if (!mirror_storage_activate(storage, error_r))
+			return -1;
+	} else {
+		mirror_copier_evict(copier);
+		if (mirror_copier_open(copier, username, &storage,
+				       error_r) < 0)
+			return -1;
+		array_push_back(&copier->storages, &storage);
+	}
+	storage->last_used = ioloop_time;
+	*storage_r = storage;
+	return 0;
+}
+
+static struct istream *
+mirror_copy_input(const struct mirror_copy_target *target,
+		  struct istream *mail_input, uoff_t *header_size_r)
+{
+	struct istream *inputs[3];
+	string_t *hdr = t_str_new(256);
+	const char *addr;
+	unsigned int id;
+
+	if (target->header != NULL)
+		str_append(hdr, target->header);
+	array_foreach_elem(&target->mirror_ids, id)
+		str_printfa(hdr, "X-Mirror-Id: %u\r\n", id);
+	array_foreach_elem(&target->envelope_to, addr)
+		str_printfa(hdr, "X-Envelope-To: %s\r\n", addr);
+	*header_size_r = str_len(hdr);
+
+	i_stream_seek(mail_input, 0);
+	inputs[0] = i_stream_create_from_data(str_data(hdr), str_len(hdr));
+	inputs[1] = i_stream_create_limit(mail_input, UOFF_T_MAX);
+	inputs[2] = NULL;
+	struct istream *input = i_stream_create_concat(inputs);
+	i_stream_unref(&inputs[0]);
+	i_stream_unref(&inputs[1]);
+	return input;
+}
+
+/* Wrap the copy's input so that saving it computes its content hash: the
+   message with line endings normalized to LF, which is what every storage
+   keeps or can give back (maildir adds CRs only with mail_save_crlf). */
+static struct istream *
+mirror_copy_hash_input(struct mirror_copy_state *state, struct istream *input)
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	struct istream *lf_input, *hash_input;
+
+	i_assert(state->hash_ctx == NULL);
+	state->hash_ctx = i_malloc(meth->context_size);
+	meth->init(state->hash_ctx);
+	lf_input = i_stream_create_lf(input);
+	hash_input = i_stream_create_hash(lf_input, meth, state->hash_ctx);
+	i_stream_unref(&lf_input);
+	return hash_input;
+}
+
+/* Save (but don't commit) one copy. */
+static int
+mirror_copy_save(struct mirror_copy_state *state,
+		 const struct mirror_copy_target *target, struct mail *mail,
+		 const char **error_r)
+{
+	struct mailbox *box = state->storage->box;
+	struct mail_save_context *save_ctx;
+	struct istream *mail_input, *copy_input, *input;
+	uoff_t header_size;
+	time_t received_date;
+	ssize_t ret;
+	bool failed = FALSE;
+
+	if (mail_get_stream(mail, NULL, NULL, &mail_input) < 0) {
+		*error_r = t_strdup_printf("Failed to read the message: %s",
+			mailbox_get_last_internal_error(mail->box, NULL));
+		return -1;
+	}
+	copy_input = mirror_copy_input(target, mail_input, &header_size);
+	input = mirror_copy_hash_input(state, copy_input);
+
+	/* UIDs are needed for the mirrors' chains */
+	state->trans = mailbox_transaction_begin(box,
+		MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+		MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "mirror copy");
+	save_ctx = mailbox_save_alloc(state->trans);
+	if (mail_get_received_date(mail, &received_date) == 0)
+		mailbox_save_set_received_date(save_ctx, received_date, 0);
+	if (mailbox_save_begin(&save_ctx, input) < 0)
+		failed = TRUE;
+	else {
+		do {
+			if (mailbox_save_continue(save_ctx) < 0) {
+				failed = TRUE;
+				break;
+			}
+		} while ((ret = i_stream_read(input)) > 0);
+		if (!failed && input->stream_errno != 0) {
+			*error_r = t_strdup_printf(
+				"Failed to read the message: %s",
+				i_stream_get_error(input));
+			mailbox_save_cancel(&save_ctx);
+			i_stream_unref(&input);
+			i_stream_unref(&copy_input);
+			mailbox_transaction_rollback(&state->trans);
+			return -1;
+		}
+		if (failed)
+			mailbox_save_cancel(&save_ctx);
+		else if (mailbox_save_finish(&save_ctx) < 0)
+			failed = TRUE;
+	}
+	if (!failed && input->eof) {
+		/* the whole message went through the hash */
+		mirror_chain_hash_method.result(state->hash_ctx,
+						state->content_hash);
+		state->hashed = TRUE;
+	}
+	/* the size of the message with its mirror headers, as given */
+	state->size = copy_input->v_offset;
+	i_stream_unref(&input);
+	i_stream_unref(&copy_input);
+	if (failed) {
+		*error_r = t_strdup_printf("Saving failed: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_transaction_rollback(&state->trans);
+		return -1;
+	}
+	return 0;
+}
+
+/* Append a copy record to the chain of every mirror the committed copy
+   serves. The copy is committed already: a failure here is logged, and
+   doesn't fail the copy. */
+static void
+mirror_copy_chain_append(struct mirror_copier *copier,
+			 struct mirror_copy_state *state,
+			 const struct mirror_copy_target *target,
+			 const struct mail_transaction_commit_changes *changes)
+{
+	const struct seq_range *range;
+	const char *dir, *path, *error = NULL;
+	unsigned int id;
+	int ret;
+
+	if (!state->hashed)
+		error = "The copy's content hash is unknown";
+	else if (array_count(&changes->saved_uids) == 0 ||
+		 changes->uid_validity == 0)
+		error = "The copy's UID is unknown";
+	else if ((ret = mailbox_get_path_to(state->storage->box,
+					    MAILBOX_LIST_PATH_TYPE_CONTROL,
+					    &dir)) <= 0) {
+		error = ret == 0 ? "The storage has no control directory" :
+			t_strdup_printf("Control directory unknown: %s",
+				mailbox_get_last_internal_error(
+					state->storage->box, NULL));
+	}
+	if (error != NULL) {
+		array_foreach_elem(&target->mirror_ids, id) {
+			e_error(state->event, "Mirror %u: chain append for "
+				"the copy to %s failed: %s", id,
+				target->storage, error);
+		}
+		return;
+	}
+	range = array_front(&changes->saved_uids);
+	array_foreach_elem(&target->mirror_ids, id) {
+		path = t_strdup_printf("%s/%s", dir,
+				       mirror_chain_file_name(id));
+		if (mirror_chain_append(path, id, MIRROR_CHAIN_RECORD_COPY,
+					ioloop_time, changes->uid_validity,
+					range->seq1, state->content_hash,
+					copier->fsync, NULL, &error) < 0) {
+			e_error(state->event, "Mirror %u: chain append for "
+				"the copy to %s failed: %s", id,
+				target->storage, error);
+		}
+	}
+}
+
+static void
+mirror_copy_finished(struct event *event,
+		     const struct mirror_copy_target *target, uoff_t size)
+{
+	unsigned int id;
+
+	array_foreach_elem(&target->mirror_ids, id) {
+		struct event_passthrough *e =
+			event_create_passthrough(event)->
+			set_name("mirror_copy_finished")->
+			add_int("mirror_id", id)->
+			add_str("storage", target->storage)->
+			add_int("size", size)->
+			add_int("recipients", array_count(&target->envelope_to));
+		if (target->error == NULL) {
+			e_debug(e->event(), "Mirror %u: copied %"PRIuUOFF_T
+				" bytes to %s", id, size, target->storage);
+		} else {
+			e->add_str("error", target->error);
+			e_error(e->event(), "Mirror %u: copy to %s failed: %s",
+				id, target->storage, target->error);
+		}
+	}
+}
+
+static int
+mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
+		       struct mirror_copy_target *targets, unsigned int count,
+		       bool all_or_nothing, struct event *event_parent,
+		       const char **error_r)
+{
+	struct mirror_copy_state *states;
+	struct mail_transaction_commit_changes changes;
+	const char *error;
+	unsigned int i;
+	bool failed = FALSE;
+
+	states = t_new(struct mirror_copy_state, count);
+	/* first save every copy, then commit them */
+	for (i = 0; i < count; i++) {
+		states[i].event = event_create(event_parent);
+		event_add_category(states[i].event, &event_category_mirror);
+		event_set_append_log_prefix(states[i].event, "mirror: ");
+		targets[i].error = NULL;
+		if (mirror_copier_get(copier, targets[i].storage,
+				      &states[i].storage, &error) < 0) {
+			targets[i].error = *error_r = error;
+			failed = TRUE;
+			continue;
+		}
+		if (mirror_copy_save(&states[i], &targets[i], mail,
+				     &error) < 0) {
+			targets[i].error = *error_r = error;
+			failed = TRUE;
+		}
+		mirror_storage_deactivate(states[i].storage);
+		if (targets[i].error != NULL) {
+			mirror_copier_forget(copier, states[i].storage);
+			states[i].storage = NULL;
+		}
+	}
+	for (i = 0; i < count; i++) {
+		struct mirror_storage *storage = states[i].storage;
+
+		if (states[i].trans == NULL)
+			continue;
+		if (!mirror_storage_activate(storage, &error)) {
+			/* cannot happen: this identity was used above */
+			i_panic("mirror: %s", error);
+		}
+		if (failed && all_or_nothing) {
+			mailbox_transaction_rollback(&states[i].trans);
+			targets[i].error = "Not copied, because another "
+				"mirror copy of the message failed";
+		} else if (mailbox_transaction_commit_get_changes(
+				&states[i].trans, &changes) < 0) {
+			targets[i].error = *error_r = t_strdup_printf(
+				"Commit failed: %s",
+				mailbox_get_last_internal_error(storage->box,
+								NULL));
+			failed = TRUE;
+		} else {
+			/* still as the storage user: it owns the chain */
+			mirror_copy_chain_append(copier, &states[i],
+						 &targets[i], &changes);
+			pool_unref(&changes.pool);
+		}
+		mirror_storage_deactivate(storage);
+		if (targets[i].error != NULL && !(failed && all_or_nothing))
+			mirror_copier_forget(copier, storage);
+	}
+	for (i = 0; i < count; i++) {
+		mirror_copy_finished(states[i].event, &targets[i],
+				     states[i].size);
+		event_unref(&states[i].event);
+		i_free(states[i].hash_ctx);
+	}
+	return failed ? -1 : 0;
+}
+
+/* Count the copies made and failed per mirror, as the copier's own
+   identity: the registry belongs to the mail system, not to a user. */
+static void
+mirror_copier_count(struct mirror_copier *copier,
+		    const struct mirror_copy_target *targets,
+		    unsigned int count)
+{
+	ARRAY(struct mirror_copy_result) results;
+	struct mirror_copy_result *result;
+	const char *error;
+	unsigned int i, id;
+
+	t_array_init(&results, count);
+	for (i = 0; i < count; i++) {
+		array_foreach_elem(&targets[i].mirror_ids, id) {
+			result = array_append_space(&results);
+			result->id = id;
+			result->error = targets[i].error;
+		}
+	}
+	if (mirror_privileges_set(&copier->privs, &error) < 0) {
+		i_error("mirror: Can't count copies: %s", error);
+		return;
+	}
+	mirror_registry_status_update(copier->registry,
+				      array_front(&results),
+				      array_count(&results));
+}
+
+int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
+		       struct mirror_copy_target *targets, unsigned int count,
+		       bool all_or_nothing, struct event *event_parent,
+		       const char **error_r)
+{
+	struct ioloop_context *orig_ctx;
+	struct mirror_privileges orig;
+	const char *error;
+	int ret;
+
+	mirror_privileges_get(pool_datastack_create(), &orig);
+	orig_ctx = io_loop_get_current_context(current_ioloop);
+	if (orig_ctx != NULL) {
+		io_loop_context_ref(orig_ctx);
+		io_loop_context_deactivate(orig_ctx);
+	}
+
+	*error_r = NULL;
+	ret = mirror_copier_copy_all(copier, mail, targets, count,
+				     all_or_nothing, event_parent, error_r);
+	if (copier->registry != NULL)
+		mirror_copier_count(copier, targets, count);
+
+	/* A failed user lookup leaves the process at euid 0: always return
+	   to the caller's identity. */
+	if (mirror_privileges_set(&orig, &error) < 0)
+		i_fatal("mirror: %s", error);
+	if (orig_ctx != NULL) {
+		io_loop_context_activate(orig_ctx);
+		io_loop_context_unref(&orig_ctx);
+	}
+	return ret;
+}

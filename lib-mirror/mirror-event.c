@@ -1,0 +1,8 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+#include "lib.h"
+#include "mirror-event.h"
+
+struct event_category event_category_mirror = {
+	.name = "mirror",
+};

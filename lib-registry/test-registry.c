@@ -1,0 +1,139 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* Unit tests of the registry's core on a file dict: key escaping, JSON
+   values, counters and times. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "test-common.h"
+#include "registry-dict.h"
+#include "registry-json.h"
+
+#define TEST_REGISTRY_PATH ".test-registry.tmp"
+
+static struct registry *test_registry_open(void)
+{
+	struct registry *reg;
+	const char *error;
+
+	i_unlink_if_exists(TEST_REGISTRY_PATH);
+	test_assert(registry_init("file:"TEST_REGISTRY_PATH, ".", NULL, &reg,
+				  &error) == 0);
+	return reg;
+}
+
+static void test_registry_key_escape(void)
+{
+	string_t *str = t_str_new(32);
+
+	test_begin("registry_key_escape() + unescape()");
+	test_assert_strcmp(registry_key_escape("a.b+c@d-e.com"),
+			   "a.b+c@d-e.com");
+	test_assert_strcmp(registry_key_escape("a/b@x.com"), "a%2fb@x.com");
+	test_assert_strcmp(registry_key_escape("a%b"), "a%25b");
+	test_assert(registry_key_unescape("a%2fb%25", str) == 0);
+	test_assert_strcmp(str_c(str), "a/b%");
+	str_truncate(str, 0);
+	test_assert(registry_key_unescape("a%00", str) == -1);
+	test_assert(registry_key_unescape("a%2", str) == -1);
+	test_assert(registry_key_unescape("a%zz", str) == -1);
+	test_end();
+}
+
+static void test_registry_json(void)
+{
+	ARRAY_TYPE(const_string) strings;
+	struct json_object *obj;
+	const char *error, *str, *a = "a", *b = "b\"";
+	int64_t num;
+	bool bval;
+
+	test_begin("registry JSON values");
+	t_array_init(&strings, 2);
+	array_push_back(&strings, &a);
+	array_push_back(&strings, &b);
+	test_assert_strcmp(registry_json_strings(&strings), "[\"a\",\"b\\\"\"]");
+
+	test_assert(registry_json_parse("{\"n\":5,\"s\":\"x\",\"b\":true}",
+					json_type_object, &obj, &error) == 0);
+	test_assert(registry_json_get_int(obj, "n", 1, 10, &num, &error) == 0 &&
+		    num == 5);
+	test_assert(registry_json_get_int(obj, "n", 6, 10, &num, &error) < 0);
+	test_assert(registry_json_get_str(obj, "s", &str, &error) == 0 &&
+		    strcmp(str, "x") == 0);
+	test_assert(registry_json_get_str(obj, "n", &str, &error) < 0);
+	test_assert(registry_json_get_bool(obj, "b", &bval, &error) == 0 &&
+		    bval);
+	test_assert(registry_json_get_bool(obj, "none", &bval, &error) == 0 &&
+		    !bval);
+	json_object_put(obj);
+
+	/* wrong type, trailing data, truncated, NUL in a string */
+	test_assert(registry_json_parse("[]", json_type_object, &obj,
+					&error) < 0);
+	test_assert(registry_json_parse("{} x", json_type_object, &obj,
+					&error) < 0);
+	test_assert(registry_json_parse("{\"a\":", json_type_object, &obj,
+					&error) < 0);
+	test_assert(registry_json_parse("{\"s\":\"a\\u0000b\"}",
+					json_type_object, &obj, &error) == 0);
+	test_assert(registry_json_get_str(obj, "s", &str, &error) < 0);
+	json_object_put(obj);
+	/* too deep */
+	test_assert(registry_json_parse("[[[[[1]]]]]", json_type_array, &obj,
+					&error) < 0);
+	test_end();
+}
+
+static void test_registry_counters(void)
+{
+	struct registry *reg = test_registry_open();
+	struct dict_transaction_context *trans;
+	const char *const keys[] = {
+		DICT_PATH_SHARED"test/a", DICT_PATH_SHARED"test/b"
+	};
+	const long long diffs[] = { 2, 5 };
+	uint64_t value;
+	time_t t;
+	const char *error;
+
+	test_begin("registry counters and times");
+	test_assert(registry_get_counter(reg, keys[0], &value, &error) == 0 &&
+		    value == 0);
+	/* missing keys are set, existing ones incremented */
+	test_assert(registry_counters_add(reg, keys, diffs, 2, &error) == 0);
+	test_assert(registry_counters_add(reg, keys, diffs, 2, &error) == 0);
+	test_assert(registry_get_counter(reg, keys[0], &value, &error) == 1 &&
+		    value == 4);
+	test_assert(registry_get_counter(reg, keys[1], &value, &error) == 1 &&
+		    value == 10);
+
+	trans = registry_transaction_begin(reg);
+	dict_set(trans, keys[0], "zz");
+	dict_set(trans, DICT_PATH_SHARED"test/t", "1700000000");
+	test_assert(registry_commit(reg, &trans, &error) == 0);
+	test_assert(registry_get_counter(reg, keys[0], &value, &error) < 0);
+	test_assert(registry_get_time(reg, DICT_PATH_SHARED"test/t", &t,
+				      &error) == 1 && t == 1700000000);
+	test_assert(registry_get_time(reg, keys[0], &t, &error) < 0);
+	registry_deinit(&reg);
+	i_unlink(TEST_REGISTRY_PATH);
+	test_end();
+}
+
+int main(void)
+{
+	static void (*const test_functions[])(void) = {
+		test_registry_key_escape,
+		test_registry_json,
+		test_registry_counters,
+		NULL
+	};
+	int ret;
+
+	dict_drivers_register_builtin();
+	ret = test_run(test_functions);
+	dict_drivers_unregister_builtin();
+	return ret;
+}

@@ -1,0 +1,546 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* The LMTP half of Mail Mirror. For every transaction it finds the mirrors
+   whose source is the address the sender gave (ORCPT when the MTA passes
+   it, else RCPT TO, without a recipient detail) or its domain, and makes
+   one copy of the message per mirror storage once the recipient's delivery
+   has kept the message (Sieve keep/fileinto, or the default delivery) or
+   forwarded it (Sieve redirect). Discarded and rejected messages are not
+   copied. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "str-sanitize.h"
+#include "ioloop.h"
+#include "module-dir.h"
+#include "module-context.h"
+#include "lib-event-private.h"
+#include "smtp-address.h"
+#include "smtp-params.h"
+#include "smtp-server.h"
+#include "message-date.h"
+#include "mail-user.h"
+#include "mail-storage.h"
+#include "lda-settings.h"
+#include "lmtp-common.h"
+#include "lmtp-client.h"
+#include "lmtp-recipient.h"
+#include "mirror-address.h"
+#include "mirror-registry.h"
+#include "mirror-copy.h"
+#include "mirror-plugin.h"
+#include "mirror-event.h"
+#include "mirror-setting.h"
+
+#define LMTP_MIRROR_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, lmtp_mirror_client_module)
+#define LMTP_MIRROR_CONTEXT_REQUIRE(obj) \
+	MODULE_CONTEXT_REQUIRE(obj, lmtp_mirror_client_module)
+
+/* Pigeonhole reports each executed Sieve action with this event; a
+   redirect carries the "redirect_target" field. */
+#define SIEVE_ACTION_EVENT_NAME "sieve_action_finished"
+#define SIEVE_REDIRECT_FIELD "redirect_target"
+
+enum lmtp_mirror_target_state {
+	LMTP_MIRROR_TARGET_PENDING = 0,
+	LMTP_MIRROR_TARGET_DONE,
+	LMTP_MIRROR_TARGET_FAILED,
+};
+
+struct lmtp_mirror_target {
+	struct mirror_copy_target copy;
+	enum lmtp_mirror_target_state state;
+};
+
+struct lmtp_mirror_rcpt {
+	struct smtp_server_recipient *rcpt;
+	/* indexes to lmtp_mirror_plan.targets */
+	ARRAY_TYPE(uint) targets;
+};
+
+/* What one transaction mirrors, found at its first local delivery. */
+struct lmtp_mirror_plan {
+	struct smtp_server_transaction *trans;
+	/* the message as LMTP received it: copies are made from it, never
+	   from a recipient's saved mail */
+	struct mail *raw_mail;
+	ARRAY(struct lmtp_mirror_rcpt) rcpts;
+	ARRAY(struct lmtp_mirror_target) targets;
+	/* registry lookup failure: nothing can be mirrored */
+	const char *error;
+};
+
+struct lmtp_mirror_client {
+	union lmtp_module_context module_ctx;
+	struct client *client;
+	struct event *event;
+
+	struct registry *registry;
+	struct mirror_copier *copier;
+	const char *delimiters;
+	bool tempfail;
+
+	struct lmtp_mirror_plan *plan;
+};
+
+/* One recipient's delivery while it runs. */
+struct lmtp_mirror_delivery {
+	struct lmtp_mirror_client *mclient;
+	struct lmtp_mirror_rcpt *mrcpt;
+	struct event *event;
+	/* the SMTP recipient's event: Sieve's events descend from it */
+	struct event *rcpt_event;
+	const char *username;
+	bool forwarded;
+};
+
+const char *lmtp_mirror_plugin_version = DOVECOT_ABI_VERSION;
+const char lmtp_mirror_plugin_binary_dependency[] = "lmtp";
+const char *lmtp_mirror_plugin_dependencies[] = { "mirror", NULL };
+
+static lmtp_client_created_func_t *next_hook_client_created;
+/* LMTP delivers one recipient at a time; this is the one whose Sieve
+   actions are being watched (see lmtp_mirror_event_callback()). */
+static struct lmtp_mirror_delivery *lmtp_mirror_active_delivery;
+
+static MODULE_CONTEXT_DEFINE_INIT(lmtp_mirror_client_module,
+				  &lmtp_module_register);
+
+/* The address a recipient's mirrors are looked up by. */
+static const struct smtp_address *
+lmtp_mirror_rcpt_address(const struct smtp_server_recipient *rcpt)
+{
+	if (rcpt->params.orcpt.addr != NULL &&
+	    rcpt->params.orcpt.addr->localpart != NULL &&
+	    rcpt->params.orcpt.addr->domain != NULL)
+		return rcpt->params.orcpt.addr;
+	return rcpt->path;
+}
+
+/* When the message entered the mail system: the date of the Received:
+   header the MTA added, i.e. the one below LMTP's own. If there is none,
+   the LMTP transaction's start. */
+static time_t
+lmtp_mirror_queued_time(struct mail *raw_mail,
+			const struct smtp_server_transaction *trans)
+{
+	const char *const *received, *p;
+	time_t t;
+	int tz;
+
+	if (mail_get_headers(raw_mail, "Received", &received) <= 0 ||
+	    received[0] == NULL || received[1] == NULL)
+		return trans->timestamp.tv_sec;
+	p = strrchr(received[1], ';');
+	if (p == NULL ||
+	    !message_date_parse((const unsigned char *)p + 1,
+				strlen(p + 1), &t, &tz))
+		return trans->timestamp.tv_sec;
+	return t;
+}
+
+static void uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value)
+{
+	unsigned int v;
+
+	array_foreach_elem(arr, v) {
+		if (v == value)
+			return;
+	}
+	array_push_back(arr, &value);
+}
+
+static unsigned int
+lmtp_mirror_plan_target(struct lmtp_mirror_plan *plan, pool_t pool,
+			const char *storage)
+{
+	struct lmtp_mirror_target *target;
+	unsigned int i, count;
+
+	target = array_get_modifiable(&plan->targets, &count);
+	for (i = 0; i < count; i++) {
+		if (strcmp(target[i].copy.storage, storage) == 0)
+			return i;
+	}
+	target = array_append_space(&plan->targets);
+	target->copy.storage = p_strdup(pool, storage);
+	p_array_init(&target->copy.mirror_ids, pool, 2);
+	p_array_init(&target->copy.envelope_to, pool, 2);
+	return count;
+}
+
+static void
+lmtp_mirror_plan_add(struct lmtp_mirror_plan *plan, pool_t pool,
+		     struct lmtp_mirror_rcpt *mrcpt, const char *address,
+		     const char *address_key, const struct mirror_def *def)
+{
+	struct lmtp_mirror_target *target;
+	const char *addr;
+	unsigned int idx;
+
+	/* never copy into the mailbox of the recipient itself */
+	if (strcasecmp(def->storage, address_key) == 0)
+		return;
+	idx = lmtp_mirror_plan_target(plan, pool, def->storage);
+	target = array_idx_modifiable(&plan->targets, idx);
+
+	uint_array_add_unique(&target->copy.mirror_ids, def->id);
+	uint_array_add_unique(&mrcpt->targets, idx);
+	array_foreach_elem(&target->copy.envelope_to, addr) {
+		if (strcmp(addr, address) == 0)
+			return;
+	}
+	addr = p_strdup(pool, address);
+	array_push_back(&target->copy.envelope_to, &addr);
+}
+
+static int
+lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
+		      struct lmtp_mirror_plan *plan, pool_t pool,
+		      struct smtp_server_recipient *rcpt, time_t *queued,
+		      const char **error_r)
+{
+	const struct smtp_address *address = lmtp_mirror_rcpt_address(rcpt);
+	struct lmtp_mirror_rcpt *mrcpt;
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def;
+	const char *keys[2], *encoded;
+	unsigned int i;
+
+	mrcpt = array_append_space(&plan->rcpts);
+	mrcpt->rcpt = rcpt;
+	p_array_init(&mrcpt->targets, pool, 2);
+	if (!mirror_address_keys(address->localpart, address->domain,
+				 mclient->delimiters, &keys[0], &keys[1]))
+		return 0;
+
+	t_array_init(&defs, 4);
+	for (i = 0; i < N_ELEMENTS(keys); i++) {
+		if (mirror_registry_lookup(mclient->registry, keys[i],
+					   pool_datastack_create(), &defs,
+					   error_r) < 0)
+			return -1;
+	}
+	if (array_count(&defs) == 0)
+		return 0;
+	/* only parsed when some mirror matches */
+	if (*queued == (time_t)-1)
+		*queued = lmtp_mirror_queued_time(plan->raw_mail, plan->trans);
+	/* header-safe: lib-smtp accepts no control characters */
+	encoded = str_sanitize(smtp_address_encode(address), 512);
+	array_foreach(&defs, def) {
+		if (def->created > *queued) {
+			/* the message was queued before this mirror existed */
+			continue;
+		}
+		lmtp_mirror_plan_add(plan, pool, mrcpt, encoded, keys[0], def);
+	}
+	return 0;
+}
+
+static struct lmtp_mirror_plan *
+lmtp_mirror_plan_get(struct lmtp_mirror_client *mclient,
+		     struct smtp_server_transaction *trans,
+		     struct mail *src_mail)
+{
+	struct lmtp_mirror_plan *plan = mclient->plan;
+	struct smtp_server_recipient *rcpt;
+	const char *error;
+	time_t queued = (time_t)-1;
+
+	if (plan != NULL && plan->trans == trans)
+		return plan;
+
+	/* The first local delivery of a transaction always gets the raw
+	   message (later ones may get the first recipient's saved mail). */
+	plan = p_new(trans->pool, struct lmtp_mirror_plan, 1);
+	plan->trans = trans;
+	plan->raw_mail = src_mail;
+	p_array_init(&plan->rcpts, trans->pool, array_count(&trans->rcpt_to));
+	p_array_init(&plan->targets, trans->pool, 2);
+	mclient->plan = plan;
+
+	array_foreach_elem(&trans->rcpt_to, rcpt) {
+		T_BEGIN {
+			if (plan->error == NULL &&
+			    lmtp_mirror_plan_rcpt(mclient, plan, trans->pool,
+						  rcpt, &queued, &error) < 0)
+				plan->error = p_strdup(trans->pool, error);
+		} T_END;
+	}
+	if (plan->error != NULL) {
+		e_error(mclient->event, "Can't look up mirrors: %s",
+			plan->error);
+		array_clear(&plan->rcpts);
+		array_clear(&plan->targets);
+	}
+	return plan;
+}
+
+static struct lmtp_mirror_rcpt *
+lmtp_mirror_plan_find_rcpt(struct lmtp_mirror_plan *plan,
+			   const struct smtp_server_recipient *rcpt)
+{
+	struct lmtp_mirror_rcpt *mrcpt;
+
+	array_foreach_modifiable(&plan->rcpts, mrcpt) {
+		if (mrcpt->rcpt == rcpt)
+			return array_count(&mrcpt->targets) > 0 ? mrcpt : NULL;
+	}
+	return NULL;
+}
+
+/* Make the copies the delivery is responsible for: those of its targets
+   that no earlier recipient of the transaction has made. */
+static int
+lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
+		 const char **error_r)
+{
+	struct lmtp_mirror_client *mclient = delivery->mclient;
+	struct lmtp_mirror_plan *plan = mclient->plan;
+	ARRAY(struct mirror_copy_target) copies;
+	ARRAY_TYPE(uint) copy_idx;
+	struct lmtp_mirror_target *target;
+	const char *error = NULL, *copy_error;
+	unsigned int idx, i;
+	bool tempfail = mclient->tempfail && can_tempfail;
+	int ret = 0;
+
+	t_array_init(&copies, 4);
+	t_array_init(&copy_idx, 4);
+	array_foreach_elem(&delivery->mrcpt->targets, idx) {
+		target = array_idx_modifiable(&plan->targets, idx);
+		if (strcmp(target->copy.storage, delivery->username) == 0)
+			continue;
+		switch (target->state) {
+		case LMTP_MIRROR_TARGET_PENDING:
+			array_push_back(&copies, &target->copy);
+			array_push_back(&copy_idx, &idx);
+			break;
+		case LMTP_MIRROR_TARGET_DONE:
+			break;
+		case LMTP_MIRROR_TARGET_FAILED:
+			/* the copy failed for an earlier recipient: retrying
+			   now would leave a second copy after the retry */
+			error = target->copy.error;
+			ret = -1;
+			break;
+		}
+	}
+	if (array_count(&copies) > 0 &&
+	    mirror_copier_copy(mclient->copier, plan->raw_mail,
+			       array_front_modifiable(&copies),
+			       array_count(&copies), tempfail,
+			       delivery->event, &copy_error) < 0) {
+		error = copy_error;
+		ret = -1;
+	}
+	for (i = 0; i < array_count(&copies); i++) {
+		const struct mirror_copy_target *copy =
+			array_idx(&copies, i);
+
+		idx = *array_idx(&copy_idx, i);
+		target = array_idx_modifiable(&plan->targets, idx);
+		target->copy.error = copy->error == NULL ? NULL :
+			p_strdup(plan->trans->pool, copy->error);
+		target->state = copy->error == NULL ?
+			LMTP_MIRROR_TARGET_DONE : LMTP_MIRROR_TARGET_FAILED;
+	}
+	if (ret < 0 && tempfail) {
+		*error_r = t_strdup_printf("Mirror copy failed: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
+{
+	struct lmtp_mirror_delivery *delivery = context;
+	int ret;
+
+	T_BEGIN {
+		ret = lmtp_mirror_copy(delivery, TRUE, error_r);
+		if (ret < 0)
+			*error_r = p_strdup(delivery->mclient->plan->trans->pool,
+					    *error_r);
+	} T_END;
+	return ret;
+}
+
+static bool
+lmtp_mirror_event_callback(struct event *event,
+			   enum event_callback_type type,
+			   struct failure_context *ctx ATTR_UNUSED,
+			   const char *fmt ATTR_UNUSED,
+			   va_list args ATTR_UNUSED)
+{
+	struct event *parent;
+
+	if (type != EVENT_CALLBACK_TYPE_SEND ||
+	    lmtp_mirror_active_delivery == NULL ||
+	    event->sending_name == NULL ||
+	    strcmp(event->sending_name, SIEVE_ACTION_EVENT_NAME) != 0 ||
+	    event_find_field_recursive(event, SIEVE_REDIRECT_FIELD) == NULL)
+		return TRUE;
+	/* only the recipient being delivered */
+	for (parent = event; parent != NULL; parent = parent->parent) {
+		if (parent == lmtp_mirror_active_delivery->rcpt_event) {
+			lmtp_mirror_active_delivery->forwarded = TRUE;
+			break;
+		}
+	}
+	return TRUE;
+}
+
+static int
+lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
+			  struct smtp_server_cmd_ctx *cmd,
+			  struct smtp_server_transaction *trans,
+			  struct lmtp_local_deliver_context *lldctx)
+{
+	struct lmtp_mirror_client *mclient = LMTP_MIRROR_CONTEXT_REQUIRE(client);
+	struct lmtp_mirror_plan *plan;
+	struct lmtp_mirror_delivery delivery;
+	const char *error;
+	bool watching, kept;
+	int ret;
+
+	plan = lmtp_mirror_plan_get(mclient, trans, lldctx->src_mail);
+	if (plan->error != NULL && mclient->tempfail) {
+		smtp_server_recipient_reply(lrcpt->rcpt, 451, "4.3.0",
+					    "Temporary internal error");
+		return -1;
+	}
+
+	i_zero(&delivery);
+	delivery.mclient = mclient;
+	delivery.mrcpt = lmtp_mirror_plan_find_rcpt(plan, lrcpt->rcpt);
+	if (delivery.mrcpt == NULL)
+		return mclient->module_ctx.super.local_deliver(
+			client, lrcpt, cmd, trans, lldctx);
+	delivery.username = lldctx->rcpt_user->username;
+	delivery.event = lldctx->rcpt_user->event;
+	delivery.rcpt_event = lrcpt->rcpt->event;
+
+	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
+		lmtp_mirror_delivery_kept, &delivery);
+	i_assert(lmtp_mirror_active_delivery == NULL);
+	lmtp_mirror_active_delivery = &delivery;
+
+	ret = mclient->module_ctx.super.local_deliver(client, lrcpt, cmd,
+						      trans, lldctx);
+
+	lmtp_mirror_active_delivery = NULL;
+	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
+	if (ret == 0 && !kept && (delivery.forwarded || !watching)) {
+		/* Forwarded without a local copy (or the mirror mail
+		   plugin isn't enabled for the user, so keeping can't be
+		   told from discarding). The reply is already given:
+		   a failure can only be logged. */
+		T_BEGIN {
+			(void)lmtp_mirror_copy(&delivery, FALSE, &error);
+		} T_END;
+	}
+	return ret;
+}
+
+static void
+lmtp_mirror_trans_free(struct client *client,
+		       struct smtp_server_transaction *trans)
+{
+	struct lmtp_mirror_client *mclient = LMTP_MIRROR_CONTEXT_REQUIRE(client);
+
+	if (mclient->plan != NULL && mclient->plan->trans == trans)
+		mclient->plan = NULL;
+	mclient->module_ctx.super.trans_free(client, trans);
+}
+
+static void lmtp_mirror_client_destroy(struct client *client)
+{
+	struct lmtp_mirror_client *mclient = LMTP_MIRROR_CONTEXT_REQUIRE(client);
+
+	mirror_copier_deinit(&mclient->copier);
+	registry_deinit(&mclient->registry);
+	event_unref(&mclient->event);
+	mclient->module_ctx.super.destroy(client);
+}
+
+static void lmtp_mirror_client_created(struct client **_client)
+{
+	struct client *client = *_client;
+	struct mail_user *set_user = client->raw_mail_user;
+	struct lmtp_mirror_client *mclient;
+	struct registry *registry;
+	const char *dict_uri, *policy, *error;
+	struct event *event;
+
+	if (next_hook_client_created != NULL)
+		next_hook_client_created(_client);
+
+	event = event_create(client->event);
+	event_add_category(event, &event_category_mirror);
+	event_set_append_log_prefix(event, "mirror: ");
+
+	/* Mirroring is off unless the registry is configured. */
+	dict_uri = mail_user_plugin_getenv(set_user, "mirror_dict");
+	if (dict_uri == NULL || *dict_uri == '\0') {
+		e_debug(event, "mirror_dict not set: mirroring disabled");
+		event_unref(&event);
+		return;
+	}
+	if (registry_init(dict_uri, base_dir, event, &registry,
+				 &error) < 0) {
+		e_error(event, "%s: mirroring disabled", error);
+		event_unref(&event);
+		return;
+	}
+
+	mclient = p_new(client->pool, struct lmtp_mirror_client, 1);
+	mclient->client = client;
+	mclient->event = event;
+	mclient->registry = registry;
+	mclient->copier = mirror_copier_init(storage_service, registry,
+		client->event,
+		mirror_setting_bool(set_user, event, "mirror_fsync", TRUE));
+	mclient->delimiters =
+		p_strdup(client->pool,
+			 client->unexpanded_lda_set->recipient_delimiter);
+
+	policy = mail_user_plugin_getenv(set_user, "mirror_failure");
+	if (policy == NULL || *policy == '\0' ||
+	    strcmp(policy, "accept") == 0)
+		mclient->tempfail = FALSE;
+	else if (strcmp(policy, "tempfail") == 0)
+		mclient->tempfail = TRUE;
+	else {
+		/* fail safe: mail waits at the MTA, no copy is lost */
+		e_error(event, "Invalid mirror_failure=%s "
+			"(expected accept or tempfail): using tempfail",
+			str_sanitize(policy, 40));
+		mclient->tempfail = TRUE;
+	}
+
+	mclient->module_ctx.super = client->v;
+	client->v.local_deliver = lmtp_mirror_local_deliver;
+	client->v.trans_free = lmtp_mirror_trans_free;
+	client->v.destroy = lmtp_mirror_client_destroy;
+	MODULE_CONTEXT_SET(client, lmtp_mirror_client_module, mclient);
+}
+
+void lmtp_mirror_plugin_init(struct module *module);
+void lmtp_mirror_plugin_deinit(void);
+
+void lmtp_mirror_plugin_init(struct module *module ATTR_UNUSED)
+{
+	next_hook_client_created =
+		lmtp_client_created_hook_set(lmtp_mirror_client_created);
+	event_register_callback(lmtp_mirror_event_callback);
+}
+
+void lmtp_mirror_plugin_deinit(void)
+{
+	event_unregister_callback(lmtp_mirror_event_callback);
+	lmtp_client_created_hook_set(next_hook_client_created);
+}

@@ -18,6 +18,7 @@
 #include "istream-crlf.h"
 #include "ostream.h"
 #include "message-date.h"
+#include "message-size.h"
 #include "smtp-address.h"
 #include "smtp-syntax.h"
 #include "bag-dsn.h"
@@ -341,56 +342,49 @@ static const char *bag_dsn_read_error(struct istream *input)
 			       i_stream_get_error(input));
 }
 
-/* Copy the header (up to and including the blank line that ends it) from
-   input, which has CRLF line endings, to output: at most
+/* Copy the header of message (up to and including the blank line that
+   ends it) to output with CRLF line endings: at most
    BAG_DSN_MAX_HEADER_SIZE bytes, and always ending with a line end. */
 static int
-bag_dsn_write_header_only(struct ostream *output, struct istream *input,
+bag_dsn_write_header_only(struct ostream *output, struct istream *message,
 			  const char **error_r)
 {
+	struct message_size hdr_size;
+	struct istream *crlf_input, *input;
 	const unsigned char *data;
-	size_t size, pos;
-	uoff_t total = 0;
+	size_t size;
+	uoff_t start = message->v_offset;
 	unsigned char last = '\n';
-	bool line_start = TRUE, done = FALSE;
-	int ret;
+	bool has_nuls;
+	int ret = 0;
 
-	while (!done && (ret = i_stream_read_more(input, &data, &size)) > 0) {
-		for (pos = 0; pos < size; pos++) {
-			if (total + pos == BAG_DSN_MAX_HEADER_SIZE) {
-				done = TRUE;
-				break;
-			}
-			if (data[pos] == '\n') {
-				if (line_start) {
-					/* the blank line: the header ends */
-					pos++;
-					done = TRUE;
-					break;
-				}
-				line_start = TRUE;
-			} else if (data[pos] != '\r') {
-				line_start = FALSE;
-			}
-		}
-		if (pos > 0) {
-			o_stream_nsend(output, data, pos);
-			last = data[pos - 1];
-			total += pos;
-		}
-		i_stream_skip(input, pos);
-	}
-	if (!done && input->stream_errno != 0) {
-		*error_r = bag_dsn_read_error(input);
+	if (message_get_header_size(message, &hdr_size, &has_nuls) < 0) {
+		*error_r = bag_dsn_read_error(message);
 		return -1;
 	}
+	i_stream_seek(message, start);
+	/* the virtual size counts the CRs that CRLF conversion adds */
+	crlf_input = i_stream_create_crlf(message);
+	input = i_stream_create_limit(crlf_input,
+		I_MIN(hdr_size.virtual_size, BAG_DSN_MAX_HEADER_SIZE));
+	i_stream_unref(&crlf_input);
+	while (i_stream_read_more(input, &data, &size) > 0) {
+		o_stream_nsend(output, data, size);
+		last = data[size - 1];
+		i_stream_skip(input, size);
+	}
+	if (input->stream_errno != 0) {
+		*error_r = bag_dsn_read_error(input);
+		ret = -1;
+	}
+	i_stream_unref(&input);
 	/* a header cut at the limit, or a message ending without a line
 	   end: finish the last line so the part stays well-formed */
 	if (last == '\r')
 		o_stream_nsend_str(output, "\n");
 	else if (last != '\n')
 		o_stream_nsend_str(output, "\r\n");
-	return 0;
+	return ret;
 }
 
 static int
@@ -440,12 +434,14 @@ bag_dsn_write_real(const struct bag_dsn *dsn, struct ostream *output,
 	str_append(str, "\r\n");
 	o_stream_nsend(output, str_data(str), str_len(str));
 
-	input = i_stream_create_crlf(dsn->message);
-	if (full)
+	if (full) {
+		input = i_stream_create_crlf(dsn->message);
 		ret = bag_dsn_write_full(output, input, error_r);
-	else
-		ret = bag_dsn_write_header_only(output, input, error_r);
-	i_stream_unref(&input);
+		i_stream_unref(&input);
+	} else {
+		ret = bag_dsn_write_header_only(output, dsn->message,
+						error_r);
+	}
 	if (ret < 0)
 		return -1;
 

@@ -49,7 +49,8 @@ struct bag_dsn {
 	const struct bag_dsn_recipient *rcpts;
 	unsigned int rcpt_count;
 	/* the original message (without the bag's own envelope headers),
-	   read from its current offset */
+	   read from its current offset; seekable (the header of a message
+	   returned without RET=FULL is measured first) */
 	struct istream *message;
 };
 

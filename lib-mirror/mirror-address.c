@@ -3,6 +3,8 @@
 #include "lib.h"
 #include "str.h"
 #include "str-sanitize.h"
+#include "smtp-address.h"
+#include "smtp-parser.h"
 #include "mirror-address.h"
 
 #include <ctype.h>
@@ -27,14 +29,6 @@ int mirror_type_from_str(const char *str, enum mirror_type *type_r)
 	else
 		return -1;
 	return 0;
-}
-
-static bool mirror_is_atext(unsigned char c)
-{
-	/* RFC 5322 atext */
-	if (i_isalnum(c))
-		return TRUE;
-	return c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
 }
 
 bool mirror_domain_is_valid(const char *domain, const char **error_r)
@@ -106,7 +100,7 @@ bool mirror_localpart_is_valid(const char *localpart, const char **error_r)
 		return FALSE;
 	}
 	for (p = localpart; *p != '\0'; p++) {
-		if (*p != '.' && !mirror_is_atext((unsigned char)*p)) {
+		if (*p != '.' && !smtp_char_is_atext((unsigned char)*p)) {
 			*error_r = "local part contains an invalid character "
 				"(quoted local parts are not supported)";
 			return FALSE;
@@ -158,16 +152,20 @@ bool mirror_address_keys(const char *localpart, const char *domain,
 			 const char *delimiters,
 			 const char **address_r, const char **domain_r)
 {
-	const char *error;
-	size_t len;
+	struct smtp_address addr;
+	const char *user, *detail, *error;
+	char delim;
 
 	if (localpart == NULL || domain == NULL)
 		return FALSE;
-	if (delimiters != NULL && *delimiters != '\0') {
-		len = strcspn(localpart, delimiters);
+	if (delimiters != NULL) {
+		/* as LMTP finds the user a recipient is delivered to */
+		smtp_address_init(&addr, localpart, NULL);
+		smtp_address_detail_parse_temp(delimiters, &addr, &user,
+					       &delim, &detail);
 		/* a local part that starts with a delimiter has no user */
-		if (len > 0)
-			localpart = t_strndup(localpart, len);
+		if (*user != '\0')
+			localpart = user;
 	}
 	localpart = t_str_lcase(localpart);
 	domain = t_str_lcase(domain);

@@ -19,8 +19,8 @@
 #include "smtp-address.h"
 #include "smtp-params.h"
 #include "smtp-server.h"
-/* the connection's capabilities, to add DSN to them */
-#include "smtp-server-private.h"
+#include "master-service.h"
+#include "master-service-ssl.h"
 #include "mail-user.h"
 #include "mail-storage.h"
 #include "raw-storage.h"
@@ -576,6 +576,24 @@ lmtp_bag_usage_settings(struct lmtp_bag_client *bclient, struct mail_user *user)
 	}
 }
 
+/* The capabilities LMTP gave the connection (lmtp-client.c, which keeps
+   them in no public place): setting them replaces them all. */
+static enum smtp_capability lmtp_bag_capabilities(struct client *client)
+{
+	enum smtp_capability caps =
+		SMTP_CAPABILITY_PIPELINING |
+		SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
+		SMTP_CAPABILITY_8BITMIME |
+		SMTP_CAPABILITY_CHUNKING |
+		SMTP_CAPABILITY_XCLIENT |
+		SMTP_CAPABILITY__ORCPT;
+
+	if (!smtp_server_connection_is_ssl_secured(client->conn) &&
+	    master_service_ssl_is_enabled(master_service))
+		caps |= SMTP_CAPABILITY_STARTTLS;
+	return caps;
+}
+
 static void lmtp_bag_client_created(struct client **_client)
 {
 	struct client *client = *_client;
@@ -629,7 +647,7 @@ static void lmtp_bag_client_created(struct client **_client)
 	   MTA weeks later still honours them: the MTA sends them only to a
 	   server that offers DSN. */
 	smtp_server_connection_set_capabilities(client->conn,
-		client->conn->set.capabilities | SMTP_CAPABILITY_DSN);
+		lmtp_bag_capabilities(client) | SMTP_CAPABILITY_DSN);
 
 	bclient->module_ctx.super = client->v;
 	client->v.cmd_rcpt = lmtp_bag_cmd_rcpt;

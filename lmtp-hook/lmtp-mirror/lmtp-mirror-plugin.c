@@ -15,6 +15,9 @@
 #include "ioloop.h"
 #include "module-dir.h"
 #include "module-context.h"
+#include "event-filter.h"
+/* event_register_callback() is declared only here; Dovecot's own stats
+   client watches events the same way */
 #include "lib-event-private.h"
 #include "smtp-address.h"
 #include "smtp-params.h"
@@ -38,10 +41,10 @@
 #define LMTP_MIRROR_CONTEXT_REQUIRE(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, lmtp_mirror_client_module)
 
-/* Pigeonhole reports each executed Sieve action with this event; a
-   redirect carries the "redirect_target" field. */
-#define SIEVE_ACTION_EVENT_NAME "sieve_action_finished"
-#define SIEVE_REDIRECT_FIELD "redirect_target"
+/* Pigeonhole reports each executed Sieve action with the named event
+   sieve_action_finished; a redirect carries the field redirect_target. */
+#define SIEVE_REDIRECT_FILTER \
+	"event=sieve_action_finished AND redirect_target=*"
 
 enum lmtp_mirror_target_state {
 	LMTP_MIRROR_TARGET_PENDING = 0,
@@ -104,6 +107,7 @@ static lmtp_client_created_func_t *next_hook_client_created;
 /* LMTP delivers one recipient at a time; this is the one whose Sieve
    actions are being watched (see lmtp_mirror_event_callback()). */
 static struct lmtp_mirror_delivery *lmtp_mirror_active_delivery;
+static struct event_filter *lmtp_mirror_redirect_filter;
 
 static MODULE_CONTEXT_DEFINE_INIT(lmtp_mirror_client_module,
 				  &lmtp_module_register);
@@ -372,7 +376,7 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 static bool
 lmtp_mirror_event_callback(struct event *event,
 			   enum event_callback_type type,
-			   struct failure_context *ctx ATTR_UNUSED,
+			   struct failure_context *ctx,
 			   const char *fmt ATTR_UNUSED,
 			   va_list args ATTR_UNUSED)
 {
@@ -380,12 +384,11 @@ lmtp_mirror_event_callback(struct event *event,
 
 	if (type != EVENT_CALLBACK_TYPE_SEND ||
 	    lmtp_mirror_active_delivery == NULL ||
-	    event->sending_name == NULL ||
-	    strcmp(event->sending_name, SIEVE_ACTION_EVENT_NAME) != 0 ||
-	    event_find_field_recursive(event, SIEVE_REDIRECT_FIELD) == NULL)
+	    !event_filter_match(lmtp_mirror_redirect_filter, event, ctx))
 		return TRUE;
 	/* only the recipient being delivered */
-	for (parent = event; parent != NULL; parent = parent->parent) {
+	for (parent = event; parent != NULL;
+	     parent = event_get_parent(parent)) {
 		if (parent == lmtp_mirror_active_delivery->rcpt_event) {
 			lmtp_mirror_active_delivery->forwarded = TRUE;
 			break;
@@ -534,6 +537,13 @@ void lmtp_mirror_plugin_deinit(void);
 
 void lmtp_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
+	const char *error;
+
+	lmtp_mirror_redirect_filter = event_filter_create();
+	if (event_filter_parse(SIEVE_REDIRECT_FILTER,
+			       lmtp_mirror_redirect_filter, &error) < 0)
+		i_panic("event_filter_parse(%s) failed: %s",
+			SIEVE_REDIRECT_FILTER, error);
 	next_hook_client_created =
 		lmtp_client_created_hook_set(lmtp_mirror_client_created);
 	event_register_callback(lmtp_mirror_event_callback);
@@ -542,5 +552,6 @@ void lmtp_mirror_plugin_init(struct module *module ATTR_UNUSED)
 void lmtp_mirror_plugin_deinit(void)
 {
 	event_unregister_callback(lmtp_mirror_event_callback);
+	event_filter_unref(&lmtp_mirror_redirect_filter);
 	lmtp_client_created_hook_set(next_hook_client_created);
 }

@@ -401,7 +401,7 @@ doveadm_bag_status(const char *user, bool with_size,
 	if (ret == 0)
 		ret = bag_store_get_status(store, with_size, status_r, &error);
 	bag_store_close(&store);
-	doveadm_mirror_storage_service_deinit(&service);
+	mail_storage_service_deinit(&service);
 	if (mirror_privileges_set(&privs, &error) < 0)
 		i_fatal("%s", error);
 	if (ret < 0)

@@ -6,7 +6,6 @@
 #include "lib.h"
 #include "str-sanitize.h"
 #include "time-util.h"
-#include "module-dir.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
 #include "doveadm.h"
@@ -76,7 +75,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	ret = mirror_expire_run(&set, service, NULL,
 				doveadm_mirror_expire_print, NULL, &result,
 				&error);
-	doveadm_mirror_storage_service_deinit(&service);
+	mail_storage_service_deinit(&service);
 	if (ret < 0)
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
 }

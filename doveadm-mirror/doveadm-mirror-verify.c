@@ -13,7 +13,6 @@
 #include "sort.h"
 #include "istream.h"
 #include "istream-crlf.h"
-#include "module-dir.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
 #include "mail-namespace.h"
@@ -321,7 +320,7 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 	mirror_verify_close(ctx);
 	if (mirror_privileges_set(&privs, &error) < 0)
 		i_fatal("%s", error);
-	doveadm_mirror_storage_service_deinit(&ctx->service);
+	mail_storage_service_deinit(&ctx->service);
 
 	if (!ok)
 		return;

@@ -9,7 +9,6 @@
 #include "strnum.h"
 #include "ioloop.h"
 #include "time-util.h"
-#include "module-dir.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
 #include "auth-master.h"
@@ -48,7 +47,7 @@
 
 const char *doveadm_mirror_plugin_version = DOVECOT_ABI_VERSION;
 
-void doveadm_mirror_plugin_preinit(void);
+void doveadm_mirror_plugin_init(struct module *module);
 void doveadm_mirror_plugin_deinit(void);
 
 void doveadm_mirror_fail(int exit_code, const char *error)
@@ -89,29 +88,6 @@ doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[
 	return mail_storage_service_init(master_service, set_roots, flags);
 }
 
-void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **service)
-{
-	struct module **modp, *module = NULL;
-
-	/* The service's deinit unloads the mail plugins, as it does after
-	   every doveadm mail command. This module may be one of them (loaded
-	   through protocol doveadm's mail_plugins): keep it loaded until
-	   doveadm exits, since its code is still running. */
-	for (modp = &mail_storage_service_modules; *modp != NULL;
-	     modp = &(*modp)->next) {
-		if ((*modp)->init == doveadm_mirror_plugin_init) {
-			module = *modp;
-			*modp = module->next;
-			module->next = NULL;
-			break;
-		}
-	}
-	mail_storage_service_deinit(service);
-	if (module != NULL) {
-		module->next = mail_storage_service_modules;
-		mail_storage_service_modules = module;
-	}
-}
 
 /* Look user up in the userdb. Returns 1 with its fields (from the data
    stack), 0 if there is no such user, -1 if it can't be checked. */
@@ -1151,17 +1127,10 @@ DOVEADM_CMD_PARAMS_END
 },
 };
 
-/* The commands are registered when the module is loaded: doveadm loads
-   it from its module directory, or (for an instance whose plugins live
-   elsewhere) as a mail plugin listed in protocol doveadm's mail_plugins.
-   Either way registration must happen before the command line is parsed,
-   and only once if both load it. */
-void doveadm_mirror_plugin_preinit(void)
+void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
 	unsigned int i;
 
-	if (doveadm_cmd_find_ver2(doveadm_mirror_commands[0].name) != NULL)
-		return;
 	if (sodium_init() < 0)
 		i_fatal("sodium_init() failed");
 	for (i = 0; i < N_ELEMENTS(doveadm_mirror_commands); i++)
@@ -1170,10 +1139,6 @@ void doveadm_mirror_plugin_preinit(void)
 	doveadm_mirror_schedule_register();
 	doveadm_mirror_expire_register();
 	doveadm_bag_register();
-}
-
-void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
-{
 }
 
 void doveadm_mirror_plugin_deinit(void)

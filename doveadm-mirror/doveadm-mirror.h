@@ -5,7 +5,6 @@
 
 struct registry;
 struct mail_storage_service_ctx;
-struct module;
 struct setting_parser_info;
 
 /* Log error on stderr and set doveadm's exit code. */
@@ -16,10 +15,9 @@ struct registry *doveadm_mirror_registry_open(void);
 
 /* A storage service for opening mirror storage users from a command, with
    a temporary privilege drop (restore the identity afterwards with
-   mirror_privileges_set()). Deinit keeps this module loaded. */
+   mirror_privileges_set()); free it with mail_storage_service_deinit(). */
 struct mail_storage_service_ctx *
 doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[]);
-void doveadm_mirror_storage_service_deinit(struct mail_storage_service_ctx **service);
 
 enum doveadm_mirror_password_scheme {
 	/* for users that log in with PLAIN or LOGIN */
@@ -47,6 +45,5 @@ void doveadm_mirror_auth_cache_flush(const char *user);
    Errors are logged. */
 int doveadm_mirror_purge_storage(const char *username);
 
-void doveadm_mirror_plugin_init(struct module *module);
 
 #endif

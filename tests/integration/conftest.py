@@ -154,7 +154,9 @@ class Sandbox:
     # doveadm
 
     def doveadm(self, *args, json_output=False, check=True):
-        cmd = ["doveadm", "-c", self.conf]
+        # in the instance's mount namespace, where the suite's doveadm
+        # module is (scripts/sandbox)
+        cmd = list(self.info["doveadm"])
         if json_output:
             cmd += ["-f", "json"]
         # under a sanitizer build doveadm needs its runtime (scripts/sandbox)

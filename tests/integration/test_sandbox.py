@@ -79,9 +79,9 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
     # a sanitizer runtime is for the user's doveadm, never for runuser
     sanitizer = []
 
-    def as_user(*cmd):
-        if cmd[0] == "doveadm":
-            cmd = ("env",) + tuple(sanitizer) + cmd
+    def as_user(*cmd, doveadm=False):
+        if doveadm:
+            cmd = ("env", *sanitizer, *sb.info["doveadm"]) + cmd
         return subprocess.run(["runuser", "-u", "nobody", "--"] + list(cmd),
                               capture_output=True, text=True, env=env)
 
@@ -93,8 +93,8 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
         sanitizer += ["%s=%s" % kv for kv in sb.info["env"].items()]
         pid = int(open(os.path.join(d, "run", "master.pid")).read())
         assert os.stat("/proc/%d" % pid).st_uid == user.pw_uid
-        r = as_user("doveadm", "-c", sb.conf, "mirror", "add", "-s",
-                    "audit@example.com", "alice@example.com")
+        r = as_user("mirror", "add", "-s", "audit@example.com",
+                    "alice@example.com", doveadm=True)
         assert r.returncode == 0, r.stderr
         rcpt, data = sb.deliver(["alice@example.com"], make_message())
         assert data[0][0] == 250, data

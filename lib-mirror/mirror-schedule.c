@@ -348,13 +348,35 @@ int mirror_schedule_parse(const char *time_str, const char *timezone,
 	return 0;
 }
 
-const char *mirror_local_month(const char *timezone, time_t t)
+void mirror_local_month_get(const char *timezone, time_t t,
+			    struct mirror_month *month_r)
 {
-	struct mirror_date date;
 	struct mirror_tz tz;
+	struct tm tm;
 
 	mirror_tz_switch(timezone, &tz);
-	mirror_local_date(t, &date);
+	if (localtime_r(&t, &tm) == NULL)
+		i_panic("localtime_r(%ld) failed", (long)t);
+	i_snprintf(month_r->name, sizeof(month_r->name), "%04d-%02d",
+		   tm.tm_year + 1900, tm.tm_mon + 1);
+	/* mktime() normalizes a midnight that a transition skips */
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	tm.tm_isdst = -1;
+	month_r->start = mktime(&tm);
+	tm.tm_mon++;
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	tm.tm_isdst = -1;
+	month_r->end = mktime(&tm);
 	mirror_tz_restore(&tz);
-	return t_strdup_printf("%04d-%02d", date.year + 1900, date.mon + 1);
+	i_assert(month_r->start <= t && t < month_r->end);
+}
+
+const char *mirror_local_month(const char *timezone, time_t t)
+{
+	struct mirror_month month;
+
+	mirror_local_month_get(timezone, t, &month);
+	return t_strdup(month.name);
 }

@@ -55,6 +55,20 @@ const char *mirror_schedule_format_local(const struct mirror_schedule *sched,
 					 time_t t);
 /* The month of t in a zone: "2026-11". */
 const char *mirror_local_month(const char *timezone, time_t t);
+/* The same, with the month's first instant and the next month's, so that
+   a caller asking for every message (LMTP) switches zones once a month,
+   not every time (see mirror_month_contains()). */
+struct mirror_month {
+	char name[8];
+	time_t start, end;
+};
+void mirror_local_month_get(const char *timezone, time_t t,
+			    struct mirror_month *month_r);
+static inline bool
+mirror_month_contains(const struct mirror_month *month, time_t t)
+{
+	return month->start <= t && t < month->end;
+}
 
 /* "00:00:00" */
 const char *mirror_schedule_time_str(const struct mirror_schedule *sched);

@@ -305,6 +305,34 @@ static void test_mirror_schedule_tz_restored(void)
 	test_end();
 }
 
+static void test_mirror_local_month(void)
+{
+	struct mirror_month month;
+
+	test_begin("mirror_local_month_get()");
+	/* the month of a DST change, in the zone */
+	mirror_local_month_get("America/Los_Angeles",
+			       utc("2026-03-15 12:00:00"), &month);
+	test_assert_strcmp(month.name, "2026-03");
+	test_assert(month.start == utc("2026-03-01 08:00:00"));
+	test_assert(month.end == utc("2026-04-01 07:00:00"));
+	test_assert(mirror_month_contains(&month, month.start));
+	test_assert(!mirror_month_contains(&month, month.end));
+	test_assert(!mirror_month_contains(&month, month.start - 1));
+	/* still December in the zone, January in UTC */
+	mirror_local_month_get("America/Los_Angeles",
+			       utc("2027-01-01 07:59:59"), &month);
+	test_assert_strcmp(month.name, "2026-12");
+	test_assert(month.end == utc("2027-01-01 08:00:00"));
+	test_assert_strcmp(mirror_local_month("America/Los_Angeles",
+					      utc("2027-01-01 08:00:00")),
+			   "2027-01");
+	/* an empty month contains nothing */
+	i_zero(&month);
+	test_assert(!mirror_month_contains(&month, utc("2026-03-15 12:00:00")));
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -316,6 +344,7 @@ int main(void)
 		test_mirror_schedule_edges,
 		test_mirror_schedule_is_due,
 		test_mirror_schedule_tz_restored,
+		test_mirror_local_month,
 		NULL
 	};
 	return test_run(test_functions);

@@ -55,6 +55,8 @@ struct lmtp_bag_client {
 	/* monthly usage: its limits and the zone its months are in */
 	struct bag_usage_limits limits;
 	const char *timezone;
+	/* the month being counted (empty until the first message) */
+	struct mirror_month month;
 
 	/* the bag definitions read in the current transaction (from its
 	   pool) */
@@ -286,12 +288,16 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 		     uoff_t size)
 {
 	const struct bag_usage_limits *limits = &bclient->limits;
-	const char *month, *error;
+	const char *error;
 	uint64_t messages, bytes;
 	enum bag_usage_crossed crossed;
 
-	month = mirror_local_month(bclient->timezone, ioloop_time);
-	if (bag_registry_usage_add(bclient->registry, domain, month, size,
+	if (!mirror_month_contains(&bclient->month, ioloop_time)) {
+		mirror_local_month_get(bclient->timezone, ioloop_time,
+				       &bclient->month);
+	}
+	if (bag_registry_usage_add(bclient->registry, domain,
+				   bclient->month.name, size,
 				   &messages, &bytes, &error) < 0) {
 		e_error(bclient->event, "Can't count the usage of %s: %s",
 			domain, error);
@@ -306,7 +312,7 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 		event_create_passthrough(bclient->event)->
 		set_name("bag_usage_limit_crossed")->
 		add_str("domain", domain)->
-		add_str("month", month)->
+		add_str("month", bclient->month.name)->
 		add_str("limit", (crossed & BAG_USAGE_CROSSED_MESSAGES) != 0 ?
 			"messages" : "bytes")->
 		add_int("messages", messages)->
@@ -318,7 +324,7 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 		  domain, (crossed & BAG_USAGE_CROSSED_MESSAGES) != 0 ?
 		  t_strdup_printf("%"PRIu64" messages", limits->messages) :
 		  t_strdup_printf("%"PRIu64" bytes", limits->bytes),
-		  month, messages, bytes);
+		  bclient->month.name, messages, bytes);
 }
 
 /* The POP3 box of a recipient of a bag with a box per account, created

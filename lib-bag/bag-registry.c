@@ -296,13 +296,17 @@ int bag_registry_add(struct registry *reg, struct bag_def *def,
 		bag_domains_set(trans, bag_identity_key(def->atrn_identity),
 				&identity_domains);
 	}
-	/* the bag user reads its bag over IMAP: bag_domain makes the
-	   mirror plugin keep that session read-only. A POP3 box is the
-	   customer's to empty: bag_pop3. */
+	/* the bag user reads its bag over IMAP, read-only (the mirror
+	   plugin keeps a session with mirror_readonly so). A POP3 box is
+	   the customer's to empty: bag_pop3. */
 	userdb = json_object_new_object();
 	json_object_object_add(userdb, (def->modes & BAG_MODE_POP3) != 0 ?
 			       "bag_pop3" : "bag_domain",
 			       json_object_new_string(def->domain));
+	if ((def->modes & BAG_MODE_POP3) == 0) {
+		json_object_object_add(userdb, "mirror_readonly",
+				       json_object_new_string("yes"));
+	}
 	registry_user_records_set(trans, def->user, user_password_hash, userdb);
 	/* the identity only authenticates: no userdb record, so it can't
 	   open a mail session */

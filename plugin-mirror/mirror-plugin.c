@@ -158,12 +158,11 @@ static void mirror_mail_user_created(struct mail_user *user)
 		mode = MIRROR_READONLY_IGNORE;
 	if (mode == MIRROR_READONLY_NONE)
 		return;
-	/* a bag user (its userdb record says which domain it holds) reads
-	   the bag in an emergency: the bag service alone removes mail */
-	if (mail_user_plugin_getenv(user, "bag_domain") != NULL) {
+	/* a user whose userdb says so (a bag user, which reads its bag in
+	   an emergency: the bag service alone removes mail) */
+	if (mail_user_plugin_getenv_bool(user, "mirror_readonly")) {
 		muser->readonly = mode;
-		e_debug(mirror_user_event(user), "Bag of %s: read-only",
-			mail_user_plugin_getenv(user, "bag_domain"));
+		e_debug(mirror_user_event(user), "mirror_readonly: read-only");
 		return;
 	}
 	dict_uri = mail_user_plugin_getenv(user, "mirror_dict");

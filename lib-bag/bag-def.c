@@ -229,10 +229,14 @@ bag_def_from_json(struct json_object *obj, pool_t pool,
 	     registry_json_get_bool(obj, "auto_identity", &def_r->auto_identity,
 				    error_r) < 0))
 		return -1;
-	if (registry_json_get_bool(obj, "recipient_list",
-				 &def_r->recipient_list, error_r) < 0 ||
+	/* read only for the mode that writes it, as auto_identity: doveadm
+	   bag recipient acts on it without checking the mode */
+	if ((def_r->modes & BAG_MODE_POP3) != 0 &&
 	    registry_json_get_bool(obj, "pop3_per_account",
 				   &def_r->pop3_per_account, error_r) < 0)
+		return -1;
+	if (registry_json_get_bool(obj, "recipient_list",
+				   &def_r->recipient_list, error_r) < 0)
 		return -1;
 	if (registry_json_get_int(obj, "created", 0, INT64_MAX, &num,
 				error_r) < 0)

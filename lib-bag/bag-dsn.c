@@ -29,6 +29,9 @@
 /* Header field lines must stay below RFC 5322's 998 characters: an
    untrusted value is cut at this many. */
 #define BAG_DSN_MAX_VALUE_LEN 900
+/* ORCPT's address type shares its line with the address: "rfc822" and
+   "utf-8" are the types in use */
+#define BAG_DSN_MAX_ADDR_TYPE_LEN 64
 /* The most of the original header returned without RET=FULL: a header
    that doesn't end within this is cut here. */
 #define BAG_DSN_MAX_HEADER_SIZE (1024 * 1024)
@@ -267,7 +270,7 @@ bag_dsn_append_status_rcpt(string_t *str, const struct bag_dsn_recipient *rcpt)
 		   sender gave, printable */
 		str_append(str, "Original-Recipient: ");
 		bag_dsn_append_printable(str, params->orcpt.addr_type,
-					 BAG_DSN_MAX_VALUE_LEN);
+					 BAG_DSN_MAX_ADDR_TYPE_LEN);
 		str_append(str, "; ");
 		bag_dsn_append_printable(str, orcpt, BAG_DSN_MAX_VALUE_LEN);
 		str_append(str, "\r\n");

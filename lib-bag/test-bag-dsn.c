@@ -737,6 +737,45 @@ static void test_bag_dsn_write_sanitize(void)
 	test_end();
 }
 
+/* Found by fuzz-dsn (tests/fuzz/crashes/dsn/orcpt-line-too-long): each
+   half of Original-Recipient was cut at 900, so the line reached 1828
+   octets. */
+static void test_bag_dsn_write_orcpt_long(void)
+{
+	const char *const *blocks, *value;
+	struct test_report r;
+	struct test_dsn t;
+	string_t *args, *type;
+	unsigned int i;
+
+	test_begin("bag_dsn_write() long ORCPT type and address");
+	test_dsn_init(&t, "");
+	type = t_str_new(512);
+	for (i = 0; i < 490; i++)
+		str_append_c(type, 'x');
+	args = t_str_new(1024);
+	str_printfa(args, "ORCPT=%s;", str_c(type));
+	for (i = 0; i < 490; i++)
+		str_append_c(args, 'a');
+	test_dsn_params_rcpt(&t, 1, str_c(args));
+	test_report_parse(test_dsn_write(&t), &r);
+	test_report_check_common(&r);
+	if (r.part_count == 3) {
+		blocks = test_status_blocks(r.part_body[1]);
+		test_assert(str_array_length(blocks) == 3);
+		value = blocks[2] == NULL ? NULL :
+			test_field(blocks[2], "Original-Recipient");
+		/* the type cut at 64, the address whole */
+		str_truncate(type, 64);
+		test_assert(value != NULL &&
+			    strlen(value) == 64 + 3 + 2 + 490 &&
+			    str_begins(value, t_strconcat(str_c(type),
+							  "...; a", NULL)));
+	}
+	test_dsn_deinit(&t);
+	test_end();
+}
+
 static void test_bag_dsn_write_odd_messages(void)
 {
 	struct test_report r;
@@ -887,6 +926,7 @@ int main(void)
 		test_bag_dsn_write_unique,
 		test_bag_dsn_write_xtext,
 		test_bag_dsn_write_sanitize,
+		test_bag_dsn_write_orcpt_long,
 		test_bag_dsn_write_odd_messages,
 		test_bag_dsn_write_read_error,
 		NULL

@@ -180,6 +180,17 @@ static void test_bag_def_roundtrip(void)
 				   &error) == 0);
 	test_assert(decoded.modes == BAG_MODE_POP3 &&
 		    decoded.pop3_per_account);
+
+	/* found by fuzz-registry (tests/fuzz/crashes/registry/): a member
+	   of another mode is ignored, as the encoder leaves it out, so
+	   decoding the encoded bag gives the same bag */
+	json = "{\"domain\":\"a.example\",\"user\":\"bag\","
+		"\"modes\":\"atrn\",\"atrn_identity\":\"id\","
+		"\"pop3_per_account\":true,\"created\":0}";
+	test_assert(bag_def_decode(json, pool_datastack_create(), &decoded,
+				   &error) == 0);
+	test_assert(decoded.modes == BAG_MODE_ATRN &&
+		    !decoded.pop3_per_account);
 	test_end();
 }
 

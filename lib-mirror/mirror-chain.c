@@ -332,6 +332,13 @@ mirror_chain_read_last(int fd, const char *path, uoff_t size,
 			path);
 		return -1;
 	}
+	/* the parser sees the line up to a NUL only */
+	if (strlen(buf + start) != len - 1 - start) {
+		*error_r = t_strdup_printf(
+			"Chain %s is broken: its last record contains a NUL",
+			path);
+		return -1;
+	}
 	if (mirror_chain_record_parse(buf + start, rec_r, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Chain %s is broken: its last record: %s", path,
@@ -465,6 +472,7 @@ int mirror_chain_read(const char *path, unsigned int mirror_id,
 	const char *line, *error;
 	char broken[128];
 	unsigned int line_num = 0, broken_line = 0;
+	uoff_t line_offset = 0;
 	bool have_prev = FALSE;
 	int fd, ret = 0;
 
@@ -481,14 +489,23 @@ int mirror_chain_read(const char *path, unsigned int mirror_id,
 	   still refused by the record parser. */
 	input = i_stream_create_fd_autoclose(&fd, MIRROR_CHAIN_READ_BUFFER_SIZE);
 	while ((line = i_stream_read_next_line(input)) != NULL) {
+		/* the line is all that was read: the stream drops a CR
+		   before the LF, and the parser stops at a NUL */
+		bool exact = input->v_offset - line_offset == strlen(line) + 1;
 		bool parsed;
 
+		line_offset = input->v_offset;
 		line_num++;
 		/* a chain has a record per copy: parse each in its own
 		   frame, or the data stack grows with the chain */
 		T_BEGIN {
-			parsed = mirror_chain_record_parse(line, &rec,
-							   &error) == 0;
+			if (!exact) {
+				parsed = FALSE;
+				error = "Record contains a CR or NUL";
+			} else {
+				parsed = mirror_chain_record_parse(line, &rec,
+							&error) == 0;
+			}
 			/* a record that doesn't follow is kept: verify
 			   reports the first break */
 			if (parsed && mirror_chain_record_follows(

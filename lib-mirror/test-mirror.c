@@ -581,6 +581,56 @@ static void test_mirror_chain_file(void)
 	test_end();
 }
 
+/* Found by fuzz-chain (tests/fuzz/crashes/chain/): the reader took a
+   record line ending in CRLF, or one with a NUL and more after it, as
+   intact. The appender refused the CRLF line as broken, so one added CR
+   stopped every later copy from being recorded while verify still said
+   the chain was intact. */
+static void test_mirror_chain_file_cr_nul(void)
+{
+	static const char *const suffixes[] = { "\r", "\0x" };
+	const char *path = ".test-mirror-chain-cr-nul.tmp";
+	ARRAY_TYPE(mirror_chain_record) records;
+	unsigned char hash[MIRROR_CHAIN_HASH_SIZE];
+	const char *broken, *error;
+	string_t *data = t_str_new(256), *changed = t_str_new(256);
+	unsigned int i;
+	int fd;
+
+	test_begin("mirror chain file: a CR or NUL in a record");
+	i_unlink_if_exists(path);
+	memset(hash, 0xcd, sizeof(hash));
+	test_assert(mirror_chain_append(path, 3, MIRROR_CHAIN_RECORD_COPY,
+					1700000000, 99, 1, hash, FALSE, NULL,
+					&error) == 0);
+	test_chain_file_read(path, data);
+	t_array_init(&records, 4);
+	for (i = 0; i < N_ELEMENTS(suffixes); i++) {
+		/* the record, then the suffix before its LF */
+		str_truncate(changed, 0);
+		str_append_data(changed, str_data(data), str_len(data) - 1);
+		str_append_data(changed, suffixes[i], i == 0 ? 1 : 2);
+		str_append_c(changed, '\n');
+		fd = open(path, O_WRONLY | O_TRUNC);
+		if (fd == -1)
+			i_fatal("open(%s) failed: %m", path);
+		if (write_full(fd, str_data(changed), str_len(changed)) < 0)
+			i_fatal("write(%s) failed: %m", path);
+		i_close_fd(&fd);
+
+		array_clear(&records);
+		test_assert_idx(mirror_chain_read(path, 3, &records, &broken,
+						  &error) == 0, i);
+		test_assert_idx(array_count(&records) == 0 && broken != NULL,
+				i);
+		test_assert_idx(mirror_chain_append(path, 3,
+			MIRROR_CHAIN_RECORD_COPY, 1700000001, 99, 2, hash,
+			FALSE, NULL, &error) < 0, i);
+	}
+	i_unlink(path);
+	test_end();
+}
+
 static void test_mirror_chain_append_records(void)
 {
 	const char *path = ".test-mirror-chain-batch.tmp";
@@ -722,6 +772,7 @@ int main(void)
 		test_mirror_chain_record_format_parse,
 		test_mirror_chain_record_parse_broken,
 		test_mirror_chain_file,
+		test_mirror_chain_file_cr_nul,
 		test_mirror_chain_append_records,
 		test_mirror_expire_index,
 		NULL

@@ -807,6 +807,14 @@ static void test_bag_dsn_write_odd_messages(void)
 	test_report_parse(test_dsn_write(&t), &r);
 	if (r.part_count == 3)
 		test_assert_strcmp(r.part_body[2], "");
+	/* the header ends at an empty line as Dovecot reads mail: a line
+	   of CRs is not empty (found by fuzz-dsn) */
+	t.message = "A: b\r\n\r\r\nB: c\r\n\r\nbody\r\n";
+	test_report_parse(test_dsn_write(&t), &r);
+	if (r.part_count == 3) {
+		test_assert_strcmp(r.part_body[2],
+				   "A: b\r\n\r\r\nB: c\r\n\r\n");
+	}
 
 	/* a header going on past the limit is cut after 1 MB */
 	big = t_str_new(1200 * 1024);

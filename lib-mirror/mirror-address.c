@@ -158,7 +158,7 @@ bool mirror_address_keys(const char *localpart, const char *domain,
 
 	if (localpart == NULL || domain == NULL)
 		return FALSE;
-	if (delimiters != NULL) {
+	if (delimiters != NULL && *localpart != '\0') {
 		/* as LMTP finds the user a recipient is delivered to */
 		smtp_address_init(&addr, localpart, NULL);
 		smtp_address_detail_parse_temp(delimiters, &addr, &user,

@@ -80,6 +80,9 @@ static void test_mirror_address_keys(void)
 	const char *address, *domain;
 
 	test_begin("mirror_address_keys()");
+	/* no local part (found by fuzz-args) */
+	test_assert(!mirror_address_keys("", "example.com", "+",
+					 &address, &domain));
 	test_assert(mirror_address_keys("User+Tag", "Example.COM", "+",
 					&address, &domain));
 	test_assert_strcmp(address, "user@example.com");

@@ -323,14 +323,14 @@ fuzz_assert_status_part(struct fuzz_dsn *t, const char *body, size_t len)
 }
 
 /* The header of a message with CRLF line ends as the report returns it:
-   up to and including the first line that is blank (or only CRs), or all
+   up to and including the first empty line, as Dovecot's
+   message_get_header_size() finds it (a line of CRs is not empty), or all
    of it (at most FUZZ_DSN_MAX_HEADER_SIZE); a last line without its end
    gets one. */
 static string_t *fuzz_header_only(const string_t *crlf)
 {
 	const unsigned char *data = str_data(crlf);
-	size_t i, len = str_len(crlf);
-	bool line_start = TRUE;
+	size_t i, line = 0, len = str_len(crlf);
 	string_t *str;
 
 	for (i = 0; i < len; i++) {
@@ -338,15 +338,13 @@ static string_t *fuzz_header_only(const string_t *crlf)
 			len = i;
 			break;
 		}
-		if (data[i] == '\n') {
-			if (line_start) {
-				len = i + 1;
-				break;
-			}
-			line_start = TRUE;
-		} else if (data[i] != '\r') {
-			line_start = FALSE;
+		if (data[i] != '\n')
+			continue;
+		if (i == line || (i == line + 1 && data[line] == '\r')) {
+			len = i + 1;
+			break;
 		}
+		line = i + 1;
 	}
 	str = t_str_new(len + 2);
 	str_append_data(str, data, len);

@@ -19,24 +19,19 @@
 #include "lib.h"
 #include "array.h"
 #include "str.h"
-#include "strescape.h"
 #include "str-sanitize.h"
 #include "ioloop.h"
-#include "istream.h"
 #include "master-service.h"
 #include "mirror-registry.h"
 #include "bag-registry.h"
-#include "bag-flush.h"
+#include "bag-flush-client.h"
 #include "bag-service.h"
 
 #define BAG_BACKUP_CHECK_MAX_MSECS (30*1000)
-#define BAG_BACKUP_REPLY_MAX 2048
 
 struct bag_backup_try {
 	char *domain;
-	int fd;
-	struct istream *input;
-	struct io *io;
+	struct bag_flush_client *client;
 };
 
 struct bag_backup {
@@ -69,9 +64,7 @@ static void bag_backup_try_free(struct bag_backup_try *try)
 			break;
 		}
 	}
-	io_remove(&try->io);
-	i_stream_unref(&try->input);
-	i_close_fd(&try->fd);
+	bag_flush_client_deinit(&try->client);
 	i_free(try->domain);
 	i_free(try);
 }
@@ -109,39 +102,31 @@ bag_backup_schedule(const char *domain, bool done, const char *why)
 	registry_deinit(&reg);
 }
 
-static void bag_backup_try_input(struct bag_backup_try *try)
+static void
+bag_backup_try_reply(const struct bag_flush_reply *reply, void *context)
 {
-	const char *line, *const *args;
+	struct bag_backup_try *try = context;
 
-	line = i_stream_read_next_line(try->input);
-	if (line == NULL) {
-		if (try->input->eof || try->input->stream_errno != 0) {
-			bag_backup_schedule(try->domain, FALSE,
-					    "the flush process ended without "
-					    "a reply");
-			bag_backup_try_free(try);
-		}
-		return;
+	/* the client frees itself after this */
+	try->client = NULL;
+	switch (reply->status) {
+	case BAG_FLUSH_REPLY_BUSY:
+		/* an ETRN or doveadm flush is at it: look again at the next
+		   check */
+		break;
+	case BAG_FLUSH_REPLY_DONE:
+		/* nothing waits once every message is delivered or
+		   bounced */
+		bag_backup_schedule(try->domain,
+				    reply->error == NULL &&
+				    reply->deferred == 0,
+				    reply->error != NULL ? reply->error :
+				    "messages still wait");
+		break;
+	case BAG_FLUSH_REPLY_FAIL:
+		bag_backup_schedule(try->domain, FALSE, reply->error);
+		break;
 	}
-	T_BEGIN {
-		args = t_strsplit_tabescaped(line);
-		if (strcmp(args[0], "BUSY") == 0) {
-			/* an ETRN or doveadm flush is at it: look again at
-			   the next check */
-		} else if (strcmp(args[0], "DONE") == 0 &&
-			   str_array_length(args) >= 5) {
-			/* nothing waits once every message is delivered or
-			   bounced */
-			bag_backup_schedule(try->domain,
-					    args[5] == NULL &&
-					    strcmp(args[2], "0") == 0,
-					    args[5] != NULL ? args[5] :
-					    "messages still wait");
-		} else {
-			bag_backup_schedule(try->domain, FALSE,
-					    args[1] != NULL ? args[1] : line);
-		}
-	} T_END;
 	bag_backup_try_free(try);
 }
 
@@ -149,21 +134,20 @@ static void bag_backup_try_start(const char *domain)
 {
 	struct bag_backup_try *try;
 	const char *error;
-	int fd;
 
-	fd = bag_flush_request_connect(bag_service.base_dir, domain, NULL,
-				       BAG_FLUSH_REQUEST_FLAG_WAIT |
-				       BAG_FLUSH_REQUEST_FLAG_BACKUP, &error);
-	if (fd == -1) {
+	try = i_new(struct bag_backup_try, 1);
+	try->domain = i_strdup(domain);
+	if (bag_flush_client_request(bag_service.base_dir, domain, NULL,
+				     BAG_FLUSH_REQUEST_FLAG_WAIT |
+				     BAG_FLUSH_REQUEST_FLAG_BACKUP,
+				     bag_backup_try_reply, try, &try->client,
+				     &error) < 0) {
 		e_error(bag_service.event, "backup %s: %s", domain, error);
+		i_free(try->domain);
+		i_free(try);
 		return;
 	}
 	e_debug(bag_service.event, "backup %s: trying", domain);
-	try = i_new(struct bag_backup_try, 1);
-	try->domain = i_strdup(domain);
-	try->fd = fd;
-	try->input = i_stream_create_fd(fd, BAG_BACKUP_REPLY_MAX);
-	try->io = io_add(fd, IO_READ, bag_backup_try_input, try);
 	array_push_back(&bag_backup.tries, &try);
 }
 

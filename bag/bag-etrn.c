@@ -29,6 +29,7 @@
 #include "mirror-registry.h"
 #include "bag-registry.h"
 #include "bag-store.h"
+#include "bag-flush-client.h"
 #include "bag-service.h"
 #include "bag-input.h"
 
@@ -142,6 +143,7 @@ bag_etrn_run(struct bag_etrn_client *client, struct smtp_server_cmd_ctx *cmd,
 	     const char *node, enum bag_etrn_kind kind)
 {
 	struct registry *reg;
+	struct bag_flush_client *fclient;
 	ARRAY_TYPE(bag_def) defs;
 	const struct bag_def *def;
 	const char *error;
@@ -187,7 +189,9 @@ bag_etrn_run(struct bag_etrn_client *client, struct smtp_server_cmd_ctx *cmd,
 		return;
 	}
 	array_foreach(&defs, def) {
-		if (bag_flush_request(def->domain, &error) < 0) {
+		if (bag_flush_client_request(bag_service.base_dir,
+					     def->domain, NULL, 0, NULL, NULL,
+					     &fclient, &error) < 0) {
 			e_error(client->event, "ETRN %s: Can't start the "
 				"flush: %s", def->domain, error);
 			smtp_server_reply(cmd, 458, "4.3.0", "Unable to queue "

@@ -1,20 +1,11 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* The bag-flush listener: every flush to a customer's host runs here, in
-   a bag process of its own, as the mail user.
-
-   A request is one line, tab-separated:
-
-     FLUSH <domain> [host=<host[:port]>] [wait] [backup]
-
-   An ETRN process asks without "wait", and closes at once: it answers
-   its client before the mail moves. `doveadm bag flush` asks with "wait"
-   and reads one reply line when the flush has ended; so does the backup
-   scheduler, which adds "backup":
-
-     DONE <delivered> <deferred> <bounced> <broken> [<error>]
-     BUSY                    another process is flushing the domain
-     FAIL <error>            the flush couldn't start
+   a bag process of its own, as the mail user. The protocol is in
+   bag-flush-client.h: one request per connection, answered when the
+   flush has ended if the asker waits (doveadm bag flush, the backup
+   scheduler), not at all if it doesn't (an ETRN process, which answers
+   its client before the mail moves).
 
    One flush per domain runs at a time (the store's lock). A request
    without "wait" that finds the lock taken leaves a request mark and
@@ -27,20 +18,18 @@
 #include "ioloop.h"
 #include "str-sanitize.h"
 #include "strescape.h"
-#include "write-full.h"
+#include "ostream.h"
+#include "connection.h"
 #include "master-service.h"
-#include "mirror-registry.h"
 #include "bag-registry.h"
 #include "bag-store.h"
 #include "bag-flush.h"
+#include "bag-flush-client.h"
 #include "bag-service.h"
 #include "bag-input.h"
 
-#include <poll.h>
-#include <unistd.h>
-
-#define BAG_FLUSH_REQUEST_MAX 1024
-#define BAG_FLUSH_REQUEST_TIMEOUT_MSECS (10*1000)
+/* how long the request may take to come */
+#define BAG_FLUSH_REQUEST_TIMEOUT_SECS 10
 
 struct bag_flush_request {
 	const char *domain;
@@ -50,82 +39,6 @@ struct bag_flush_request {
 	/* asked by the backup scheduler */
 	bool backup;
 };
-
-int bag_flush_request(const char *domain, const char **error_r)
-{
-	int fd;
-
-	fd = bag_flush_request_connect(bag_service.base_dir, domain, NULL, 0,
-				       error_r);
-	if (fd == -1)
-		return -1;
-	i_close_fd(&fd);
-	return 0;
-}
-
-/* Read the request line (bounded, with a timeout). */
-static int
-bag_flush_request_read(int fd, struct bag_flush_request *req_r,
-		       const char **error_r)
-{
-	char buf[BAG_FLUSH_REQUEST_MAX + 1];
-	struct pollfd pfd = { .fd = fd, .events = POLLIN };
-	size_t pos = 0;
-	const char *const *args, *domain, *error;
-	char *lf;
-	ssize_t ret;
-
-	i_zero(req_r);
-	while ((lf = memchr(buf, '\n', pos)) == NULL) {
-		if (pos == BAG_FLUSH_REQUEST_MAX) {
-			*error_r = "Request too long";
-			return -1;
-		}
-		ret = poll(&pfd, 1, BAG_FLUSH_REQUEST_TIMEOUT_MSECS);
-		if (ret == 0) {
-			*error_r = "Timed out reading the request";
-			return -1;
-		}
-		if (ret > 0)
-			ret = read(fd, buf + pos, BAG_FLUSH_REQUEST_MAX - pos);
-		if (ret < 0 && errno == EINTR)
-			continue;
-		if (ret <= 0) {
-			*error_r = ret < 0 ?
-				t_strdup_printf("read() failed: %m") :
-				"Connection closed before the request ended";
-			return -1;
-		}
-		pos += ret;
-	}
-	*lf = '\0';
-	args = t_strsplit_tabescaped(buf);
-	if (args[0] == NULL || strcmp(args[0], "FLUSH") != 0 ||
-	    args[1] == NULL) {
-		*error_r = t_strdup_printf("Invalid request '%s'",
-					   str_sanitize(buf, 80));
-		return -1;
-	}
-	if (bag_domain_parse(args[1], &domain, &error) < 0) {
-		*error_r = error;
-		return -1;
-	}
-	req_r->domain = domain;
-	for (args += 2; *args != NULL; args++) {
-		if (str_begins(*args, "host="))
-			req_r->host = *args + 5;
-		else if (strcmp(*args, "wait") == 0)
-			req_r->wait = TRUE;
-		else if (strcmp(*args, "backup") == 0)
-			req_r->backup = TRUE;
-		else {
-			*error_r = t_strdup_printf("Invalid request option '%s'",
-						   str_sanitize(*args, 40));
-			return -1;
-		}
-	}
-	return 0;
-}
 
 static void
 bag_flush_result_add(struct bag_flush_result *total,
@@ -239,29 +152,76 @@ bag_flush_domain(const struct bag_flush_request *req,
 	return ret;
 }
 
-static void bag_flush_reply(int fd, const char *line)
+struct bag_flush_conn {
+	struct connection conn;
+};
+
+static struct connection_list *bag_flush_conns;
+
+static int
+bag_flush_request_parse(const char *const *args,
+			struct bag_flush_request *req_r, const char **error_r)
 {
-	if (write_full(fd, line, strlen(line)) < 0)
-		e_error(bag_service.event, "bag-flush: write() failed: %m");
+	const char *domain, *error;
+
+	i_zero(req_r);
+	if (args[0] == NULL || strcmp(args[0], "FLUSH") != 0 ||
+	    args[1] == NULL) {
+		*error_r = t_strdup_printf("Invalid request '%s'",
+			str_sanitize(t_strarray_join(args, " "), 80));
+		return -1;
+	}
+	if (bag_domain_parse(args[1], &domain, &error) < 0) {
+		*error_r = error;
+		return -1;
+	}
+	req_r->domain = domain;
+	for (args += 2; *args != NULL; args++) {
+		if (str_begins(*args, "host="))
+			req_r->host = *args + 5;
+		else if (strcmp(*args, "wait") == 0)
+			req_r->wait = TRUE;
+		else if (strcmp(*args, "backup") == 0)
+			req_r->backup = TRUE;
+		else {
+			*error_r = t_strdup_printf("Invalid request option '%s'",
+						   str_sanitize(*args, 40));
+			return -1;
+		}
+	}
+	return 0;
 }
 
-static void bag_flush_request_run(int fd)
+static void bag_flush_conn_reply(struct connection *conn,
+				 const struct bag_flush_reply *reply)
+{
+	string_t *line = t_str_new(128);
+
+	bag_flush_reply_append(line, reply);
+	str_append_c(line, '\n');
+	o_stream_nsend(conn->output, str_data(line), str_len(line));
+	if (o_stream_flush(conn->output) < 0) {
+		e_error(bag_service.event, "bag-flush: write() failed: %s",
+			o_stream_get_error(conn->output));
+	}
+}
+
+static int
+bag_flush_conn_input_args(struct connection *conn, const char *const *args)
 {
 	struct bag_flush_request req;
 	struct bag_flush_result result;
+	struct bag_flush_reply reply;
 	const char *error;
-	string_t *reply;
 	int ret;
 
-	if (bag_flush_request_read(fd, &req, &error) < 0) {
+	i_zero(&reply);
+	if (bag_flush_request_parse(args, &req, &error) < 0) {
 		e_error(bag_service.event, "bag-flush: %s", error);
-		bag_flush_reply(fd, t_strdup_printf("FAIL\t%s\n",
-						    str_tabescape(error)));
-		return;
-	}
-	if (!req.wait) {
-		/* the asker doesn't wait: nothing to say to it */
-		shutdown(fd, SHUT_RDWR);
+		reply.status = BAG_FLUSH_REPLY_FAIL;
+		reply.error = error;
+		bag_flush_conn_reply(conn, &reply);
+		return -1;
 	}
 	ret = bag_flush_domain(&req, &result, &error);
 	if (ret < 0) {
@@ -271,32 +231,77 @@ static void bag_flush_request_run(int fd)
 		e_debug(bag_service.event, "%s is being flushed already%s",
 			req.domain, req.wait ? "" : ": it will flush again");
 	}
-	if (!req.wait)
-		return;
-	reply = t_str_new(128);
-	if (ret < 0)
-		str_printfa(reply, "FAIL\t%s", str_tabescape(error));
-	else if (ret == 0)
-		str_append(reply, "BUSY");
-	else {
-		str_printfa(reply, "DONE\t%u\t%u\t%u\t%u", result.delivered,
-			    result.deferred, result.bounced, result.broken);
-		if (result.error != NULL) {
-			str_append_c(reply, '\t');
-			str_append_tabescaped(reply, result.error);
+	if (req.wait) {
+		if (ret < 0) {
+			reply.status = BAG_FLUSH_REPLY_FAIL;
+			reply.error = error;
+		} else if (ret == 0) {
+			reply.status = BAG_FLUSH_REPLY_BUSY;
+		} else {
+			reply.status = BAG_FLUSH_REPLY_DONE;
+			reply.delivered = result.delivered;
+			reply.deferred = result.deferred;
+			reply.bounced = result.bounced;
+			reply.broken = result.broken;
+			reply.error = result.error;
 		}
+		bag_flush_conn_reply(conn, &reply);
 	}
-	str_append_c(reply, '\n');
-	bag_flush_reply(fd, str_c(reply));
+	/* one request per connection */
+	return -1;
 }
+
+static void bag_flush_conn_destroy(struct connection *conn)
+{
+	struct bag_flush_conn *fconn =
+		container_of(conn, struct bag_flush_conn, conn);
+
+	switch (conn->disconnect_reason) {
+	case CONNECTION_DISCONNECT_BUFFER_FULL:
+		e_error(bag_service.event, "bag-flush: Request too long");
+		break;
+	case CONNECTION_DISCONNECT_IDLE_TIMEOUT:
+		e_error(bag_service.event,
+			"bag-flush: Timed out reading the request");
+		break;
+	default:
+		break;
+	}
+	connection_deinit(conn);
+	i_free(fconn);
+	bag_service_client_destroyed();
+}
+
+static const struct connection_settings bag_flush_conn_set = {
+	.service_name_in = BAG_FLUSH_SERVICE_NAME,
+	.service_name_out = BAG_FLUSH_SERVICE_NAME,
+	.major_version = BAG_FLUSH_PROTOCOL_MAJOR,
+	.minor_version = BAG_FLUSH_PROTOCOL_MINOR,
+	.input_max_size = BAG_FLUSH_LINE_MAX,
+	.output_max_size = SIZE_MAX,
+	.input_idle_timeout_secs = BAG_FLUSH_REQUEST_TIMEOUT_SECS,
+};
+
+static const struct connection_vfuncs bag_flush_conn_vfuncs = {
+	.destroy = bag_flush_conn_destroy,
+	.input_args = bag_flush_conn_input_args,
+};
 
 void bag_flush_request_serve(const struct master_service_connection *conn)
 {
-	int fd = conn->fd;
+	struct bag_flush_conn *fconn;
 
-	T_BEGIN {
-		bag_flush_request_run(fd);
-	} T_END;
-	i_close_fd(&fd);
-	bag_service_client_destroyed();
+	if (bag_flush_conns == NULL) {
+		bag_flush_conns = connection_list_init(&bag_flush_conn_set,
+						       &bag_flush_conn_vfuncs);
+	}
+	fconn = i_new(struct bag_flush_conn, 1);
+	connection_init_server(bag_flush_conns, &fconn->conn, conn->name,
+			       conn->fd, conn->fd);
+}
+
+void bag_flush_request_deinit(void)
+{
+	if (bag_flush_conns != NULL)
+		connection_list_deinit(&bag_flush_conns);
 }

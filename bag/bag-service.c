@@ -177,6 +177,7 @@ int main(int argc, char *argv[])
 		bag_backup_run();
 	else
 		master_service_run(master_service, client_connected);
+	bag_flush_request_deinit();
 	mirror_log_nudge_stop(&log_nudge);
 
 	mail_storage_service_deinit(&bag_service.storage_service);

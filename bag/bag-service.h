@@ -54,10 +54,8 @@ void bag_etrn_client_create(const struct master_service_connection *conn);
 void bag_backup_run(void);
 void bag_odmr_client_create(const struct master_service_connection *conn);
 
-/* Ask the bag-flush listener to flush domain to its ETRN host. Doesn't
-   wait for the flush. */
-int bag_flush_request(const char *domain, const char **error_r);
 /* Serve one bag-flush request: read it and flush (blocking). */
 void bag_flush_request_serve(const struct master_service_connection *conn);
+void bag_flush_request_deinit(void);
 
 #endif

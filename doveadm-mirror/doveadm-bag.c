@@ -24,6 +24,7 @@
 #include "mirror-schedule.h"
 #include "bag-store.h"
 #include "bag-flush.h"
+#include "bag-flush-client.h"
 #include "doveadm-mirror.h"
 #include "doveadm-bag.h"
 #include "registry-user.h"
@@ -897,37 +898,13 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	registry_deinit(&reg);
 }
 
-/* The reply line of a waiting flush request: read until it ends (a
-   flush takes as long as it takes; each of its replies has its own
-   timeout). */
-static const char *doveadm_bag_flush_reply(int fd, const char **error_r)
-{
-	struct istream *input;
-	const char *line;
-
-	input = i_stream_create_fd(fd, 1024);
-	i_stream_set_blocking(input, TRUE);
-	line = i_stream_read_next_line(input);
-	if (line == NULL) {
-		*error_r = input->stream_errno != 0 ?
-			t_strdup_printf("read() failed: %s",
-					i_stream_get_error(input)) :
-			"The bag service closed the connection (see its log)";
-	} else {
-		line = t_strdup(line);
-	}
-	i_stream_unref(&input);
-	return line;
-}
-
 static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 {
 	struct registry *reg;
 	struct bag_def def;
-	const char *domain, *host_str = NULL, *host, *line, *error;
-	const char *const *args;
+	struct bag_flush_reply reply;
+	const char *domain, *host_str = NULL, *host, *error;
 	in_port_t port;
-	int fd;
 
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
 		return;
@@ -951,35 +928,25 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 	}
 
 	/* the bag service sends it, as the mail user, as for ETRN */
-	fd = bag_flush_request_connect(doveadm_settings->base_dir, domain,
-				       host_str, BAG_FLUSH_REQUEST_FLAG_WAIT,
-				       &error);
-	if (fd == -1) {
+	if (bag_flush_client_run(doveadm_settings->base_dir, domain, host_str,
+				 0, &reply, &error) < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Can't reach the bag service: %s", error));
 		return;
 	}
-	line = doveadm_bag_flush_reply(fd, &error);
-	i_close_fd(&fd);
-	if (line == NULL) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		return;
-	}
-	args = t_strsplit_tabescaped(line);
-	if (strcmp(args[0], "BUSY") == 0) {
+	switch (reply.status) {
+	case BAG_FLUSH_REPLY_BUSY:
 		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"%s is being flushed by another process", domain));
 		return;
-	}
-	if (strcmp(args[0], "DONE") != 0 || str_array_length(args) < 5) {
-		doveadm_mirror_fail(EX_TEMPFAIL, strcmp(args[0], "FAIL") == 0 &&
-				    args[1] != NULL ? args[1] :
-				    t_strdup_printf("Unexpected reply '%s'",
-						    str_sanitize(line, 80)));
+	case BAG_FLUSH_REPLY_FAIL:
+		doveadm_mirror_fail(EX_TEMPFAIL, reply.error);
 		return;
+	case BAG_FLUSH_REPLY_DONE:
+		break;
 	}
-	if (args[5] != NULL)
-		doveadm_mirror_fail(EX_TEMPFAIL, args[5]);
+	if (reply.error != NULL)
+		doveadm_mirror_fail(EX_TEMPFAIL, reply.error);
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	doveadm_print_header_simple("domain");
 	doveadm_print_header_simple("delivered");
@@ -988,11 +955,11 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("broken");
 	doveadm_print_header_simple("error");
 	doveadm_print(domain);
-	doveadm_print(args[1]);
-	doveadm_print(args[2]);
-	doveadm_print(args[3]);
-	doveadm_print(args[4]);
-	doveadm_print(args[5] == NULL ? "" : args[5]);
+	doveadm_print(dec2str(reply.delivered));
+	doveadm_print(dec2str(reply.deferred));
+	doveadm_print(dec2str(reply.bounced));
+	doveadm_print(dec2str(reply.broken));
+	doveadm_print(reply.error == NULL ? "" : reply.error);
 }
 
 static int

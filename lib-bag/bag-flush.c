@@ -760,38 +760,3 @@ void bag_flush_finished(struct registry *reg, const struct bag_def *def,
 	}
 	event_unref(&event);
 }
-
-int bag_flush_request_connect(const char *base_dir, const char *domain,
-			      const char *host,
-			      enum bag_flush_request_flags flags,
-			      const char **error_r)
-{
-	string_t *line = t_str_new(128);
-	const char *path;
-	int fd;
-
-	path = t_strconcat(base_dir, "/"BAG_FLUSH_SOCKET, NULL);
-	fd = net_connect_unix(path);
-	if (fd == -1) {
-		*error_r = t_strdup_printf("net_connect_unix(%s) failed: %m",
-					   path);
-		return -1;
-	}
-	str_append(line, "FLUSH\t");
-	str_append_tabescaped(line, domain);
-	if (host != NULL) {
-		str_append(line, "\thost=");
-		str_append_tabescaped(line, host);
-	}
-	if ((flags & BAG_FLUSH_REQUEST_FLAG_WAIT) != 0)
-		str_append(line, "\twait");
-	if ((flags & BAG_FLUSH_REQUEST_FLAG_BACKUP) != 0)
-		str_append(line, "\tbackup");
-	str_append_c(line, '\n');
-	if (write_full(fd, str_data(line), str_len(line)) < 0) {
-		*error_r = t_strdup_printf("write(%s) failed: %m", path);
-		i_close_fd(&fd);
-		return -1;
-	}
-	return fd;
-}

@@ -19,8 +19,6 @@ struct bag_store;
 struct bag_smtp_client;
 struct event;
 
-/* The bag service's listener that runs flushes (bag-flush-request.c) */
-#define BAG_FLUSH_SOCKET "bag-flush"
 
 /* The category of the bag's events (log prefix "bag: ") */
 extern struct event_category event_category_bag;
@@ -81,20 +79,5 @@ void bag_flush_give_up(struct bag_store *store,
 void bag_flush_finished(struct registry *reg, const struct bag_def *def,
 			const char *how, const struct bag_flush_result *result,
 			struct event *event);
-
-enum bag_flush_request_flags {
-	/* a reply line comes when the flush has ended */
-	BAG_FLUSH_REQUEST_FLAG_WAIT = 0x01,
-	/* the backup scheduler asks */
-	BAG_FLUSH_REQUEST_FLAG_BACKUP = 0x02,
-};
-
-/* Connect to base_dir's bag-flush listener and ask for a flush of domain
-   (to host instead of its ETRN host, if not NULL); see
-   bag-flush-request.c. Returns the connected fd, or -1 with an error. */
-int bag_flush_request_connect(const char *base_dir, const char *domain,
-			      const char *host,
-			      enum bag_flush_request_flags flags,
-			      const char **error_r);
 
 #endif

@@ -7,12 +7,14 @@
 #include "lib.h"
 #include "array.h"
 #include "str.h"
+#include "strescape.h"
 #include "istream.h"
 #include "test-common.h"
 #include "smtp-address.h"
 #include "smtp-params.h"
 #include "mirror-address.h"
 #include "bag-registry.h"
+#include "bag-flush-client.h"
 #include "bag-envelope.h"
 #include "bag-usage.h"
 #include "mirror-schedule.h"
@@ -543,6 +545,46 @@ static void test_bag_usage_month(void)
 	test_end();
 }
 
+static void test_bag_flush_reply(void)
+{
+	static const struct {
+		const char *line;
+		bool valid;
+	} tests[] = {
+		{ "DONE\t3\t1\t2\t0", TRUE },
+		{ "DONE\t3\t1\t2\t0\tconnect() failed\\t", TRUE },
+		{ "BUSY", TRUE },
+		{ "FAIL\tx is not bagged", TRUE },
+		{ "DONE\t3\t1\t2", FALSE },
+		{ "DONE\t3\t1\t2\t-1", FALSE },
+		{ "DONE\ta\t1\t2\t0", FALSE },
+		{ "DONE\t1\t1\t1\t1\te\textra", FALSE },
+		{ "BUSY\tnow", FALSE },
+		{ "FAIL", FALSE },
+		{ "OK", FALSE },
+		{ "", FALSE },
+	};
+	struct bag_flush_reply reply;
+	const char *error;
+	string_t *str = t_str_new(64);
+	unsigned int i;
+
+	test_begin("bag_flush_reply_parse() + append()");
+	for (i = 0; i < N_ELEMENTS(tests); i++) {
+		const char *const *args = t_strsplit_tabescaped(tests[i].line);
+		int ret = bag_flush_reply_parse(args, &reply, &error);
+
+		test_assert_idx((ret == 0) == tests[i].valid, i);
+		if (ret < 0)
+			continue;
+		/* written back, the same line */
+		str_truncate(str, 0);
+		bag_flush_reply_append(str, &reply);
+		test_assert_strcmp_idx(str_c(str), tests[i].line, i);
+	}
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -560,6 +602,7 @@ int main(void)
 		test_bag_usage_tiers,
 		test_bag_usage_limits,
 		test_bag_usage_month,
+		test_bag_flush_reply,
 		NULL
 	};
 	return test_run(test_functions);

@@ -3,6 +3,7 @@ and LMTP answer it, and nothing in a bag is lost or sent where it must not
 go."""
 
 import hashlib
+import os
 import socket
 import time
 
@@ -270,3 +271,61 @@ def test_flood_of_etrn_connections(bag_sandbox, customer):
     assert sorted(m.subject for m in customer.messages) == \
         ["f%d" % i for i in range(5)]
     assert customer.handler.max_open == 1
+
+
+def flush_socket_exchange(sb, data, timeout=10):
+    """Send data to the bag service's internal bag-flush listener; what it
+    answers until it closes."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(os.path.join(sb.dir, "run", "bag-flush"))
+    s.sendall(data)
+    got = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            # closed with input unread: what came may be lost
+            break
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return got.decode(errors="replace")
+
+
+def test_flush_listener_checks_version_and_requests(bag_sandbox, customer):
+    """The bag-flush protocol (connection.h): a peer of another major
+    version, a broken request and an overlong line are refused, and
+    nothing is sent."""
+    sb = bag_sandbox
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    deliver(sb, ["a@" + DOMAIN])
+    version = "VERSION\tbag-flush\t1\t0\n"
+    # another major version: the server's own VERSION, then it closes
+    got = flush_socket_exchange(
+        sb, b"VERSION\tbag-flush\t2\t0\nFLUSH\tcust.test\twait\n")
+    assert got == version
+    assert "Socket supports major version 2, but we support only 1" \
+        in sb.log()
+    # a bad domain: FAIL with the reason
+    got = flush_socket_exchange(
+        sb, (version + "FLUSH\t../cust.test\twait\n").encode())
+    assert got == version + "FAIL\tInvalid domain '../cust.test': " \
+        "domain has an empty or malformed label\n", got
+    # an unknown option
+    got = flush_socket_exchange(
+        sb, (version + "FLUSH\tcust.test\tnow\twait\n").encode())
+    assert got == version + "FAIL\tInvalid request option 'now'\n", got
+    # a line longer than the listener takes
+    got = flush_socket_exchange(
+        sb, (version + "FLUSH\t" + "a" * 5000 + "\n").encode())
+    assert got in (version, ""), got
+    assert "bag: Error: bag-flush: Request too long" in sb.log()
+    time.sleep(0.5)
+    assert customer.messages == [] and bag_messages(sb) == 1
+    # and a good one
+    got = flush_socket_exchange(
+        sb, (version + "FLUSH\tcust.test\twait\n").encode())
+    assert got == version + "DONE\t1\t0\t0\t0\n", got
+    assert len(customer.messages) == 1

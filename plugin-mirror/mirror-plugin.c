@@ -7,7 +7,6 @@
 #include "mail-storage-hooks.h"
 #include "mirror-registry.h"
 #include "mirror-readonly.h"
-#include "mirror-copy.h"
 #include "mirror-plugin.h"
 #include "mirror-event.h"
 

@@ -11,9 +11,8 @@
    temporary error and every later delivery commit of the same watch fails
    too, so that nothing is kept that must be delivered again. */
 
-#include "mirror-readonly.h"
-
 struct mail_user;
+struct module;
 
 typedef int mirror_delivery_callback_t(void *context, const char **error_r);
 
@@ -23,9 +22,6 @@ bool mirror_user_watch_delivery(struct mail_user *user,
 				void *context);
 /* Returns TRUE if the watch's callback ran (successfully or not). */
 bool mirror_user_unwatch_delivery(struct mail_user *user);
-
-/* How the user's session is restricted as a read-only mirror storage. */
-enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user);
 
 void mirror_plugin_init(struct module *module);
 void mirror_plugin_deinit(void);

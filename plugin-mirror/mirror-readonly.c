@@ -5,7 +5,6 @@
 #include "mail-user.h"
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
-#include "mirror-copy.h"
 #include "mirror-plugin.h"
 #include "mirror-readonly.h"
 #include "mirror-event.h"

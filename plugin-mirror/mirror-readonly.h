@@ -18,7 +18,11 @@ enum mirror_readonly_mode {
 
 #define MIRROR_READONLY_ERROR "Mirror storage is read-only"
 
+struct mail_user;
 struct module;
+
+/* How the user's session is restricted (mirror-plugin.c). */
+enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user);
 
 void mirror_readonly_hooks_add(struct module *module);
 void mirror_readonly_hooks_remove(void);

@@ -1,7 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* doveadm bag add|list|show|remove|recipient|password|flush: manage the
-   bagged domains. */
+/* doveadm bag add|list|show|remove|password: the bagged domains, their
+   bag users and ATRN identities; and what the doveadm bag commands share
+   (doveadm-bag.h). */
 
 #include "lib.h"
 #include "array.h"
@@ -36,66 +37,6 @@
 #define DOVEADM_BAG_USER_PREFIX "_bag"
 /* How many numbered names to try for a bag user */
 #define DOVEADM_BAG_MAX_NAME_TRIES 1000
-
-static void doveadm_bag_usage(struct doveadm_cmd_context *cctx)
-{
-	doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-		"%s: Usage: doveadm %s %s", cctx->cmd->name, cctx->cmd->name,
-		cctx->cmd->usage));
-}
-
-/* The DOMAIN parameter, normalized; fails the command if missing or
-   invalid. */
-static const char *doveadm_bag_domain_param(struct doveadm_cmd_context *cctx)
-{
-	const char *str, *domain, *error;
-
-	if (!doveadm_cmd_param_str(cctx, "domain", &str)) {
-		doveadm_bag_usage(cctx);
-		return NULL;
-	}
-	if (bag_domain_parse(str, &domain, &error) < 0) {
-		doveadm_mirror_fail(EX_USAGE, error);
-		return NULL;
-	}
-	return domain;
-}
-
-static bool
-doveadm_bag_get(struct registry *reg, const char *domain,
-		struct bag_def *def_r)
-{
-	const char *error;
-	int ret;
-
-	ret = bag_registry_get(reg, domain, pool_datastack_create(), def_r,
-			       &error);
-	if (ret <= 0) {
-		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
-				    EX_TEMPFAIL, ret == 0 ?
-				    t_strdup_printf("%s is not bagged",
-						    domain) : error);
-		return FALSE;
-	}
-	return TRUE;
-}
-
-/* Whether name is free: no login record in the registry and no user the
-   userdb knows. 1 free, 0 taken, -1 error (the command failed). */
-static int doveadm_bag_name_free(struct registry *reg, const char *name)
-{
-	const char *error;
-	int ret;
-
-	ret = registry_user_exists(reg, name, &error);
-	if (ret == 0)
-		ret = doveadm_mirror_user_exists(name, &error);
-	if (ret < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		return -1;
-	}
-	return ret == 0 ? 1 : 0;
-}
 
 /* _bag@DOMAIN, or _bag-N@DOMAIN if that is taken */
 static const char *
@@ -584,167 +525,6 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 	doveadm_print_num(purged ? messages : 0);
 }
 
-/* Boxes for new recipients of a bag with a box per account: created with
-   a password, shown once (passwords_r: one per address, "" if the box
-   existed). */
-static int
-doveadm_bag_boxes_add(struct registry *reg, const struct bag_def *def,
-		      const ARRAY_TYPE(const_string) *addrs,
-		      ARRAY_TYPE(const_string) *passwords_r)
-{
-	const char *addr, *user, *hash, *old, *error, *none = "";
-	char *password;
-	int ret;
-
-	array_foreach_elem(addrs, addr) {
-		if (addr == NULL)
-			break;
-		ret = bag_registry_box_get(reg, def->domain, addr, &old,
-					   &error);
-		if (ret < 0) {
-			doveadm_mirror_fail(EX_TEMPFAIL, error);
-			return -1;
-		}
-		if (ret > 0) {
-			array_push_back(passwords_r, &none);
-			continue;
-		}
-		user = bag_box_user_name(addr);
-		if ((ret = doveadm_bag_name_free(reg, user)) <= 0) {
-			if (ret == 0) {
-				doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE,
-					t_strdup_printf("The box name %s of %s "
-							"is taken", user,
-							addr));
-			}
-			return -1;
-		}
-		if (doveadm_mirror_password_new(
-				DOVEADM_MIRROR_PASSWORD_ARGON2ID, &password,
-				&hash) < 0)
-			return -1;
-		if (bag_registry_box_add(reg, def->domain, addr, user, hash,
-					 &error) < 0) {
-			doveadm_mirror_fail(EX_TEMPFAIL, error);
-			sodium_memzero(password, strlen(password));
-			return -1;
-		}
-		/* the data stack copy is printed, then wiped with the rest
-		   when the command ends */
-		array_push_back(passwords_r, (const char **)&password);
-	}
-	return 0;
-}
-
-static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
-{
-	struct registry *reg;
-	ARRAY_TYPE(const_string) addrs, added, passwords, box_addrs, box_users;
-	struct bag_def def;
-	const char *const *args = NULL, *domain, *addr, *box, *error;
-	const char *verb = strrchr(cctx->cmd->name, ' ') + 1;
-	bool list = strcmp(verb, "list") == 0;
-	bool clear = strcmp(verb, "clear") == 0;
-	bool add = strcmp(verb, "add") == 0;
-	unsigned int i, j;
-	int ret = 0;
-
-	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
-		return;
-	t_array_init(&addrs, 16);
-	t_array_init(&passwords, 16);
-	t_array_init(&box_addrs, 16);
-	t_array_init(&box_users, 16);
-	if (!list && !clear) {
-		if (!doveadm_cmd_param_array(cctx, "address", &args) ||
-		    args[0] == NULL) {
-			doveadm_bag_usage(cctx);
-			return;
-		}
-		for (; *args != NULL; args++) {
-			if (bag_rcpt_parse(*args, domain, &addr, &error) < 0) {
-				doveadm_mirror_fail(EX_USAGE, error);
-				return;
-			}
-			array_push_back(&addrs, &addr);
-		}
-		array_append_zero(&addrs);
-	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
-		return;
-	if (!doveadm_bag_get(reg, domain, &def)) {
-		registry_deinit(&reg);
-		return;
-	}
-	t_array_init(&added, 16);
-	array_append_array(&added, &addrs);
-	if (add && def.pop3_per_account &&
-	    doveadm_bag_boxes_add(reg, &def, &added, &passwords) < 0) {
-		registry_deinit(&reg);
-		return;
-	}
-	if (clear)
-		ret = bag_registry_rcpt_clear(reg, &def, &error);
-	else if (!list) {
-		ret = bag_registry_rcpt_update(reg, &def, array_front(&addrs),
-					       add, &error);
-	}
-	if (ret == 0) {
-		array_clear(&addrs);
-		ret = bag_registry_rcpt_list(reg, domain,
-					     pool_datastack_create(), &addrs,
-					     &error);
-	}
-	if (ret == 0 && def.pop3_per_account) {
-		ret = bag_registry_box_list(reg, domain,
-					    pool_datastack_create(),
-					    &box_addrs, &box_users, &error);
-	}
-	registry_deinit(&reg);
-	if (ret < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		return;
-	}
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	doveadm_print_header_simple("domain");
-	doveadm_print_header_simple("recipient");
-	doveadm_print_header_simple("box");
-	doveadm_print_header_simple("password");
-	for (i = 0; i < array_count(&addrs); i++) {
-		addr = array_idx_elem(&addrs, i);
-		box = "";
-		for (j = 0; j < array_count(&box_addrs); j++) {
-			if (strcmp(array_idx_elem(&box_addrs, j), addr) == 0)
-				box = array_idx_elem(&box_users, j);
-		}
-		doveadm_print(domain);
-		doveadm_print(addr);
-		doveadm_print(box);
-		for (j = 0; j < array_count(&passwords); j++) {
-			if (strcmp(array_idx_elem(&added, j), addr) == 0)
-				break;
-		}
-		doveadm_print(j < array_count(&passwords) ?
-			      array_idx_elem(&passwords, j) : "");
-	}
-	for (j = 0; j < array_count(&passwords); j++) {
-		const char *pw = array_idx_elem(&passwords, j);
-
-		sodium_memzero((void *)pw, strlen(pw));
-	}
-}
-
-/* A login just given a new password: the only time the password is shown */
-static void doveadm_bag_print_login(const char *user, const char *password)
-{
-	doveadm_mirror_auth_cache_flush(user);
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	doveadm_print_header_simple("user");
-	doveadm_print_header_simple("password");
-	doveadm_print(user);
-	doveadm_print(password);
-}
-
 /* bag password -r ADDRESS: a new password for the POP3 box of a recipient
    (a bag with a box per account), creating the box if it has none yet. */
 static void cmd_bag_password_box(const char *name)
@@ -898,184 +678,77 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	registry_deinit(&reg);
 }
 
-static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
+void doveadm_bag_usage(struct doveadm_cmd_context *cctx)
 {
-	struct registry *reg;
-	struct bag_def def;
-	struct bag_flush_reply reply;
-	const char *domain, *host_str = NULL, *host, *error;
-	in_port_t port;
+	doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+		"%s: Usage: doveadm %s %s", cctx->cmd->name, cctx->cmd->name,
+		cctx->cmd->usage));
+}
 
-	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
-		return;
-	if (doveadm_cmd_param_str(cctx, "host", &host_str) &&
-	    bag_host_parse(host_str, &host, &port, &error) < 0) {
+/* The DOMAIN parameter, normalized; fails the command if missing or
+   invalid. */
+const char *doveadm_bag_domain_param(struct doveadm_cmd_context *cctx)
+{
+	const char *str, *domain, *error;
+
+	if (!doveadm_cmd_param_str(cctx, "domain", &str)) {
+		doveadm_bag_usage(cctx);
+		return NULL;
+	}
+	if (bag_domain_parse(str, &domain, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
-		return;
+		return NULL;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
-		return;
-	if (!doveadm_bag_get(reg, domain, &def)) {
-		registry_deinit(&reg);
-		return;
-	}
-	registry_deinit(&reg);
-	if (host_str == NULL && def.host == NULL) {
-		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-			"%s has no ETRN host: say where to send it with -h",
-			domain));
-		return;
-	}
-
-	/* the bag service sends it, as the mail user, as for ETRN */
-	if (bag_flush_client_run(doveadm_settings->base_dir, domain, host_str,
-				 0, &reply, &error) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"Can't reach the bag service: %s", error));
-		return;
-	}
-	switch (reply.status) {
-	case BAG_FLUSH_REPLY_BUSY:
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"%s is being flushed by another process", domain));
-		return;
-	case BAG_FLUSH_REPLY_FAIL:
-		doveadm_mirror_fail(EX_TEMPFAIL, reply.error);
-		return;
-	case BAG_FLUSH_REPLY_DONE:
-		break;
-	}
-	if (reply.error != NULL)
-		doveadm_mirror_fail(EX_TEMPFAIL, reply.error);
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	doveadm_print_header_simple("domain");
-	doveadm_print_header_simple("delivered");
-	doveadm_print_header_simple("deferred");
-	doveadm_print_header_simple("bounced");
-	doveadm_print_header_simple("broken");
-	doveadm_print_header_simple("error");
-	doveadm_print(domain);
-	doveadm_print(dec2str(reply.delivered));
-	doveadm_print(dec2str(reply.deferred));
-	doveadm_print(dec2str(reply.bounced));
-	doveadm_print(dec2str(reply.broken));
-	doveadm_print(reply.error == NULL ? "" : reply.error);
+	return domain;
 }
 
-static int
-doveadm_bag_usage_settings(struct bag_usage_limits *limits_r,
-			   const char **timezone_r)
+bool doveadm_bag_get(struct registry *reg, const char *domain,
+		     struct bag_def *def_r)
 {
-	struct mirror_schedule sched;
 	const char *error;
-
-	if (bag_usage_limits_parse(doveadm_plugin_getenv("bag_usage_messages"),
-				   doveadm_plugin_getenv("bag_usage_bytes"),
-				   doveadm_plugin_getenv("bag_usage_tier_price"),
-				   limits_r, &error) < 0) {
-		doveadm_mirror_fail(EX_CONFIG, error);
-		return -1;
-	}
-	if (mirror_schedule_parse(NULL,
-				  doveadm_plugin_getenv("bag_usage_timezone"),
-				  pool_datastack_create(), &sched,
-				  &error) < 0) {
-		doveadm_mirror_fail(EX_CONFIG, t_strdup_printf(
-			"bag_usage_timezone: %s", error));
-		return -1;
-	}
-	*timezone_r = sched.timezone;
-	return 0;
-}
-
-static void cmd_bag_usage(struct doveadm_cmd_context *cctx)
-{
-	struct registry *reg;
-	struct bag_usage_limits limits;
-	ARRAY_TYPE(const_string) domains;
-	ARRAY_TYPE(bag_def) defs;
-	const struct bag_def *d;
-	const char *domain_str, *domain, *month = NULL, *timezone, *error;
-	uint64_t messages, bytes;
 	int ret;
 
-	t_array_init(&domains, 16);
-	if (doveadm_cmd_param_str(cctx, "domain", &domain_str)) {
-		if (bag_domain_parse(domain_str, &domain, &error) < 0) {
-			doveadm_mirror_fail(EX_USAGE, error);
-			return;
-		}
-		array_push_back(&domains, &domain);
+	ret = bag_registry_get(reg, domain, pool_datastack_create(), def_r,
+			       &error);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ?
+				    t_strdup_printf("%s is not bagged",
+						    domain) : error);
+		return FALSE;
 	}
-	if (doveadm_cmd_param_str(cctx, "month", &month) &&
-	    !bag_usage_month_is_valid(month)) {
-		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-			"Invalid month '%s' (YYYY-MM)",
-			str_sanitize(month, 20)));
-		return;
+	return TRUE;
+}
+
+/* Whether name is free: no login record in the registry and no user the
+   userdb knows. 1 free, 0 taken, -1 error (the command failed). */
+int doveadm_bag_name_free(struct registry *reg, const char *name)
+{
+	const char *error;
+	int ret;
+
+	ret = registry_user_exists(reg, name, &error);
+	if (ret == 0)
+		ret = doveadm_mirror_user_exists(name, &error);
+	if (ret < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return -1;
 	}
-	if (doveadm_bag_usage_settings(&limits, &timezone) < 0)
-		return;
-	if (month == NULL)
-		month = mirror_local_month(timezone, ioloop_time);
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
-		return;
-	if (array_count(&domains) == 0) {
-		t_array_init(&defs, 16);
-		if (bag_registry_list(reg, pool_datastack_create(), &defs,
-				      &error) < 0) {
-			doveadm_mirror_fail(EX_TEMPFAIL, error);
-			registry_deinit(&reg);
-			return;
-		}
-		array_foreach(&defs, d)
-			array_push_back(&domains, &d->domain);
-	}
+	return ret == 0 ? 1 : 0;
+}
+
+/* A login just given a new password: the only time the password is shown */
+void doveadm_bag_print_login(const char *user, const char *password)
+{
+	doveadm_mirror_auth_cache_flush(user);
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	doveadm_print_header_simple("domain");
-	doveadm_print_header_simple("month");
-	doveadm_print_header_simple("messages");
-	doveadm_print_header_simple("bytes");
-	doveadm_print_header_simple("tiers");
-	doveadm_print_header_simple("charge");
-	array_foreach_elem(&domains, domain) {
-		ret = bag_registry_usage_get(reg, domain, month, &messages,
-					     &bytes, &error);
-		if (ret < 0) {
-			doveadm_mirror_fail(EX_TEMPFAIL, error);
-			break;
-		}
-		doveadm_print(domain);
-		doveadm_print(month);
-		doveadm_print(dec2str(messages));
-		doveadm_print(dec2str(bytes));
-		doveadm_print(dec2str(bag_usage_tiers(&limits, messages,
-						      bytes)));
-		doveadm_print(dec2str(bag_usage_charge(&limits, messages,
-						       bytes)));
-	}
-	registry_deinit(&reg);
+	doveadm_print_header_simple("user");
+	doveadm_print_header_simple("password");
+	doveadm_print(user);
+	doveadm_print(password);
 }
 
 static struct doveadm_cmd_ver2 doveadm_bag_commands[] = {
-{
-	.name = "bag usage",
-	.cmd = cmd_bag_usage,
-	.usage = "[-m <YYYY-MM>] [<domain>]",
-DOVEADM_CMD_PARAMS_START
-DOVEADM_CMD_PARAM('m', "month", CMD_PARAM_STR, 0)
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
-{
-	.name = "bag flush",
-	.cmd = cmd_bag_flush,
-	.usage = "[-h <host>[:<port>]] <domain>",
-DOVEADM_CMD_PARAMS_START
-DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
 {
 	.name = "bag add",
 	.cmd = cmd_bag_add,
@@ -1113,40 +786,6 @@ DOVEADM_CMD_PARAMS_END
 	.usage = "[-f] <domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('f', "force", CMD_PARAM_BOOL, 0)
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
-{
-	.name = "bag recipient add",
-	.cmd = cmd_bag_recipient,
-	.usage = "<domain> <address> [...]",
-DOVEADM_CMD_PARAMS_START
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAM('\0', "address", CMD_PARAM_ARRAY, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
-{
-	.name = "bag recipient remove",
-	.cmd = cmd_bag_recipient,
-	.usage = "<domain> <address> [...]",
-DOVEADM_CMD_PARAMS_START
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAM('\0', "address", CMD_PARAM_ARRAY, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
-{
-	.name = "bag recipient list",
-	.cmd = cmd_bag_recipient,
-	.usage = "<domain>",
-DOVEADM_CMD_PARAMS_START
-DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
-DOVEADM_CMD_PARAMS_END
-},
-{
-	.name = "bag recipient clear",
-	.cmd = cmd_bag_recipient,
-	.usage = "<domain>",
-DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 },

@@ -14,7 +14,6 @@
 #include "doveadm-settings.h"
 #include "mirror-expire.h"
 #include "doveadm-mirror.h"
-#include "doveadm-mirror-expire.h"
 
 #include <sysexits.h>
 #include <time.h>

@@ -14,7 +14,6 @@
 #include "mirror-registry.h"
 #include "mirror-schedule.h"
 #include "doveadm-mirror.h"
-#include "doveadm-mirror-schedule.h"
 #include "mirror-expire-index.h"
 
 #include <sysexits.h>

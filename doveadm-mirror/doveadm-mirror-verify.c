@@ -25,7 +25,6 @@
 #include "mirror-chain.h"
 #include "mirror-privileges.h"
 #include "doveadm-mirror.h"
-#include "doveadm-mirror-verify.h"
 
 #include <sysexits.h>
 

@@ -1,9 +1,11 @@
 #ifndef DOVEADM_MIRROR_H
 #define DOVEADM_MIRROR_H
 
-/* What the doveadm mirror commands share (doveadm-mirror.c). */
+/* What the doveadm mirror and doveadm bag commands share
+   (doveadm-mirror.c), and the groups of commands the module registers. */
 
 struct registry;
+struct mirror_def;
 struct mail_storage_service_ctx;
 struct setting_parser_info;
 
@@ -45,5 +47,23 @@ void doveadm_mirror_auth_cache_flush(const char *user);
    Errors are logged. */
 int doveadm_mirror_purge_storage(const char *username);
 
+
+/* Whether the service level of def's domain allows another mirror; if
+   not, the command has failed. */
+bool doveadm_mirror_limit_check(struct registry *reg,
+				const struct mirror_def *def);
+
+/* The groups of commands: doveadm mirror add|list|set|password|remove,
+   account ..., verify, schedule, expire; doveadm bag
+   add|list|show|remove|password, recipient ..., flush, usage. */
+void doveadm_mirror_cmds_register(void);
+void doveadm_mirror_account_register(void);
+void doveadm_mirror_verify_register(void);
+void doveadm_mirror_schedule_register(void);
+void doveadm_mirror_expire_register(void);
+void doveadm_bag_register(void);
+void doveadm_bag_recipient_register(void);
+void doveadm_bag_flush_register(void);
+void doveadm_bag_usage_register(void);
 
 #endif

@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The envelope lines a bagged message starts with: written by LMTP,
+   read back by the flush (bag-envelope.h has the format). */
+
 #include "lib.h"
 #include "array.h"
 #include "str.h"

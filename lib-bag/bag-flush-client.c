@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The client side of the bag-flush protocol (bag-flush-client.h): ask
+   the bag service for a flush, and read its reply. */
+
 #include "lib.h"
 #include "str.h"
 #include "strnum.h"

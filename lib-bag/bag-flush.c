@@ -1,5 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The flush of a bag to its customer's MTA: every held message, with its
+   envelope, over one SMTP session; a 250 expunges it, a 5xx bounces it
+   with a DSN, a 4xx keeps it (bag-flush.h). */
+
 #include "lib.h"
 #include "array.h"
 #include "str.h"

@@ -1,5 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The bag on disk: the INBOX of the bag user, opened as that user, with
+   the lock that lets one flush of a domain run at a time and the mark
+   that asks a running flush to look again (bag-store.h). */
+
 #include "lib.h"
 #include "str-sanitize.h"
 #include "file-lock.h"

@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* Monthly usage against the soft limits: tiers, charges and the month
+   format (bag-usage.h). */
+
 #include "lib.h"
 #include "strnum.h"
 #include "str-sanitize.h"

@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* Mirror sources and the registry keys of a delivery address: an address
+   or a domain, lowercase, without a recipient detail (mirror-address.h). */
+
 #include "lib.h"
 #include "str.h"
 #include "str-sanitize.h"

@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The hash chain of a mirror: its records, their links, and the file
+   they are appended to (mirror-chain.h). */
+
 #include "lib.h"
 #include "array.h"
 #include "str.h"

@@ -1,5 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The copier: saves a delivered message into other users' INBOXes (mirror
+   storages, bag users, POP3 boxes) as those users, keeping each storage
+   open for the LMTP connection (mirror-copy.h). */
+
 #include "lib.h"
 #include "array.h"
 #include "str.h"

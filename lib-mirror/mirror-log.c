@@ -1,5 +1,7 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The log nudge of the suite's services (mirror-log.h). */
+
 #include "lib.h"
 #include "ioloop.h"
 #include "master-service.h"

@@ -1,5 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* Saving and restoring a process's effective identity around work done
+   as another user (mirror-privileges.h). */
+
 #define _GNU_SOURCE /* getresgid(), setresgid() */
 #include "lib.h"
 #include "mirror-privileges.h"

@@ -1,5 +1,7 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* Reading the suite's plugin settings (mirror-setting.h). */
+
 #include "lib.h"
 #include "str-sanitize.h"
 #include "mail-user.h"

@@ -1,5 +1,7 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The login records of the users the suite creates (registry-user.h). */
+
 #include "lib.h"
 #include "registry-dict.h"
 #include "registry-json.h"

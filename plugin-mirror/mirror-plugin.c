@@ -1,5 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* The mirror mail plugin: watches deliveries for the LMTP plugin
+   (mirror-plugin.h) and marks the users whose sessions are read-only
+   (mirror-readonly.c). */
+
 #include "lib.h"
 #include "module-dir.h"
 #include "mail-user.h"

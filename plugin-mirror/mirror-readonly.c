@@ -1,5 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
+/* Read-only mirror storages and bags: the IMAP and POP3 sessions of such
+   a user can read, search and set \Seen, and nothing else
+   (mirror-readonly.h). */
+
 #include "lib.h"
 #include "module-dir.h"
 #include "mail-user.h"

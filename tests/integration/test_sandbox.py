@@ -55,7 +55,7 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
     # a copy of what the user needs, readable by it
     base = tempfile.mkdtemp(prefix="mirror-user-")
     os.chmod(base, 0o755)
-    for sub in ("scripts", "conf"):
+    for sub in ("scripts", "doc"):
         shutil.copytree(os.path.join(TOP, sub), os.path.join(base, sub))
     moddir, admdir, libexecdir = module_dirs()
     shutil.copytree(moddir, os.path.join(base, "modules"), symlinks=False)

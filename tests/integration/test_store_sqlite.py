@@ -1,6 +1,6 @@
 """The registry in SQL: an SQLite database through Dovecot's dict-sql
-(sandbox --store sqlite, set up from conf/dovecot-mirror-dict-sql.conf.ext
-and conf/mirror-dict.sql), with the suite's main paths on it: mirrors and
+(sandbox --store sqlite, set up from doc/example-config/
+dovecot-mirror-dict-sql.conf.ext and mirror-dict.sql), with the suite's main paths on it: mirrors and
 their storage users (Dovecot's dict passdb reading them from SQL), the
 counters (dict_atomic_inc as SQL UPDATEs), a bag with a recipient list
 flushed by ETRN (fetchmail), monthly usage, and the expiry scan.

@@ -41,6 +41,7 @@
 
 #define BAG_DSN_SUBJECT_FAILED "Undelivered Mail Returned to Sender"
 #define BAG_DSN_SUBJECT_DELAYED "Delayed Mail (still being retried)"
+#define BAG_DSN_SUBJECT_SUCCESS "Successful Mail Delivery Report"
 
 static void
 bag_dsn_append_printable(string_t *dest, const char *src, size_t max_len)
@@ -118,6 +119,11 @@ bag_dsn_status_is_valid(const char *status, enum bag_dsn_action action)
 		if (status[0] != '4')
 			return FALSE;
 		break;
+	case BAG_DSN_ACTION_DELIVERED:
+	case BAG_DSN_ACTION_RELAYED:
+		if (status[0] != '2')
+			return FALSE;
+		break;
 	default:
 		i_unreached();
 	}
@@ -144,7 +150,16 @@ static const char *bag_dsn_rcpt_status(const struct bag_dsn_recipient *rcpt)
 		return rcpt->status;
 	/* the caller's code is unusable: say only what kind of outcome it
 	   is, rather than send a report parsers reject */
-	return rcpt->action == BAG_DSN_ACTION_DELAYED ? "4.0.0" : "5.0.0";
+	switch (rcpt->action) {
+	case BAG_DSN_ACTION_FAILED:
+		return "5.0.0";
+	case BAG_DSN_ACTION_DELAYED:
+		return "4.0.0";
+	case BAG_DSN_ACTION_DELIVERED:
+	case BAG_DSN_ACTION_RELAYED:
+		return "2.0.0";
+	}
+	i_unreached();
 }
 
 static const char *bag_dsn_action_name(enum bag_dsn_action action)
@@ -154,24 +169,33 @@ static const char *bag_dsn_action_name(enum bag_dsn_action action)
 		return "failed";
 	case BAG_DSN_ACTION_DELAYED:
 		return "delayed";
+	case BAG_DSN_ACTION_DELIVERED:
+		return "delivered";
+	case BAG_DSN_ACTION_RELAYED:
+		return "relayed";
 	}
 	i_unreached();
 }
 
-static bool bag_dsn_any_failed(const struct bag_dsn *dsn)
+/* What the report is about: a failure if any recipient failed, else a
+   delay if any is delayed, else success. */
+static enum bag_dsn_action bag_dsn_kind(const struct bag_dsn *dsn)
 {
+	enum bag_dsn_action kind = BAG_DSN_ACTION_DELIVERED;
 	unsigned int i;
 
 	for (i = 0; i < dsn->rcpt_count; i++) {
 		if (dsn->rcpts[i].action == BAG_DSN_ACTION_FAILED)
-			return TRUE;
+			return BAG_DSN_ACTION_FAILED;
+		if (dsn->rcpts[i].action == BAG_DSN_ACTION_DELAYED)
+			kind = BAG_DSN_ACTION_DELAYED;
 	}
-	return FALSE;
+	return kind;
 }
 
 static void
 bag_dsn_append_header(string_t *str, const struct bag_dsn *dsn,
-		      const char *boundary, bool any_failed)
+		      const char *boundary, enum bag_dsn_action kind)
 {
 	str_append(str, "From: Mail Delivery System <");
 	bag_dsn_append_printable(str, dsn->from_address,
@@ -179,8 +203,10 @@ bag_dsn_append_header(string_t *str, const struct bag_dsn *dsn,
 	str_append(str, ">\r\nTo: <");
 	bag_dsn_append_printable(str, smtp_address_encode(dsn->return_path),
 				 BAG_DSN_MAX_VALUE_LEN);
-	str_printfa(str, ">\r\nSubject: %s\r\n", any_failed ?
-		    BAG_DSN_SUBJECT_FAILED : BAG_DSN_SUBJECT_DELAYED);
+	str_printfa(str, ">\r\nSubject: %s\r\n",
+		    kind == BAG_DSN_ACTION_FAILED ? BAG_DSN_SUBJECT_FAILED :
+		    kind == BAG_DSN_ACTION_DELAYED ? BAG_DSN_SUBJECT_DELAYED :
+		    BAG_DSN_SUBJECT_SUCCESS);
 	str_printfa(str, "Date: %s\r\n", message_date_create(time(NULL)));
 	str_printfa(str, "Message-ID: <%s@", bag_dsn_random_hex());
 	bag_dsn_append_msgid_host(str, dsn->reporting_mta);
@@ -225,7 +251,8 @@ bag_dsn_append_text_rcpt(string_t *str, const struct bag_dsn_recipient *rcpt)
 
 static void
 bag_dsn_append_text_part(string_t *str, const struct bag_dsn *dsn,
-			 const char *boundary, bool any_failed, bool full)
+			 const char *boundary, enum bag_dsn_action kind,
+			 bool full)
 {
 	unsigned int i;
 
@@ -234,18 +261,29 @@ bag_dsn_append_text_part(string_t *str, const struct bag_dsn *dsn,
 		   "Content-Description: Notification\r\n\r\n");
 	str_printfa(str, "This is the mail system at %s.\r\n\r\n",
 		    bag_dsn_printable(dsn->reporting_mta));
-	if (any_failed) {
+	switch (kind) {
+	case BAG_DSN_ACTION_FAILED:
 		str_append(str,
 			"Your message could not be delivered to one or more "
 			"of its recipients.\r\n");
 		str_append(str, full ?
 			"It is attached below.\r\n" :
 			"Its header is attached below.\r\n");
-	} else {
+		break;
+	case BAG_DSN_ACTION_DELAYED:
 		str_append(str,
 			"Your message has not yet been delivered to one or "
 			"more of its\r\nrecipients. Delivery is still being "
 			"retried; you don't need to send\r\nit again.\r\n");
+		break;
+	case BAG_DSN_ACTION_DELIVERED:
+	case BAG_DSN_ACTION_RELAYED:
+		str_append(str,
+			"Your message was delivered to the recipients below, "
+			"as you asked\r\nto be told (NOTIFY=SUCCESS). A "
+			"relayed message went on to a system\r\nthat may not "
+			"report its delivery.\r\n");
+		break;
 	}
 	str_append(str, "\r\n");
 	for (i = 0; i < dsn->rcpt_count; i++)
@@ -411,19 +449,20 @@ bag_dsn_write_real(const struct bag_dsn *dsn, struct ostream *output,
 	const char *boundary;
 	struct istream *input;
 	string_t *str;
-	bool any_failed, full;
+	enum bag_dsn_action kind;
+	bool full;
 	int ret;
 
 	/* RFC 3461 section 4.3: RET applies to failures; a report of delays
 	   only returns the header */
-	any_failed = bag_dsn_any_failed(dsn);
-	full = any_failed && mail_params != NULL &&
+	kind = bag_dsn_kind(dsn);
+	full = kind == BAG_DSN_ACTION_FAILED && mail_params != NULL &&
 		mail_params->ret == SMTP_PARAM_MAIL_RET_FULL;
 	boundary = t_strconcat("=_bag-dsn_", bag_dsn_random_hex(), NULL);
 
 	str = t_str_new(2048);
-	bag_dsn_append_header(str, dsn, boundary, any_failed);
-	bag_dsn_append_text_part(str, dsn, boundary, any_failed, full);
+	bag_dsn_append_header(str, dsn, boundary, kind);
+	bag_dsn_append_text_part(str, dsn, boundary, kind, full);
 	bag_dsn_append_status_part(str, dsn, boundary);
 	str_printfa(str, "--%s\r\n", boundary);
 	if (full) {
@@ -476,6 +515,9 @@ bool bag_dsn_wanted(const struct smtp_address *return_path,
 		/* without NOTIFY, no delay notices: held mail waits for
 		   its customer, and its senders shouldn't be flooded */
 		return HAS_ANY_BITS(notify, SMTP_PARAM_RCPT_NOTIFY_DELAY);
+	case BAG_DSN_ACTION_DELIVERED:
+	case BAG_DSN_ACTION_RELAYED:
+		return HAS_ANY_BITS(notify, SMTP_PARAM_RCPT_NOTIFY_SUCCESS);
 	}
 	i_unreached();
 }

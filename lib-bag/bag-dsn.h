@@ -4,7 +4,9 @@
 #include "smtp-params.h"
 
 /* Delivery status notifications (RFC 3464, in a multipart/report of RFC
-   6522) for the senders of bagged mail that could not be delivered. */
+   6522): for the senders of bagged mail that could not be delivered, and
+   the success notifications that LMTP sends when a sender asks for them
+   (RFC 3461's NOTIFY=SUCCESS). */
 
 struct istream;
 struct ostream;
@@ -13,6 +15,10 @@ struct smtp_address;
 enum bag_dsn_action {
 	BAG_DSN_ACTION_FAILED = 0,
 	BAG_DSN_ACTION_DELAYED,
+	/* delivered to the recipient's mailbox */
+	BAG_DSN_ACTION_DELIVERED,
+	/* passed on to where success may not be reported (a forward) */
+	BAG_DSN_ACTION_RELAYED,
 };
 
 struct bag_dsn_recipient {
@@ -55,16 +61,17 @@ struct bag_dsn {
 };
 
 /* Whether a notification is due for a recipient with these parameters
-   whose delivery failed (or was delayed), sent by return_path: never for
-   a null sender, never with NOTIFY=NEVER; with NOTIFY given, only when it
-   lists FAILURE (DELAY for delays); without NOTIFY, for failures only. */
+   whose delivery had this outcome, sent by return_path: never for a null
+   sender, never with NOTIFY=NEVER; with NOTIFY given, only when it lists
+   FAILURE (DELAY for delays, SUCCESS for delivered and relayed); without
+   NOTIFY, for failures only. */
 bool bag_dsn_wanted(const struct smtp_address *return_path,
 		    const struct smtp_params_rcpt *params,
 		    enum bag_dsn_action action);
 
 /* Write the whole notification (header and body, CRLF line endings) to
-   output. The third part is the original message with RET=FULL, else its
-   header only (text/rfc822-headers). Returns 0, or -1 if the message
+   output. The third part is the original message with RET=FULL when a
+   recipient failed, else its header only (text/rfc822-headers). Returns 0, or -1 if the message
    can't be read (error_r). */
 int bag_dsn_write(const struct bag_dsn *dsn, struct ostream *output,
 		  const char **error_r);

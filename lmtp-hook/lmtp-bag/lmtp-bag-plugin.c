@@ -19,8 +19,6 @@
 #include "smtp-address.h"
 #include "smtp-params.h"
 #include "smtp-server.h"
-#include "master-service.h"
-#include "master-service-ssl.h"
 #include "mail-user.h"
 #include "mail-storage.h"
 #include "raw-storage.h"
@@ -38,6 +36,7 @@
 #include "mirror-copy.h"
 #include "mirror-event.h"
 #include "mirror-setting.h"
+#include "lmtp-dsn.h"
 
 #define LMTP_BAG_CONTEXT_REQUIRE(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, lmtp_bag_client_module)
@@ -535,6 +534,26 @@ lmtp_bag_cmd_data(struct client *client, struct smtp_server_cmd_ctx *cmd,
 						  data_input, data_size);
 }
 
+/* The success notifications of the recipients delivered here, which
+   lmtp_mirror sends when it is loaded too (lmtp-dsn.h). */
+static int
+lmtp_bag_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
+		       struct smtp_server_cmd_ctx *cmd,
+		       struct smtp_server_transaction *trans,
+		       struct lmtp_local_deliver_context *lldctx)
+{
+	struct lmtp_bag_client *bclient = LMTP_BAG_CONTEXT_REQUIRE(client);
+	int ret;
+
+	ret = bclient->module_ctx.super.local_deliver(client, lrcpt, cmd,
+						      trans, lldctx);
+	if (ret == 0) {
+		lmtp_dsn_success(trans, lrcpt->rcpt, lldctx,
+				 BAG_DSN_ACTION_DELIVERED, bclient->event);
+	}
+	return ret;
+}
+
 static void
 lmtp_bag_trans_free(struct client *client,
 		    struct smtp_server_transaction *trans)
@@ -580,24 +599,6 @@ lmtp_bag_usage_settings(struct lmtp_bag_client *bclient, struct mail_user *user)
 	} else {
 		bclient->timezone = sched.timezone;
 	}
-}
-
-/* The capabilities LMTP gave the connection (lmtp-client.c, which keeps
-   them in no public place): setting them replaces them all. */
-static enum smtp_capability lmtp_bag_capabilities(struct client *client)
-{
-	enum smtp_capability caps =
-		SMTP_CAPABILITY_PIPELINING |
-		SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
-		SMTP_CAPABILITY_8BITMIME |
-		SMTP_CAPABILITY_CHUNKING |
-		SMTP_CAPABILITY_XCLIENT |
-		SMTP_CAPABILITY__ORCPT;
-
-	if (!smtp_server_connection_is_ssl_secured(client->conn) &&
-	    master_service_ssl_is_enabled(master_service))
-		caps |= SMTP_CAPABILITY_STARTTLS;
-	return caps;
 }
 
 static void lmtp_bag_client_created(struct client **_client)
@@ -652,12 +653,12 @@ static void lmtp_bag_client_created(struct client **_client)
 	   LMTP accepts ORCPT already), so that a bounce from the customer's
 	   MTA weeks later still honours them: the MTA sends them only to a
 	   server that offers DSN. */
-	smtp_server_connection_set_capabilities(client->conn,
-		lmtp_bag_capabilities(client) | SMTP_CAPABILITY_DSN);
+	lmtp_dsn_offer(client);
 
 	bclient->module_ctx.super = client->v;
 	client->v.cmd_rcpt = lmtp_bag_cmd_rcpt;
 	client->v.cmd_data = lmtp_bag_cmd_data;
+	client->v.local_deliver = lmtp_bag_local_deliver;
 	client->v.trans_free = lmtp_bag_trans_free;
 	client->v.destroy = lmtp_bag_client_destroy;
 	MODULE_CONTEXT_SET(client, lmtp_bag_client_module, bclient);

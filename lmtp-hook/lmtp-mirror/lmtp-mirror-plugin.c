@@ -1,12 +1,19 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* The LMTP half of Mail Mirror. For every transaction it finds the mirrors
-   whose source is the address the sender gave (ORCPT when the MTA passes
-   it, else RCPT TO, without a recipient detail) or its domain, and makes
-   one copy of the message per mirror storage once the recipient's delivery
-   has kept the message (Sieve keep/fileinto, or the default delivery) or
-   forwarded it (Sieve redirect). Discarded and rejected messages are not
-   copied. */
+   whose source is a recipient's address (without a recipient detail) or
+   its domain, and makes one copy of the message per mirror storage once
+   the recipient's delivery has kept the message (Sieve keep/fileinto, or
+   the default delivery) or forwarded it (Sieve redirect). Discarded and
+   rejected messages are not copied.
+
+   The address is the one the sender's SMTP session gave to the MTA, before
+   aliases: LMTP offers DSN, so that the MTA passes it as ORCPT. ORCPT is
+   the sender's word unless the MTA sets it itself (its public ports don't
+   offer DSN: doc/mirror.md): only with mirror_trusted_mta = yes is it the
+   key on its own, and the MTA's Received: line the time the message was
+   queued. Otherwise a message is mirrored under ORCPT and under RCPT TO,
+   so that no sender can keep a message out of its recipient's mirror. */
 
 #include "lib.h"
 #include "array.h"
@@ -35,6 +42,7 @@
 #include "mirror-plugin.h"
 #include "mirror-event.h"
 #include "mirror-setting.h"
+#include "lmtp-dsn.h"
 
 #define LMTP_MIRROR_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, lmtp_mirror_client_module)
@@ -84,6 +92,10 @@ struct lmtp_mirror_client {
 	struct mirror_copier *copier;
 	const char *delimiters;
 	bool tempfail;
+	/* mirror_trusted_mta: ORCPT and the MTA's Received: are its own */
+	bool trusted_mta;
+	/* mirror_dsn: DSN is offered (success notifications sent) */
+	bool dsn;
 
 	struct lmtp_mirror_plan *plan;
 };
@@ -108,33 +120,61 @@ static lmtp_client_created_func_t *next_hook_client_created;
    actions are being watched (see lmtp_mirror_event_callback()). */
 static struct lmtp_mirror_delivery *lmtp_mirror_active_delivery;
 static struct event_filter *lmtp_mirror_redirect_filter;
+/* the first untrusted ORCPT that differed from its RCPT TO was logged */
+static bool lmtp_mirror_orcpt_logged;
 
 static MODULE_CONTEXT_DEFINE_INIT(lmtp_mirror_client_module,
 				  &lmtp_module_register);
 
-/* The address a recipient's mirrors are looked up by. */
-static const struct smtp_address *
-lmtp_mirror_rcpt_address(const struct smtp_server_recipient *rcpt)
+/* The addresses a recipient's mirrors are looked up by: ORCPT, the address
+   the sender's session gave the MTA before aliases, when there is one and
+   the MTA is trusted to have set it; RCPT TO when there is none; both when
+   an untrusted ORCPT differs from RCPT TO. */
+static unsigned int
+lmtp_mirror_rcpt_addresses(struct lmtp_mirror_client *mclient,
+			   const struct smtp_server_recipient *rcpt,
+			   const struct smtp_address *addrs_r[2])
 {
-	if (rcpt->params.orcpt.addr != NULL &&
-	    rcpt->params.orcpt.addr->localpart != NULL &&
-	    rcpt->params.orcpt.addr->domain != NULL)
-		return rcpt->params.orcpt.addr;
-	return rcpt->path;
+	const struct smtp_address *orcpt = rcpt->params.orcpt.addr;
+
+	if (orcpt == NULL || orcpt->localpart == NULL ||
+	    orcpt->domain == NULL || smtp_address_equals_icase(orcpt,
+							       rcpt->path)) {
+		addrs_r[0] = rcpt->path;
+		return 1;
+	}
+	addrs_r[0] = orcpt;
+	if (mclient->trusted_mta)
+		return 1;
+	if (!lmtp_mirror_orcpt_logged) {
+		lmtp_mirror_orcpt_logged = TRUE;
+		e_warning(mclient->event, "ORCPT <%s> of RCPT TO <%s> may be "
+			  "a sender's word (mirror_trusted_mta=no): the "
+			  "message is mirrored under both (logged once; see "
+			  "doc/mirror.md)",
+			  str_sanitize(smtp_address_encode(orcpt), 256),
+			  str_sanitize(smtp_address_encode(rcpt->path), 256));
+	}
+	addrs_r[1] = rcpt->path;
+	return 2;
 }
 
 /* When the message entered the mail system: the date of the Received:
-   header the MTA added, i.e. the one below LMTP's own. If there is none,
-   the LMTP transaction's start. */
+   header the trusted MTA added, i.e. the one below LMTP's own. Without a
+   trusted MTA that line may be the sender's, and a forged old date would
+   keep the message out of every mirror: the LMTP transaction's start is
+   used then, as when there is no such line. */
 static time_t
-lmtp_mirror_queued_time(struct mail *raw_mail,
+lmtp_mirror_queued_time(struct lmtp_mirror_client *mclient,
+			struct mail *raw_mail,
 			const struct smtp_server_transaction *trans)
 {
 	const char *const *received, *p;
 	time_t t;
 	int tz;
 
-	if (mail_get_headers(raw_mail, "Received", &received) <= 0 ||
+	if (!mclient->trusted_mta ||
+	    mail_get_headers(raw_mail, "Received", &received) <= 0 ||
 	    received[0] == NULL || received[1] == NULL)
 		return trans->timestamp.tv_sec;
 	p = strrchr(received[1], ';');
@@ -201,21 +241,17 @@ lmtp_mirror_plan_add(struct lmtp_mirror_plan *plan, pool_t pool,
 }
 
 static int
-lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
-		      struct lmtp_mirror_plan *plan, pool_t pool,
-		      struct smtp_server_recipient *rcpt, time_t *queued,
-		      const char **error_r)
+lmtp_mirror_plan_address(struct lmtp_mirror_client *mclient,
+			 struct lmtp_mirror_plan *plan, pool_t pool,
+			 struct lmtp_mirror_rcpt *mrcpt,
+			 const struct smtp_address *address, time_t *queued,
+			 const char **error_r)
 {
-	const struct smtp_address *address = lmtp_mirror_rcpt_address(rcpt);
-	struct lmtp_mirror_rcpt *mrcpt;
 	ARRAY_TYPE(mirror_def) defs;
 	const struct mirror_def *def;
 	const char *keys[2], *encoded;
 	unsigned int i;
 
-	mrcpt = array_append_space(&plan->rcpts);
-	mrcpt->rcpt = rcpt;
-	p_array_init(&mrcpt->targets, pool, 2);
 	if (!mirror_address_keys(address->localpart, address->domain,
 				 mclient->delimiters, &keys[0], &keys[1]))
 		return 0;
@@ -230,8 +266,10 @@ lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
 	if (array_count(&defs) == 0)
 		return 0;
 	/* only parsed when some mirror matches */
-	if (*queued == (time_t)-1)
-		*queued = lmtp_mirror_queued_time(plan->raw_mail, plan->trans);
+	if (*queued == (time_t)-1) {
+		*queued = lmtp_mirror_queued_time(mclient, plan->raw_mail,
+						  plan->trans);
+	}
 	/* header-safe: lib-smtp accepts no control characters */
 	encoded = str_sanitize(smtp_address_encode(address), 512);
 	array_foreach(&defs, def) {
@@ -240,6 +278,28 @@ lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
 			continue;
 		}
 		lmtp_mirror_plan_add(plan, pool, mrcpt, encoded, keys[0], def);
+	}
+	return 0;
+}
+
+static int
+lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
+		      struct lmtp_mirror_plan *plan, pool_t pool,
+		      struct smtp_server_recipient *rcpt, time_t *queued,
+		      const char **error_r)
+{
+	const struct smtp_address *addrs[2];
+	struct lmtp_mirror_rcpt *mrcpt;
+	unsigned int i, count;
+
+	mrcpt = array_append_space(&plan->rcpts);
+	mrcpt->rcpt = rcpt;
+	p_array_init(&mrcpt->targets, pool, 2);
+	count = lmtp_mirror_rcpt_addresses(mclient, rcpt, addrs);
+	for (i = 0; i < count; i++) {
+		if (lmtp_mirror_plan_address(mclient, plan, pool, mrcpt,
+					     addrs[i], queued, error_r) < 0)
+			return -1;
 	}
 	return 0;
 }
@@ -420,15 +480,15 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 	i_zero(&delivery);
 	delivery.mclient = mclient;
 	delivery.mrcpt = lmtp_mirror_plan_find_rcpt(plan, lrcpt->rcpt);
-	if (delivery.mrcpt == NULL)
-		return mclient->module_ctx.super.local_deliver(
-			client, lrcpt, cmd, trans, lldctx);
 	delivery.username = lldctx->rcpt_user->username;
 	delivery.event = lldctx->rcpt_user->event;
 	delivery.rcpt_event = lrcpt->rcpt->event;
 
-	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
-		lmtp_mirror_delivery_kept, &delivery);
+	watching = delivery.mrcpt != NULL &&
+		mirror_user_watch_delivery(lldctx->rcpt_user,
+					   lmtp_mirror_delivery_kept, &delivery);
+	/* a Sieve redirect is watched for every recipient: it decides the
+	   action of a success notification */
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
 
@@ -436,8 +496,10 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 						      trans, lldctx);
 
 	lmtp_mirror_active_delivery = NULL;
-	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
-	if (ret == 0 && !kept && (delivery.forwarded || !watching)) {
+	kept = delivery.mrcpt != NULL &&
+		mirror_user_unwatch_delivery(lldctx->rcpt_user);
+	if (ret == 0 && delivery.mrcpt != NULL && !kept &&
+	    (delivery.forwarded || !watching)) {
 		/* Forwarded without a local copy (or the mirror mail
 		   plugin isn't enabled for the user, so keeping can't be
 		   told from discarding). The reply is already given:
@@ -445,6 +507,14 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 		T_BEGIN {
 			(void)lmtp_mirror_copy(&delivery, FALSE, &error);
 		} T_END;
+	}
+	if (ret == 0 && mclient->dsn) {
+		/* a discarded message is "delivered" too: the recipient's
+		   filtering is not the sender's business */
+		lmtp_dsn_success(trans, lrcpt->rcpt, lldctx,
+				 delivery.forwarded && !kept ?
+				 BAG_DSN_ACTION_RELAYED :
+				 BAG_DSN_ACTION_DELIVERED, mclient->event);
 	}
 	return ret;
 }
@@ -510,6 +580,12 @@ static void lmtp_mirror_client_created(struct client **_client)
 	mclient->delimiters =
 		p_strdup(client->pool,
 			 client->unexpanded_lda_set->recipient_delimiter);
+	mclient->trusted_mta = mirror_setting_bool(set_user, event,
+						   "mirror_trusted_mta", FALSE);
+	mclient->dsn = mirror_setting_bool(set_user, event, "mirror_dsn",
+					   TRUE);
+	if (mclient->dsn)
+		lmtp_dsn_offer(client);
 
 	policy = mail_user_plugin_getenv(set_user, "mirror_failure");
 	if (policy == NULL || *policy == '\0' ||

@@ -73,8 +73,14 @@ def test_case_and_detail_addresses_match(sandbox):
     assert header_values(copies[0], "X-Envelope-To") == ["Alice+News@EXAMPLE.com"]
 
 
-def test_orcpt_is_the_key_not_the_rewritten_rcpt(sandbox):
-    """An MTA alias expanded alice@ to bob@ and passed ORCPT=alice@."""
+USERS = [ALICE, BOB, CAROL, AUDIT, AUDIT2]
+TRUSTED_MTA = {"mirror_trusted_mta": "yes"}
+
+
+def test_orcpt_is_the_key_not_the_rewritten_rcpt(make_sandbox):
+    """A trusted MTA expanded an alias alice@ to bob@ and passed
+    ORCPT=alice@ (doc/mirror.md: its public ports offer no DSN)."""
+    sandbox = make_sandbox(users=USERS, settings=TRUSTED_MTA)
     sandbox.mirror_add(ALICE, AUDIT)
     sandbox.mirror_add(BOB, AUDIT2)
     ok(sandbox.deliver([(BOB, "ORCPT=rfc822;" + ALICE)]))
@@ -88,6 +94,36 @@ def test_orcpt_is_the_key_not_the_rewritten_rcpt(sandbox):
     ok(sandbox.deliver([BOB]))
     assert sandbox.maildir_count(AUDIT2) == 1
     assert sandbox.maildir_count(AUDIT) == 1
+
+
+def test_untrusted_orcpt_mirrors_under_both_keys(sandbox):
+    """Without mirror_trusted_mta, ORCPT may be the sender's word: the
+    message is mirrored under ORCPT and under RCPT TO, so that no sender
+    keeps it out of its recipient's mirror; logged once (per process)."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    sandbox.mirror_add(BOB, AUDIT2)
+    s = sandbox.lmtp()
+    try:
+        for orcpt in (ALICE, "nobody@elsewhere.test",
+                      "other@elsewhere.test"):
+            ok(s.send([(BOB, "ORCPT=rfc822;" + orcpt)], make_message()))
+        # an ORCPT equal to RCPT TO is no second key
+        ok(s.send([(ALICE, "ORCPT=rfc822;Alice@Example.COM")],
+                  make_message()))
+    finally:
+        s.close()
+    copies = sandbox.imap_messages(AUDIT)
+    assert [header_values(c, "X-Envelope-To") for c in copies] == \
+        [[ALICE], [ALICE]]
+    # a foreign ORCPT can't dodge bob's mirror
+    copies = sandbox.imap_messages(AUDIT2)
+    assert [header_values(c, "X-Envelope-To") for c in copies] == \
+        [[BOB], [BOB], [BOB]]
+    deadline = time.time() + 5
+    while "may be a sender's word" not in sandbox.log():
+        assert time.time() < deadline, "no warning about ORCPT"
+        time.sleep(0.05)
+    assert sandbox.log().count("may be a sender's word") == 1
 
 
 def test_multi_recipient_transaction_makes_one_copy_per_storage(sandbox):
@@ -186,22 +222,39 @@ def test_changes_apply_to_the_next_delivery_on_an_open_connection(sandbox):
         s.close()
 
 
-def test_mail_queued_before_the_mirror_existed_is_not_copied(sandbox):
+def queued_message(seconds_ago):
+    date = email.utils.formatdate(time.time() - seconds_ago)
+    return make_message(
+        subject="queued %ds ago" % seconds_ago,
+        extra_headers="Received: from mx.remote.test by mx.example.com "
+                      "with ESMTP id Q1; %s\r\n" % date)
+
+
+def test_mail_queued_before_the_mirror_existed_is_not_copied(make_sandbox):
+    """The trusted MTA's Received: line tells when the message was
+    queued."""
+    sandbox = make_sandbox(users=USERS, settings=TRUSTED_MTA)
     sandbox.mirror_add(ALICE, AUDIT)
-    def queued(seconds_ago):
-        date = email.utils.formatdate(time.time() - seconds_ago)
-        return make_message(
-            subject="queued %ds ago" % seconds_ago,
-            extra_headers="Received: from mx.remote.test by mx.example.com "
-                          "with ESMTP id Q1; %s\r\n" % date)
-    ok(sandbox.deliver([ALICE], queued(3600)))
-    ok(sandbox.deliver([ALICE], queued(-5)))
+    ok(sandbox.deliver([ALICE], queued_message(3600)))
+    ok(sandbox.deliver([ALICE], queued_message(-5)))
     assert sandbox.maildir_count(ALICE) == 2
     copies = sandbox.imap_messages(AUDIT)
     assert [header_values(c, "Subject")[0] for c in copies] == ["queued -5s ago"]
     # a message without an MTA's Received: header is judged by its arrival
     ok(sandbox.deliver([ALICE]))
     assert sandbox.maildir_count(AUDIT) == 2
+
+
+def test_forged_received_header_is_not_trusted(sandbox):
+    """Without mirror_trusted_mta, the line below LMTP's own may be the
+    sender's: a forged old date doesn't keep a message out of a mirror."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    old = make_message(subject="forged", extra_headers=(
+        "Received: from evil.test by evil.test; "
+        "Mon, 5 Jan 2015 10:00:00 +0000\r\n"))
+    ok(sandbox.deliver([ALICE], old))
+    (copy,) = sandbox.imap_messages(AUDIT)
+    assert header_values(copy, "Subject") == ["forged"]
 
 
 def test_failure_policy_accept(sandbox):

@@ -20,6 +20,7 @@
 #include "registry-user.h"
 #include "mirror-registry.h"
 #include "mirror-account.h"
+#include "mirror-address.h"
 #include "doveadm-mirror.h"
 
 #include <ctype.h>
@@ -161,17 +162,72 @@ static void doveadm_mirror_print(const struct mirror_def *def,
 					      def->created));
 }
 
+/* Whether mail can come for def's source: LMTP strips a recipient's
+   detail (recipient_delimiter) before anything else, so a source with a
+   detail would never get a copy. Fails the command if not. */
+static bool doveadm_mirror_source_deliverable(const struct mirror_def *def)
+{
+	const char *at, *address, *domain;
+
+	if (def->type != MIRROR_TYPE_SINGLE)
+		return TRUE;
+	at = strrchr(def->source, '@');
+	i_assert(at != NULL);
+	if (!mirror_address_keys(t_strdup_until(def->source, at), at + 1,
+				 doveadm_mirror_recipient_delimiter(),
+				 &address, &domain) ||
+	    strcmp(address, def->source) == 0)
+		return TRUE;
+	doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+		"%s has a recipient detail, which delivery strips "
+		"(recipient_delimiter): no mail would ever be copied; "
+		"mirror %s instead", def->source, address));
+	return FALSE;
+}
+
+/* Whether storage is free of other mirrors' auto-created storage users:
+   copying into one would let its mirror's password read this mirror's
+   copies. Fails the command if not. */
+static bool
+doveadm_mirror_storage_unshared(struct registry *reg, const char *storage)
+{
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def;
+	const char *error;
+
+	t_array_init(&defs, 4);
+	if (mirror_registry_storage_lookup(reg, storage,
+					   pool_datastack_create(), &defs,
+					   &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return FALSE;
+	}
+	array_foreach(&defs, def) {
+		if (!def->auto_storage)
+			continue;
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"%s is the storage user mirror %u created: its "
+			"password would read this mirror's copies too; add "
+			"-S to share it anyway", str_sanitize(storage, 80),
+			def->id));
+		return FALSE;
+	}
+	return TRUE;
+}
+
 static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 {
 	struct registry *reg;
 	struct mirror_def def;
 	const char *source, *storage = NULL, *days_str, *hash = NULL, *error;
 	char *password = NULL;
+	bool share = FALSE;
 	int ret;
 
 	if (!doveadm_cmd_param_str(cctx, "source", &source)) {
 		doveadm_mirror_fail(EX_USAGE, "mirror add: Usage: "
-			"mirror add [-d DAYS] [-r] [-s STORAGE_USER] SOURCE");
+			"mirror add [-d DAYS] [-r] [-s STORAGE_USER [-S]] "
+			"SOURCE");
 		return;
 	}
 	i_zero(&def);
@@ -186,6 +242,9 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
 	}
+	if (!doveadm_mirror_source_deliverable(&def))
+		return;
+	(void)doveadm_cmd_param_bool(cctx, "share", &share);
 	if (doveadm_cmd_param_str(cctx, "storage", &storage)) {
 		/* an existing mailbox */
 		if (!mirror_storage_is_valid(storage, &error)) {
@@ -213,7 +272,9 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return;
-	if (!doveadm_mirror_limit_check(reg, &def)) {
+	if (!doveadm_mirror_limit_check(reg, &def) ||
+	    (storage != NULL && !share &&
+	     !doveadm_mirror_storage_unshared(reg, storage))) {
 		registry_deinit(&reg);
 		return;
 	}
@@ -469,11 +530,12 @@ static struct doveadm_cmd_ver2 doveadm_mirror_commands[] = {
 {
 	.name = "mirror add",
 	.cmd = cmd_mirror_add,
-	.usage = "[-d <days>] [-r] [-s <storage user>] <address|domain>",
+	.usage = "[-d <days>] [-r] [-s <storage user> [-S]] <address|domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('d', "days", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('r', "readonly", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('s', "storage", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('S', "share", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('\0', "source", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 },

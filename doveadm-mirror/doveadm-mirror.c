@@ -14,6 +14,8 @@
 #include "ioloop.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
+#include "settings-parser.h"
+#include "master-service-settings.h"
 #include "doveadm.h"
 #include "doveadm-cmd.h"
 #include "doveadm-print.h"
@@ -122,6 +124,53 @@ int doveadm_mirror_user_exists(const char *user, const char **error_r)
 	const char *const *fields;
 
 	return doveadm_mirror_userdb_lookup(user, &fields, error_r);
+}
+
+/* The one delivery setting the commands need, read as LMTP reads it */
+struct doveadm_mirror_delivery_settings {
+	const char *recipient_delimiter;
+};
+
+static const struct setting_define doveadm_mirror_delivery_setting_defines[] = {
+	SETTING_DEFINE_STRUCT_STR("recipient_delimiter", recipient_delimiter,
+				  struct doveadm_mirror_delivery_settings),
+	SETTING_DEFINE_LIST_END
+};
+
+static const struct doveadm_mirror_delivery_settings
+doveadm_mirror_delivery_default_settings = {
+	.recipient_delimiter = "+",
+};
+
+static const struct setting_parser_info
+doveadm_mirror_delivery_setting_parser_info = {
+	.module_name = "doveadm-mirror",
+	.defines = doveadm_mirror_delivery_setting_defines,
+	.defaults = &doveadm_mirror_delivery_default_settings,
+	.type_offset = SIZE_MAX,
+	.struct_size = sizeof(struct doveadm_mirror_delivery_settings),
+	.parent_offset = SIZE_MAX,
+};
+
+const char *doveadm_mirror_recipient_delimiter(void)
+{
+	static const struct setting_parser_info *set_roots[] = {
+		&doveadm_mirror_delivery_setting_parser_info,
+		NULL
+	};
+	struct mail_storage_service_ctx *service;
+	const struct doveadm_mirror_delivery_settings *set;
+	const char *delimiter;
+	void **sets;
+
+	service = doveadm_mirror_storage_service_init(set_roots);
+	mail_storage_service_init_settings(service, NULL);
+	/* the mail user's settings first, then the roots */
+	sets = master_service_settings_get_others(master_service);
+	set = sets[1];
+	delimiter = t_strdup(set->recipient_delimiter);
+	mail_storage_service_deinit(&service);
+	return delimiter;
 }
 
 void doveadm_mirror_auth_cache_flush(const char *user)

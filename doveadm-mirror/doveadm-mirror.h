@@ -36,6 +36,8 @@ enum doveadm_mirror_password_scheme {
    shown. -1 fails the command. */
 int doveadm_mirror_password_new(enum doveadm_mirror_password_scheme scheme,
 				char **password_r, const char **hash_r);
+/* recipient_delimiter, which LMTP strips details of recipients with. */
+const char *doveadm_mirror_recipient_delimiter(void);
 /* Returns 1 if the userdb knows user, 0 if not, -1 if it can't tell. */
 int doveadm_mirror_user_exists(const char *user, const char **error_r);
 /* Make a changed password effective at once (best effort). */

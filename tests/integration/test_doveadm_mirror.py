@@ -8,6 +8,7 @@ import pytest
 from conftest import STORE
 
 ALICE, AUDIT = "alice@example.com", "audit@example.com"
+BOB = "bob@example.com"
 
 
 def registry(sb):
@@ -59,34 +60,59 @@ def test_add_list_remove_with_json_output(sandbox):
 
 
 BAD_ADD = [
-    (["-s", AUDIT, "alice@@example.com"], "Invalid source"),
-    (["-s", AUDIT, "al ice@example.com"], "Invalid source address"),
-    (["-s", AUDIT, "alice@example"], "at least two labels"),
-    (["-s", AUDIT, "exa_mple.com"], "Invalid source domain"),
-    (["-s", AUDIT, "--", "-example.com"], "Invalid source domain"),
-    (["-s", AUDIT, ""], "Invalid source"),
-    (["-d", "0", "-s", AUDIT, ALICE], "out of range 1..3650"),
-    (["-d", "3651", "-s", AUDIT, ALICE], "out of range 1..3650"),
-    (["-d", "ten", "-s", AUDIT, ALICE], "not a number"),
-    (["-d", "-5", "-s", AUDIT, ALICE], "not a number"),
-    (["-s", "nosuchuser@example.com", ALICE], "Unknown storage user"),
-    (["-s", "bad user", ALICE], "Invalid storage user"),
-    (["-s", ALICE, "ALICE@example.com"], "mirrored address itself"),
-    ([], "Usage"),
+    (["-s", AUDIT, "alice@@example.com"], 64, "Invalid source"),
+    (["-s", AUDIT, "al ice@example.com"], 64, "Invalid source address"),
+    (["-s", AUDIT, "alice@example"], 64, "at least two labels"),
+    (["-s", AUDIT, "exa_mple.com"], 64, "Invalid source domain"),
+    (["-s", AUDIT, "--", "-example.com"], 64, "Invalid source domain"),
+    (["-s", AUDIT, ""], 64, "Invalid source"),
+    (["-d", "0", "-s", AUDIT, ALICE], 64, "out of range 1..3650"),
+    (["-d", "3651", "-s", AUDIT, ALICE], 64, "out of range 1..3650"),
+    (["-d", "ten", "-s", AUDIT, ALICE], 64, "not a number"),
+    (["-d", "-5", "-s", AUDIT, ALICE], 64, "not a number"),
+    (["-s", "nosuchuser@example.com", ALICE], 67, "Unknown storage user"),
+    (["-s", "bad user", ALICE], 64, "Invalid storage user"),
+    (["-s", ALICE, "ALICE@example.com"], 64, "mirrored address itself"),
+    # delivery strips the detail: mail never comes for it
+    (["-s", AUDIT, "alice+tag@example.com"], 64,
+     "alice+tag@example.com has a recipient detail, which delivery strips "
+     "(recipient_delimiter): no mail would ever be copied; mirror "
+     "alice@example.com instead"),
+    (["alice+tag@example.com"], 64, "has a recipient detail"),
+    ([], 64, "Usage"),
 ]
 
 
 @pytest.mark.nosan
-@pytest.mark.parametrize("args,message", BAD_ADD)
-def test_bad_add_fails_clearly_and_changes_nothing(sandbox, args, message):
+@pytest.mark.parametrize("args,code,message", BAD_ADD)
+def test_bad_add_fails_clearly_and_changes_nothing(sandbox, args, code,
+                                                   message):
     sandbox.mirror_add("example.com", AUDIT)
     before = registry(sandbox)
     r = sandbox.doveadm("mirror", "add", *args, check=False)
-    assert r.returncode != 0
+    assert r.returncode == code, r.stderr
     errors = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert r.stdout == ""
     assert registry(sandbox) == before
+
+
+def test_another_mirrors_storage_is_shared_only_when_asked(sandbox):
+    """An auto-created storage's password reads every copy in it: copying
+    another mirror into it needs -S."""
+    m = sandbox.mirror_add(ALICE)
+    before = registry(sandbox)
+    r = sandbox.doveadm("mirror", "add", "-s", m["storage"], BOB,
+                        check=False)
+    assert r.returncode == 64
+    assert r.stderr.strip() == (
+        "Error: %s is the storage user mirror %s created: its password "
+        "would read this mirror's copies too; add -S to share it anyway"
+        % (m["storage"], m["id"]))
+    assert registry(sandbox) == before
+    shared = sandbox.doveadm("mirror", "add", "-S", "-s", m["storage"], BOB,
+                             json_output=True).json[0]
+    assert shared["storage"] == m["storage"]
 
 
 def test_duplicate_mirror_is_refused(sandbox):

@@ -10,10 +10,11 @@
    The address is the one the sender's SMTP session gave to the MTA, before
    aliases: LMTP offers DSN, so that the MTA passes it as ORCPT. ORCPT is
    the sender's word unless the MTA sets it itself (its public ports don't
-   offer DSN: doc/mirror.md): only with mirror_trusted_mta = yes is it the
-   key on its own, and the MTA's Received: line the time the message was
-   queued. Otherwise a message is mirrored under ORCPT and under RCPT TO,
-   so that no sender can keep a message out of its recipient's mirror. */
+   offer DSN: doc/mirror.md), so it is the key only with
+   mirror_trusted_mta = yes, as the MTA's Received: line then tells when the
+   message was queued. Otherwise RCPT TO is the key, and LMTP's own time
+   the message's: no sender can keep a message out of its recipient's
+   mirror, or put it into someone else's. */
 
 #include "lib.h"
 #include "array.h"
@@ -126,37 +127,33 @@ static bool lmtp_mirror_orcpt_logged;
 static MODULE_CONTEXT_DEFINE_INIT(lmtp_mirror_client_module,
 				  &lmtp_module_register);
 
-/* The addresses a recipient's mirrors are looked up by: ORCPT, the address
+/* The address a recipient's mirrors are looked up by: ORCPT, the address
    the sender's session gave the MTA before aliases, when there is one and
-   the MTA is trusted to have set it; RCPT TO when there is none; both when
-   an untrusted ORCPT differs from RCPT TO. */
-static unsigned int
-lmtp_mirror_rcpt_addresses(struct lmtp_mirror_client *mclient,
-			   const struct smtp_server_recipient *rcpt,
-			   const struct smtp_address *addrs_r[2])
+   the MTA is trusted to have set it; RCPT TO otherwise. An untrusted
+   ORCPT may be the sender's word: trusting it would let a sender keep a
+   message out of its recipient's mirror, or put it into someone else's. */
+static const struct smtp_address *
+lmtp_mirror_rcpt_address(struct lmtp_mirror_client *mclient,
+			 const struct smtp_server_recipient *rcpt)
 {
 	const struct smtp_address *orcpt = rcpt->params.orcpt.addr;
 
 	if (orcpt == NULL || orcpt->localpart == NULL ||
 	    orcpt->domain == NULL || smtp_address_equals_icase(orcpt,
-							       rcpt->path)) {
-		addrs_r[0] = rcpt->path;
-		return 1;
-	}
-	addrs_r[0] = orcpt;
+							       rcpt->path))
+		return rcpt->path;
 	if (mclient->trusted_mta)
-		return 1;
+		return orcpt;
 	if (!lmtp_mirror_orcpt_logged) {
 		lmtp_mirror_orcpt_logged = TRUE;
-		e_warning(mclient->event, "ORCPT <%s> of RCPT TO <%s> may be "
-			  "a sender's word (mirror_trusted_mta=no): the "
-			  "message is mirrored under both (logged once; see "
-			  "doc/mirror.md)",
+		e_warning(mclient->event, "ORCPT <%s> of RCPT TO <%s> ignored: "
+			  "a sender may have chosen it (mirror_trusted_mta=no), "
+			  "so mirrors of the original recipients of aliases get "
+			  "no copies (logged once; see doc/mirror.md)",
 			  str_sanitize(smtp_address_encode(orcpt), 256),
 			  str_sanitize(smtp_address_encode(rcpt->path), 256));
 	}
-	addrs_r[1] = rcpt->path;
-	return 2;
+	return rcpt->path;
 }
 
 /* When the message entered the mail system: the date of the Received:
@@ -288,20 +285,14 @@ lmtp_mirror_plan_rcpt(struct lmtp_mirror_client *mclient,
 		      struct smtp_server_recipient *rcpt, time_t *queued,
 		      const char **error_r)
 {
-	const struct smtp_address *addrs[2];
 	struct lmtp_mirror_rcpt *mrcpt;
-	unsigned int i, count;
 
 	mrcpt = array_append_space(&plan->rcpts);
 	mrcpt->rcpt = rcpt;
 	p_array_init(&mrcpt->targets, pool, 2);
-	count = lmtp_mirror_rcpt_addresses(mclient, rcpt, addrs);
-	for (i = 0; i < count; i++) {
-		if (lmtp_mirror_plan_address(mclient, plan, pool, mrcpt,
-					     addrs[i], queued, error_r) < 0)
-			return -1;
-	}
-	return 0;
+	return lmtp_mirror_plan_address(mclient, plan, pool, mrcpt,
+					lmtp_mirror_rcpt_address(mclient, rcpt),
+					queued, error_r);
 }
 
 static struct lmtp_mirror_plan *
@@ -424,6 +415,9 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 	struct lmtp_mirror_delivery *delivery = context;
 	int ret;
 
+	/* watched only for a success notification's action */
+	if (delivery->mrcpt == NULL)
+		return 0;
 	T_BEGIN {
 		ret = lmtp_mirror_copy(delivery, TRUE, error_r);
 		if (ret < 0)
@@ -484,11 +478,11 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 	delivery.event = lldctx->rcpt_user->event;
 	delivery.rcpt_event = lrcpt->rcpt->event;
 
-	watching = delivery.mrcpt != NULL &&
-		mirror_user_watch_delivery(lldctx->rcpt_user,
-					   lmtp_mirror_delivery_kept, &delivery);
-	/* a Sieve redirect is watched for every recipient: it decides the
-	   action of a success notification */
+	/* every delivery is watched: whether it kept the message, and a
+	   Sieve redirect, decide a success notification's action too */
+	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
+					      lmtp_mirror_delivery_kept,
+					      &delivery);
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
 
@@ -496,8 +490,7 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 						      trans, lldctx);
 
 	lmtp_mirror_active_delivery = NULL;
-	kept = delivery.mrcpt != NULL &&
-		mirror_user_unwatch_delivery(lldctx->rcpt_user);
+	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
 	if (ret == 0 && delivery.mrcpt != NULL && !kept &&
 	    (delivery.forwarded || !watching)) {
 		/* Forwarded without a local copy (or the mirror mail

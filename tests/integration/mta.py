@@ -155,13 +155,15 @@ class Postfix:
         self.running = True
         return self
 
-    def reload(self, main=None, aliases=None):
-        """Change settings while it runs (postfix reload)."""
+    def restart(self, main=None, aliases=None, smtpd=None):
+        """Stop, change settings and start again (a reload leaves running
+        delivery agents and the queue manager with the old ones for a
+        while)."""
+        self.stop()
         self.main.update(main or {})
         self.aliases.update(aliases or {})
-        self._write_config()
-        os.kill(self.master_pid(), signal.SIGHUP)
-        time.sleep(0.5)
+        self.smtpd.update(smtpd or {})
+        return self.start()
 
     def master_pid(self):
         with open(os.path.join(self.queue, "pid", "master.pid")) as f:
@@ -176,12 +178,17 @@ class Postfix:
             os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             return
+        # the master's children too: their listeners and the queue
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
+            time.sleep(0.05)
+        while time.time() < deadline and subprocess.run(
+                ["pgrep", "-f", "-c", self.etc], capture_output=True,
+                text=True).stdout.strip() not in ("", "0"):
             time.sleep(0.05)
 
     def cleanup(self):

@@ -62,6 +62,26 @@ int bag_modes_parse(const char *str, enum bag_mode *modes_r,
 	return 0;
 }
 
+/* An IPv4-mapped IPv6 network (::ffff:a.b.c.d/BITS) as the IPv4 network it
+   stands for: net_is_in_network() makes a client's mapped address IPv4
+   before it compares, so the mapped form would match nobody. */
+static void bag_net_unmap(struct ip_addr *net_ip, unsigned int *bits)
+{
+	static const unsigned char prefix[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+	};
+	struct ip_addr v4;
+
+	if (net_ip->family != AF_INET6 || *bits < 96 ||
+	    memcmp(&net_ip->u.ip6, prefix, sizeof(prefix)) != 0)
+		return;
+	i_zero(&v4);
+	v4.family = AF_INET;
+	memcpy(&v4.u.ip4, (const unsigned char *)&net_ip->u.ip6 + 12, 4);
+	*net_ip = v4;
+	*bits -= 96;
+}
+
 bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip)
 {
 	struct ip_addr net_ip;
@@ -69,8 +89,10 @@ bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip)
 	const char *net;
 
 	array_foreach_elem(&def->etrn_nets, net) {
-		if (net_parse_range(net, &net_ip, &bits) == 0 &&
-		    net_is_in_network(ip, &net_ip, bits))
+		if (net_parse_range(net, &net_ip, &bits) < 0)
+			continue;
+		bag_net_unmap(&net_ip, &bits);
+		if (net_is_in_network(ip, &net_ip, bits))
 			return TRUE;
 	}
 	return FALSE;

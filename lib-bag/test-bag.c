@@ -90,6 +90,17 @@ static void test_bag_nets(void)
 		    bag_def_allows_ip(&def, &ip));
 	test_assert(net_addr2ip("2001:db9::1", &ip) == 0 &&
 		    !bag_def_allows_ip(&def, &ip));
+	/* an IPv4-mapped network is the IPv4 network it stands for, as a
+	   mapped client address is IPv4 (found by fuzz-args) */
+	array_clear(&def.etrn_nets);
+	net = "::ffff:203.0.113.0/120";
+	array_push_back(&def.etrn_nets, &net);
+	test_assert(net_addr2ip("203.0.113.9", &ip) == 0 &&
+		    bag_def_allows_ip(&def, &ip));
+	test_assert(net_addr2ip("::ffff:203.0.113.10", &ip) == 0 &&
+		    bag_def_allows_ip(&def, &ip));
+	test_assert(net_addr2ip("203.0.114.9", &ip) == 0 &&
+		    !bag_def_allows_ip(&def, &ip));
 	test_end();
 }
 

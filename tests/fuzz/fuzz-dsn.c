@@ -9,9 +9,10 @@
    Input: a header of FUZZ_HEADER_SIZE bytes
      [0] bits 0-1: recipients - 1; bit 2: MAIL parameters; bit 3: an
          arrival date
-     [1..4] per recipient: bit 0 delayed (else failed); bit 1 a remote
-         MTA; bit 2 a diagnostic; bit 3 a last attempt; bit 4 a retry
-         date; bit 5 RCPT parameters
+     [1..4] per recipient: bit 0 delayed (else failed), with bit 6
+         relayed (else delivered); bit 1 a remote MTA; bit 2 a
+         diagnostic; bit 3 a last attempt; bit 4 a retry date; bit 5
+         RCPT parameters; bit 6 a success notification
      [5] the message is read in chunks of this many bytes (0: one)
    then NUL-separated fields: the reporting MTA, the From: address, the
    return path, the MAIL parameters, and per recipient its address, RCPT
@@ -58,6 +59,8 @@
 #define FUZZ_RCPT_LAST_ATTEMPT 0x08
 #define FUZZ_RCPT_WILL_RETRY 0x10
 #define FUZZ_RCPT_PARAMS 0x20
+/* a success notification: delivered, or relayed with FUZZ_RCPT_DELAYED */
+#define FUZZ_RCPT_SUCCESS 0x40
 
 /* what the envelope keeps and lib-smtp parses */
 #define FUZZ_CAPS \
@@ -153,8 +156,14 @@ fuzz_dsn_init(struct fuzz_dsn *t, const unsigned char *data, size_t size)
 				i_zero(&t->rcpt_params[i]);
 			rcpt->params = &t->rcpt_params[i];
 		}
-		rcpt->action = (flags & FUZZ_RCPT_DELAYED) != 0 ?
-			BAG_DSN_ACTION_DELAYED : BAG_DSN_ACTION_FAILED;
+		if ((flags & FUZZ_RCPT_SUCCESS) != 0) {
+			rcpt->action = (flags & FUZZ_RCPT_DELAYED) != 0 ?
+				BAG_DSN_ACTION_RELAYED :
+				BAG_DSN_ACTION_DELIVERED;
+		} else {
+			rcpt->action = (flags & FUZZ_RCPT_DELAYED) != 0 ?
+				BAG_DSN_ACTION_DELAYED : BAG_DSN_ACTION_FAILED;
+		}
 		rcpt->status = fuzz_field(&fields);
 		rcpt->remote_mta = fuzz_field(&fields);
 		if ((flags & FUZZ_RCPT_REMOTE_MTA) == 0)
@@ -262,9 +271,21 @@ fuzz_status_is_valid(const char *status, enum bag_dsn_action action)
 	unsigned int i, digits;
 	const char *p;
 
-	if (action == BAG_DSN_ACTION_DELAYED ? status[0] != '4' :
-	    (status[0] != '4' && status[0] != '5'))
-		return FALSE;
+	switch (action) {
+	case BAG_DSN_ACTION_FAILED:
+		if (status[0] != '4' && status[0] != '5')
+			return FALSE;
+		break;
+	case BAG_DSN_ACTION_DELAYED:
+		if (status[0] != '4')
+			return FALSE;
+		break;
+	case BAG_DSN_ACTION_DELIVERED:
+	case BAG_DSN_ACTION_RELAYED:
+		if (status[0] != '2')
+			return FALSE;
+		break;
+	}
 	if (status[1] != '.')
 		return FALSE;
 	p = status + 2;
@@ -277,6 +298,21 @@ fuzz_status_is_valid(const char *status, enum bag_dsn_action action)
 			return FALSE;
 	}
 	return *p == '\0';
+}
+
+static const char *fuzz_action_name(enum bag_dsn_action action)
+{
+	switch (action) {
+	case BAG_DSN_ACTION_FAILED:
+		return "failed";
+	case BAG_DSN_ACTION_DELAYED:
+		return "delayed";
+	case BAG_DSN_ACTION_DELIVERED:
+		return "delivered";
+	case BAG_DSN_ACTION_RELAYED:
+		return "relayed";
+	}
+	i_unreached();
 }
 
 static void
@@ -308,9 +344,8 @@ fuzz_assert_status_part(struct fuzz_dsn *t, const char *body, size_t len)
 		i_assert(rcpt < t->dsn.rcpt_count);
 		if (str_begins(line, "Action: ")) {
 			value = line + strlen("Action: ");
-			i_assert(strcmp(value,
-				t->rcpts[rcpt].action == BAG_DSN_ACTION_FAILED ?
-				"failed" : "delayed") == 0);
+			i_assert(strcmp(value, fuzz_action_name(
+				t->rcpts[rcpt].action)) == 0);
 			have_action = TRUE;
 		} else if (str_begins(line, "Status: ")) {
 			value = line + strlen("Status: ");

@@ -169,11 +169,15 @@ class Sandbox:
             r.json = json.loads(r.stdout) if r.stdout.strip() else []
         return r
 
-    def mirror_add(self, source, storage=None, days=None, readonly=False):
-        """storage=None: mirror add creates the storage user."""
+    def mirror_add(self, source, storage=None, days=None, readonly=False,
+                   share=False):
+        """storage=None: mirror add creates the storage user; share: copy
+        into another mirror's created storage (-S)."""
         args = ["mirror", "add"]
         if storage is not None:
             args += ["-s", storage]
+        if share:
+            args += ["-S"]
         if days is not None:
             args += ["-d", str(days)]
         if readonly:

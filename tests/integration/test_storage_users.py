@@ -148,7 +148,7 @@ def test_purge_never_deletes_a_chosen_mailbox(sandbox):
 
 def test_purge_refused_while_other_mirrors_use_the_storage(sandbox):
     m = sandbox.mirror_add(ALICE)
-    sandbox.mirror_add(BOB, m["storage"])
+    sandbox.mirror_add(BOB, m["storage"], share=True)
     r = sandbox.doveadm("mirror", "remove", "-p", m["id"], check=False)
     assert r.returncode == 65 and "other mirrors" in r.stderr
     assert len(sandbox.doveadm("mirror", "list", json_output=True).json) == 2

@@ -268,6 +268,18 @@ class Sandbox:
         with open(self.info["log"], errors="replace") as f:
             return f.read()
 
+    def wait_log(self, text, timeout=10):
+        """The log once it has text (Dovecot's log process writes lines
+        a little after they are logged)."""
+        deadline = time.time() + timeout
+        while True:
+            log = self.log()
+            if text in log:
+                return log
+            assert time.time() < deadline, "%r not logged:\n%s" % (
+                text, log[-3000:])
+            time.sleep(0.05)
+
     def registry_get(self, key):
         """A registry value (key without shared/), None if missing."""
         r = self.doveadm("dict", "get", REGISTRY, "shared/" + key,

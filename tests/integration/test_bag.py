@@ -333,7 +333,7 @@ def test_lmtp_broken_registry_data_tempfails(bag_sandbox):
                "{broken")
     rcpt, _ = deliver(sb, ["a@" + DOMAIN, LOCAL])
     assert rcpt[0][0] == 451 and rcpt[1][0] == 250
-    assert "Can't look up the bag of cust.test" in sb.log()
+    sb.wait_log("Can't look up the bag of cust.test")
     # doveadm refuses to act on it too
     r = sb.doveadm("bag", "show", DOMAIN, check=False)
     assert r.returncode == 75 and "Broken registry data" in r.stderr

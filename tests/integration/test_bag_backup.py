@@ -79,7 +79,7 @@ def test_outage_then_back_every_message_once(make_sandbox):
         assert customer.handler.max_open == 1
         show = bag_show(sb)
         assert show["failed_tries"] == "0" and show["next_retry"] == ""
-        assert "(backup)" in sb.log()
+        sb.wait_log("(backup)")
     finally:
         customer.stop()
 
@@ -128,7 +128,7 @@ def test_give_up_bounces_with_4_4_7(make_sandbox):
     assert "Original-Envelope-Id: give-up-1" in fields
     assert "connect" in fields        # the last reason, as diagnostic
     assert dsn["From"].startswith("Mail Delivery System <MAILER-DAEMON@")
-    assert "(backup)" in sb.log()
+    sb.wait_log("(backup)")
 
 
 def test_5xx_bounces_at_once(make_sandbox):

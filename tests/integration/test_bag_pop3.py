@@ -161,7 +161,7 @@ def test_per_account_box_made_on_first_mail(sb):
     replies, data = deliver(sb, ["New+tag@" + DOMAIN], subject="first")
     assert data[0][0] == 250, data
     assert len(bag_files(sb, "_bag_new@" + DOMAIN)) == 1
-    assert "POP3 box _bag_new@%s created" % DOMAIN in sb.log()
+    sb.wait_log("POP3 box _bag_new@%s created" % DOMAIN)
     listed = sb.doveadm("bag", "recipient", "list", DOMAIN,
                         json_output=True).json
     assert listed == []

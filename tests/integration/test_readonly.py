@@ -295,7 +295,7 @@ def test_unreachable_registry_fails_closed(sandbox):
         # nobody's status is known: every IMAP and POP3 login fails
         login_fails(sandbox, AUDIT)
         login_fails(sandbox, BOB)
-        assert "dict lookup of shared/mirror/storage/" in sandbox.log()
+        sandbox.wait_log("dict lookup of shared/mirror/storage/")
     finally:
         os.chmod(socket, mode)
     imap = imap_login(sandbox, BOB)

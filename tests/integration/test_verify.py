@@ -231,7 +231,7 @@ def test_removed_chain_line_and_garbage_break_the_chain(sandbox):
     # a broken chain is not appended to, but the copy is still made
     ok(sandbox.deliver([ALICE]))
     assert len(sandbox.imap_messages(AUDIT)) == 4
-    assert "chain append" in sandbox.log()
+    sandbox.wait_log("chain append")
 
 
 def test_chain_append_failure_keeps_the_copy(sandbox):

@@ -304,11 +304,17 @@ def header_values(message, name):
 
 PROBLEM = re.compile(r"Panic:|Fatal:|killed with signal|"
                      r"AddressSanitizer|runtime error")
+# A process that the master starts as it stops can't read the settings
+# from the config service, which is gone already: Dovecot's own shutdown
+# order, only ever seen in what a stopping sandbox logs.
+SHUTDOWN_NOISE = re.compile(r"Fatal: Error reading configuration: "
+                            r"read\(\S+/run/config\) failed")
 
 
-def sandbox_problems(d, offset=0):
-    """What Dovecot reported in sandbox d's log from offset on, and its
-    sanitizer reports; the log's size."""
+def sandbox_problems(d, offset=0, stopping=False):
+    """What Dovecot reported in sandbox d's log from offset on (with
+    stopping, what it logged while shutting down), and its sanitizer
+    reports; the log's size."""
     problems = []
     log = os.path.join(d, "dovecot.log")
     size = offset
@@ -320,6 +326,8 @@ def sandbox_problems(d, offset=0):
         for line in data.decode(errors="replace").splitlines():
             # SIGKILL is only ever sent by a test, on purpose
             if "killed with signal 9" in line:
+                continue
+            if stopping and SHUTDOWN_NOISE.search(line):
                 continue
             if PROBLEM.search(line):
                 problems.append(line.strip())
@@ -392,7 +400,7 @@ class Reaper:
             if running:
                 left.append(entry)
                 continue
-            problems, _ = sandbox_problems(d, offset)
+            problems, _ = sandbox_problems(d, offset, stopping=True)
             if problems:
                 self.problems.append((test, problems))
             elif not keep and not os.environ.get("MIRROR_KEEP_SANDBOX"):

@@ -62,24 +62,43 @@ int bag_modes_parse(const char *str, enum bag_mode *modes_r,
 	return 0;
 }
 
-/* An IPv4-mapped IPv6 network (::ffff:a.b.c.d/BITS) as the IPv4 network it
-   stands for: net_is_in_network() makes a client's mapped address IPv4
-   before it compares, so the mapped form would match nobody. */
-static void bag_net_unmap(struct ip_addr *net_ip, unsigned int *bits)
+/* Whether the first bits bits of two IPv6 addresses are the same. */
+static bool
+bag_ip6_prefix_equals(const unsigned char *a, const unsigned char *b,
+		      unsigned int bits)
+{
+	unsigned int bytes = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, bytes) != 0)
+		return FALSE;
+	return rest == 0 ||
+		((a[bytes] ^ b[bytes]) & (0xff << (8 - rest)) & 0xff) == 0;
+}
+
+/* An IPv4 client (or an IPv4-mapped one, which net_is_in_network() makes
+   IPv4 before it compares, so that it would match no IPv6 network) is in
+   an IPv6 network when its mapped form ::ffff:a.b.c.d is. */
+static bool
+bag_ip4_in_ip6_network(const struct ip_addr *ip, const struct ip_addr *net_ip,
+		       unsigned int bits)
 {
 	static const unsigned char prefix[12] = {
 		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
 	};
-	struct ip_addr v4;
+	unsigned char mapped[16];
 
-	if (net_ip->family != AF_INET6 || *bits < 96 ||
-	    memcmp(&net_ip->u.ip6, prefix, sizeof(prefix)) != 0)
-		return;
-	i_zero(&v4);
-	v4.family = AF_INET;
-	memcpy(&v4.u.ip4, (const unsigned char *)&net_ip->u.ip6 + 12, 4);
-	*net_ip = v4;
-	*bits -= 96;
+	if (ip->family == AF_INET) {
+		memcpy(mapped, prefix, sizeof(prefix));
+		memcpy(mapped + 12, &ip->u.ip4, 4);
+	} else if (ip->family == AF_INET6 &&
+		   memcmp(&ip->u.ip6, prefix, sizeof(prefix)) == 0) {
+		memcpy(mapped, &ip->u.ip6, 16);
+	} else {
+		return FALSE;
+	}
+	return bag_ip6_prefix_equals(mapped,
+				     (const unsigned char *)&net_ip->u.ip6,
+				     I_MIN(bits, 128));
 }
 
 bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip)
@@ -91,8 +110,9 @@ bool bag_def_allows_ip(const struct bag_def *def, const struct ip_addr *ip)
 	array_foreach_elem(&def->etrn_nets, net) {
 		if (net_parse_range(net, &net_ip, &bits) < 0)
 			continue;
-		bag_net_unmap(&net_ip, &bits);
-		if (net_is_in_network(ip, &net_ip, bits))
+		if (net_is_in_network(ip, &net_ip, bits) ||
+		    (net_ip.family == AF_INET6 &&
+		     bag_ip4_in_ip6_network(ip, &net_ip, bits)))
 			return TRUE;
 	}
 	return FALSE;

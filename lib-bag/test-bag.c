@@ -101,6 +101,19 @@ static void test_bag_nets(void)
 		    bag_def_allows_ip(&def, &ip));
 	test_assert(net_addr2ip("203.0.114.9", &ip) == 0 &&
 		    !bag_def_allows_ip(&def, &ip));
+	/* and so does an IPv6 network holding the mapped range */
+	array_clear(&def.etrn_nets);
+	net = "::ffff:2.0.2.3/0";
+	array_push_back(&def.etrn_nets, &net);
+	test_assert(net_addr2ip("2.0.2.3", &ip) == 0 &&
+		    bag_def_allows_ip(&def, &ip));
+	test_assert(net_addr2ip("2001:db8::1", &ip) == 0 &&
+		    bag_def_allows_ip(&def, &ip));
+	array_clear(&def.etrn_nets);
+	net = "2001:db8::/32";
+	array_push_back(&def.etrn_nets, &net);
+	test_assert(net_addr2ip("2.0.2.3", &ip) == 0 &&
+		    !bag_def_allows_ip(&def, &ip));
 	test_end();
 }
 

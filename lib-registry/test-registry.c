@@ -9,6 +9,7 @@
 #include "test-common.h"
 #include "registry-dict.h"
 #include "registry-json.h"
+#include "registry-access.h"
 
 #define TEST_REGISTRY_PATH ".test-registry.tmp"
 
@@ -122,12 +123,92 @@ static void test_registry_counters(void)
 	test_end();
 }
 
+static void test_registry_access(void)
+{
+	struct registry_request req;
+	const char *error;
+
+	test_begin("registry_request_parse() + registry_access_check()");
+	test_assert(registry_handshake_parse("H3\t2\t0\t\tmirror", &error) == 0);
+	test_assert(registry_handshake_parse("H2\t2\t0\t\tmirror", &error) < 0);
+	test_assert(registry_handshake_parse("H3\t2\t1\t\tmirror", &error) < 0);
+	test_assert(registry_handshake_parse("H3\t2", &error) < 0);
+
+	test_assert(registry_request_parse("Lshared/mirror/user/a@b",
+					   &req, &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_LOOKUP);
+	test_assert(registry_access_check(REGISTRY_ROLE_ADMIN, &req) == NULL);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_request_parse("Lshared/mirror/userdb/a@b",
+					   &req, &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) == NULL);
+	test_assert(registry_request_parse("Lpriv/x", &req, &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+
+	/* an iteration of a parent of the secrets returns them too */
+	test_assert(registry_request_parse("I1\t0\tshared/mirror/", &req,
+					   &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_ITERATE);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_request_parse("I1\t0\tshared/mirror/us", &req,
+					   &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_request_parse("I1\t0\tshared/bag/rcpt/x/", &req,
+					   &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) == NULL);
+
+	test_assert(registry_request_parse("S1\tshared/mirror/source/x\t[]",
+					   &req, &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_SET && req.trans_id == 1);
+	test_assert_strcmp(req.value, "[]");
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_access_check(REGISTRY_ROLE_ADMIN, &req) == NULL);
+	test_assert(registry_request_parse("A7\tshared/mirror/status/3/copies\t1",
+					   &req, &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_ATOMIC_INC && req.diff == 1);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) == NULL);
+	test_assert(registry_request_parse("A7\tshared/mirror/next-id\t1",
+					   &req, &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_request_parse("U2\tshared/bag/count/x.test",
+					   &req, &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) == NULL);
+	/* the expire index, not the scan's records */
+	test_assert(registry_request_parse("U2\tshared/mirror/expire-last-run",
+					   &req, &error) == 0);
+	test_assert(registry_access_check(REGISTRY_ROLE_MAIL, &req) != NULL);
+	test_assert(registry_request_parse("C2", &req, &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_COMMIT && !req.async_commit);
+	test_assert(registry_request_parse("D2", &req, &error) == 0);
+	test_assert(req.type == REGISTRY_REQUEST_COMMIT && req.async_commit);
+
+	test_assert(registry_request_parse("", &req, &error) < 0);
+	test_assert(registry_request_parse("X", &req, &error) < 0);
+	test_assert(registry_request_parse("S1\tkey", &req, &error) < 0);
+	test_assert(registry_request_parse("Sx\tkey\tv", &req, &error) < 0);
+	test_assert(registry_request_parse("A1\tkey\tzz", &req, &error) < 0);
+	test_assert(registry_request_parse("A1\tkey\t9223372036854775807",
+					   &req, &error) < 0);
+	test_assert(registry_request_parse("I1\t0", &req, &error) < 0);
+
+	test_assert(registry_counter_value_is_valid("0", 1));
+	test_assert(registry_counter_value_is_valid("-5", 1));
+	test_assert(!registry_counter_value_is_valid("zz", 1));
+	test_assert(!registry_counter_value_is_valid("-5x", 1));
+	test_assert(!registry_counter_value_is_valid("", 1));
+	test_assert(!registry_counter_value_is_valid("99999999999999999999", 1));
+	test_assert(!registry_counter_value_is_valid("4611686018427387903", 1));
+	test_assert(registry_counter_value_is_valid("4611686018427387902", 1));
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
 		test_registry_key_escape,
 		test_registry_json,
 		test_registry_counters,
+		test_registry_access,
 		NULL
 	};
 	int ret;

@@ -47,7 +47,7 @@ STORE = os.environ.get("MIRROR_TEST_STORE", "embedded")
 if STORE not in ("embedded", "redis", "sqlite"):
     raise RuntimeError("MIRROR_TEST_STORE must be embedded, redis or sqlite")
 # the registry every sandbox's doveadm reaches, whatever the backend
-REGISTRY = "proxy::mirror"
+REGISTRY = "proxy:mirror-registry:mirror"
 # scripts/sandbox takes its ports from this worker's slice
 os.environ["MIRROR_PORT_RANGE"] = "%d-%d" % ports.worker_range()
 # how long a stopping master may take before it is killed

@@ -15,7 +15,7 @@ import time
 import pytest
 from flufl.bounce import all_failures
 
-from conftest import make_message
+from conftest import REGISTRY, make_message
 from peers import (CustomerMTA, SmtpSink, fetchmail_etrn, fetchmail_odmr,
                    msmtp_etrn)
 
@@ -310,18 +310,18 @@ def test_broken_registry_lists(bag_sandbox):
     bag_add(sb, nets="127.0.0.1", host="127.0.0.1")
     sb.doveadm("bag", "recipient", "add", DOMAIN, "a@" + DOMAIN)
     key = "shared/bag/rcpts/" + DOMAIN
-    good = sb.doveadm("dict", "get", "proxy::mirror", key).stdout.strip()
-    sb.doveadm("dict", "set", "proxy::mirror", key, '["a@elsewhere.test"]')
+    good = sb.doveadm("dict", "get", REGISTRY, key).stdout.strip()
+    sb.doveadm("dict", "set", REGISTRY, key, '["a@elsewhere.test"]')
     r = sb.doveadm("bag", "recipient", "list", DOMAIN, check=False)
     assert r.returncode == 75, r.stderr
     assert "Broken registry data in %s: invalid address" % key in r.stderr
-    sb.doveadm("dict", "set", "proxy::mirror", key, good)
+    sb.doveadm("dict", "set", REGISTRY, key, good)
     rows = sb.doveadm("bag", "recipient", "list", DOMAIN,
                       json_output=True).json
     assert [row["recipient"] for row in rows] == ["a@" + DOMAIN]
 
     key = "shared/bag/domains"
-    sb.doveadm("dict", "set", "proxy::mirror", key, '["not a domain"]')
+    sb.doveadm("dict", "set", REGISTRY, key, '["not a domain"]')
     r = sb.doveadm("bag", "list", check=False)
     assert r.returncode == 75, r.stderr
     assert "Broken registry data in %s: invalid domain" % key in r.stderr
@@ -329,7 +329,7 @@ def test_broken_registry_lists(bag_sandbox):
 
 def test_lmtp_broken_registry_data_tempfails(bag_sandbox):
     sb = bag_sandbox
-    sb.doveadm("dict", "set", "proxy::mirror", "shared/bag/domain/" + DOMAIN,
+    sb.doveadm("dict", "set", REGISTRY, "shared/bag/domain/" + DOMAIN,
                "{broken")
     rcpt, _ = deliver(sb, ["a@" + DOMAIN, LOCAL])
     assert rcpt[0][0] == 451 and rcpt[1][0] == 250

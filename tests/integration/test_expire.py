@@ -6,10 +6,8 @@ the save date of a message can't honestly be moved back in maildir (it is
 the index cache's date.save or the file's ctime), so the scan is moved
 forward instead. The save dates themselves are read with doveadm fetch.
 
-These tests need the registry to be writable by the mail users' processes
-(LMTP's copies and IMAP expunges update the index as the storage user), so
-they run with the registry behind Dovecot's dict service
-(mirror_dict = proxy::mirror).
+LMTP's copies and IMAP expunges update the index as the storage user,
+through the mirror-registry service like every other process.
 """
 
 import glob
@@ -20,14 +18,14 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, make_message
+from conftest import PASSWORD, REGISTRY, make_message
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 AUDIT, AUDIT2 = "audit@example.com", "audit2@example.com"
 DAY = 86400
 EX_USAGE = 64
-DICT = "proxy::mirror"
-SETTINGS = {"mirror_dict": DICT}
+DICT = REGISTRY
+SETTINGS = {}
 ROW_FIELDS = {"ids", "storage", "removed", "bytes", "oldest_kept"}
 
 

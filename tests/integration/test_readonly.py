@@ -287,8 +287,8 @@ def test_broken_registry_data_fails_closed(sandbox):
 
 def test_unreachable_registry_fails_closed(sandbox):
     storage_with_mail(sandbox, count=1)
-    # the mail processes (as the mail uid) can't reach the dict service
-    socket = os.path.join(sandbox.dir, "run", "dict")
+    # the mail processes (as the mail uid) can't reach the registry
+    socket = os.path.join(sandbox.dir, "run", "mirror-registry")
     mode = os.stat(socket).st_mode & 0o777
     os.chmod(socket, 0)
     try:

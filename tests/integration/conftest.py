@@ -284,7 +284,8 @@ class Sandbox:
         """A registry value (key without shared/), None if missing."""
         r = self.doveadm("dict", "get", REGISTRY, "shared/" + key,
                          check=False)
-        return r.stdout.rstrip("\n") if r.returncode == 0 else None
+        # the table formatter pads the value with spaces
+        return r.stdout.rstrip() if r.returncode == 0 else None
 
     def registry_set(self, key, value):
         self.doveadm("dict", "set", REGISTRY, "shared/" + key, value)

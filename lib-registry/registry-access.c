@@ -31,7 +31,8 @@ static const char *const registry_mail_writable[] = {
    overflow in any backend */
 #define REGISTRY_COUNTER_MAX (1LL << 62)
 
-int registry_handshake_parse(const char *line, const char **error_r)
+int registry_handshake_parse(const char *line, const char **name_r,
+			     const char **error_r)
 {
 	const char *const *args = t_strsplit_tabescaped(line);
 	unsigned int major, minor, value_type;
@@ -52,6 +53,7 @@ int registry_handshake_parse(const char *line, const char **error_r)
 		*error_r = "Only string values are supported";
 		return -1;
 	}
+	*name_r = args[4];
 	return 0;
 }
 

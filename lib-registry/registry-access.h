@@ -57,10 +57,16 @@ struct registry_request {
 int registry_request_parse(const char *line, struct registry_request *req_r,
 			   const char **error_r);
 
+/* The dict name a client gives (proxy:mirror-registry:<name>) to read
+   the registry without its marker: doveadm mirror init and check, as
+   root only. Any other name reads it as every process does. */
+#define REGISTRY_NAME_UNCHECKED "mirror+unchecked"
+
 /* Parse the handshake line (H<major> <minor> <value type> <user>
-   <dict name>). 0, or -1 with error_r for a protocol this service
-   doesn't speak. */
-int registry_handshake_parse(const char *line, const char **error_r);
+   <dict name>): 0 with the dict name, or -1 with error_r for a protocol
+   this service doesn't speak. */
+int registry_handshake_parse(const char *line, const char **name_r,
+			     const char **error_r);
 
 /* NULL if role may make the request, else why not. Requests without a
    key (begin, commit, ...) are always allowed. */

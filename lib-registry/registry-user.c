@@ -53,6 +53,23 @@ void registry_user_records_unset(struct dict_transaction_context *trans,
 	dict_unset(trans, registry_userdb_key(user));
 }
 
+int registry_userdb_get(struct registry *reg, const char *user,
+			struct json_object **fields_r, const char **error_r)
+{
+	const char *key = registry_userdb_key(user), *value, *error;
+	int ret;
+
+	if ((ret = registry_get(reg, key, &value, error_r)) <= 0)
+		return ret;
+	if (registry_json_parse(value, json_type_object, fields_r,
+				&error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in %s: %s",
+					   key, error);
+		return -1;
+	}
+	return 1;
+}
+
 int registry_user_exists(struct registry *reg, const char *user,
 			 const char **error_r)
 {

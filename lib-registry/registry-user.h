@@ -30,6 +30,11 @@ void registry_user_password_set(struct dict_transaction_context *trans,
 void registry_user_records_unset(struct dict_transaction_context *trans,
 				 const char *user);
 
+/* The userdb record of user: 1 with its fields (an object to release),
+   0 if it has none, -1 on error or broken data. */
+int registry_userdb_get(struct registry *reg, const char *user,
+			struct json_object **fields_r, const char **error_r);
+
 /* 1 if the user has a passdb record, 0 if not, -1 on error. */
 int registry_user_exists(struct registry *reg, const char *user,
 			 const char **error_r);

@@ -7,6 +7,7 @@
 #include "str.h"
 #include "strnum.h"
 #include "registry-dict.h"
+#include "registry-access.h"
 
 int registry_init(const char *dict_uri, const char *base_dir,
 		  struct event *event_parent,
@@ -29,6 +30,25 @@ int registry_init(const char *dict_uri, const char *base_dir,
 	reg->dict = dict;
 	*reg_r = reg;
 	return 0;
+}
+
+int registry_init_unchecked(const char *dict_uri, const char *base_dir,
+			    struct event *event_parent,
+			    struct registry **reg_r, const char **error_r)
+{
+	const char *p;
+
+	/* proxy:[<options>:]<socket>:mirror, the service's socket (not
+	   Dovecot's dict service's, proxy::<name>) */
+	if (str_begins(dict_uri, "proxy:") &&
+	    !str_begins(dict_uri, "proxy::") &&
+	    (p = strrchr(dict_uri, ':')) != NULL &&
+	    strcmp(p + 1, "mirror") == 0) {
+		dict_uri = t_strconcat(t_strdup_until(dict_uri, p + 1),
+				       REGISTRY_NAME_UNCHECKED, NULL);
+	}
+	return registry_init(dict_uri, base_dir, event_parent, reg_r,
+			     error_r);
 }
 
 void registry_deinit(struct registry **_reg)
@@ -244,6 +264,24 @@ int registry_iterate(struct registry *reg, const char *prefix,
 		return -1;
 	}
 	return 0;
+}
+
+static bool registry_failing = FALSE;
+
+bool registry_failure_begin(void)
+{
+	if (registry_failing)
+		return FALSE;
+	registry_failing = TRUE;
+	return TRUE;
+}
+
+bool registry_failure_end(void)
+{
+	if (!registry_failing)
+		return FALSE;
+	registry_failing = FALSE;
+	return TRUE;
 }
 
 const char *registry_key_escape(const char *str)

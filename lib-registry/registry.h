@@ -21,7 +21,23 @@ struct registry;
 int registry_init(const char *dict_uri, const char *base_dir,
 		  struct event *event_parent, struct registry **reg_r,
 		  const char **error_r);
+/* The same registry, read whether or not it has its marker
+   (registry-marker.h): for doveadm mirror init and check, which set it
+   up and repair it, as root. Through the mirror-registry service
+   (proxy:<socket>:mirror) the service is asked for that; another URI
+   is read as it is. */
+int registry_init_unchecked(const char *dict_uri, const char *base_dir,
+			    struct event *event_parent,
+			    struct registry **reg_r, const char **error_r);
 void registry_deinit(struct registry **reg);
+
+/* A process that reads the registry for every delivery logs a run of
+   failures (an unavailable or damaged registry) once, not once per
+   message: registry_failure_begin() is TRUE for the first failure of a
+   run (log it) and FALSE after it; registry_failure_end(), called after
+   a success, is TRUE when it ended a run (log that). */
+bool registry_failure_begin(void);
+bool registry_failure_end(void);
 
 /* Escape a name (a source, a user, a domain) for use as one component of
    a dict key: everything except [a-z0-9.@_+-] becomes %xx. */

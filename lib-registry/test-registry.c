@@ -10,6 +10,7 @@
 #include "registry-dict.h"
 #include "registry-json.h"
 #include "registry-access.h"
+#include "registry-marker.h"
 
 #define TEST_REGISTRY_PATH ".test-registry.tmp"
 
@@ -126,13 +127,17 @@ static void test_registry_counters(void)
 static void test_registry_access(void)
 {
 	struct registry_request req;
-	const char *error;
+	const char *name, *error;
 
 	test_begin("registry_request_parse() + registry_access_check()");
-	test_assert(registry_handshake_parse("H3\t2\t0\t\tmirror", &error) == 0);
-	test_assert(registry_handshake_parse("H2\t2\t0\t\tmirror", &error) < 0);
-	test_assert(registry_handshake_parse("H3\t2\t1\t\tmirror", &error) < 0);
-	test_assert(registry_handshake_parse("H3\t2", &error) < 0);
+	test_assert(registry_handshake_parse("H3\t2\t0\t\tmirror", &name,
+					     &error) == 0);
+	test_assert_strcmp(name, "mirror");
+	test_assert(registry_handshake_parse("H2\t2\t0\t\tmirror", &name,
+					     &error) < 0);
+	test_assert(registry_handshake_parse("H3\t2\t1\t\tmirror", &name,
+					     &error) < 0);
+	test_assert(registry_handshake_parse("H3\t2", &name, &error) < 0);
 
 	test_assert(registry_request_parse("Lshared/mirror/user/a@b",
 					   &req, &error) == 0);
@@ -202,6 +207,45 @@ static void test_registry_access(void)
 	test_end();
 }
 
+static void test_registry_marker(void)
+{
+	struct registry_marker marker, parsed;
+	const char *value, *error;
+
+	test_begin("registry marker");
+	registry_marker_new(&marker);
+	test_assert(marker.format == REGISTRY_FORMAT);
+	test_assert(registry_id_is_valid(marker.id));
+	value = registry_marker_encode(&marker);
+	test_assert(registry_marker_parse(value, &parsed, &error) == 0);
+	test_assert_strcmp(parsed.id, marker.id);
+	test_assert(parsed.created == marker.created);
+	test_assert(registry_marker_check(value, NULL) == NULL);
+	test_assert(registry_marker_check(value, marker.id) == NULL);
+
+	/* missing, broken, newer, foreign: never used */
+	test_assert(strstr(registry_marker_check(NULL, NULL),
+			   "it has no marker") != NULL);
+	test_assert(strstr(registry_marker_check("{", NULL),
+			   "its marker (shared/mirror/registry) is broken")
+		    != NULL);
+	test_assert(registry_marker_check(
+		"{\"format\":1,\"id\":\"xyz\",\"created\":1}", NULL) != NULL);
+	test_assert(registry_marker_check(
+		"{\"format\":1,\"created\":1}", NULL) != NULL);
+	test_assert(strstr(registry_marker_check(t_strdup_printf(
+		"{\"format\":2,\"id\":\"%s\",\"created\":1}", marker.id),
+		NULL), "its format 2 is newer") != NULL);
+	test_assert(strstr(registry_marker_check(value,
+		"00000000000000000000000000000000"), "a registry of another "
+		"installation") != NULL);
+
+	test_assert(!registry_id_is_valid("0123"));
+	test_assert(!registry_id_is_valid("0123456789ABCDEF0123456789abcdef"));
+	test_assert(registry_id_is_valid("0123456789abcdef0123456789abcdef"));
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -209,6 +253,7 @@ int main(void)
 		test_registry_json,
 		test_registry_counters,
 		test_registry_access,
+		test_registry_marker,
 		NULL
 	};
 	int ret;

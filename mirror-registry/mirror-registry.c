@@ -48,6 +48,7 @@
 #include "dict-client.h"
 #include "mirror-log.h"
 #include "registry-access.h"
+#include "registry-marker.h"
 
 #include <unistd.h>
 
@@ -78,11 +79,17 @@ struct registry_cmd {
 	/* NULL until the command has finished */
 	char *reply;
 
-	/* a commit: its transaction, and the counter lookups that must
-	   come back before it is made */
-	struct registry_trans *trans;
+	/* the lookups that must come back before the command is done: of
+	   the marker, of a lookup's key, of the counters a commit
+	   increments */
 	unsigned int lookups_left;
-	char *broken;
+	/* why the registry can't be used (its marker), or the commit made */
+	char *unavailable, *broken;
+	/* a lookup's reply once it is known */
+	char *result;
+
+	/* a commit: its transaction */
+	struct registry_trans *trans;
 	bool async_commit;
 };
 
@@ -92,6 +99,9 @@ struct registry_conn {
 
 	enum registry_role role;
 	struct net_unix_cred cred;
+	/* doveadm mirror init and check read the registry without a
+	   marker (and repair it) */
+	bool unchecked;
 
 	ARRAY(struct registry_cmd *) cmds;
 	ARRAY(struct registry_trans *) transactions;
@@ -104,6 +114,9 @@ struct registry_server {
 	const char *config_path;
 	const char *base_dir;
 	char *uri;
+	/* the identity the registry must have (id in the configuration),
+	   NULL: any */
+	char *expected_id;
 	/* opened at the first request; the error if it can't be */
 	struct dict *dict;
 	char *dict_error;
@@ -173,6 +186,8 @@ static void registry_cmd_free(struct registry_cmd *cmd)
 	if (cmd->trans != NULL)
 		pool_unref(&cmd->trans->pool);
 	i_free(cmd->broken);
+	i_free(cmd->unavailable);
+	i_free(cmd->result);
 	i_free(cmd->reply);
 	i_free(cmd);
 	if (!conn->destroyed)
@@ -230,6 +245,53 @@ static const char *registry_fail_reply(const char *error)
 	return str_c(str);
 }
 
+static const char *registry_unavailable(const char *reason)
+{
+	return t_strdup_printf("The registry is unavailable: %s", reason);
+}
+
+static void registry_cmd_lookup_done(struct registry_cmd *cmd);
+
+static void
+registry_marker_callback(const struct dict_lookup_result *result,
+			 struct registry_cmd *cmd)
+{
+	const char *reason;
+
+	if (result->ret < 0) {
+		reason = t_strdup_printf("can't read its marker: %s",
+					 result->error);
+	} else {
+		reason = registry_marker_check(result->ret > 0 ?
+					       result->value : NULL,
+					       server.expected_id);
+	}
+	if (reason != NULL && cmd->unavailable == NULL) {
+		cmd->unavailable = i_strdup(registry_unavailable(reason));
+		/* once for a run: every request says it to its client */
+		if (registry_failure_begin()) {
+			e_error(server.event, "%s (logged once)",
+				cmd->unavailable);
+		}
+	} else if (reason == NULL && registry_failure_end())
+		e_info(server.event, "The registry is available again");
+	registry_cmd_lookup_done(cmd);
+}
+
+/* Read the marker alongside the command's own lookups: a registry
+   without it is never answered from. */
+static void registry_cmd_check_marker(struct registry_cmd *cmd,
+				      struct dict *dict)
+{
+	const struct dict_op_settings set = { .username = NULL };
+
+	if (cmd->conn->unchecked)
+		return;
+	cmd->lookups_left++;
+	dict_lookup_async(dict, &set, REGISTRY_KEY_MARKER,
+			  registry_marker_callback, cmd);
+}
+
 static void
 registry_lookup_callback(const struct dict_lookup_result *result,
 			 struct registry_cmd *cmd)
@@ -246,7 +308,8 @@ registry_lookup_callback(const struct dict_lookup_result *result,
 		e_error(server.event, "Lookup failed: %s", result->error);
 		str_append(str, registry_fail_reply(result->error));
 	}
-	registry_cmd_finish(cmd, str_c(str));
+	cmd->result = i_strdup(str_c(str));
+	registry_cmd_lookup_done(cmd);
 }
 
 static void registry_cmd_lookup(struct registry_cmd *cmd, struct dict *dict,
@@ -254,7 +317,11 @@ static void registry_cmd_lookup(struct registry_cmd *cmd, struct dict *dict,
 {
 	const struct dict_op_settings set = { .username = NULL };
 
+	/* one for this function: the callbacks may come at once */
+	cmd->lookups_left = 2;
+	registry_cmd_check_marker(cmd, dict);
 	dict_lookup_async(dict, &set, req->key, registry_lookup_callback, cmd);
+	registry_cmd_lookup_done(cmd);
 }
 
 static void registry_cmd_iterate(struct registry_cmd *cmd, struct dict *dict,
@@ -263,8 +330,26 @@ static void registry_cmd_iterate(struct registry_cmd *cmd, struct dict *dict,
 	const struct dict_op_settings set = { .username = NULL };
 	struct dict_iterate_context *iter;
 	string_t *str = t_str_new(1024);
-	const char *key, *value, *error;
+	const char *key, *value, *error, *marker, *reason;
+	int ret;
 
+	if (!cmd->conn->unchecked) {
+		ret = dict_lookup(dict, &set, pool_datastack_create(),
+				  REGISTRY_KEY_MARKER, &marker, &error);
+		reason = ret < 0 ?
+			t_strdup_printf("can't read its marker: %s", error) :
+			registry_marker_check(ret > 0 ? marker : NULL,
+					      server.expected_id);
+		if (reason != NULL) {
+			reason = registry_unavailable(reason);
+			if (registry_failure_begin()) {
+				e_error(server.event, "%s (logged once)",
+					reason);
+			}
+			registry_cmd_finish(cmd, registry_fail_reply(reason));
+			return;
+		}
+	}
 	iter = dict_iterate_init(dict, &set, req->key,
 				 req->iter_flags & ~DICT_ITERATE_FLAG_ASYNC);
 	if (req->iter_max_rows > 0)
@@ -278,8 +363,14 @@ static void registry_cmd_iterate(struct registry_cmd *cmd, struct dict *dict,
 		str_append_c(str, '\n');
 	}
 	if (dict_iterate_deinit(&iter, &error) < 0) {
-		e_error(server.event, "Iteration of %s failed: %s",
-			str_sanitize(req->key, 200), error);
+		/* Redis can't iterate: its clients know */
+		if (strstr(error, "Unsupported operation") != NULL) {
+			e_debug(server.event, "Iteration of %s failed: %s",
+				str_sanitize(req->key, 200), error);
+		} else {
+			e_error(server.event, "Iteration of %s failed: %s",
+				str_sanitize(req->key, 200), error);
+		}
 		str_append(str, registry_fail_reply(error));
 	} else {
 		/* an empty line ends the iteration */
@@ -362,6 +453,11 @@ static void registry_cmd_commit_now(struct registry_cmd *cmd)
 	const char *error;
 	struct dict *dict;
 
+	if (cmd->unavailable != NULL) {
+		registry_cmd_finish(cmd, registry_commit_reply(cmd,
+			DICT_PROTOCOL_REPLY_FAIL, cmd->unavailable));
+		return;
+	}
 	if (cmd->broken != NULL) {
 		e_error(server.event, "%s", cmd->broken);
 		registry_cmd_finish(cmd, registry_commit_reply(cmd,
@@ -422,9 +518,7 @@ registry_counter_callback(const struct dict_lookup_result *result,
 				str_sanitize(result->value, 40));
 		}
 	}
-	i_assert(cmd->lookups_left > 0);
-	if (--cmd->lookups_left == 0)
-		registry_cmd_commit_now(cmd);
+	registry_cmd_lookup_done(cmd);
 }
 
 /* Make the transaction, after checking every counter it increments: an
@@ -441,8 +535,9 @@ static void registry_cmd_commit(struct registry_cmd *cmd, struct dict *dict)
 			DICT_PROTOCOL_REPLY_FAIL, trans->denied));
 		return;
 	}
-	/* one reference for the lookups, dropped when they are done */
+	/* one for this function: the callbacks may come at once */
 	cmd->lookups_left = 1;
+	registry_cmd_check_marker(cmd, dict);
 	array_foreach(&trans->changes, change) {
 		if (change->type != REGISTRY_REQUEST_ATOMIC_INC)
 			continue;
@@ -454,8 +549,21 @@ static void registry_cmd_commit(struct registry_cmd *cmd, struct dict *dict)
 		dict_lookup_async(dict, &set, change->key,
 				  registry_counter_callback, lookup);
 	}
-	if (--cmd->lookups_left == 0)
+	registry_cmd_lookup_done(cmd);
+}
+
+/* The lookups of a command have all come back: answer or commit. */
+static void registry_cmd_lookup_done(struct registry_cmd *cmd)
+{
+	i_assert(cmd->lookups_left > 0);
+	if (--cmd->lookups_left > 0)
+		return;
+	if (cmd->trans != NULL)
 		registry_cmd_commit_now(cmd);
+	else if (cmd->unavailable != NULL)
+		registry_cmd_finish(cmd, registry_fail_reply(cmd->unavailable));
+	else
+		registry_cmd_finish(cmd, cmd->result);
 }
 
 static void
@@ -600,11 +708,20 @@ registry_conn_handshake_line(struct connection *_conn, const char *line)
 {
 	struct registry_conn *conn =
 		container_of(_conn, struct registry_conn, conn);
-	const char *error;
+	const char *name, *error;
 
-	if (registry_handshake_parse(line, &error) < 0) {
+	if (registry_handshake_parse(line, &name, &error) < 0) {
 		e_error(server.event, "%s (%s)", error, registry_conn_peer(conn));
 		return -1;
+	}
+	if (strcmp(name, REGISTRY_NAME_UNCHECKED) == 0) {
+		if (conn->role != REGISTRY_ROLE_ADMIN) {
+			e_error(server.event, "Only root may read the registry "
+				"without its marker (%s)",
+				registry_conn_peer(conn));
+			return -1;
+		}
+		conn->unchecked = TRUE;
 	}
 	return 1;
 }
@@ -665,6 +782,15 @@ registry_config_callback(const char *key, const char *value,
 		server.uri = i_strdup(value);
 		return NULL;
 	}
+	if (strcmp(key, "id") == 0) {
+		i_free(server.expected_id);
+		if (*value == '\0')
+			return NULL;
+		if (!registry_id_is_valid(value))
+			return "id must be the registry's id: 32 hex digits";
+		server.expected_id = i_strdup(value);
+		return NULL;
+	}
 	return t_strdup_printf("Unknown setting: %s", key);
 }
 
@@ -696,7 +822,7 @@ int main(int argc, char *argv[])
 	if (master_service_settings_read_simple(master_service, NULL,
 						&error) < 0)
 		i_fatal("Error reading configuration: %s", error);
-	master_service_init_log(master_service);
+	master_service_init_log_with_pid(master_service);
 
 	server.event = event_create(NULL);
 	event_add_category(server.event, &event_category_registry);
@@ -723,6 +849,7 @@ int main(int argc, char *argv[])
 	dict_drivers_unregister_builtin();
 	i_free(server.dict_error);
 	i_free(server.uri);
+	i_free(server.expected_id);
 	event_unref(&server.event);
 	master_service_deinit(&master_service);
 	return 0;

@@ -180,7 +180,8 @@ static int bag_str_cmp(const char *const *s1, const char *const *s2)
 }
 
 /* The array under key with domain added (or, add=FALSE, removed), read
-   before the transaction that writes it with bag_domains_set(). */
+   before the transaction that writes it with bag_domains_set(). The list
+   of every bagged domain must exist. */
 static int
 bag_domains_changed(struct registry *reg, const char *key,
 		    const char *domain, bool add,
@@ -188,11 +189,19 @@ bag_domains_changed(struct registry *reg, const char *key,
 {
 	ARRAY_TYPE(const_string) domains;
 	const char *d;
+	int ret;
 
 	t_array_init(&domains, 16);
-	if (bag_domains_get(reg, key, pool_datastack_create(), &domains,
-			    error_r) < 0)
+	ret = bag_domains_get(reg, key, pool_datastack_create(), &domains,
+			      error_r);
+	if (ret < 0)
 		return -1;
+	if (ret == 0 && strcmp(key, BAG_KEY_DOMAINS) == 0) {
+		/* set up by doveadm mirror init and never removed */
+		*error_r = "Broken registry: "BAG_KEY_DOMAINS" is missing "
+			"(doveadm mirror check --repair rebuilds it)";
+		return -1;
+	}
 	array_foreach_elem(&domains, d) {
 		if (strcmp(d, domain) != 0)
 			array_push_back(kept, &d);
@@ -208,6 +217,24 @@ static int bag_def_cmp(const struct bag_def *d1, const struct bag_def *d2)
 	return strcmp(d1->domain, d2->domain);
 }
 
+/* The list of bagged domains, which doveadm mirror init sets up and
+   nothing removes: missing, it was lost. */
+static int
+bag_domain_list_get(struct registry *reg, ARRAY_TYPE(const_string) *domains,
+		    const char **error_r)
+{
+	int ret;
+
+	ret = bag_domains_get(reg, BAG_KEY_DOMAINS, pool_datastack_create(),
+			      domains, error_r);
+	if (ret == 0) {
+		*error_r = "Broken registry: "BAG_KEY_DOMAINS" is missing "
+			"(doveadm mirror check --repair rebuilds it)";
+		return -1;
+	}
+	return ret < 0 ? -1 : 0;
+}
+
 int bag_registry_list(struct registry *reg, pool_t pool,
 		      ARRAY_TYPE(bag_def) *defs, const char **error_r)
 {
@@ -217,8 +244,7 @@ int bag_registry_list(struct registry *reg, pool_t pool,
 	int ret;
 
 	t_array_init(&domains, 16);
-	if (bag_domains_get(reg, BAG_KEY_DOMAINS, pool_datastack_create(),
-			    &domains, error_r) < 0)
+	if (bag_domain_list_get(reg, &domains, error_r) < 0)
 		return -1;
 	array_foreach_elem(&domains, domain) {
 		ret = bag_registry_get(reg, domain, pool, &def, error_r);
@@ -291,7 +317,7 @@ int bag_registry_add(struct registry *reg, struct bag_def *def,
 	   (Redis) reads only them */
 	dict_set(trans, bag_rcpts_key(def->domain), "[]");
 	dict_set(trans, bag_boxes_key(def->domain), "[]");
-	bag_domains_set(trans, BAG_KEY_DOMAINS, &domains);
+	bag_strings_set(trans, BAG_KEY_DOMAINS, &domains);
 	if ((def->modes & BAG_MODE_ATRN) != 0) {
 		bag_domains_set(trans, bag_identity_key(def->atrn_identity),
 				&identity_domains);
@@ -492,7 +518,8 @@ int bag_registry_remove(struct registry *reg, const char *domain,
 		dict_unset(trans, t_strconcat(prefix, registry_key_escape(addr),
 					      NULL));
 	dict_unset(trans, bag_rcpts_key(domain));
-	bag_domains_set(trans, BAG_KEY_DOMAINS, &domains);
+	/* the list stays, empty or not */
+	bag_strings_set(trans, BAG_KEY_DOMAINS, &domains);
 	if (identity_key != NULL) {
 		bag_domains_set(trans, identity_key, &identity_domains);
 		/* no other domain left for an identity the suite made */
@@ -904,4 +931,89 @@ int bag_registry_password_set(struct registry *reg, const char *user,
 	trans = registry_transaction_begin(reg);
 	registry_user_password_set(trans, user, password_hash);
 	return registry_commit(reg, &trans, error_r);
+}
+
+/* An upgrade of a bag made before 0.2: its user's userdb record gets
+   mirror_readonly (which keeps IMAP and POP3 sessions of a bag that
+   isn't a POP3 connector read-only), its message counter is made. Read
+   first, then written: no lookup while a transaction is open. */
+static int
+bag_registry_upgrade_domain(struct registry *reg, const char *domain,
+			    ARRAY_TYPE(const_string) *made,
+			    const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	struct bag_def def;
+	struct json_object *fields = NULL, *value;
+	const char *count_key = bag_count_key(domain), *count, *what;
+	bool readonly = FALSE;
+	int ret;
+
+	if ((ret = bag_registry_get(reg, domain, pool_datastack_create(), &def,
+				    error_r)) <= 0)
+		return ret;
+	if ((def.modes & BAG_MODE_POP3) == 0) {
+		ret = registry_userdb_get(reg, def.user, &fields, error_r);
+		if (ret < 0)
+			return -1;
+		readonly = ret > 0 &&
+			!json_object_object_get_ex(fields, "mirror_readonly",
+						   &value);
+	}
+	if ((ret = registry_get(reg, count_key, &count, error_r)) < 0) {
+		if (fields != NULL)
+			json_object_put(fields);
+		return -1;
+	}
+	if (!readonly && ret > 0) {
+		if (fields != NULL)
+			json_object_put(fields);
+		return 0;
+	}
+
+	trans = registry_transaction_begin(reg);
+	if (readonly) {
+		json_object_object_add(fields, "mirror_readonly",
+				       json_object_new_string("yes"));
+		registry_user_records_set(trans, def.user, NULL, fields);
+		fields = NULL;
+		what = t_strdup_printf("mirror_readonly of %s", def.user);
+		array_push_back(made, &what);
+	}
+	if (ret == 0) {
+		dict_set(trans, count_key, "0");
+		array_push_back(made, &count_key);
+	}
+	if (fields != NULL)
+		json_object_put(fields);
+	return registry_commit(reg, &trans, error_r);
+}
+
+int bag_registry_setup(struct registry *reg, bool upgrade,
+		       ARRAY_TYPE(const_string) *made, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	ARRAY_TYPE(const_string) domains;
+	const char *domain, *key = BAG_KEY_DOMAINS;
+	int ret;
+
+	t_array_init(&domains, 16);
+	ret = bag_domains_get(reg, key, pool_datastack_create(), &domains,
+			      error_r);
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		trans = registry_transaction_begin(reg);
+		dict_set(trans, key, "[]");
+		array_push_back(made, &key);
+		return registry_commit(reg, &trans, error_r);
+	}
+	if (!upgrade)
+		return 0;
+	array_foreach_elem(&domains, domain) {
+		if (bag_registry_upgrade_domain(reg, domain, made,
+						error_r) < 0)
+			return -1;
+	}
+	return 0;
 }

@@ -153,6 +153,13 @@ int bag_registry_backup_set(struct registry *reg, const char *domain,
 			    const struct bag_backup_state *state,
 			    const char **error_r);
 
+/* What doveadm mirror init sets up: the list of bagged domains, made
+   where missing; with upgrade, what a registry of 0.1 lacks too (the bag
+   users' mirror_readonly, the bags' message counters). What was made is
+   appended to made. 0, or -1 on error. */
+int bag_registry_setup(struct registry *reg, bool upgrade,
+		       ARRAY_TYPE(const_string) *made, const char **error_r);
+
 /* Replace the password hash of a login record the suite created. */
 int bag_registry_password_set(struct registry *reg, const char *user,
 			      const char *password_hash,

@@ -156,8 +156,14 @@ int mirror_registry_accounts(struct registry *reg, pool_t pool,
 	int ret;
 
 	ret = registry_get(reg, MIRROR_KEY_ACCOUNTS, &value, error_r);
-	if (ret <= 0)
-		return ret;
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		/* set up by doveadm mirror init and never removed */
+		*error_r = "Broken registry: "MIRROR_KEY_ACCOUNTS" is missing "
+			"(doveadm mirror check --repair rebuilds it)";
+		return -1;
+	}
 	if (registry_json_parse_array(value, &arr, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Broken registry data in the account list: %s", error);

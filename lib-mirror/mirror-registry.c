@@ -20,6 +20,14 @@
 #define MIRROR_KEY_NEXT_ID REGISTRY_KEY_MIRROR"next-id"
 #define MIRROR_KEY_STORAGE REGISTRY_KEY_MIRROR"storage/"
 #define MIRROR_KEY_STATUS REGISTRY_KEY_MIRROR"status/"
+/* mirror-account.c's list of accounts, set up here too */
+#define MIRROR_KEY_ACCOUNTS REGISTRY_KEY_MIRROR"accounts"
+
+static const char *mirror_source_key(const char *source)
+{
+	return t_strconcat(MIRROR_KEY_SOURCE, registry_key_escape(source),
+			   NULL);
+}
 
 static const char *mirror_storage_key(const char *storage)
 {
@@ -78,14 +86,51 @@ mirror_registry_get_sources(struct registry *reg, pool_t pool,
 	int ret;
 
 	ret = registry_get(reg, MIRROR_KEY_SOURCES, &value, error_r);
-	if (ret <= 0)
-		return ret;
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		/* set up by doveadm mirror init and never removed: without
+		   it, mirrors would be lost without a word */
+		*error_r = "Broken registry: "MIRROR_KEY_SOURCES" is missing "
+			"(doveadm mirror check --repair rebuilds it)";
+		return -1;
+	}
 	if (mirror_sources_decode(value, pool, sources, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Broken registry data in the source list: %s", error);
 		return -1;
 	}
 	return 0;
+}
+
+int mirror_registry_setup(struct registry *reg, ARRAY_TYPE(const_string) *made,
+			  const char **error_r)
+{
+	static const char *const keys[] = {
+		MIRROR_KEY_SOURCES, MIRROR_KEY_NEXT_ID, MIRROR_KEY_ACCOUNTS
+	};
+	static const char *const empty[] = { "[]", "0", "[]" };
+	struct dict_transaction_context *trans;
+	const char *values[N_ELEMENTS(keys)];
+	pool_t pool;
+	unsigned int i;
+	int ret;
+
+	pool = pool_alloconly_create("mirror registry setup", 256);
+	ret = registry_get_many(reg, pool, keys, N_ELEMENTS(keys), values,
+				error_r);
+	if (ret == 0) {
+		trans = registry_transaction_begin(reg);
+		for (i = 0; i < N_ELEMENTS(keys); i++) {
+			if (values[i] != NULL)
+				continue;
+			dict_set(trans, keys[i], empty[i]);
+			array_push_back(made, &keys[i]);
+		}
+		ret = registry_commit(reg, &trans, error_r);
+	}
+	pool_unref(&pool);
+	return ret;
 }
 
 static int
@@ -370,6 +415,28 @@ int mirror_registry_remove(struct registry *reg, unsigned int id,
 	return found ? 1 : 0;
 }
 
+/* 0 if source is no longer listed, 1 (with error_r) if it is, -1 if the
+   list can't be read */
+static int
+mirror_registry_source_listed(struct registry *reg, const char *key,
+			      const char *source, const char **error_r)
+{
+	ARRAY_TYPE(const_string) sources;
+
+	t_array_init(&sources, 64);
+	if (mirror_registry_get_sources(reg, pool_datastack_create(),
+					&sources, error_r) < 0)
+		return -1;
+	if (array_lsearch(&sources, &source, i_strcmp_p) == NULL)
+		return 0;
+	*error_r = t_strdup_printf("Broken registry: source %s is listed in "
+				   MIRROR_KEY_SOURCES" but %s is missing "
+				   "(doveadm mirror check)",
+				   str_sanitize(source, 80),
+				   str_sanitize(key, 120));
+	return 1;
+}
+
 static int mirror_def_cmp(const struct mirror_def *d1,
 			  const struct mirror_def *d2)
 {
@@ -384,6 +451,7 @@ int mirror_registry_list(struct registry *reg, const char *source,
 {
 	ARRAY_TYPE(const_string) sources;
 	const char *s;
+	int ret;
 
 	t_array_init(&sources, 16);
 	if (source != NULL)
@@ -392,7 +460,14 @@ int mirror_registry_list(struct registry *reg, const char *source,
 					     &sources, error_r) < 0)
 		return -1;
 	array_foreach_elem(&sources, s) {
-		if (mirror_registry_lookup(reg, s, pool, defs, error_r) < 0)
+		ret = mirror_registry_lookup(reg, s, pool, defs, error_r);
+		if (ret < 0)
+			return -1;
+		/* a listed source without definitions was removed while we
+		   read, unless it is still listed */
+		if (ret == 0 && source == NULL &&
+		    mirror_registry_source_listed(reg, mirror_source_key(s), s,
+						  error_r) != 0)
 			return -1;
 	}
 	array_sort(defs, mirror_def_cmp);
@@ -510,9 +585,16 @@ int mirror_registry_list_all(struct registry *reg, pool_t pool,
 		return -1;
 	}
 	for (i = 0; i < count; i++) {
-		/* listed but gone: removed while we read */
-		if (values[i] == NULL)
+		if (values[i] == NULL) {
+			/* listed but gone: removed while we read, unless it
+			   is still listed */
+			if (mirror_registry_source_listed(reg, keys[i],
+				array_idx_elem(&sources, i), error_r) != 0) {
+				ret = -1;
+				break;
+			}
 			continue;
+		}
 		if (mirror_defs_decode(values[i], pool, defs, &error) < 0) {
 			*error_r = t_strdup_printf(
 				"Broken registry data in %s: %s",

@@ -66,6 +66,12 @@ int mirror_registry_list_all(struct registry *reg, pool_t pool,
 			     ARRAY_TYPE(mirror_def) *defs,
 			     const char **error_r);
 
+/* What doveadm mirror init sets up: the keys that exist in every
+   registry (the source list, the id counter, the account list), made
+   where missing. Their names are appended to made. 0, or -1 on error. */
+int mirror_registry_setup(struct registry *reg, ARRAY_TYPE(const_string) *made,
+			  const char **error_r);
+
 /* (Re)create the login records of storage user for mirror_id. */
 int mirror_registry_user_set(struct registry *reg, const char *user,
 			     const char *password_hash, unsigned int mirror_id,

@@ -698,6 +698,7 @@ static void test_mirror_expire_index(void)
 	ARRAY_TYPE(mirror_expire_entry) entries;
 	const struct mirror_expire_entry *entry;
 	ARRAY_TYPE(mirror_def) defs;
+	ARRAY_TYPE(const_string) made;
 	/* c@ has no entry: left out */
 	const char *const storage_keys[] = {
 		"a@example.com", "b@example.com", "c@example.com"
@@ -751,6 +752,17 @@ static void test_mirror_expire_index(void)
 	test_assert(mirror_registry_expire_get(reg, "a@example.com", &oldest,
 					       &error) == 0);
 	t_array_init(&defs, 4);
+	/* the source list is set up once (doveadm mirror init): without
+	   it mirrors would go missing without a word */
+	test_assert(mirror_registry_list_all(reg, pool_datastack_create(),
+					     &defs, &error) < 0);
+	test_assert(strstr(error, "shared/mirror/sources is missing") != NULL);
+	t_array_init(&made, 4);
+	test_assert(mirror_registry_setup(reg, &made, &error) == 0 &&
+		    array_count(&made) == 3);
+	array_clear(&made);
+	test_assert(mirror_registry_setup(reg, &made, &error) == 0 &&
+		    array_count(&made) == 0);
 	test_assert(mirror_registry_list_all(reg, pool_datastack_create(),
 					     &defs, &error) == 0 &&
 		    array_count(&defs) == 0);

@@ -52,10 +52,11 @@ void doveadm_mirror_fail(int exit_code, const char *error)
 	doveadm_exit_code = exit_code;
 }
 
-struct registry *doveadm_mirror_registry_open(void)
+static struct registry *doveadm_mirror_registry_open_as(bool unchecked)
 {
 	struct registry *reg;
 	const char *uri, *error;
+	int ret;
 
 	uri = doveadm_plugin_getenv("mirror_dict");
 	if (uri == NULL || *uri == '\0') {
@@ -63,12 +64,26 @@ struct registry *doveadm_mirror_registry_open(void)
 			"mirror_dict is not set: mirroring is not configured");
 		return NULL;
 	}
-	if (registry_init(uri, doveadm_settings->base_dir, NULL,
-				 &reg, &error) < 0) {
+	ret = unchecked ?
+		registry_init_unchecked(uri, doveadm_settings->base_dir, NULL,
+					&reg, &error) :
+		registry_init(uri, doveadm_settings->base_dir, NULL,
+			      &reg, &error);
+	if (ret < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		return NULL;
 	}
 	return reg;
+}
+
+struct registry *doveadm_mirror_registry_open(void)
+{
+	return doveadm_mirror_registry_open_as(FALSE);
+}
+
+struct registry *doveadm_mirror_registry_open_unchecked(void)
+{
+	return doveadm_mirror_registry_open_as(TRUE);
 }
 
 struct mail_storage_service_ctx *
@@ -345,6 +360,7 @@ void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
 	if (sodium_init() < 0)
 		i_fatal("sodium_init() failed");
+	doveadm_mirror_init_register();
 	doveadm_mirror_cmds_register();
 	doveadm_mirror_account_register();
 	doveadm_mirror_verify_register();

@@ -14,6 +14,9 @@ void doveadm_mirror_fail(int exit_code, const char *error);
 /* Open the registry of mirror_dict, or fail the command (EX_CONFIG if it
    is not set, EX_TEMPFAIL if it can't be opened) and return NULL. */
 struct registry *doveadm_mirror_registry_open(void);
+/* The same, whether or not the registry has its marker: for mirror init
+   and mirror check. */
+struct registry *doveadm_mirror_registry_open_unchecked(void);
 
 /* A storage service for opening mirror storage users from a command, with
    a temporary privilege drop (restore the identity afterwards with
@@ -55,9 +58,10 @@ int doveadm_mirror_purge_storage(const char *username);
 bool doveadm_mirror_limit_check(struct registry *reg,
 				const struct mirror_def *def);
 
-/* The groups of commands: doveadm mirror add|list|set|password|remove,
-   account ..., verify, schedule, expire; doveadm bag
+/* The groups of commands: doveadm mirror init, add|list|set|password|
+   remove, account ..., verify, schedule, expire; doveadm bag
    add|list|show|remove|password, recipient ..., flush, usage. */
+void doveadm_mirror_init_register(void);
 void doveadm_mirror_cmds_register(void);
 void doveadm_mirror_account_register(void);
 void doveadm_mirror_verify_register(void);

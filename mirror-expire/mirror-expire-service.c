@@ -56,6 +56,8 @@
 #define MIRROR_EXPIRE_MAX_SLEEP_SECS (60*60)
 /* mirror_expire_lease: a lease holder silent this long has died */
 #define MIRROR_EXPIRE_LEASE_DEFAULT_SECS (10*60)
+/* the registry couldn't be read at start: try again this often */
+#define MIRROR_EXPIRE_START_RETRY_SECS 5
 /* lease attempts of a past run whose keys are removed */
 #define MIRROR_EXPIRE_LEASE_FORGET_ATTEMPTS 8
 
@@ -189,8 +191,13 @@ static int mirror_expire_last_run(struct mirror_expire *ctx, time_t *last_r)
 	ret = mirror_registry_expire_last_run(reg, last_r, &error);
 	registry_deinit(&reg);
 	if (ret < 0) {
-		e_error(ctx->event, "Can't read the last scan's time: %s",
-			error);
+		/* once for a run of failures */
+		if (registry_failure_begin()) {
+			e_error(ctx->event, "Can't read the last scan's time: "
+				"%s (trying again; logged once)", error);
+		}
+	} else if (registry_failure_end()) {
+		e_info(ctx->event, "The last scan's time can be read again");
 	}
 	return ret;
 }
@@ -550,6 +557,13 @@ static void mirror_expire_start(struct mirror_expire *ctx)
 	timeout_remove(&ctx->to);
 	prev = mirror_schedule_prev(&ctx->sched, now);
 	ret = mirror_expire_last_run(ctx, &last_run);
+	if (ret < 0) {
+		/* whether a scan was missed can't be known yet: the registry
+		   is down, or not set up yet (doveadm mirror init) */
+		ctx->to = timeout_add(MIRROR_EXPIRE_START_RETRY_SECS * 1000,
+				      mirror_expire_start, ctx);
+		return;
+	}
 	if (ret > 0 && last_run < prev) {
 		/* missed: mirror_expire_check() runs it now */
 		ctx->covered = last_run;
@@ -559,8 +573,7 @@ static void mirror_expire_start(struct mirror_expire *ctx)
 	}
 	e_info(ctx->event, "Expiry scans at %s %s; last scan: %s; next: %s",
 	       mirror_schedule_time_str(&ctx->sched), ctx->sched.timezone,
-	       ret > 0 ? mirror_expire_time_str(ctx, last_run) :
-	       (ret == 0 ? "never" : "unknown"),
+	       ret > 0 ? mirror_expire_time_str(ctx, last_run) : "never",
 	       ctx->covered < prev ? "now (missed)" :
 	       mirror_expire_time_str(ctx,
 			mirror_schedule_next(&ctx->sched, now)));

@@ -121,11 +121,18 @@ static bool expire_mirror_is_storage(struct mail_user *user,
 						     &defs, &error);
 	}
 	if (ret < 0) {
-		/* try again at the next change */
-		e_error(euser->event, "Can't tell whether the user is a "
-			"mirror storage, its expire index is not updated: %s",
-			error);
+		/* try again at the next change; logged once for a run of
+		   failures, not for every message */
+		if (registry_failure_begin()) {
+			e_error(euser->event, "Can't tell whether the user is "
+				"a mirror storage, its expire index is not "
+				"updated: %s (logged once)", error);
+		}
 		return FALSE;
+	}
+	if (registry_failure_end()) {
+		e_info(euser->event, "Mirror storages can be told again: "
+		       "their expire index is updated");
 	}
 	euser->storage = ret > 0 ? EXPIRE_MIRROR_STORAGE_YES :
 		EXPIRE_MIRROR_STORAGE_NO;

@@ -158,6 +158,8 @@ lmtp_bag_cmd_rcpt(struct client *client, struct smtp_server_cmd_ctx *cmd,
 		return bclient->module_ctx.super.cmd_rcpt(client, cmd, lrcpt);
 	domain = t_str_lcase(rcpt->path->domain);
 	ret = lmtp_bag_lookup(bclient, trans, domain, &def, &error);
+	if (ret >= 0 && registry_failure_end())
+		e_info(bclient->event, "Bags can be looked up again");
 	if (ret == 0)
 		return bclient->module_ctx.super.cmd_rcpt(client, cmd, lrcpt);
 	if (ret > 0 && def->recipient_list) {
@@ -174,8 +176,13 @@ lmtp_bag_cmd_rcpt(struct client *client, struct smtp_server_cmd_ctx *cmd,
 		}
 	}
 	if (ret < 0) {
-		e_error(bclient->event, "Can't look up the bag of %s: %s",
-			str_sanitize(domain, 80), error);
+		/* once for a run of failures, not for every recipient */
+		if (registry_failure_begin()) {
+			e_error(bclient->event, "Can't look up the bag of "
+				"%s: %s (until it can, every recipient gets "
+				"451; logged once)",
+				str_sanitize(domain, 80), error);
+		}
 		smtp_server_recipient_reply(rcpt, 451, "4.3.0",
 					    "Temporary internal error");
 		return -1;

@@ -326,10 +326,17 @@ lmtp_mirror_plan_get(struct lmtp_mirror_client *mclient,
 		} T_END;
 	}
 	if (plan->error != NULL) {
-		e_error(mclient->event, "Can't look up mirrors: %s",
-			plan->error);
+		/* once for a run of failures, not for every message */
+		if (registry_failure_begin()) {
+			e_error(mclient->event, "Can't look up mirrors: %s "
+				"(until it can, deliveries follow "
+				"mirror_failure=%s; logged once)", plan->error,
+				mclient->tempfail ? "tempfail" : "accept");
+		}
 		array_clear(&plan->rcpts);
 		array_clear(&plan->targets);
+	} else if (registry_failure_end()) {
+		e_info(mclient->event, "Mirrors can be looked up again");
 	}
 	return plan;
 }

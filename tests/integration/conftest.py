@@ -290,6 +290,15 @@ class Sandbox:
     def registry_set(self, key, value):
         self.doveadm("dict", "set", REGISTRY, "shared/" + key, value)
 
+    def store(self):
+        """What the registry is kept in: "embedded" (the file dict
+        registry_file()), a redis: URI or "sqlite"."""
+        with open(os.path.join(self.dir, "store")) as f:
+            return f.read().strip() or "embedded"
+
+    def registry_file(self):
+        return os.path.join(self.dir, "state", "mirror", "registry.dict")
+
     def stats(self):
         """Dovecot's own metrics: {metric name: count}."""
         r = self.doveadm("stats", "dump", json_output=True)
@@ -427,9 +436,12 @@ def make_sandbox(request, reaper):
     started = []
 
     def start(users=(), sieve_before=None, settings=None, store=None,
-              mail_dir=None, config=None):
+              mail_dir=None, config=None, init=True):
+        """init=False: the registry is not set up (doveadm mirror init)."""
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
+        if not init:
+            args.append("--no-init")
         if store is None and STORE != "embedded":
             store = session_store()
         if store is not None:

@@ -18,6 +18,42 @@ from ports import free_port
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+def redis_command(port, *args):
+    """One command in RESP to the redis-server on a loopback port; a
+    simple reply, an integer, a bulk string (None when missing) or a list
+    of bulk strings."""
+    req = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(req)
+        return _redis_reply(s.makefile("rb"))
+
+
+def _redis_reply(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise AssertionError("redis: " + rest)
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = f.read(int(rest) + 2)[:-2]
+        return data.decode(errors="replace")
+    if kind == b"*":
+        return [_redis_reply(f) for _ in range(int(rest))]
+    raise AssertionError("redis: unexpected reply %r" % line)
+
+
+def redis_store(uri):
+    """(port, prefix) of a redis: dict URI that uri() made."""
+    params = dict(p.split("=", 1) for p in uri.split(":")[1:] if "=" in p)
+    return int(params["port"]), params.get("prefix", "")
+
+
 class RedisServer:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="mirror-redis-")
@@ -63,33 +99,7 @@ class RedisServer:
         return "redis:host=127.0.0.1:port=%d:prefix=%s" % (self.port, prefix)
 
     def command(self, *args):
-        """One command in RESP; a simple reply, an integer, a bulk string
-        (None when missing) or a list of bulk strings."""
-        req = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
-        with socket.create_connection(("127.0.0.1", self.port),
-                                      timeout=10) as s:
-            s.sendall(req)
-            f = s.makefile("rb")
-            return self._reply(f)
-
-    def _reply(self, f):
-        line = f.readline().rstrip(b"\r\n")
-        kind, rest = line[:1], line[1:].decode()
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise AssertionError("redis: " + rest)
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            if int(rest) < 0:
-                return None
-            data = f.read(int(rest) + 2)[:-2]
-            return data.decode(errors="replace")
-        if kind == b"*":
-            return [self._reply(f) for _ in range(int(rest))]
-        raise AssertionError("redis: unexpected reply %r" % line)
+        return redis_command(self.port, *args)
 
     def keys(self, prefix):
         return sorted(self.command("KEYS", prefix + "*"))

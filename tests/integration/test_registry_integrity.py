@@ -3,13 +3,16 @@ that aren't numbers, a registry that is lost, damaged or foreign, and
 administrators at work at the same time. Each test runs on the backend of
 the pass (the file dict, then Redis: MIRROR_TEST_STORE)."""
 
+import json
 import os
 import pwd
+import re
 import time
 
 import pytest
 
-from dictproto import exchange
+from conftest import make_message
+from dictproto import exchange, tabescape, tabunescape
 
 ALICE, AUDIT = "alice@example.com", "audit@example.com"
 BAGGED = "bagged.test"
@@ -56,8 +59,8 @@ def test_the_mail_uid_reads_no_secret_and_changes_no_definition(make_sandbox):
     assert replies[2].startswith('O[{"id":%s' % m["id"]), replies
     assert replies[3].startswith("FPermission denied: shared/mirror/:")
     assert replies[4].startswith("FPermission denied: ")
-    sb.wait_log("mirror-registry: Warning: Denied access to %s (uid %d, "
-                "pid " % (secret, uid))
+    sb.wait_log("): Warning: Denied access to %s (uid %d, pid "
+                % (secret, uid))
 
     # it can't make a mirror of someone's mail into a storage it has,
     # nor move one, nor take a storage user's login
@@ -127,3 +130,289 @@ def test_a_broken_counter_stalls_and_crashes_nothing(make_sandbox):
     assert r.returncode == 75, r.stdout + r.stderr
     assert "Broken registry data in shared/%s: not a number" % copies \
         in r.stderr, r.stderr
+
+
+# A registry that is lost, damaged or foreign
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def dict_file_pairs(path):
+    """The keys and values of a file dict (tab-escaped lines)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    return [(tabunescape(lines[i]), tabunescape(lines[i + 1]))
+            for i in range(0, len(lines) - 1, 2)]
+
+
+def replace_file(sb, data):
+    """The registry file replaced at once, as a restore from a backup
+    would (a new inode: every process reads it again)."""
+    path = sb.registry_file()
+    # as the service's user made it (its directory is that user's)
+    st = os.stat(os.path.dirname(path))
+    with open(path + ".new", "wb") as f:
+        f.write(data)
+    os.chown(path + ".new", st.st_uid, st.st_gid)
+    os.chmod(path + ".new", 0o640)
+    os.rename(path + ".new", path)
+
+
+def redis_of(sb):
+    from store import redis_command, redis_store
+    port, prefix = redis_store(sb.store())
+    return lambda *args: redis_command(port, *args), prefix
+
+
+def replace_registry(sb, pairs):
+    """The whole registry replaced with pairs (key, value) of keys with
+    shared/, in whatever backend the sandbox has."""
+    store = sb.store()
+    if store == "embedded":
+        replace_file(sb, b"".join(("%s\n%s\n" % (tabescape(k),
+                                                  tabescape(v))).encode()
+                                  for k, v in pairs))
+    elif store.startswith("redis:"):
+        redis, prefix = redis_of(sb)
+        for key in redis("KEYS", prefix + "*"):
+            redis("DEL", key)
+        for k, v in pairs:
+            redis("SET", prefix + k[len("shared/"):], v)
+    else:
+        pytest.skip("replaces only the file dict and Redis")
+
+
+def registry_pairs(sb):
+    store = sb.store()
+    if store == "embedded":
+        return dict_file_pairs(sb.registry_file())
+    if store.startswith("redis:"):
+        redis, prefix = redis_of(sb)
+        return [("shared/" + k[len(prefix):], redis("GET", k))
+                for k in sorted(redis("KEYS", prefix + "*"))]
+    pytest.skip("reads only the file dict and Redis")
+
+
+def lmtp_codes(sb, rcpts):
+    rcpt, data = sb.deliver(rcpts)
+    return [c for c, _ in rcpt], [c for c, _ in data]
+
+
+@pytest.mark.parametrize("damage", ["emptied", "random bytes"])
+def test_a_lost_registry_is_never_taken_for_an_empty_one(make_sandbox,
+                                                         damage):
+    """Emptied, under mirror_failure=accept: the recipients get their
+    mail, and the failure is logged once. Random bytes, under tempfail
+    and with bags: nobody's mail is taken (whether a domain is bagged
+    can't be known), every recipient gets 451."""
+    bags = damage == "random bytes"
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_failure": "tempfail" if bags
+                                else "accept",
+                                "bag_enabled": "yes" if bags else "no"})
+    sb.mirror_add(ALICE, AUDIT)
+    sb.doveadm("bag", "add", "-a", "odmr@" + BAGGED, BAGGED)
+    if bags:
+        if sb.store() != "embedded":
+            pytest.skip("the file dict's damage")
+        replace_file(sb, os.urandom(600))
+    else:
+        replace_registry(sb, [])
+
+    # twice, over one session (one LMTP process), and logged once
+    session = sb.lmtp()
+    try:
+        for _ in range(2):
+            if bags:
+                for rcpt in (ALICE, "x@" + BAGGED):
+                    rcpts, data = session.send([rcpt], make_message())
+                    assert [c for c, _ in rcpts] == [451], rcpts
+            else:
+                rcpts, data = session.send([ALICE], make_message())
+                assert [c for c, _ in rcpts + data] == [250, 250]
+    finally:
+        session.close()
+    assert sb.maildir_count(AUDIT) == 0
+    if bags:
+        log = sb.wait_log("Can't look up the bag of example.com: ")
+        assert log.count("Can't look up the bag of ") == 1, log
+        assert "until it can, every recipient gets 451; logged once" in log
+    else:
+        assert sb.maildir_count(ALICE) == 2
+        log = sb.wait_log("mirror: Can't look up mirrors: ")
+        assert log.count("mirror: Can't look up mirrors: ") == 1, log
+        assert "deliveries follow mirror_failure=accept; logged once" in log
+        assert log.count("expire_mirror: Can't tell whether") == 1, log
+    # and each of the service's processes once
+    pids = re.findall(r"mirror-registry\((\d+)\): Error: The registry is "
+                      r"unavailable", log)
+    assert pids and len(pids) == len(set(pids)), log
+    assert "The registry is unavailable: it has no marker " \
+        "(shared/mirror/registry): it is lost or damaged, or was never " \
+        "set up (doveadm mirror init)" in log
+
+    # doveadm says so, with one clear line and 75
+    for cmd in (["mirror", "list"], ["bag", "list"],
+                ["mirror", "list", ALICE]):
+        r = sb.doveadm(*cmd, check=False)
+        assert r.returncode == 75, (cmd, r.stdout, r.stderr)
+        assert r.stdout == "", r.stdout
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "The registry is unavailable: it has " \
+            "no marker" in lines[0], r.stderr
+
+    # nothing in it can be read: init makes a new registry, because the
+    # administrator says so (a registry id pinned in the service's
+    # configuration then refuses the new one: see the next test)
+    r = sb.doveadm("mirror", "init", json_output=True)
+    assert r.json[0]["result"] == "created"
+    if not bags:
+        assert lmtp_codes(sb, [ALICE]) == ([250], [250])
+        sb.wait_log(": Info: The registry is available again")
+
+
+def test_a_registry_damaged_in_part_fails_its_readers(make_sandbox):
+    """Its marker is left: the lists that were lost are reported, never
+    read as empty."""
+    sb = make_sandbox(users=[ALICE, AUDIT], settings={"bag_enabled": "yes"})
+    m = sb.mirror_add(ALICE, AUDIT)
+    sb.doveadm("bag", "add", "-a", "odmr@" + BAGGED, BAGGED)
+    good = registry_pairs(sb)
+
+    def without(key):
+        replace_registry(sb, [kv for kv in good if kv[0] != key])
+
+    without("shared/mirror/source/" + ALICE)
+    r = sb.doveadm("mirror", "list", check=False)
+    assert r.returncode == 75, r.stdout
+    assert "Broken registry: source %s is listed in shared/mirror/sources " \
+        "but shared/mirror/source/%s is missing (doveadm mirror check)" \
+        % (ALICE, ALICE) in r.stderr, r.stderr
+    for key, cmd in (("shared/mirror/sources", ["mirror", "list"]),
+                     ("shared/bag/domains", ["bag", "list"]),
+                     ("shared/mirror/accounts",
+                      ["mirror", "account", "list"])):
+        without(key)
+        r = sb.doveadm(*cmd, check=False)
+        assert r.returncode == 75, (cmd, r.stdout)
+        assert "Broken registry: %s is missing (doveadm mirror check " \
+            "--repair rebuilds it)" % key in r.stderr, r.stderr
+    replace_registry(sb, good)
+    assert [x["id"] for x in sb.doveadm("mirror", "list",
+                                         json_output=True).json] == [m["id"]]
+
+    if sb.store() == "embedded":
+        # the file cut in half: whatever is left, list doesn't say 0
+        with open(sb.registry_file(), "rb") as f:
+            data = f.read()
+        replace_file(sb, data[:len(data) // 2])
+        r = sb.doveadm("mirror", "list", check=False)
+        assert r.returncode == 75, (r.stdout, r.stderr)
+
+
+def set_expected_id(sb, registry_id):
+    path = os.path.join(sb.dir, "dovecot-mirror-registry.conf.ext")
+    with open(path) as f:
+        lines = [l for l in f if not l.startswith("id =")]
+    if registry_id is not None:
+        lines.append("id = %s\n" % registry_id)
+    with open(path, "w") as f:
+        f.writelines(lines)
+    # the service's processes read it when they start
+    sb.doveadm("reload")
+    time.sleep(0.5)
+
+
+def test_a_foreign_registry_is_refused(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_failure": "tempfail"})
+    sb.mirror_add(ALICE, AUDIT)
+    ours = sb.doveadm("mirror", "init", json_output=True).json[0]
+    assert ours["result"] == "exists"
+
+    set_expected_id(sb, "0" * 32)
+    assert lmtp_codes(sb, [ALICE]) == ([250], [451])
+    r = sb.doveadm("mirror", "list", check=False)
+    assert r.returncode == 75
+    assert "The registry is unavailable: it is registry %s, not %s: a " \
+        "registry of another installation" % (ours["id"], "0" * 32) \
+        in r.stderr, r.stderr
+
+    set_expected_id(sb, ours["id"])
+    assert lmtp_codes(sb, [ALICE]) == ([250], [250])
+    assert sb.maildir_count(AUDIT) == 1
+
+
+def test_init_sets_up_a_new_registry_once(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT], init=False,
+                      settings={"mirror_failure": "tempfail"})
+    r = sb.doveadm("mirror", "add", "-s", AUDIT, ALICE, check=False)
+    assert r.returncode == 75
+    assert "it has no marker (shared/mirror/registry): it is lost or " \
+        "damaged, or was never set up (doveadm mirror init)" in r.stderr
+    assert lmtp_codes(sb, [ALICE]) == ([250], [451])
+
+    made = sb.doveadm("mirror", "init", json_output=True).json[0]
+    assert made["result"] == "created" and made["format"] == "1"
+    assert len(made["id"]) == 32
+    assert set(made["made"].split(",")) == {
+        "shared/mirror/sources", "shared/mirror/next-id",
+        "shared/mirror/accounts", "shared/bag/domains"}
+    again = sb.doveadm("mirror", "init", json_output=True).json[0]
+    assert again == dict(made, result="exists", made="-")
+
+    assert sb.doveadm("mirror", "list", json_output=True).json == []
+    sb.mirror_add(ALICE, AUDIT)
+    assert lmtp_codes(sb, [ALICE]) == ([250], [250])
+    assert sb.maildir_count(AUDIT) == 1
+
+
+def test_a_registry_of_0_1_is_upgraded(make_sandbox):
+    sb = make_sandbox(users=[ALICE, "bob@example.com",
+                             "audit@example.com"], init=False,
+                      settings={"bag_enabled": "yes",
+                                "mirror_levels": "basic:5",
+                                "mirror_default_level": "basic"})
+    old = dict_file_pairs(os.path.join(DATA, "registry-0.1.dict"))
+    replace_registry(sb, old)
+
+    # without a marker it is used by nobody
+    r = sb.doveadm("mirror", "list", check=False)
+    assert r.returncode == 75 and "it has no marker" in r.stderr
+    # and init doesn't guess that it is 0.1's
+    r = sb.doveadm("mirror", "init", check=False)
+    assert r.returncode == 65, r.stderr
+    assert "The registry has data but no marker (shared/mirror/registry): " \
+        "either dovecot-mirror 0.1 wrote it (set it up with doveadm " \
+        "mirror init --upgrade), or its marker was lost" in r.stderr
+
+    up = sb.doveadm("mirror", "init", "--upgrade", json_output=True).json[0]
+    assert up["result"] == "upgraded", up
+    # what 0.1 lacked: read-only sessions for the bag users of bags
+    # that aren't POP3 connectors
+    assert set(up["made"].split(",")) == {
+        "mirror_readonly of _bag@%s" % d
+        for d in ("atrn.example", "etrn.example")}
+    new = dict(registry_pairs(sb))
+    assert json.loads(new["shared/mirror/userdb/_bag@etrn.example"]) == {
+        "bag_domain": "etrn.example", "mirror_readonly": "yes"}
+    assert json.loads(new["shared/mirror/userdb/_bag@pop.example"]) == {
+        "bag_pop3": "pop.example"}
+    # everything else is as 0.1 left it
+    for k, v in old:
+        if "/userdb/_bag@" not in k:
+            assert new[k] == v, k
+
+    mirrors = sb.doveadm("mirror", "list", json_output=True).json
+    assert [(m["id"], m["source"], m["storage"]) for m in mirrors] == [
+        ("1", ALICE, AUDIT), ("2", "example.com", "_mirror@example.com")]
+    assert [b["domain"] for b in sb.doveadm("bag", "list",
+                                            json_output=True).json] == [
+        "atrn.example", "backup.example", "etrn.example", "pop.example"]
+    assert sb.doveadm("mirror", "account", "list",
+                      json_output=True).json[0]["account"] == "acme"
+    # the next mirror gets the next id
+    assert sb.mirror_add("bob@example.com", AUDIT)["id"] == "3"
+    assert lmtp_codes(sb, [ALICE, "x@etrn.example"]) == ([250, 550],
+                                                         [250])
+    assert sb.maildir_count(AUDIT) == 1

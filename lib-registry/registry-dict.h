@@ -18,8 +18,16 @@
 struct registry {
 	struct dict *dict;
 	struct dict_op_settings opset;
+	char *base_dir;
 	/* transactions begun and not yet committed */
 	unsigned int transactions;
+
+	/* the write lock (registry-lock.h): the flock of this server, the
+	   generation held, and whether another holder took it over */
+	struct file_lock *lock_file;
+	uint64_t lock_gen;
+	bool lock_held;
+	bool lock_lost;
 };
 
 /* dict_lookup() with the key in the error. 1 found, 0 not, -1 error. */

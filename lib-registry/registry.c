@@ -8,6 +8,7 @@
 #include "strnum.h"
 #include "registry-dict.h"
 #include "registry-access.h"
+#include "registry-lock.h"
 
 int registry_init(const char *dict_uri, const char *base_dir,
 		  struct event *event_parent,
@@ -28,6 +29,7 @@ int registry_init(const char *dict_uri, const char *base_dir,
 	}
 	reg = i_new(struct registry, 1);
 	reg->dict = dict;
+	reg->base_dir = i_strdup(base_dir);
 	*reg_r = reg;
 	return 0;
 }
@@ -59,8 +61,10 @@ void registry_deinit(struct registry **_reg)
 		return;
 	*_reg = NULL;
 	i_assert(reg->transactions == 0);
+	registry_unlock(reg);
 	dict_wait(reg->dict);
 	dict_deinit(&reg->dict);
+	i_free(reg->base_dir);
 	i_free(reg);
 }
 
@@ -148,6 +152,16 @@ int registry_get_many(struct registry *reg, pool_t pool,
 struct dict_transaction_context *
 registry_transaction_begin(struct registry *reg)
 {
+	const char *error;
+	uint64_t gen;
+
+	/* a holder of the lock that stalled past its lease may have lost
+	   it: then nothing it writes is committed. Read before the
+	   transaction is open. */
+	if (reg->lock_held && !reg->lock_lost &&
+	    (registry_get_counter(reg, REGISTRY_KEY_MIRROR"lock/gen", &gen,
+				  &error) <= 0 || gen != reg->lock_gen))
+		reg->lock_lost = TRUE;
 	reg->transactions++;
 	return dict_transaction_begin(reg->dict, &reg->opset);
 }
@@ -161,6 +175,13 @@ int registry_transaction_commit(struct registry *reg,
 
 	i_assert(reg->transactions > 0);
 	reg->transactions--;
+	if (reg->lock_lost) {
+		dict_transaction_rollback(trans);
+		*error_r = "The registry lock was taken over while this "
+			"command held it (it was stalled past the lease): "
+			"nothing was changed";
+		return DICT_COMMIT_RET_FAILED;
+	}
 	ret = dict_transaction_commit(trans, &error);
 	if (ret < 0)
 		*error_r = t_strdup_printf("dict commit failed: %s", error);

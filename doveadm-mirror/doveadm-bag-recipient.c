@@ -108,7 +108,9 @@ static void cmd_bag_recipient(struct doveadm_cmd_context *cctx)
 		}
 		array_append_zero(&addrs);
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	reg = list ? doveadm_mirror_registry_open() :
+		doveadm_mirror_registry_open_locked();
+	if (reg == NULL)
 		return;
 	if (!doveadm_bag_get(reg, domain, &def)) {
 		registry_deinit(&reg);

@@ -265,7 +265,7 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 				    "(-P catch-all|per-account)");
 		return;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	def.user = doveadm_bag_user_choose(reg, domain);
 	ret = def.user == NULL ? -1 : 0;
@@ -481,7 +481,7 @@ static void cmd_bag_remove(struct doveadm_cmd_context *cctx)
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
 		return;
 	(void)doveadm_cmd_param_bool(cctx, "force", &force);
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	t_array_init(&box_users, 16);
 	if (!doveadm_bag_get(reg, domain, &def) ||
@@ -543,7 +543,7 @@ static void cmd_bag_password_box(const char *name)
 			error);
 		return;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!doveadm_bag_get(reg, domain, &def)) {
 		registry_deinit(&reg);
@@ -628,7 +628,7 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!identity) {
 		if (!doveadm_bag_get(reg, name, &def)) {

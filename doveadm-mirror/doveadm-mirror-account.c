@@ -199,7 +199,7 @@ static void cmd_mirror_account_set(struct doveadm_cmd_context *cctx)
 			str_sanitize(level, 40)));
 		return;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (mirror_registry_account_set_level(reg, name, level, &error) < 0)
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
@@ -227,7 +227,7 @@ static void cmd_mirror_account_assign(struct doveadm_cmd_context *cctx)
 			"Invalid domain '%s'", str_sanitize(domain, 80)));
 		return;
 	}
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	ret = mirror_registry_domain_assign(reg, domain, name, &error);
 	if (ret <= 0) {

@@ -270,7 +270,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 		}
 	}
 
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!doveadm_mirror_limit_check(reg, &def) ||
 	    (storage != NULL && !share &&
@@ -324,7 +324,7 @@ static void cmd_mirror_password(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	if (!doveadm_mirror_parse_id(id_str, &id) ||
-	    (reg = doveadm_mirror_registry_open()) == NULL)
+	    (reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!doveadm_mirror_get(reg, id, &def)) {
 		registry_deinit(&reg);
@@ -423,7 +423,7 @@ static void cmd_mirror_remove(struct doveadm_cmd_context *cctx)
 	}
 	(void)doveadm_cmd_param_bool(cctx, "purge", &purge);
 	if (!doveadm_mirror_parse_id(id_str, &id) ||
-	    (reg = doveadm_mirror_registry_open()) == NULL)
+	    (reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!doveadm_mirror_get(reg, id, &def)) {
 		registry_deinit(&reg);
@@ -508,7 +508,7 @@ static void cmd_mirror_set(struct doveadm_cmd_context *cctx)
 	if (doveadm_cmd_param_str(cctx, "readonly", &ro_str) &&
 	    doveadm_mirror_parse_bool(ro_str, &readonly) < 0)
 		return;
-	if ((reg = doveadm_mirror_registry_open()) == NULL)
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (doveadm_mirror_get(reg, id, &def)) {
 		if (days_str != NULL)

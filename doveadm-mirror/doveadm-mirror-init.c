@@ -16,6 +16,7 @@
 #include "doveadm-settings.h"
 #include "registry-dict.h"
 #include "registry-marker.h"
+#include "registry-lock.h"
 #include "mirror-registry.h"
 #include "bag-registry.h"
 #include "doveadm-mirror.h"
@@ -152,6 +153,7 @@ static void cmd_mirror_init(struct doveadm_cmd_context *cctx)
 	/* the marker last: until it is there, nothing uses the registry */
 	registry_marker_new(&marker);
 	trans = registry_transaction_begin(reg);
+	registry_lock_setup(trans);
 	registry_marker_set(trans, &marker);
 	if (registry_commit(reg, &trans, &error) < 0)
 		doveadm_mirror_fail(EX_TEMPFAIL, error);

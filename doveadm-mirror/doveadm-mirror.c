@@ -29,6 +29,7 @@
 #include "md5.h"
 #include "safe-memset.h"
 #include "registry.h"
+#include "registry-lock.h"
 #include "doveadm-mirror.h"
 
 #include <sysexits.h>
@@ -38,6 +39,8 @@
 #include <sodium.h>
 
 #define DOVEADM_MIRROR_AUTH_TIMEOUT_MSECS (30*1000)
+/* how long a command that changes the registry waits for its lock */
+#define DOVEADM_MIRROR_LOCK_TIMEOUT_MSECS (30*1000)
 /* Random bytes in a generated password: 144 bits, 24 base64url chars. */
 #define DOVEADM_MIRROR_PASSWORD_BYTES 18
 
@@ -84,6 +87,22 @@ struct registry *doveadm_mirror_registry_open(void)
 struct registry *doveadm_mirror_registry_open_unchecked(void)
 {
 	return doveadm_mirror_registry_open_as(TRUE);
+}
+
+struct registry *doveadm_mirror_registry_open_locked(void)
+{
+	struct registry *reg;
+	const char *error;
+
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return NULL;
+	if (registry_lock(reg, DOVEADM_MIRROR_LOCK_TIMEOUT_MSECS,
+			  &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		registry_deinit(&reg);
+		return NULL;
+	}
+	return reg;
 }
 
 struct mail_storage_service_ctx *

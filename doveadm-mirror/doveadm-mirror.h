@@ -17,6 +17,9 @@ struct registry *doveadm_mirror_registry_open(void);
 /* The same, whether or not the registry has its marker: for mirror init
    and mirror check. */
 struct registry *doveadm_mirror_registry_open_unchecked(void);
+/* The registry, with its write lock (registry-lock.h) held until
+   registry_deinit(): for the commands that change it. */
+struct registry *doveadm_mirror_registry_open_locked(void);
 
 /* A storage service for opening mirror storage users from a command, with
    a temporary privilege drop (restore the identity afterwards with

@@ -133,24 +133,47 @@ int mirror_registry_setup(struct registry *reg, ARRAY_TYPE(const_string) *made,
 	return ret;
 }
 
+/* A new mirror id. Dovecot's dict doesn't say what value an increment
+   made, so the counter is read before and after: the id is ours only
+   when nothing but our increment came between (under the registry's
+   lock, always; tried again otherwise). */
+#define MIRROR_ALLOC_ID_ATTEMPTS 16
 static int
 mirror_registry_alloc_id(struct registry *reg, unsigned int *id_r,
 			 const char **error_r)
 {
 	const char *key = MIRROR_KEY_NEXT_ID;
 	const long long one = 1;
-	uint64_t id;
+	uint64_t before, after;
+	unsigned int i;
 	int ret;
 
-	/* missing before the first mirror ever */
-	if (registry_counters_add(reg, &key, &one, 1, error_r) < 0 ||
-	    (ret = registry_get_counter(reg, key, &id, error_r)) < 0)
+	for (i = 0; i < MIRROR_ALLOC_ID_ATTEMPTS; i++) {
+		if ((ret = registry_get_counter(reg, key, &before,
+						error_r)) < 0)
+			return -1;
+		if (ret == 0) {
+			*error_r = "Broken registry: "MIRROR_KEY_NEXT_ID" is "
+				"missing (doveadm mirror check --repair makes "
+				"it again)";
+			return -1;
+		}
+		if (registry_counters_add(reg, &key, &one, 1, error_r) < 0 ||
+		    registry_get_counter(reg, key, &after, error_r) < 0)
+			return -1;
+		if (after == before + 1)
+			break;
+	}
+	if (i == MIRROR_ALLOC_ID_ATTEMPTS) {
+		*error_r = "Can't allocate a mirror id: the id counter keeps "
+			"changing";
 		return -1;
-	if (ret == 0 || id == 0 || id > UINT_MAX) {
+	}
+	if (after == 0 || after > UINT_MAX) {
 		*error_r = "Broken registry data: invalid id counter";
 		return -1;
 	}
-	*id_r = id;
+	*id_r = after;
 	return 0;
 }
 

@@ -30,6 +30,7 @@
 #include "mirror-address.h"
 #include "mirror-registry.h"
 #include "bag-registry.h"
+#include "registry-lock.h"
 #include "bag-envelope.h"
 #include "bag-usage.h"
 #include "mirror-schedule.h"
@@ -37,6 +38,9 @@
 #include "mirror-event.h"
 #include "mirror-setting.h"
 #include "lmtp-dsn.h"
+
+/* how long a delivery waits for the registry lock to make a POP3 box */
+#define LMTP_BAG_LOCK_TIMEOUT_MSECS (10*1000)
 
 #define LMTP_BAG_CONTEXT_REQUIRE(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, lmtp_bag_client_module)
@@ -354,12 +358,26 @@ lmtp_bag_pop3_box(struct lmtp_bag_client *bclient, const struct bag_def *def,
 	if (ret < 0)
 		return -1;
 	if (ret == 0) {
-		user = bag_box_user_name(addr);
-		if (bag_registry_box_add(bclient->registry, def->domain, addr,
-					 user, NULL, error_r) < 0)
+		/* the list of boxes is read and written back: under the
+		   registry's lock, and looked up again in it */
+		if (registry_lock(bclient->registry,
+				  LMTP_BAG_LOCK_TIMEOUT_MSECS, error_r) < 0)
 			return -1;
-		e_info(bclient->event, "POP3 box %s created for %s", user,
-		       addr);
+		ret = bag_registry_box_get(bclient->registry, def->domain,
+					   addr, &user, error_r);
+		if (ret == 0) {
+			user = bag_box_user_name(addr);
+			ret = bag_registry_box_add(bclient->registry,
+						   def->domain, addr, user,
+						   NULL, error_r);
+			if (ret > 0) {
+				e_info(bclient->event, "POP3 box %s created "
+				       "for %s", user, addr);
+			}
+		}
+		registry_unlock(bclient->registry);
+		if (ret < 0)
+			return -1;
 	}
 	*user_r = t_strdup(user);
 	return 0;

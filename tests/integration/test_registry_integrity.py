@@ -416,3 +416,68 @@ def test_a_registry_of_0_1_is_upgraded(make_sandbox):
     assert lmtp_codes(sb, [ALICE, "x@etrn.example"]) == ([250, 550],
                                                          [250])
     assert sb.maildir_count(AUDIT) == 1
+
+
+# Administrators at work at the same time
+
+PER_ADMIN = 50
+
+
+def admins_at_once(sandboxes, commands):
+    """Run commands[i] (a list of doveadm argument lists) one after the
+    other on sandboxes[i], all lists at once; the failures."""
+    import threading
+    failures = []
+
+    def run(sb, cmds):
+        for args in cmds:
+            r = sb.doveadm(*args, check=False)
+            if r.returncode != 0:
+                failures.append((args, r.returncode, r.stderr))
+    threads = [threading.Thread(target=run, args=(sb, cmds))
+               for sb, cmds in zip(sandboxes, commands)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+def lose_nothing(admins):
+    """Two administrators add 50 mirrors and 50 bag recipients each, at
+    the same time, on admins[0] and admins[1] (one server or two on one
+    registry): every one is there, every id once."""
+    first = admins[0]
+    first.doveadm("bag", "add", "-a", "odmr@" + BAGGED, BAGGED)
+    commands = []
+    for a in range(2):
+        cmds = []
+        for i in range(PER_ADMIN):
+            cmds.append(["mirror", "add", "-s", AUDIT,
+                         "u%d-%d@example.com" % (a, i)])
+            cmds.append(["bag", "recipient", "add", BAGGED,
+                         "r%d-%d@%s" % (a, i, BAGGED)])
+        commands.append(cmds)
+    assert admins_at_once(admins, commands) == []
+
+    mirrors = first.doveadm("mirror", "list", json_output=True).json
+    ids = [m["id"] for m in mirrors]
+    assert len(ids) == len(set(ids)) == 2 * PER_ADMIN, ids
+    assert {m["source"] for m in mirrors} == {
+        "u%d-%d@example.com" % (a, i)
+        for a in range(2) for i in range(PER_ADMIN)}
+    # the storage's list and every id's index agree
+    assert len(json.loads(first.registry_get("mirror/storage/" + AUDIT))) \
+        == 2 * PER_ADMIN
+    for m in mirrors:
+        assert first.registry_get("mirror/id/" + m["id"]) == m["source"]
+    rcpts = first.doveadm("bag", "recipient", "list", BAGGED,
+                          json_output=True).json
+    assert {r["recipient"] for r in rcpts} == {
+        "r%d-%d@%s" % (a, i, BAGGED)
+        for a in range(2) for i in range(PER_ADMIN)}
+
+
+def test_two_administrators_lose_nothing(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT])
+    lose_nothing([sb, sb])

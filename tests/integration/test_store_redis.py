@@ -343,3 +343,15 @@ def test_a_silent_lease_holder_is_taken_over(fleet, redis_server):
     holder = redis_server.command(
         "GET", "%smirror/expire-lease/%d/holder" % (PREFIX, target))
     assert holder.startswith("2 ") and "deadhost" not in holder, holder
+
+
+def test_two_servers_lose_no_administrator_change(fleet):
+    """Two administrators at once, one on each server: 50 mirror adds and
+    50 bag recipient adds each, all kept, every id once (the registry's
+    lock among servers, test_registry_integrity.py)."""
+    from test_registry_integrity import lose_nothing
+    a = fleet()
+    b = fleet()
+    a.add_user("audit@example.com")
+    b.add_user("audit@example.com")
+    lose_nothing([a, b])

@@ -219,6 +219,11 @@ int doveadm_mirror_password_new(enum doveadm_mirror_password_scheme scheme,
 	char *password = t_malloc0(b64_len);
 	char hash[crypto_pwhash_argon2id_STRBYTES];
 
+	/* here, not when the module is loaded: doveadm pw registers
+	   Dovecot's {ARGON2ID} schemes with a sodium_init() that must be
+	   the process's first, and the module is loaded into it too */
+	if (sodium_init() < 0)
+		i_fatal("sodium_init() failed");
 	randombytes_buf(raw, sizeof(raw));
 	sodium_bin2base64(password, b64_len, raw, sizeof(raw),
 			  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
@@ -343,8 +348,6 @@ int doveadm_mirror_purge_storage(const char *username)
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
-	if (sodium_init() < 0)
-		i_fatal("sodium_init() failed");
 	doveadm_mirror_cmds_register();
 	doveadm_mirror_account_register();
 	doveadm_mirror_verify_register();

@@ -56,7 +56,7 @@ static void cmd_mirror_schedule(struct doveadm_cmd_context *cctx)
 	const char *now_str, *error;
 	time_t now, last_run, missed;
 
-	if (doveadm_cmd_param_str(cctx, "time", &now_str)) {
+	if (doveadm_mirror_param_str(cctx, "time", &now_str)) {
 		if (str_to_time(now_str, &now) < 0 || now <= 0) {
 			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 				"Invalid -T '%s': expected a UNIX time",

@@ -52,6 +52,17 @@ void doveadm_mirror_fail(int exit_code, const char *error)
 	doveadm_exit_code = exit_code;
 }
 
+bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
+			      const char *name, const char **value_r)
+{
+	const char *value;
+
+	if (!doveadm_cmd_param_str(cctx, name, &value) || value == NULL)
+		return FALSE;
+	*value_r = value;
+	return TRUE;
+}
+
 struct registry *doveadm_mirror_registry_open(void)
 {
 	struct registry *reg;

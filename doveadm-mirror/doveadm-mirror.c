@@ -63,6 +63,22 @@ bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
 	return TRUE;
 }
 
+int doveadm_mirror_param_time(const struct doveadm_cmd_context *cctx,
+			      const char *name, time_t *time_r)
+{
+	const char *value;
+
+	if (!doveadm_mirror_param_str(cctx, name, &value))
+		return 0;
+	if (str_to_time(value, time_r) < 0 || *time_r <= 0) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid -T '%s': expected a UNIX time",
+			str_sanitize(value, 30)));
+		return -1;
+	}
+	return 1;
+}
+
 struct registry *doveadm_mirror_registry_open(void)
 {
 	struct registry *reg;

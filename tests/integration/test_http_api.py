@@ -35,6 +35,14 @@ class DoveadmAPI:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
 
+    def get(self):
+        """GET /doveadm/v1: the commands and their parameters."""
+        req = urllib.request.Request(
+            self.url, headers={"Authorization": "X-Dovecot-API " +
+                               base64.b64encode(self.key.encode()).decode()})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+
     def run(self, command, **params):
         """One command: its rows, or ("error", the error object)."""
         status, answer = self.post([[command, params, "t"]])
@@ -79,3 +87,31 @@ def test_null_parameters_are_not_given(api_sandbox):
     assert api.run("mirrorRemove", id=None) == \
         ("error", {"type": "exitCode", "exitCode": 64})
     assert "killed with signal" not in sb.log()
+
+
+def test_unix_times_are_strings_in_every_command(api_sandbox):
+    """mirrorSchedule and mirrorExpire take a UNIX time the same way: a
+    string parameter, given as a JSON number or a string of digits, and
+    refused with exit code 64 otherwise."""
+    sb, api = api_sandbox
+    status, listing = api.get()
+    assert status == 200
+    types = {cmd["command"]: {p["name"]: p["type"]
+                              for p in cmd["parameters"]}
+             for cmd in listing}
+    assert types["mirrorSchedule"]["time"] == "string"
+    assert types["mirrorExpire"]["time"] == "string"
+    assert types["mirrorExpire"]["dryRun"] == "boolean"
+
+    when = 1764000000
+    for t in (when, str(when)):
+        row = api.run("mirrorSchedule", time=t)[0]
+        assert row["next_run_utc"] == "2025-11-25 08:00:00 UTC", row
+        assert api.run("mirrorExpire", time=t, dryRun=True) == []
+    for bad in ("abc", "0", -1, 1.5):
+        for command, extra in (("mirrorSchedule", {}),
+                               ("mirrorExpire", {"dryRun": True})):
+            assert api.run(command, time=bad, **extra) == \
+                ("error", {"type": "exitCode", "exitCode": 64}), \
+                (command, bad)
+    assert "Invalid -T 'abc': expected a UNIX time" in sb.log()

@@ -33,7 +33,7 @@ static void cmd_bag_flush(struct doveadm_cmd_context *cctx)
 
 	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
 		return;
-	if (doveadm_cmd_param_str(cctx, "host", &host_str) &&
+	if (doveadm_mirror_param_str(cctx, "host", &host_str) &&
 	    bag_host_parse(host_str, &host, &port, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;

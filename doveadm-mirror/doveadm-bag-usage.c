@@ -61,14 +61,14 @@ static void cmd_bag_usage(struct doveadm_cmd_context *cctx)
 	int ret;
 
 	t_array_init(&domains, 16);
-	if (doveadm_cmd_param_str(cctx, "domain", &domain_str)) {
+	if (doveadm_mirror_param_str(cctx, "domain", &domain_str)) {
 		if (bag_domain_parse(domain_str, &domain, &error) < 0) {
 			doveadm_mirror_fail(EX_USAGE, error);
 			return;
 		}
 		array_push_back(&domains, &domain);
 	}
-	if (doveadm_cmd_param_str(cctx, "month", &month) &&
+	if (doveadm_mirror_param_str(cctx, "month", &month) &&
 	    !bag_usage_month_is_valid(month)) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"Invalid month '%s' (YYYY-MM)",

@@ -187,11 +187,11 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	def.domain = domain;
 	t_array_init(&def.etrn_nets, 4);
 	(void)doveadm_cmd_param_array(cctx, "etrn-net", &nets);
-	(void)doveadm_cmd_param_str(cctx, "host", &host);
-	(void)doveadm_cmd_param_str(cctx, "atrn-identity", &identity);
+	(void)doveadm_mirror_param_str(cctx, "host", &host);
+	(void)doveadm_mirror_param_str(cctx, "atrn-identity", &identity);
 	(void)doveadm_cmd_param_bool(cctx, "backup", &backup);
-	(void)doveadm_cmd_param_str(cctx, "retry-period", &period);
-	if (doveadm_cmd_param_str(cctx, "pop3", &pop3)) {
+	(void)doveadm_mirror_param_str(cctx, "retry-period", &period);
+	if (doveadm_mirror_param_str(cctx, "pop3", &pop3)) {
 		if (nets != NULL || host != NULL || identity != NULL ||
 		    backup || period != NULL) {
 			doveadm_mirror_fail(EX_USAGE, "A POP3 connector (-P) "
@@ -610,7 +610,7 @@ static void cmd_bag_password(struct doveadm_cmd_context *cctx)
 	bool identity = FALSE, recipient = FALSE;
 	int ret;
 
-	if (!doveadm_cmd_param_str(cctx, "name", &name)) {
+	if (!doveadm_mirror_param_str(cctx, "name", &name)) {
 		doveadm_bag_usage(cctx);
 		return;
 	}
@@ -691,7 +691,7 @@ const char *doveadm_bag_domain_param(struct doveadm_cmd_context *cctx)
 {
 	const char *str, *domain, *error;
 
-	if (!doveadm_cmd_param_str(cctx, "domain", &str)) {
+	if (!doveadm_mirror_param_str(cctx, "domain", &str)) {
 		doveadm_bag_usage(cctx);
 		return NULL;
 	}

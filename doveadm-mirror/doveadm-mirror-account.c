@@ -179,8 +179,8 @@ static void cmd_mirror_account_set(struct doveadm_cmd_context *cctx)
 	const char *name, *level, *default_level, *error;
 	int ret;
 
-	if (!doveadm_cmd_param_str(cctx, "account", &name) ||
-	    !doveadm_cmd_param_str(cctx, "level", &level)) {
+	if (!doveadm_mirror_param_str(cctx, "account", &name) ||
+	    !doveadm_mirror_param_str(cctx, "level", &level)) {
 		doveadm_mirror_fail(EX_USAGE, "mirror account set: Usage: "
 				    "mirror account set ACCOUNT LEVEL");
 		return;
@@ -213,9 +213,9 @@ static void cmd_mirror_account_assign(struct doveadm_cmd_context *cctx)
 	enum mirror_type type;
 	int ret;
 
-	if (!doveadm_cmd_param_str(cctx, "domain", &domain) ||
+	if (!doveadm_mirror_param_str(cctx, "domain", &domain) ||
 	    (strcmp(cctx->cmd->name, "mirror account assign") == 0 &&
-	     !doveadm_cmd_param_str(cctx, "account", &name))) {
+	     !doveadm_mirror_param_str(cctx, "account", &name))) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"%s: Usage: %s %s", cctx->cmd->name, cctx->cmd->name,
 			cctx->cmd->usage));
@@ -279,7 +279,7 @@ static void cmd_mirror_account_list(struct doveadm_cmd_context *cctx)
 	pool_t pool = pool_datastack_create();
 	int ret;
 
-	(void)doveadm_cmd_param_str(cctx, "account", &only);
+	(void)doveadm_mirror_param_str(cctx, "account", &only);
 	if ((ret = doveadm_mirror_levels(&levels, &default_level)) < 0)
 		return;
 	if (ret == 0)

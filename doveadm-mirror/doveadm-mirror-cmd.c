@@ -224,7 +224,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 	bool share = FALSE;
 	int ret;
 
-	if (!doveadm_cmd_param_str(cctx, "source", &source)) {
+	if (!doveadm_mirror_param_str(cctx, "source", &source)) {
 		doveadm_mirror_fail(EX_USAGE, "mirror add: Usage: "
 			"mirror add [-d DAYS] [-r] [-s STORAGE_USER [-S]] "
 			"SOURCE");
@@ -233,7 +233,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 	i_zero(&def);
 	def.days = MIRROR_DAYS_DEFAULT;
 	(void)doveadm_cmd_param_bool(cctx, "readonly", &def.readonly);
-	if (doveadm_cmd_param_str(cctx, "days", &days_str) &&
+	if (doveadm_mirror_param_str(cctx, "days", &days_str) &&
 	    mirror_days_parse(days_str, &def.days, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
@@ -245,7 +245,7 @@ static void cmd_mirror_add(struct doveadm_cmd_context *cctx)
 	if (!doveadm_mirror_source_deliverable(&def))
 		return;
 	(void)doveadm_cmd_param_bool(cctx, "share", &share);
-	if (doveadm_cmd_param_str(cctx, "storage", &storage)) {
+	if (doveadm_mirror_param_str(cctx, "storage", &storage)) {
 		/* an existing mailbox */
 		if (!mirror_storage_is_valid(storage, &error)) {
 			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
@@ -318,7 +318,7 @@ static void cmd_mirror_password(struct doveadm_cmd_context *cctx)
 	char *password;
 	unsigned int id;
 
-	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE,
 			"mirror password: Usage: mirror password ID");
 		return;
@@ -368,7 +368,7 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 	enum mirror_type type;
 	int ret;
 
-	if (doveadm_cmd_param_str(cctx, "source", &source) &&
+	if (doveadm_mirror_param_str(cctx, "source", &source) &&
 	    mirror_source_parse(source, &type, &source, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
@@ -416,7 +416,7 @@ static void cmd_mirror_remove(struct doveadm_cmd_context *cctx)
 	bool purge = FALSE, purged = FALSE;
 	int ret;
 
-	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE,
 			"mirror remove: Usage: mirror remove [-p] ID");
 		return;
@@ -493,19 +493,19 @@ static void cmd_mirror_set(struct doveadm_cmd_context *cctx)
 	unsigned int id, days = 0;
 	bool readonly = FALSE;
 
-	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE, "mirror set: Usage: "
 			"mirror set [-d DAYS] [-r yes|no] ID");
 		return;
 	}
 	if (!doveadm_mirror_parse_id(id_str, &id))
 		return;
-	if (doveadm_cmd_param_str(cctx, "days", &days_str) &&
+	if (doveadm_mirror_param_str(cctx, "days", &days_str) &&
 	    mirror_days_parse(days_str, &days, &error) < 0) {
 		doveadm_mirror_fail(EX_USAGE, error);
 		return;
 	}
-	if (doveadm_cmd_param_str(cctx, "readonly", &ro_str) &&
+	if (doveadm_mirror_param_str(cctx, "readonly", &ro_str) &&
 	    doveadm_mirror_parse_bool(ro_str, &readonly) < 0)
 		return;
 	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)

@@ -37,7 +37,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	struct mirror_expire_result result;
 	struct mail_storage_service_ctx *service;
 	const char *error;
-	int64_t now;
+	time_t now;
 	int ret;
 
 	i_zero(&set);
@@ -48,16 +48,9 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	set.base_dir = doveadm_settings->base_dir;
-	set.now = time(NULL);
-	if (doveadm_cmd_param_int64(cctx, "time", &now)) {
-		if (now <= 0) {
-			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-				"Invalid time %"PRId64": expected a UNIX time",
-				now));
-			return;
-		}
-		set.now = (time_t)now;
-	}
+	if ((ret = doveadm_mirror_param_time(cctx, "time", &now)) < 0)
+		return;
+	set.now = ret > 0 ? now : time(NULL);
 	(void)doveadm_cmd_param_bool(cctx, "dry-run", &set.dry_run);
 	(void)doveadm_cmd_param_bool(cctx, "rebuild-index",
 				     &set.rebuild_index);
@@ -85,7 +78,9 @@ static struct doveadm_cmd_ver2 doveadm_mirror_expire_cmd = {
 	.usage = "[-n] [-T <unix time>] [--rebuild-index]",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('n', "dry-run", CMD_PARAM_BOOL, 0)
-DOVEADM_CMD_PARAM('T', "time", CMD_PARAM_INT64, 0)
+/* a string, as every UNIX time of the module's commands: doveadm
+   ignores an INT64 option that isn't a number, and would run the scan now */
+DOVEADM_CMD_PARAM('T', "time", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('\0', "rebuild-index", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAMS_END
 };

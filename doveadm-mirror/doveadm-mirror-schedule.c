@@ -5,8 +5,6 @@
    next run as if it were that time. */
 
 #include "lib.h"
-#include "strnum.h"
-#include "str-sanitize.h"
 #include "doveadm.h"
 #include "doveadm-cmd.h"
 #include "doveadm-print.h"
@@ -53,19 +51,14 @@ mirror_schedule_print_time(const struct mirror_schedule *sched, time_t t)
 static void cmd_mirror_schedule(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_schedule sched;
-	const char *now_str, *error;
+	const char *error;
 	time_t now, last_run, missed;
+	int ret;
 
-	if (doveadm_cmd_param_str(cctx, "time", &now_str)) {
-		if (str_to_time(now_str, &now) < 0 || now <= 0) {
-			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-				"Invalid -T '%s': expected a UNIX time",
-				str_sanitize(now_str, 30)));
-			return;
-		}
-	} else {
+	if ((ret = doveadm_mirror_param_time(cctx, "time", &now)) < 0)
+		return;
+	if (ret == 0)
 		now = time(NULL);
-	}
 	if (mirror_schedule_parse(doveadm_plugin_getenv("mirror_expire_time"),
 			doveadm_plugin_getenv("mirror_expire_timezone"),
 			pool_datastack_create(), &sched, &error) < 0) {

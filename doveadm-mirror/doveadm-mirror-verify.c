@@ -333,7 +333,7 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 	struct mirror_verify ctx;
 	const char *id_str;
 
-	if (!doveadm_cmd_param_str(cctx, "id", &id_str)) {
+	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE,
 				   "mirror verify: Usage: mirror verify ID");
 		return;

@@ -55,6 +55,33 @@ void doveadm_mirror_fail(int exit_code, const char *error)
 	doveadm_exit_code = exit_code;
 }
 
+bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
+			      const char *name, const char **value_r)
+{
+	const char *value;
+
+	if (!doveadm_cmd_param_str(cctx, name, &value) || value == NULL)
+		return FALSE;
+	*value_r = value;
+	return TRUE;
+}
+
+int doveadm_mirror_param_time(const struct doveadm_cmd_context *cctx,
+			      const char *name, time_t *time_r)
+{
+	const char *value;
+
+	if (!doveadm_mirror_param_str(cctx, name, &value))
+		return 0;
+	if (str_to_time(value, time_r) < 0 || *time_r <= 0) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid -T '%s': expected a UNIX time",
+			str_sanitize(value, 30)));
+		return -1;
+	}
+	return 1;
+}
+
 static struct registry *doveadm_mirror_registry_open_as(bool unchecked)
 {
 	struct registry *reg;
@@ -253,6 +280,11 @@ int doveadm_mirror_password_new(enum doveadm_mirror_password_scheme scheme,
 	char *password = t_malloc0(b64_len);
 	char hash[crypto_pwhash_argon2id_STRBYTES];
 
+	/* here, not when the module is loaded: doveadm pw registers
+	   Dovecot's {ARGON2ID} schemes with a sodium_init() that must be
+	   the process's first, and the module is loaded into it too */
+	if (sodium_init() < 0)
+		i_fatal("sodium_init() failed");
 	randombytes_buf(raw, sizeof(raw));
 	sodium_bin2base64(password, b64_len, raw, sizeof(raw),
 			  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
@@ -377,8 +409,6 @@ int doveadm_mirror_purge_storage(const char *username)
 
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
-	if (sodium_init() < 0)
-		i_fatal("sodium_init() failed");
 	doveadm_mirror_init_register();
 	doveadm_mirror_cmds_register();
 	doveadm_mirror_account_register();

@@ -9,8 +9,21 @@ struct mirror_def;
 struct mail_storage_service_ctx;
 struct setting_parser_info;
 
+struct doveadm_cmd_context;
+
 /* Log error on stderr and set doveadm's exit code. */
 void doveadm_mirror_fail(int exit_code, const char *error);
+
+/* doveadm_cmd_param_str(), but a parameter that the doveadm HTTP API was
+   given as JSON null (set, with no value) is not given. */
+bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
+			      const char *name, const char **value_r);
+/* The UNIX time parameter name (-T): a string of digits on the command
+   line, a JSON number or string over the HTTP API. Returns 1 and the time,
+   0 if it is not given, -1 if it is not a positive UNIX time (the command
+   fails with EX_USAGE). */
+int doveadm_mirror_param_time(const struct doveadm_cmd_context *cctx,
+			      const char *name, time_t *time_r);
 /* Open the registry of mirror_dict, or fail the command (EX_CONFIG if it
    is not set, EX_TEMPFAIL if it can't be opened) and return NULL. */
 struct registry *doveadm_mirror_registry_open(void);

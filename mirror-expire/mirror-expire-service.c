@@ -98,7 +98,9 @@ struct mirror_expire {
 	struct istream *log_input;
 	struct io *log_io;
 	struct child_wait *child_wait;
-	struct timeval started;
+	/* the run's event, created when it starts: the duration of
+	   mirror_expire_run_finished is the run's */
+	struct event *run_event;
 	time_t run_for;
 	bool catch_up;
 };
@@ -332,6 +334,7 @@ mirror_expire_exited(const struct child_wait_status *status,
 		     struct mirror_expire *ctx)
 {
 	struct event_passthrough *e;
+	struct timeval started;
 	long long msecs;
 
 	child_wait_free(&ctx->child_wait);
@@ -343,8 +346,9 @@ mirror_expire_exited(const struct child_wait_status *status,
 	}
 	if (ctx->lease_held)
 		mirror_expire_lease_done(ctx);
-	msecs = timeval_diff_msecs(&ioloop_timeval, &ctx->started);
-	e = event_create_passthrough(ctx->event)->
+	event_get_create_time(ctx->run_event, &started);
+	msecs = timeval_diff_msecs(&ioloop_timeval, &started);
+	e = event_create_passthrough(ctx->run_event)->
 		set_name("mirror_expire_run_finished")->
 		add_int("scheduled", ctx->run_for)->
 		add_str("catch_up", ctx->catch_up ? "yes" : "no")->
@@ -374,6 +378,7 @@ mirror_expire_exited(const struct child_wait_status *status,
 			mirror_expire_time_str(ctx, ctx->run_for),
 			status->status);
 	}
+	event_unref(&ctx->run_event);
 	/* a scan that outlasted the next scheduled run makes that one run
 	   now */
 	mirror_expire_check(ctx);
@@ -494,7 +499,7 @@ mirror_expire_run(struct mirror_expire *ctx, time_t run_for, bool catch_up)
 	ctx->pid = pid;
 	ctx->run_for = run_for;
 	ctx->catch_up = catch_up;
-	ctx->started = ioloop_timeval;
+	ctx->run_event = event_create(ctx->event);
 	ctx->child_wait = child_wait_new_with_pid(pid, mirror_expire_exited,
 						  ctx);
 }
@@ -647,6 +652,8 @@ static void mirror_expire_deinit(struct mirror_expire *ctx)
 		       (long)ctx->pid);
 		child_wait_free(&ctx->child_wait);
 	}
+	if (ctx->run_event != NULL)
+		event_unref(&ctx->run_event);
 	event_unref(&ctx->event);
 	pool_unref(&ctx->pool);
 }

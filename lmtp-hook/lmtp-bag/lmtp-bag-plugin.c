@@ -267,13 +267,15 @@ lmtp_bag_header(struct client *client, struct smtp_server_transaction *trans,
 	return str_c(hdr);
 }
 
+/* event: the store's, created when it started (the duration of
+   bag_store_finished is the store's) */
 static void
-lmtp_bag_store_finished(struct lmtp_bag_client *bclient,
+lmtp_bag_store_finished(struct event *event,
 			const struct lmtp_bag_group *group, uoff_t size,
 			const char *error)
 {
 	struct event_passthrough *e =
-		event_create_passthrough(bclient->event)->
+		event_create_passthrough(event)->
 		set_name("bag_store_finished")->
 		add_str("domain", group->def->domain)->
 		add_str("bag_user", group->def->user)->
@@ -318,8 +320,11 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 				    messages, bytes);
 	if (crossed == BAG_USAGE_CROSSED_NONE)
 		return;
+	/* a moment, not a span: an event of its own, not the connection's
+	   (whose age would be its duration) */
+	struct event *event = event_create(bclient->event);
 	struct event_passthrough *e =
-		event_create_passthrough(bclient->event)->
+		event_create_passthrough(event)->
 		set_name("bag_usage_limit_crossed")->
 		add_str("domain", domain)->
 		add_str("month", bclient->month.name)->
@@ -335,6 +340,7 @@ lmtp_bag_usage_count(struct lmtp_bag_client *bclient, const char *domain,
 		  t_strdup_printf("%"PRIu64" messages", limits->messages) :
 		  t_strdup_printf("%"PRIu64" bytes", limits->bytes),
 		  bclient->month.name, messages, bytes);
+	event_unref(&event);
 }
 
 /* The POP3 box of a recipient of a bag with a box per account, created
@@ -394,6 +400,7 @@ lmtp_bag_store_pop3(struct client *client, struct lmtp_bag_client *bclient,
 	struct mirror_copy_target target;
 	const char *addr, *error;
 	string_t *hdr = t_str_new(256);
+	struct event *event = event_create(bclient->event);
 	unsigned int i, stored = 0;
 	int ret;
 
@@ -426,8 +433,8 @@ lmtp_bag_store_pop3(struct client *client, struct lmtp_bag_client *bclient,
 			t_array_init(&target.mirror_ids, 1);
 			t_array_init(&target.envelope_to, 1);
 			ret = mirror_copier_copy(bclient->copier, mail,
-						 &target, 1, TRUE,
-						 bclient->event, &error);
+						 &target, 1, TRUE, event,
+						 &error);
 		}
 		if (ret < 0) {
 			e_error(bclient->event, "POP3 box of %s: %s",
@@ -440,9 +447,10 @@ lmtp_bag_store_pop3(struct client *client, struct lmtp_bag_client *bclient,
 				"Held for %s", group->def->domain);
 		}
 	}
-	lmtp_bag_store_finished(bclient, group, data_size,
+	lmtp_bag_store_finished(event, group, data_size,
 				stored == 0 ? "not stored for any recipient" :
 				NULL);
+	event_unref(&event);
 	/* one message taken in, however many copies */
 	if (stored > 0)
 		lmtp_bag_usage_count(bclient, group->def->domain, data_size);
@@ -457,6 +465,7 @@ lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
 	const struct lmtp_bag_group *group;
 	struct smtp_server_recipient *rcpt;
 	struct mirror_copy_target target;
+	struct event *event;
 	const char *error;
 	int ret;
 
@@ -466,16 +475,18 @@ lmtp_bag_store(struct client *client, struct lmtp_bag_client *bclient,
 					    data_size, group);
 			continue;
 		}
+		event = event_create(bclient->event);
 		i_zero(&target);
 		target.storage = group->def->user;
 		target.header = lmtp_bag_header(client, trans, group);
 		t_array_init(&target.mirror_ids, 1);
 		t_array_init(&target.envelope_to, 1);
 		ret = mirror_copier_copy(bclient->copier, mail, &target, 1,
-					 TRUE, bclient->event, &error);
-		lmtp_bag_store_finished(bclient, group,
+					 TRUE, event, &error);
+		lmtp_bag_store_finished(event, group,
 					data_size + strlen(target.header),
 					ret < 0 ? error : NULL);
+		event_unref(&event);
 		if (ret == 0) {
 			bag_registry_count_add(bclient->registry,
 					       group->def->domain, 1,

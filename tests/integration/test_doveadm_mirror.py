@@ -159,3 +159,14 @@ def test_exit_codes_follow_doveadm_conventions(sandbox):
 def test_list_filter_validates_source(sandbox):
     r = sandbox.doveadm("mirror", "list", "not a source", check=False)
     assert r.returncode == 64 and "Invalid source" in r.stderr
+
+
+def test_module_leaves_doveadm_pw_working(sandbox):
+    """The module is loaded into every doveadm process, `doveadm pw` too,
+    whose {ARGON2ID} schemes need the process's first sodium_init(): the
+    module initializes libsodium only when it makes a password."""
+    r = sandbox.doveadm("pw", "-s", "ARGON2ID", "-p", "secret")
+    assert r.stdout.startswith("{ARGON2ID}$argon2id$")
+    # and a password made afterwards, in another process, still works
+    row = sandbox.mirror_add(ALICE)
+    assert row["password"]

@@ -65,6 +65,10 @@ struct expire_mirror_user {
 	bool failed:1;
 };
 
+/* How much later than the index a message's save date may be when the
+   index was set from the delivery of that message */
+#define EXPIRE_MIRROR_SAVE_MARGIN_SECS 60
+
 struct expire_mirror_transaction {
 	union mailbox_transaction_module_context module_ctx;
 	/* the earliest save date of the mails saved or copied in */
@@ -246,9 +250,14 @@ expire_mirror_expunged(struct mailbox *box, struct expire_mirror_user *euser,
 		e_error(euser->event, "Expire index lookup failed: %s", error);
 		return;
 	}
-	/* Mail younger than the oldest went: the oldest stays. An unset
-	   entry with mail left is recomputed too. */
-	if (euser->oldest != 0 && et->min_expunged > euser->oldest)
+	/* Mail younger than the oldest went: the oldest stays. A delivery
+	   sets the index from LMTP's clock as its save begins, which the
+	   save date the storage reports (a maildir file's ctime) may pass
+	   by a second or, under load, more: only mail saved later than
+	   that margin is surely not the oldest. An unset entry with mail
+	   left is recomputed too. */
+	if (euser->oldest != 0 &&
+	    et->min_expunged > euser->oldest + EXPIRE_MIRROR_SAVE_MARGIN_SECS)
 		return;
 	ret = expire_mirror_find_oldest(box, &et->expunged_uids, &oldest,
 					&error);

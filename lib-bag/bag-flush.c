@@ -28,6 +28,7 @@
 #include "bag-store.h"
 #include "bag-smtp-client.h"
 #include "bag-dsn.h"
+#include "bag-fault.h"
 #include "bag-flush.h"
 
 #include <unistd.h>
@@ -394,6 +395,8 @@ static void bag_flush_settle(struct bag_flush_ctx *ctx,
 				fmail->states[i] = BAG_FLUSH_RCPT_DEFERRED;
 		}
 		failed = 0;
+	} else if (failed > 0) {
+		BAG_FAULT("after-dsn");
 	}
 	for (i = 0; i < count; i++) {
 		if (fmail->states[i] == BAG_FLUSH_RCPT_DEFERRED)
@@ -424,6 +427,7 @@ static void bag_flush_settle(struct bag_flush_ctx *ctx,
 			result->deferred++;
 			return;
 		}
+		BAG_FAULT("after-resave");
 		result->deferred++;
 	} else if (delivered > 0) {
 		result->delivered++;
@@ -580,6 +584,8 @@ static int bag_flush_pass(struct bag_flush_ctx *ctx, uint32_t *next_uid)
 			if (bag_flush_commit(ctx, &trans,
 					     ctx->unsynced == 0) < 0)
 				ret = -1;
+			else
+				BAG_FAULT("after-commit");
 		}
 		if (ret < 0)
 			break;

@@ -237,11 +237,8 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	if (backup) {
 		def.retry_period = BAG_RETRY_PERIOD_DEFAULT_SECS;
 		if (period != NULL &&
-		    (settings_get_time(period, &secs, &error) < 0 ||
-		     secs == 0 || secs > BAG_RETRY_PERIOD_MAX_SECS)) {
-			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-				"Invalid retry period '%s' (1 second to 365 "
-				"days, e.g. 5d)", str_sanitize(period, 40)));
+		    bag_retry_period_parse(period, &secs, &error) < 0) {
+			doveadm_mirror_fail(EX_USAGE, error);
 			return;
 		}
 		if (period != NULL)

@@ -136,6 +136,37 @@ static void test_bag_rcpt_parse(void)
 	test_end();
 }
 
+static void test_bag_retry_period_parse(void)
+{
+	static const struct {
+		const char *str;
+		unsigned int secs;
+	} tests[] = {
+		/* a number of seconds, as the manual says */
+		{ "3600", 3600 }, { "20", 20 }, { "60", 60 }, { "1", 1 },
+		{ "31536000", 31536000 },
+		{ "5d", 5*24*3600 }, { "36h", 36*3600 }, { "90 s", 90 },
+		{ "2 mins", 120 },
+		/* refused */
+		{ "0", 0 }, { "0s", 0 }, { "31536001", 0 }, { "366d", 0 },
+		{ "", 0 }, { "-5", 0 }, { "5x", 0 }, { "99999999999", 0 },
+		{ " 60", 0 },
+	};
+	const char *error;
+	unsigned int i, secs;
+	int ret;
+
+	test_begin("bag_retry_period_parse()");
+	for (i = 0; i < N_ELEMENTS(tests); i++) {
+		secs = 0;
+		ret = bag_retry_period_parse(tests[i].str, &secs, &error);
+		test_assert_idx((ret == 0) == (tests[i].secs != 0), i);
+		if (ret == 0)
+			test_assert_idx(secs == tests[i].secs, i);
+	}
+	test_end();
+}
+
 static void test_bag_modes(void)
 {
 	enum bag_mode modes;
@@ -615,6 +646,7 @@ int main(void)
 		test_bag_host_parse,
 		test_bag_nets,
 		test_bag_rcpt_parse,
+		test_bag_retry_period_parse,
 		test_bag_modes,
 		test_bag_def_roundtrip,
 		test_bag_def_decode_broken,

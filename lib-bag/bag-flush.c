@@ -179,8 +179,10 @@ bag_flush_notify(struct bag_flush_ctx *ctx, struct bag_flush_mail *fmail,
 			drcpt->status = bag_flush_reply_status(reply);
 		}
 		drcpt->remote_mta = reply == NULL ? NULL : ctx->remote_mta;
-		drcpt->diagnostic = reply != NULL ? smtp_reply_log(reply) :
-			ctx->why;
+		if (reply != NULL)
+			drcpt->diagnostic = smtp_reply_log(reply);
+		else
+			drcpt->local_diagnostic = ctx->why;
 		drcpt->last_attempt = ioloop_time;
 	}
 	if (array_count(&rcpts) == 0)

@@ -219,6 +219,16 @@ static void test_bag_def_roundtrip(void)
 	test_assert_strcmp(decoded.atrn_identity, def.atrn_identity);
 	test_assert(decoded.auto_identity && decoded.recipient_list);
 	test_assert(decoded.created == def.created);
+	/* no TLS mode of its own: none written, bag_tls applies */
+	test_assert(strstr(json, "\"tls\"") == NULL);
+	test_assert(decoded.tls == BAG_TLS_DEFAULT);
+	def.tls = BAG_TLS_VERIFY;
+	json = bag_def_encode(&def);
+	test_assert(strstr(json, "\"tls\":\"verify\"") != NULL);
+	test_assert(bag_def_decode(json, pool_datastack_create(), &decoded,
+				   &error) == 0);
+	test_assert(decoded.tls == BAG_TLS_VERIFY);
+	def.tls = BAG_TLS_DEFAULT;
 
 	/* ATRN only: no ETRN fields */
 	def.modes = BAG_MODE_ATRN;
@@ -307,6 +317,16 @@ static void test_bag_def_decode_broken(void)
 		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
 		"\"modes\":\"pop3\",\"pop3_per_account\":\"yes\","
 		"\"created\":1}",
+		/* a TLS mode that isn't one ("default" is never stored) */
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":\"sometimes\",\"created\":1}",
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":\"default\",\"created\":1}",
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":2,\"created\":1}",
 	};
 	struct bag_def def;
 	const char *error;

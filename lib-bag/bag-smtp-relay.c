@@ -267,6 +267,10 @@ static void bag_smtp_relay_send_finish(struct bag_smtp_relay *relay)
 	timeout_remove(&relay->to_send_failed);
 	relay->send_callback = NULL;
 	relay->trans = NULL;
+	if (callback == NULL) {
+		/* aborted: lib-smtp finishes the transaction it destroys */
+		return;
+	}
 	/* the session can't go on after a reply that wasn't the server's
 	   (a lost connection, a timeout), or once the server said it is
 	   closing the connection */

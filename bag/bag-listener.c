@@ -55,6 +55,9 @@ int bag_listener_init(struct bag_listener *listener,
 	listener->remote_port = conn->remote_port;
 	listener->first_timeout = first_timeout;
 	listener->context = context;
+	/* closed in bag_listener_deinit(), after the streams (lib-smtp
+	   doesn't close a connection it was given as streams) */
+	listener->fd = conn->fd;
 	listener->input = i_stream_create_fd(conn->fd,
 					     BAG_LISTENER_MAX_INPUT_BUFFER);
 	listener->output = o_stream_create_fd(conn->fd, SIZE_MAX);
@@ -74,8 +77,9 @@ void bag_listener_deinit(struct bag_listener *listener)
 {
 	timeout_remove(&listener->to_first);
 	ssl_iostream_destroy(&listener->ssl_iostream);
-	i_stream_unref(&listener->input);
-	o_stream_unref(&listener->output);
+	i_stream_destroy(&listener->input);
+	o_stream_destroy(&listener->output);
+	i_close_fd(&listener->fd);
 }
 
 bool bag_listener_tls_offered(const struct bag_listener *listener)

@@ -18,6 +18,7 @@ struct bag_listener {
 	struct event *event;
 	struct ip_addr remote_ip;
 	in_port_t remote_port;
+	int fd;
 	/* the connection's streams as they are now (TLS ones after
 	   STARTTLS), referenced */
 	struct istream *input;

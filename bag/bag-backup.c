@@ -69,7 +69,26 @@ static void bag_backup_try_free(struct bag_backup_try *try)
 	i_free(try);
 }
 
-/* Record how a try went: done (nothing waits), failed, or not run. */
+/* Whether nothing waits in the bag: the counter every flush sets to what
+   it left (and LMTP increments). */
+static bool bag_backup_bag_empty(struct registry *reg, const char *domain)
+{
+	unsigned int count;
+	const char *error;
+	int ret;
+
+	ret = bag_registry_count_get(reg, domain, &count, &error);
+	if (ret < 0) {
+		e_error(bag_service.event, "backup %s: %s", domain, error);
+		return FALSE;
+	}
+	return ret > 0 && count == 0;
+}
+
+/* Record how a try went: done (nothing waits), failed, or not run. A try
+   that failed but left nothing waiting (everything bounced when the
+   retry period ran out) ends the schedule too: there is nothing left to
+   retry. */
 static void
 bag_backup_schedule(const char *domain, bool done, const char *why)
 {
@@ -85,6 +104,12 @@ bag_backup_schedule(const char *domain, bool done, const char *why)
 		/* broken: start the schedule again */
 		e_error(bag_service.event, "backup %s: %s", domain, error);
 		i_zero(&state);
+	}
+	if (!done && bag_backup_bag_empty(reg, domain)) {
+		e_info(bag_service.event, "backup %s: try %u failed (%s), but "
+		       "nothing waits any more", domain, state.failures + 1,
+		       str_sanitize(why, 200));
+		done = TRUE;
 	}
 	if (done) {
 		i_zero(&state);
@@ -164,16 +189,26 @@ bag_backup_is_due(struct registry *reg, const struct bag_def *def)
 			error);
 		i_zero(&state);
 	}
-	if (state.next != 0)
-		return state.next <= ioloop_time;
-	/* no retry pending: a try when mail waits (the count is a hint,
-	   set right by every flush) */
+	/* a try only when mail waits (the count is a hint, set right by
+	   every flush): an empty bag is never retried, even if a retry was
+	   pending when the bag emptied (ETRN, doveadm bag flush) */
 	if (bag_registry_count_get(reg, def->domain, &count, &error) < 0) {
 		e_error(bag_service.event, "backup %s: %s", def->domain,
 			error);
-		return TRUE;
+		count = 1;
 	}
-	return count > 0;
+	if (count == 0) {
+		if (state.next != 0) {
+			i_zero(&state);
+			if (bag_registry_backup_set(reg, def->domain, &state,
+						    &error) < 0) {
+				e_error(bag_service.event, "backup %s: %s",
+					def->domain, error);
+			}
+		}
+		return FALSE;
+	}
+	return state.next == 0 || state.next <= ioloop_time;
 }
 
 static void bag_backup_check(void *context ATTR_UNUSED)

@@ -24,6 +24,7 @@
 #include "str-sanitize.h"
 #include "ioloop.h"
 #include "master-service.h"
+#include "master-service-ssl.h"
 #include "smtp-address.h"
 #include "smtp-server.h"
 #include "mirror-registry.h"
@@ -31,6 +32,7 @@
 #include "bag-store.h"
 #include "bag-flush-client.h"
 #include "bag-service.h"
+#include "bag-listener.h"
 #include "bag-input.h"
 
 #define BAG_ETRN_MAX_BAD_COMMANDS 10
@@ -41,11 +43,13 @@
 struct bag_etrn_client {
 	pool_t pool;
 	struct event *event;
-	struct smtp_server *server;
 	struct smtp_server_connection *conn;
+	struct bag_listener listener;
 	struct ip_addr remote_ip;
-	struct timeout *to_destroy;
 };
+
+/* one server for the process's connections */
+static struct smtp_server *bag_etrn_server;
 
 enum bag_etrn_kind {
 	/* "domain" */
@@ -244,11 +248,13 @@ static void bag_etrn_cmd(struct smtp_server_cmd_ctx *cmd, const char *params)
 }
 
 static int
-bag_etrn_cmd_helo(void *conn_ctx ATTR_UNUSED, struct smtp_server_cmd_ctx *cmd,
+bag_etrn_cmd_helo(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 		  struct smtp_server_cmd_helo *data)
 {
+	struct bag_etrn_client *client = conn_ctx;
 	struct smtp_server_reply *reply;
 
+	bag_listener_greeted(&client->listener);
 	/* fetchmail sends ETRN only to a server that lists it */
 	reply = smtp_server_cmd_ehlo_reply_create(cmd);
 	if (!data->helo.old_smtp)
@@ -299,25 +305,25 @@ bag_etrn_cmd_data_continue(void *conn_ctx ATTR_UNUSED,
 	return -1;
 }
 
-static void bag_etrn_client_destroy(struct bag_etrn_client *client)
+static int
+bag_etrn_start_tls(void *conn_ctx, struct istream **input,
+		   struct ostream **output)
 {
-	pool_t pool = client->pool;
+	struct bag_etrn_client *client = conn_ctx;
 
-	timeout_remove(&client->to_destroy);
-	smtp_server_deinit(&client->server);
-	event_unref(&client->event);
-	pool_unref(&pool);
-	bag_service_client_destroyed();
+	return bag_listener_start_tls(&client->listener, input, output);
 }
 
 static void bag_etrn_conn_free(void *context)
 {
 	struct bag_etrn_client *client = context;
+	pool_t pool = client->pool;
 
-	/* the server goes once the connection it serves is gone */
 	client->conn = NULL;
-	client->to_destroy = timeout_add_short(0, bag_etrn_client_destroy,
-					       client);
+	bag_listener_deinit(&client->listener);
+	event_unref(&client->event);
+	bag_service_client_destroyed(&client->remote_ip);
+	pool_unref(&pool);
 }
 
 static const struct smtp_server_callbacks bag_etrn_callbacks = {
@@ -326,14 +332,49 @@ static const struct smtp_server_callbacks bag_etrn_callbacks = {
 	.conn_cmd_rcpt = bag_etrn_cmd_rcpt,
 	.conn_cmd_data_begin = bag_etrn_cmd_data_begin,
 	.conn_cmd_data_continue = bag_etrn_cmd_data_continue,
+	.conn_start_tls = bag_etrn_start_tls,
 	.conn_free = bag_etrn_conn_free,
 };
+
+static void bag_etrn_server_init(void)
+{
+	struct smtp_server_settings set;
+
+	i_zero(&set);
+	set.protocol = SMTP_PROTOCOL_SMTP;
+	set.capabilities = SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
+		SMTP_CAPABILITY_PIPELINING;
+	/* with Dovecot's ssl_cert and ssl_key; lib-smtp discards what a
+	   client pipelines after STARTTLS */
+	if (master_service_ssl_is_enabled(master_service))
+		set.capabilities |= SMTP_CAPABILITY_STARTTLS;
+	set.hostname = bag_service.hostname;
+	set.login_greeting = "ESMTP ETRN service";
+	set.max_client_idle_time_msecs = BAG_ETRN_IDLE_TIMEOUT_MSECS;
+	set.max_pipelined_commands = 1;
+	set.max_bad_commands = BAG_ETRN_MAX_BAD_COMMANDS;
+	set.max_recipients = 1;
+	set.auth_optional = TRUE;
+	set.reason_code_module = "bag";
+	set.event_parent = bag_service.event;
+	bag_etrn_server = smtp_server_init(&set);
+	smtp_server_command_register(bag_etrn_server, "ETRN", bag_etrn_cmd, 0);
+}
+
+static void bag_etrn_first_timeout(struct bag_etrn_client *client)
+{
+	smtp_server_connection_terminate(&client->conn, "4.4.2",
+		"Timed out waiting for EHLO");
+}
 
 void bag_etrn_client_create(const struct master_service_connection *conn)
 {
 	struct bag_etrn_client *client;
-	struct smtp_server_settings set;
+	const char *error;
 	pool_t pool;
+
+	if (bag_etrn_server == NULL)
+		bag_etrn_server_init();
 
 	pool = pool_alloconly_create("bag etrn client", 1024);
 	client = p_new(pool, struct bag_etrn_client, 1);
@@ -345,24 +386,30 @@ void bag_etrn_client_create(const struct master_service_connection *conn)
 	event_set_append_log_prefix(client->event, t_strdup_printf(
 		"etrn(%s): ", net_ip2addr(&conn->remote_ip)));
 
-	i_zero(&set);
-	set.protocol = SMTP_PROTOCOL_SMTP;
-	set.capabilities = SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
-		SMTP_CAPABILITY_PIPELINING;
-	set.hostname = bag_service.hostname;
-	set.login_greeting = "ESMTP ETRN service";
-	set.max_client_idle_time_msecs = BAG_ETRN_IDLE_TIMEOUT_MSECS;
-	set.max_pipelined_commands = 1;
-	set.max_bad_commands = BAG_ETRN_MAX_BAD_COMMANDS;
-	set.max_recipients = 1;
-	set.auth_optional = TRUE;
-	set.reason_code_module = "bag";
-	set.event_parent = client->event;
-	client->server = smtp_server_init(&set);
-	smtp_server_command_register(client->server, "ETRN", bag_etrn_cmd, 0);
-
-	client->conn = smtp_server_connection_create(client->server, conn->fd,
-		conn->fd, &conn->remote_ip, conn->remote_port, FALSE, NULL,
-		&bag_etrn_callbacks, client);
+	if (bag_listener_init(&client->listener, conn, client->event,
+			      (void (*)(void *))bag_etrn_first_timeout,
+			      client, &error) < 0) {
+		e_error(client->event, "%s", error);
+		bag_listener_deinit(&client->listener);
+		event_unref(&client->event);
+		bag_service_client_destroyed(&client->remote_ip);
+		pool_unref(&pool);
+		return;
+	}
+	client->conn = smtp_server_connection_create_from_streams(
+		bag_etrn_server, client->listener.input,
+		client->listener.output, &conn->remote_ip, conn->remote_port,
+		NULL, &bag_etrn_callbacks, client);
 	smtp_server_connection_start(client->conn);
+	if (client->listener.tls) {
+		/* implicit TLS: no STARTTLS, and secured */
+		smtp_server_connection_set_ssl_streams(client->conn,
+			client->listener.input, client->listener.output);
+	}
+}
+
+void bag_etrn_deinit(void)
+{
+	if (bag_etrn_server != NULL)
+		smtp_server_deinit(&bag_etrn_server);
 }

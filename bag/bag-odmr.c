@@ -1,17 +1,27 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* The odmr listener: ATRN / On-Demand Mail Relay (RFC 2645), port 366.
+/* The odmr listener: ATRN / On-Demand Mail Relay (RFC 2645), port 366,
+   with STARTTLS, or implicit TLS on a listener with ssl = yes.
 
    The customer's MTA authenticates (AUTH through Dovecot's auth: its
    passdb), then asks with ATRN [domain[,domain...]] for the mail of
    domains it may pull (every one of them when none is named). When there
    is mail, the reply is "250 OK now reversing the connection" and the
    roles turn: the customer's MTA greets us as an SMTP server, and this
-   process delivers the bags to it on the same connection, with the same
-   rules as any flush, then ends with QUIT.
+   process delivers the bags to it on the same connection (with its TLS,
+   if any), with the same rules as any flush, then ends with QUIT. All of
+   it in the ioloop: a process serves many connections at once.
 
-   Only EHLO/HELO, AUTH, ATRN, NOOP, RSET and QUIT are implemented; every
-   other command gets 502: this port never relays or accepts mail. */
+   Mechanisms: those of the auth socket bag_auth_socket (Dovecot's own
+   auth_mechanisms), and CRAM-MD5 from bag_cram_md5_auth_socket, an auth
+   process of its own, so that IMAP and POP3 never offer CRAM-MD5
+   (fetchmail's ODMR mode speaks nothing else). A mechanism that sends the
+   password in the clear is offered only on TLS, on loopback, or with
+   bag_odmr_plaintext_auth.
+
+   Only EHLO/HELO, STARTTLS, AUTH, ATRN, NOOP, RSET and QUIT are
+   implemented; every other command gets 502: this port never relays or
+   accepts mail. */
 
 #include "lib.h"
 #include "array.h"
@@ -20,8 +30,10 @@
 #include "ioloop.h"
 #include "istream.h"
 #include "ostream.h"
+#include "iostream-ssl.h"
 #include "auth-client.h"
 #include "master-service.h"
+#include "master-service-ssl.h"
 #include "smtp-server.h"
 #include "smtp-reply.h"
 #include "mirror-registry.h"
@@ -30,9 +42,9 @@
 #include "bag-flush.h"
 #include "bag-smtp-client.h"
 #include "bag-service.h"
+#include "bag-listener.h"
 #include "bag-input.h"
 
-#include <poll.h>
 #include <unistd.h>
 
 #define BAG_ODMR_MAX_BAD_COMMANDS 10
@@ -44,7 +56,6 @@
 #define BAG_ODMR_AUTH_CONNECT_TIMEOUT_MSECS (10*1000)
 /* the most domains one ATRN may pull */
 #define BAG_ODMR_MAX_DOMAINS 100
-#define BAG_ODMR_MAX_INPUT_BUFFER (64*1024)
 
 struct bag_odmr_domain {
 	struct bag_def def;
@@ -54,30 +65,52 @@ struct bag_odmr_domain {
 struct bag_odmr_client {
 	pool_t pool;
 	struct event *event;
-	struct smtp_server *server;
 	struct smtp_server_connection *conn;
-	int fd;
-	struct istream *input;
-	struct ostream *output;
+	struct bag_listener listener;
 	struct ip_addr remote_ip;
 	in_port_t remote_port;
+	/* PLAIN and LOGIN may be offered: on TLS or loopback */
 	bool secured;
+	bool started;
 
-	struct auth_client *auth;
 	struct auth_client_request *auth_request;
 	struct smtp_server_cmd_ctx *auth_cmd;
 	unsigned int auth_failures;
-	struct timeout *to_auth_connect;
 	/* the authenticated identity */
 	const char *identity;
 
 	/* after ATRN's 250: the bags to deliver, locked */
 	ARRAY(struct bag_odmr_domain) domains;
+	unsigned int domain_idx;
 	struct timeout *to_reverse;
-	struct timeout *to_destroy;
+	struct bag_smtp_client *smtp;
+	struct bag_flush *flush;
+	struct event *flush_event;
+	struct registry *reg;
+	bool reversed;
+	bool destroying;
 };
 
-static void bag_odmr_client_destroy(struct bag_odmr_client *client);
+/* The process's auth clients, shared by its connections */
+struct bag_odmr_auth {
+	struct auth_client *auth;
+	/* CRAM-MD5 only, or NULL */
+	struct auth_client *cram;
+	/* connections whose greeting waits for auth */
+	ARRAY(struct bag_odmr_client *) waiting;
+	struct timeout *to_connect;
+};
+
+static struct smtp_server *bag_odmr_server;
+static struct bag_odmr_auth bag_odmr_auth;
+static ARRAY(struct bag_odmr_client *) bag_odmr_clients;
+
+static void bag_odmr_reverse_end(struct bag_odmr_client *client,
+				 const char *reason);
+
+/*
+ * Authentication
+ */
 
 static bool
 bag_odmr_mech_allowed(struct bag_odmr_client *client,
@@ -85,27 +118,59 @@ bag_odmr_mech_allowed(struct bag_odmr_client *client,
 {
 	if ((mech->flags & MECH_SEC_PRIVATE) != 0)
 		return FALSE;
-	/* there is no TLS here: a password in the clear only on loopback,
-	   or where the administrator says so */
+	/* a password in the clear only on TLS or loopback, or where the
+	   administrator says so */
 	if ((mech->flags & MECH_SEC_PLAINTEXT) != 0 && !client->secured &&
 	    !bag_service.plaintext_auth)
 		return FALSE;
 	return TRUE;
 }
 
+/* The auth client that serves mech (NULL: none offers it here). */
+static struct auth_client *
+bag_odmr_auth_for(struct bag_odmr_client *client, const char *name,
+		  const struct auth_mech_desc **mech_r)
+{
+	struct auth_client *const auths[] = {
+		bag_odmr_auth.auth, bag_odmr_auth.cram
+	};
+	const struct auth_mech_desc *mech;
+	unsigned int i;
+
+	for (i = 0; i < N_ELEMENTS(auths); i++) {
+		if (auths[i] == NULL || !auth_client_is_connected(auths[i]))
+			continue;
+		mech = auth_client_find_mech(auths[i], name);
+		if (mech != NULL && bag_odmr_mech_allowed(client, mech)) {
+			*mech_r = mech;
+			return auths[i];
+		}
+	}
+	return NULL;
+}
+
 static const char *bag_odmr_mechs(struct bag_odmr_client *client)
 {
-	const struct auth_mech_desc *mechs;
+	struct auth_client *const auths[] = {
+		bag_odmr_auth.auth, bag_odmr_auth.cram
+	};
+	const struct auth_mech_desc *mechs, *found;
 	string_t *str = t_str_new(64);
-	unsigned int i, count;
+	unsigned int i, j, count;
 
-	mechs = auth_client_get_available_mechs(client->auth, &count);
-	for (i = 0; i < count; i++) {
-		if (!bag_odmr_mech_allowed(client, &mechs[i]))
+	for (i = 0; i < N_ELEMENTS(auths); i++) {
+		if (auths[i] == NULL || !auth_client_is_connected(auths[i]))
 			continue;
-		if (str_len(str) > 0)
-			str_append_c(str, ' ');
-		str_append(str, mechs[i].name);
+		mechs = auth_client_get_available_mechs(auths[i], &count);
+		for (j = 0; j < count; j++) {
+			if (!bag_odmr_mech_allowed(client, &mechs[j]) ||
+			    bag_odmr_auth_for(client, mechs[j].name,
+					      &found) != auths[i])
+				continue;
+			if (str_len(str) > 0)
+				str_append_c(str, ' ');
+			str_append(str, mechs[j].name);
+		}
 	}
 	return str_c(str);
 }
@@ -118,6 +183,7 @@ bag_odmr_cmd_helo(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 	struct smtp_server_reply *reply;
 	const char *mechs;
 
+	bag_listener_greeted(&client->listener);
 	/* fetchmail wants to see both AUTH and ATRN */
 	reply = smtp_server_cmd_ehlo_reply_create(cmd);
 	if (!data->helo.old_smtp) {
@@ -217,15 +283,20 @@ bag_odmr_cmd_auth(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 {
 	struct bag_odmr_client *client = conn_ctx;
 	const struct auth_mech_desc *mech;
+	struct auth_client *auth;
 	struct auth_request_info info;
+	unsigned int bits;
 
-	if (!auth_client_is_connected(client->auth)) {
+	if (bag_odmr_auth.auth == NULL ||
+	    (!auth_client_is_connected(bag_odmr_auth.auth) &&
+	     (bag_odmr_auth.cram == NULL ||
+	      !auth_client_is_connected(bag_odmr_auth.cram)))) {
 		smtp_server_reply(cmd, 454, "4.7.0",
 				  "Temporary authentication failure");
 		return -1;
 	}
-	mech = auth_client_find_mech(client->auth, data->sasl_mech);
-	if (mech == NULL || !bag_odmr_mech_allowed(client, mech)) {
+	auth = bag_odmr_auth_for(client, data->sasl_mech, &mech);
+	if (auth == NULL) {
 		smtp_server_reply(cmd, 504, "5.5.4",
 				  "Unsupported authentication mechanism");
 		return -1;
@@ -239,13 +310,21 @@ bag_odmr_cmd_auth(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 	info.real_remote_port = client->remote_port;
 	if (client->secured)
 		info.flags |= AUTH_REQUEST_FLAG_SECURED;
+	if (client->listener.tls) {
+		info.flags |= AUTH_REQUEST_FLAG_TRANSPORT_SECURITY_TLS;
+		info.ssl_protocol = ssl_iostream_get_protocol_name(
+			client->listener.ssl_iostream);
+		info.ssl_cipher = ssl_iostream_get_cipher(
+			client->listener.ssl_iostream, &bits);
+		info.ssl_cipher_bits = bits;
+	}
 	info.initial_resp_base64 = data->initial_response;
 
 	i_assert(client->auth_request == NULL);
 	client->auth_cmd = cmd;
 	smtp_server_command_add_hook(cmd->cmd, SMTP_SERVER_COMMAND_HOOK_DESTROY,
 				     bag_odmr_auth_cmd_destroy, client);
-	client->auth_request = auth_client_request_new(client->auth, &info,
+	client->auth_request = auth_client_request_new(auth, &info,
 		bag_odmr_auth_callback, client);
 	return 0;
 }
@@ -269,6 +348,10 @@ bag_odmr_cmd_auth_continue(void *conn_ctx, struct smtp_server_cmd_ctx *cmd,
 	auth_client_request_continue(client->auth_request, response);
 	return 0;
 }
+
+/*
+ * ATRN
+ */
 
 static void bag_odmr_domains_release(struct bag_odmr_client *client)
 {
@@ -381,71 +464,145 @@ bag_odmr_atrn_prepare(struct bag_odmr_client *client,
 	return total;
 }
 
-/* The customer's MTA is the server now: deliver every bag to it. */
-static void bag_odmr_reverse(struct bag_odmr_client *client)
+static void bag_odmr_client_close(struct bag_odmr_client *client,
+				  const char *reason)
+{
+	if (client->conn != NULL)
+		smtp_server_connection_close(&client->conn, reason);
+}
+
+static void bag_odmr_quit_done(struct bag_odmr_client *client)
+{
+	bag_odmr_client_close(client, "ATRN finished");
+}
+
+static void bag_odmr_reverse_next(struct bag_odmr_client *client);
+
+static void
+bag_odmr_flushed(const struct bag_flush_result *result,
+		 struct bag_odmr_client *client)
+{
+	struct bag_odmr_domain *dom =
+		array_idx_modifiable(&client->domains, client->domain_idx);
+
+	client->flush = NULL;
+	if (client->reg != NULL) {
+		bag_flush_finished(client->reg, &dom->def, "atrn", result,
+				   &client->flush_event);
+	} else {
+		event_unref(&client->flush_event);
+	}
+	bag_store_close(&dom->store);
+	client->domain_idx++;
+	if (result->error != NULL) {
+		bag_odmr_reverse_end(client, result->error);
+		return;
+	}
+	bag_odmr_reverse_next(client);
+}
+
+/* The next bag over the reversed session, or QUIT. */
+static void bag_odmr_reverse_next(struct bag_odmr_client *client)
+{
+	struct bag_flush_settings set;
+	struct bag_odmr_domain *dom;
+
+	if (client->domain_idx >= array_count(&client->domains)) {
+		bag_smtp_client_quit(client->smtp, bag_odmr_quit_done, client);
+		return;
+	}
+	dom = array_idx_modifiable(&client->domains, client->domain_idx);
+	i_zero(&set);
+	set.remote_mta = net_ip2addr(&client->remote_ip);
+	set.reg = client->reg;
+	set.domain = dom->def.domain;
+	/* an ATRN flush applies no retry period, even for a Backup
+	   Domain: the customer is here */
+	client->flush_event = bag_flush_event_create(client->event);
+	client->flush = bag_flush_start(dom->store,
+		bag_smtp_client_get_sender(client->smtp), NULL, &set,
+		client->flush_event, bag_odmr_flushed, client);
+}
+
+static void
+bag_odmr_reverse_started(int ret, const struct smtp_reply *reply,
+			 const char *error, struct bag_odmr_client *client)
+{
+	const char *why;
+
+	if (ret == 0) {
+		why = t_strdup_printf("the customer refused the reversed "
+				      "session: %s", str_sanitize(
+					smtp_reply_log(reply), 200));
+		e_info(client->event, "ATRN: %s", why);
+		bag_odmr_reverse_end(client, why);
+		return;
+	}
+	if (ret < 0) {
+		e_info(client->event, "ATRN: the reversed session failed: %s",
+		       error);
+		bag_odmr_reverse_end(client, error);
+		return;
+	}
+	if (bag_service_registry_open(&client->reg, &error) < 0)
+		e_error(client->event, "%s", error);
+	bag_odmr_reverse_next(client);
+}
+
+/* The session ends (reason for the log): every bag still held is
+   released, the connection closed. */
+static void bag_odmr_reverse_end(struct bag_odmr_client *client,
+				 const char *reason)
+{
+	struct bag_flush_result result;
+
+	if (client->flush != NULL) {
+		bag_flush_abort(&client->flush, reason, &result);
+		bag_odmr_flushed(&result, client);
+		return;
+	}
+	event_unref(&client->flush_event);
+	if (client->reg != NULL)
+		registry_deinit(&client->reg);
+	bag_smtp_client_deinit(&client->smtp);
+	bag_odmr_domains_release(client);
+	bag_odmr_client_close(client, t_strdup_printf("ATRN ended: %s",
+						      reason));
+}
+
+/* The 250 is out: the customer's MTA is the server now. */
+static int bag_odmr_reverse_output(struct bag_odmr_client *client)
 {
 	struct bag_smtp_client_settings set;
-	struct bag_smtp_client *smtp;
-	struct bag_flush_result result;
-	struct registry *reg = NULL;
-	struct bag_odmr_domain *dom;
-	struct smtp_reply reply;
-	struct pollfd pfd = { .fd = client->fd, .events = POLLOUT };
-	const char *error;
+	struct ostream *output = client->listener.output;
 	int ret;
 
-	timeout_remove(&client->to_reverse);
-	smtp_server_connection_halt(client->conn);
-	/* the streams are this function's now: lib-smtp's connection must
-	   not be called back when a write has to wait */
-	o_stream_unset_flush_callback(client->output);
-	/* the 250 must be out before the customer can greet us */
-	while ((ret = o_stream_flush(client->output)) == 0) {
-		if (poll(&pfd, 1, bag_service.timeout_msecs) <= 0)
-			break;
+	if ((ret = o_stream_flush(output)) == 0)
+		return 0;
+	o_stream_unset_flush_callback(output);
+	if (ret < 0) {
+		bag_odmr_reverse_end(client, o_stream_get_error(output));
+		return -1;
 	}
-
 	i_zero(&set);
 	set.my_hostname = bag_service.hostname;
 	set.timeout_msecs = bag_service.timeout_msecs;
-	smtp = bag_smtp_client_init(client->fd, client->input, client->output,
-				    &set);
-	if (ret <= 0) {
-		error = client->output->stream_errno != 0 ?
-			o_stream_get_error(client->output) :
-			"Timed out sending the ATRN reply";
-		ret = -1;
-	} else {
-		ret = bag_smtp_client_start(smtp, &reply, &error);
-	}
-	if (ret == 0) {
-		e_info(client->event, "ATRN: the customer refused the "
-		       "reversed session: %s",
-		       str_sanitize(smtp_reply_log(&reply), 200));
-	} else if (ret < 0) {
-		e_info(client->event, "ATRN: the reversed session failed: %s",
-		       error);
-	} else {
-		if (bag_service_registry_open(&reg, &error) < 0)
-			e_error(client->event, "%s", error);
-		array_foreach_modifiable(&client->domains, dom) {
-			ret = bag_flush_run(dom->store, smtp,
-					    net_ip2addr(&client->remote_ip),
-					    NULL, client->event, &result);
-			if (reg != NULL) {
-				bag_flush_finished(reg, &dom->def, "atrn",
-						   &result, client->event);
-			}
-			if (ret < 0)
-				break;
-		}
-		if (ret == 0)
-			bag_smtp_client_quit(smtp);
-		registry_deinit(&reg);
-	}
-	bag_smtp_client_deinit(&smtp);
-	bag_odmr_domains_release(client);
-	smtp_server_connection_close(&client->conn, "ATRN finished");
+	client->smtp = bag_smtp_client_init(client->listener.input, output,
+					    &set);
+	bag_smtp_client_start(client->smtp, bag_odmr_reverse_started, client);
+	return 1;
+}
+
+static void bag_odmr_reverse(struct bag_odmr_client *client)
+{
+	timeout_remove(&client->to_reverse);
+	client->reversed = TRUE;
+	/* lib-smtp's connection reads and writes no more: the streams are
+	   this session's now */
+	smtp_server_connection_halt(client->conn);
+	o_stream_set_flush_callback(client->listener.output,
+				    bag_odmr_reverse_output, client);
+	(void)bag_odmr_reverse_output(client);
 }
 
 static void
@@ -453,7 +610,8 @@ bag_odmr_atrn_cmd_destroy(struct smtp_server_cmd_ctx *cmd ATTR_UNUSED,
 			  struct bag_odmr_client *client)
 {
 	/* out of lib-smtp's call stack before taking the connection over */
-	if (array_count(&client->domains) > 0 && client->to_reverse == NULL)
+	if (array_count(&client->domains) > 0 && client->to_reverse == NULL &&
+	    !client->reversed && !client->destroying)
 		client->to_reverse = timeout_add_short(0, bag_odmr_reverse,
 						       client);
 }
@@ -524,67 +682,187 @@ static void bag_odmr_cmd_refuse(struct smtp_server_cmd_ctx *cmd,
 			  "this is the ODMR service");
 }
 
+/*
+ * Connections
+ */
+
+static int
+bag_odmr_start_tls(void *conn_ctx, struct istream **input,
+		   struct ostream **output)
+{
+	struct bag_odmr_client *client = conn_ctx;
+
+	if (bag_listener_start_tls(&client->listener, input, output) < 0)
+		return -1;
+	client->secured = TRUE;
+	return 0;
+}
+
+static void bag_odmr_waiting_remove(struct bag_odmr_client *client)
+{
+	struct bag_odmr_client *const *clients;
+	unsigned int i, count;
+
+	if (!array_is_created(&bag_odmr_auth.waiting))
+		return;
+	clients = array_get(&bag_odmr_auth.waiting, &count);
+	for (i = 0; i < count; i++) {
+		if (clients[i] == client) {
+			array_delete(&bag_odmr_auth.waiting, i, 1);
+			break;
+		}
+	}
+}
+
 static void bag_odmr_conn_free(void *context)
 {
 	struct bag_odmr_client *client = context;
+	struct bag_odmr_client *const *clients;
+	pool_t pool = client->pool;
+	unsigned int i, count;
 
+	client->destroying = TRUE;
 	client->conn = NULL;
-	if (client->to_destroy == NULL) {
-		client->to_destroy = timeout_add_short(0,
-			bag_odmr_client_destroy, client);
+	timeout_remove(&client->to_reverse);
+	if (client->flush != NULL || client->smtp != NULL)
+		bag_odmr_reverse_end(client, "Connection closed");
+	if (client->auth_request != NULL)
+		auth_client_request_abort(&client->auth_request, "Destroyed");
+	bag_odmr_domains_release(client);
+	bag_odmr_waiting_remove(client);
+	clients = array_get(&bag_odmr_clients, &count);
+	for (i = 0; i < count; i++) {
+		if (clients[i] == client) {
+			array_delete(&bag_odmr_clients, i, 1);
+			break;
+		}
 	}
+	bag_listener_deinit(&client->listener);
+	event_unref(&client->event);
+	bag_service_client_destroyed(&client->remote_ip);
+	pool_unref(&pool);
 }
 
 static const struct smtp_server_callbacks bag_odmr_callbacks = {
 	.conn_cmd_helo = bag_odmr_cmd_helo,
 	.conn_cmd_auth = bag_odmr_cmd_auth,
 	.conn_cmd_auth_continue = bag_odmr_cmd_auth_continue,
+	.conn_start_tls = bag_odmr_start_tls,
 	.conn_free = bag_odmr_conn_free,
 };
 
-static void bag_odmr_client_destroy(struct bag_odmr_client *client)
-{
-	pool_t pool = client->pool;
-
-	timeout_remove(&client->to_destroy);
-	timeout_remove(&client->to_reverse);
-	timeout_remove(&client->to_auth_connect);
-	if (client->conn != NULL)
-		smtp_server_connection_close(&client->conn, "Destroyed");
-	if (client->auth_request != NULL)
-		auth_client_request_abort(&client->auth_request, "Destroyed");
-	bag_odmr_domains_release(client);
-	if (client->auth != NULL)
-		auth_client_deinit(&client->auth);
-	if (client->server != NULL)
-		smtp_server_deinit(&client->server);
-	i_stream_unref(&client->input);
-	o_stream_unref(&client->output);
-	i_close_fd(&client->fd);
-	event_unref(&client->event);
-	pool_unref(&pool);
-	bag_service_client_destroyed();
-}
-
 static void bag_odmr_client_start(struct bag_odmr_client *client)
 {
-	timeout_remove(&client->to_auth_connect);
-	auth_client_set_connect_notify(client->auth, NULL, NULL);
-	if (!auth_client_is_connected(client->auth)) {
-		e_error(client->event, "Can't reach the auth service at %s",
-			bag_service.auth_socket_path);
-	}
+	if (client->started)
+		return;
+	client->started = TRUE;
 	smtp_server_connection_start(client->conn);
+	if (client->listener.tls) {
+		/* implicit TLS: no STARTTLS, and secured */
+		smtp_server_connection_set_ssl_streams(client->conn,
+			client->listener.input, client->listener.output);
+	}
+}
+
+/* The auth clients are connected (or gave up connecting): the waiting
+   connections get their greetings. */
+static void bag_odmr_auth_ready(void *context ATTR_UNUSED)
+{
+	struct bag_odmr_client *client;
+
+	timeout_remove(&bag_odmr_auth.to_connect);
+	if (!auth_client_is_connected(bag_odmr_auth.auth)) {
+		e_error(bag_service.event, "Can't reach the auth service at "
+			"%s", bag_service.auth_socket_path);
+	}
+	if (bag_odmr_auth.cram != NULL &&
+	    !auth_client_is_connected(bag_odmr_auth.cram)) {
+		e_error(bag_service.event, "Can't reach the CRAM-MD5 auth "
+			"service at %s (bag_cram_md5_auth_socket)",
+			bag_service.cram_md5_auth_socket_path);
+	}
+	while (array_count(&bag_odmr_auth.waiting) > 0) {
+		client = array_idx_elem(&bag_odmr_auth.waiting, 0);
+		array_delete(&bag_odmr_auth.waiting, 0, 1);
+		bag_odmr_client_start(client);
+	}
+}
+
+static bool bag_odmr_auth_settled(void)
+{
+	return auth_client_is_connected(bag_odmr_auth.auth) &&
+		(bag_odmr_auth.cram == NULL ||
+		 auth_client_is_connected(bag_odmr_auth.cram));
 }
 
 static void
 bag_odmr_auth_connected(struct auth_client *auth ATTR_UNUSED,
-			bool connected, void *context)
+			bool connected ATTR_UNUSED, void *context ATTR_UNUSED)
 {
-	struct bag_odmr_client *client = context;
+	if (bag_odmr_auth_settled())
+		bag_odmr_auth_ready(NULL);
+}
 
-	if (connected)
-		bag_odmr_client_start(client);
+static struct auth_client *bag_odmr_auth_client(const char *path)
+{
+	struct auth_client *auth;
+
+	auth = auth_client_init(path, (unsigned int)getpid(), FALSE);
+	auth_client_set_connect_notify(auth, bag_odmr_auth_connected, NULL);
+	auth_client_connect(auth);
+	return auth;
+}
+
+static void bag_odmr_init(void)
+{
+	struct smtp_server_settings set;
+
+	i_array_init(&bag_odmr_clients, 16);
+	i_array_init(&bag_odmr_auth.waiting, 16);
+	bag_odmr_auth.auth =
+		bag_odmr_auth_client(bag_service.auth_socket_path);
+	if (bag_service.cram_md5_auth_socket_path != NULL) {
+		bag_odmr_auth.cram = bag_odmr_auth_client(
+			bag_service.cram_md5_auth_socket_path);
+	}
+
+	i_zero(&set);
+	set.protocol = SMTP_PROTOCOL_SMTP;
+	set.capabilities = SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
+		SMTP_CAPABILITY_AUTH;
+	/* with Dovecot's ssl_cert and ssl_key; lib-smtp discards what a
+	   client pipelines after STARTTLS */
+	if (master_service_ssl_is_enabled(master_service))
+		set.capabilities |= SMTP_CAPABILITY_STARTTLS;
+	set.hostname = bag_service.hostname;
+	set.login_greeting = "ESMTP ODMR service";
+	set.max_client_idle_time_msecs = BAG_ODMR_IDLE_TIMEOUT_MSECS;
+	set.max_pipelined_commands = 1;
+	set.max_bad_commands = BAG_ODMR_MAX_BAD_COMMANDS;
+	set.reason_code_module = "bag";
+	set.event_parent = bag_service.event;
+	bag_odmr_server = smtp_server_init(&set);
+	smtp_server_command_register(bag_odmr_server, "ATRN",
+				     bag_odmr_cmd_atrn, 0);
+	/* refused whether or not the client has authenticated */
+	smtp_server_command_register(bag_odmr_server, "ETRN",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
+	smtp_server_command_override(bag_odmr_server, "MAIL",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
+	smtp_server_command_override(bag_odmr_server, "RCPT",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
+	smtp_server_command_override(bag_odmr_server, "DATA",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
+	smtp_server_command_override(bag_odmr_server, "BDAT",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
+	smtp_server_command_override(bag_odmr_server, "VRFY",
+				     bag_odmr_cmd_refuse,
+				     SMTP_SERVER_CMD_FLAG_PREAUTH);
 }
 
 static bool bag_odmr_ip_is_local(const struct ip_addr *ip)
@@ -600,16 +878,29 @@ static bool bag_odmr_ip_is_local(const struct ip_addr *ip)
 	return net_is_in_network(ip, &net, bits);
 }
 
+static void bag_odmr_first_timeout(struct bag_odmr_client *client)
+{
+	if (!client->started) {
+		/* no greeting was sent yet */
+		bag_odmr_client_close(client, "Timed out waiting for auth");
+		return;
+	}
+	smtp_server_connection_terminate(&client->conn, "4.4.2",
+		"Timed out waiting for EHLO");
+}
+
 void bag_odmr_client_create(const struct master_service_connection *conn)
 {
 	struct bag_odmr_client *client;
-	struct smtp_server_settings set;
+	const char *error;
 	pool_t pool;
+
+	if (bag_odmr_server == NULL)
+		bag_odmr_init();
 
 	pool = pool_alloconly_create("bag odmr client", 2048);
 	client = p_new(pool, struct bag_odmr_client, 1);
 	client->pool = pool;
-	client->fd = conn->fd;
 	client->remote_ip = conn->remote_ip;
 	client->remote_port = conn->remote_port;
 	client->secured = bag_odmr_ip_is_local(&conn->remote_ip);
@@ -620,59 +911,69 @@ void bag_odmr_client_create(const struct master_service_connection *conn)
 	event_set_append_log_prefix(client->event, t_strdup_printf(
 		"odmr(%s): ", net_ip2addr(&conn->remote_ip)));
 
-	i_zero(&set);
-	set.protocol = SMTP_PROTOCOL_SMTP;
-	set.capabilities = SMTP_CAPABILITY_ENHANCEDSTATUSCODES |
-		SMTP_CAPABILITY_AUTH;
-	set.hostname = bag_service.hostname;
-	set.login_greeting = "ESMTP ODMR service";
-	set.max_client_idle_time_msecs = BAG_ODMR_IDLE_TIMEOUT_MSECS;
-	set.max_pipelined_commands = 1;
-	set.max_bad_commands = BAG_ODMR_MAX_BAD_COMMANDS;
-	set.reason_code_module = "bag";
-	set.event_parent = client->event;
-	client->server = smtp_server_init(&set);
-	smtp_server_command_register(client->server, "ATRN",
-				     bag_odmr_cmd_atrn, 0);
-	/* refused whether or not the client has authenticated */
-	smtp_server_command_register(client->server, "ETRN",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-	smtp_server_command_override(client->server, "MAIL",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-	smtp_server_command_override(client->server, "RCPT",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-	smtp_server_command_override(client->server, "DATA",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-	smtp_server_command_override(client->server, "BDAT",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-	smtp_server_command_override(client->server, "VRFY",
-				     bag_odmr_cmd_refuse,
-				     SMTP_SERVER_CMD_FLAG_PREAUTH);
-
-	client->input = i_stream_create_fd(conn->fd,
-					   BAG_ODMR_MAX_INPUT_BUFFER);
-	client->output = o_stream_create_fd(conn->fd, SIZE_MAX);
+	if (bag_listener_init(&client->listener, conn, client->event,
+			      (void (*)(void *))bag_odmr_first_timeout,
+			      client, &error) < 0) {
+		e_error(client->event, "%s", error);
+		bag_listener_deinit(&client->listener);
+		event_unref(&client->event);
+		bag_service_client_destroyed(&client->remote_ip);
+		pool_unref(&pool);
+		return;
+	}
+	if (client->listener.tls)
+		client->secured = TRUE;
 	client->conn = smtp_server_connection_create_from_streams(
-		client->server, client->input, client->output,
-		&conn->remote_ip, conn->remote_port, NULL,
-		&bag_odmr_callbacks, client);
+		bag_odmr_server, client->listener.input,
+		client->listener.output, &conn->remote_ip, conn->remote_port,
+		NULL, &bag_odmr_callbacks, client);
+	array_push_back(&bag_odmr_clients, &client);
 
 	/* the greeting waits until the mechanisms can be listed */
-	client->auth = auth_client_init(bag_service.auth_socket_path,
-					(unsigned int)getpid(), FALSE);
-	auth_client_set_connect_notify(client->auth, bag_odmr_auth_connected,
-				       client);
-	auth_client_connect(client->auth);
-	if (auth_client_is_connected(client->auth))
+	if (bag_odmr_auth_settled()) {
 		bag_odmr_client_start(client);
-	else {
-		client->to_auth_connect =
-			timeout_add(BAG_ODMR_AUTH_CONNECT_TIMEOUT_MSECS,
-				    bag_odmr_client_start, client);
+		return;
 	}
+	array_push_back(&bag_odmr_auth.waiting, &client);
+	if (bag_odmr_auth.to_connect == NULL) {
+		bag_odmr_auth.to_connect = timeout_add(
+			BAG_ODMR_AUTH_CONNECT_TIMEOUT_MSECS,
+			bag_odmr_auth_ready, (void *)NULL);
+	}
+}
+
+void bag_odmr_deinit(void)
+{
+	struct bag_odmr_client *client;
+
+	if (bag_odmr_server == NULL)
+		return;
+	/* dovecot stop: the reversed sessions end, what they confirmed
+	   stays confirmed */
+	while (array_count(&bag_odmr_clients) > 0) {
+		client = array_idx_elem(&bag_odmr_clients, 0);
+		if (client->flush != NULL || client->smtp != NULL) {
+			/* closes the connection and frees the client */
+			bag_odmr_reverse_end(client, "The bag service is "
+					     "shutting down");
+			continue;
+		}
+		if (client->conn != NULL) {
+			smtp_server_connection_close(&client->conn,
+				"The bag service is shutting down");
+		} else {
+			break;
+		}
+	}
+	smtp_server_deinit(&bag_odmr_server);
+	timeout_remove(&bag_odmr_auth.to_connect);
+	/* disconnecting calls the connect notify */
+	auth_client_set_connect_notify(bag_odmr_auth.auth, NULL, NULL);
+	auth_client_deinit(&bag_odmr_auth.auth);
+	if (bag_odmr_auth.cram != NULL) {
+		auth_client_set_connect_notify(bag_odmr_auth.cram, NULL, NULL);
+		auth_client_deinit(&bag_odmr_auth.cram);
+	}
+	array_free(&bag_odmr_auth.waiting);
+	array_free(&bag_odmr_clients);
 }

@@ -114,6 +114,7 @@ static void doveadm_bag_print_header(void)
 	doveadm_print_header_simple("retry_period");
 	doveadm_print_header_simple("pop3");
 	doveadm_print_header_simple("recipient_list");
+	doveadm_print_header_simple("tls");
 }
 
 static void doveadm_bag_print(const struct bag_def *def)
@@ -129,6 +130,9 @@ static void doveadm_bag_print(const struct bag_def *def)
 	doveadm_print((def->modes & BAG_MODE_POP3) == 0 ? "" :
 		      (def->pop3_per_account ? "per-account" : "catch-all"));
 	doveadm_print(def->recipient_list ? "yes" : "no");
+	/* empty: bag_tls applies */
+	doveadm_print(def->tls == BAG_TLS_DEFAULT ? "" :
+		      bag_tls_mode_name(def->tls));
 }
 
 /* Who pulls the domain with ATRN: an identity of other bags (reused), a
@@ -173,7 +177,7 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	struct registry *reg;
 	struct bag_def def;
 	const char *const *nets = NULL, *host = NULL, *identity = NULL;
-	const char *period = NULL, *pop3 = NULL;
+	const char *period = NULL, *pop3 = NULL, *tls = NULL;
 	const char *domain, *hash, *identity_hash = NULL, *error;
 	char *password = NULL, *identity_password = NULL;
 	unsigned int secs;
@@ -191,6 +195,7 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	(void)doveadm_mirror_param_str(cctx, "atrn-identity", &identity);
 	(void)doveadm_cmd_param_bool(cctx, "backup", &backup);
 	(void)doveadm_mirror_param_str(cctx, "retry-period", &period);
+	(void)doveadm_mirror_param_str(cctx, "tls", &tls);
 	if (doveadm_mirror_param_str(cctx, "pop3", &pop3)) {
 		if (nets != NULL || host != NULL || identity != NULL ||
 		    backup || period != NULL) {
@@ -237,11 +242,8 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 	if (backup) {
 		def.retry_period = BAG_RETRY_PERIOD_DEFAULT_SECS;
 		if (period != NULL &&
-		    (settings_get_time(period, &secs, &error) < 0 ||
-		     secs == 0 || secs > BAG_RETRY_PERIOD_MAX_SECS)) {
-			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-				"Invalid retry period '%s' (1 second to 365 "
-				"days, e.g. 5d)", str_sanitize(period, 40)));
+		    bag_retry_period_parse(period, &secs, &error) < 0) {
+			doveadm_mirror_fail(EX_USAGE, error);
 			return;
 		}
 		if (period != NULL)
@@ -257,6 +259,17 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 		}
 		def.atrn_identity = identity;
 		def.modes |= BAG_MODE_ATRN;
+	}
+	if (tls != NULL) {
+		if (host == NULL) {
+			doveadm_mirror_fail(EX_USAGE, "-t is the TLS to the "
+					    "customer's MTA (-h)");
+			return;
+		}
+		if (bag_tls_mode_parse(tls, TRUE, &def.tls, &error) < 0) {
+			doveadm_mirror_fail(EX_USAGE, error);
+			return;
+		}
 	}
 	if (def.modes == 0) {
 		doveadm_mirror_fail(EX_USAGE, "Give a mode: ETRN (-e NETS "
@@ -299,6 +312,51 @@ static void cmd_bag_add(struct doveadm_cmd_context *cctx)
 		sodium_memzero(password, strlen(password));
 	if (identity_password != NULL)
 		sodium_memzero(identity_password, strlen(identity_password));
+}
+
+/* bag set: change the settings of a bag (its TLS mode) */
+static void cmd_bag_set(struct doveadm_cmd_context *cctx)
+{
+	struct registry *reg;
+	struct bag_def def;
+	const char *domain, *tls = NULL, *error;
+	enum bag_tls_mode mode;
+
+	if ((domain = doveadm_bag_domain_param(cctx)) == NULL)
+		return;
+	if (!doveadm_mirror_param_str(cctx, "tls", &tls)) {
+		doveadm_bag_usage(cctx);
+		return;
+	}
+	if (bag_tls_mode_parse(tls, TRUE, &mode, &error) < 0) {
+		doveadm_mirror_fail(EX_USAGE, error);
+		return;
+	}
+	/* read, change and write the definition under the registry's lock:
+	   a concurrent change of the same bag is not lost */
+	if ((reg = doveadm_mirror_registry_open_locked()) == NULL)
+		return;
+	if (!doveadm_bag_get(reg, domain, &def)) {
+		registry_deinit(&reg);
+		return;
+	}
+	if ((def.modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) == 0) {
+		doveadm_mirror_fail(DOVEADM_EX_NOTPOSSIBLE, t_strdup_printf(
+			"%s has no customer's MTA to send to (ETRN or backup)",
+			domain));
+		registry_deinit(&reg);
+		return;
+	}
+	def.tls = mode;
+	if (bag_registry_def_update(reg, &def, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		registry_deinit(&reg);
+		return;
+	}
+	registry_deinit(&reg);
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	doveadm_bag_print_header();
+	doveadm_bag_print(&def);
 }
 
 static void cmd_bag_list(struct doveadm_cmd_context *cctx ATTR_UNUSED)
@@ -429,6 +487,7 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("delivered");
 	doveadm_print_header_simple("deferred");
 	doveadm_print_header_simple("bounced");
+	doveadm_print_header_simple("last_flush_tls");
 	doveadm_print_header_simple("next_retry");
 	doveadm_print_header_simple("failed_tries");
 	doveadm_bag_print(&def);
@@ -441,6 +500,7 @@ static void cmd_bag_show(struct doveadm_cmd_context *cctx)
 	doveadm_print_num(flush.delivered);
 	doveadm_print_num(flush.deferred);
 	doveadm_print_num(flush.bounced);
+	doveadm_print(flush.tls == NULL ? "" : flush.tls);
 	doveadm_print(doveadm_bag_time(backup.next));
 	doveadm_print_num(backup.failures);
 }
@@ -753,15 +813,25 @@ static struct doveadm_cmd_ver2 doveadm_bag_commands[] = {
 	.name = "bag add",
 	.cmd = cmd_bag_add,
 	.usage = "[-e <network>[,...]] [-b [-p <retry period>]] "
-		 "[-h <host>[:<port>]] [-a <atrn identity>] "
-		 "[-P catch-all|per-account] <domain>",
+		 "[-h <host>[:<port>] [-t may|encrypt|verify]] "
+		 "[-a <atrn identity>] [-P catch-all|per-account] <domain>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('e', "etrn-net", CMD_PARAM_ARRAY, 0)
+DOVEADM_CMD_PARAM('t', "tls", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('b', "backup", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('P', "pop3", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('p', "retry-period", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('h', "host", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('a', "atrn-identity", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
+DOVEADM_CMD_PARAMS_END
+},
+{
+	.name = "bag set",
+	.cmd = cmd_bag_set,
+	.usage = "-t may|encrypt|verify|default <domain>",
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('t', "tls", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('\0', "domain", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 },

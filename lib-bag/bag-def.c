@@ -22,6 +22,37 @@ static const struct {
 	{ BAG_MODE_POP3, "pop3" },
 };
 
+static const char *const bag_tls_mode_names[] = {
+	[BAG_TLS_DEFAULT] = "default",
+	[BAG_TLS_MAY] = "may",
+	[BAG_TLS_ENCRYPT] = "encrypt",
+	[BAG_TLS_VERIFY] = "verify",
+};
+
+const char *bag_tls_mode_name(enum bag_tls_mode mode)
+{
+	i_assert(mode < N_ELEMENTS(bag_tls_mode_names));
+	return bag_tls_mode_names[mode];
+}
+
+int bag_tls_mode_parse(const char *str, bool allow_default,
+		       enum bag_tls_mode *mode_r, const char **error_r)
+{
+	unsigned int i;
+
+	for (i = allow_default ? 0 : 1; i < N_ELEMENTS(bag_tls_mode_names);
+	     i++) {
+		if (strcasecmp(str, bag_tls_mode_names[i]) == 0) {
+			*mode_r = i;
+			return 0;
+		}
+	}
+	*error_r = t_strdup_printf("Invalid TLS mode '%s' (may, encrypt or "
+				   "verify%s)", str_sanitize(str, 20),
+				   allow_default ? ", or default" : "");
+	return -1;
+}
+
 const char *bag_modes_to_str(enum bag_mode modes)
 {
 	string_t *str = t_str_new(32);
@@ -147,6 +178,12 @@ bool bag_def_is_valid(const struct bag_def *def, const char **error_r)
 		*error_r = "etrn or backup without a valid host";
 		return FALSE;
 	}
+	if (def->tls > BAG_TLS_VERIFY ||
+	    (def->tls != BAG_TLS_DEFAULT &&
+	     (def->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) == 0)) {
+		*error_r = "a TLS mode without a host";
+		return FALSE;
+	}
 	if ((def->modes & BAG_MODE_BACKUP) != 0 &&
 	    (def->retry_period == 0 ||
 	     def->retry_period > BAG_RETRY_PERIOD_MAX_SECS)) {
@@ -203,6 +240,12 @@ const char *bag_def_encode(const struct bag_def *def)
 		json_object_object_add(obj, "retry_period",
 				       json_object_new_int64(def->retry_period));
 	}
+	/* absent means the bag_tls setting: older definitions have none */
+	if ((def->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0 &&
+	    def->tls != BAG_TLS_DEFAULT) {
+		json_object_object_add(obj, "tls", json_object_new_string(
+			bag_tls_mode_name(def->tls)));
+	}
 	if ((def->modes & BAG_MODE_ATRN) != 0) {
 		json_object_object_add(obj, "atrn_identity",
 			json_object_new_string(def->atrn_identity));
@@ -247,6 +290,15 @@ bag_def_from_json(struct json_object *obj, pool_t pool,
 					error_r) < 0)
 			return -1;
 		def_r->retry_period = (unsigned int)num;
+	}
+	if ((def_r->modes & (BAG_MODE_ETRN | BAG_MODE_BACKUP)) != 0 &&
+	    json_object_object_get_ex(obj, "tls", &elem)) {
+		if (!json_object_is_type(elem, json_type_string) ||
+		    bag_tls_mode_parse(json_object_get_string(elem), FALSE,
+				       &def_r->tls, &error) < 0) {
+			*error_r = "'tls' is not may, encrypt or verify";
+			return -1;
+		}
 	}
 	if ((def_r->modes & BAG_MODE_ETRN) != 0) {
 		if (!json_object_object_get_ex(obj, "etrn_nets", &arr) ||

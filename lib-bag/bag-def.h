@@ -34,6 +34,26 @@ enum bag_mode {
 #define BAG_RETRY_PERIOD_DEFAULT_SECS (5*24*60*60)
 #define BAG_RETRY_PERIOD_MAX_SECS (365*24*60*60)
 
+/* STARTTLS to the customer's MTA (bag_tls, and a bag's own "tls") */
+enum bag_tls_mode {
+	/* the bag has none of its own: the bag_tls setting applies */
+	BAG_TLS_DEFAULT = 0,
+	/* opportunistic: TLS when the MTA offers STARTTLS (its certificate
+	   unchecked), else in the clear */
+	BAG_TLS_MAY,
+	/* TLS or nothing, the certificate unchecked */
+	BAG_TLS_ENCRYPT,
+	/* TLS or nothing, with a certificate a CA vouches for and that
+	   names the host */
+	BAG_TLS_VERIFY,
+};
+
+const char *bag_tls_mode_name(enum bag_tls_mode mode);
+/* "may", "encrypt", "verify" (and "default" if allow_default); -1 with an
+   error otherwise. */
+int bag_tls_mode_parse(const char *str, bool allow_default,
+		       enum bag_tls_mode *mode_r, const char **error_r);
+
 struct bag_def {
 	/* lowercase */
 	const char *domain;
@@ -47,6 +67,8 @@ struct bag_def {
 	const char *host;
 	/* backup: how long a message is retried before it bounces */
 	unsigned int retry_period;
+	/* ETRN and backup: STARTTLS to host (BAG_TLS_DEFAULT: bag_tls) */
+	enum bag_tls_mode tls;
 	/* ATRN: the identity (passdb user) allowed to pull the domain */
 	const char *atrn_identity;
 	/* pop3: each recipient has a box of its own */

@@ -235,8 +235,15 @@ bag_dsn_append_text_rcpt(string_t *str, const struct bag_dsn_recipient *rcpt)
 			    message_date_create(rcpt->will_retry_until));
 	}
 	str_append(str, "\r\n");
-	if (rcpt->diagnostic == NULL)
+	if (rcpt->diagnostic == NULL) {
+		if (rcpt->local_diagnostic != NULL) {
+			str_append(str, "    ");
+			bag_dsn_append_printable(str, rcpt->local_diagnostic,
+						 BAG_DSN_MAX_VALUE_LEN);
+			str_append(str, "\r\n");
+		}
 		return;
+	}
 	/* each on a line of its own, keeping lines below 998 characters */
 	if (rcpt->remote_mta != NULL) {
 		str_append(str, "    ");
@@ -328,6 +335,12 @@ bag_dsn_append_status_rcpt(string_t *str, const struct bag_dsn_recipient *rcpt)
 	if (rcpt->diagnostic != NULL) {
 		str_append(str, "Diagnostic-Code: smtp; ");
 		bag_dsn_append_printable(str, rcpt->diagnostic,
+					 BAG_DSN_MAX_VALUE_LEN);
+		str_append(str, "\r\n");
+	} else if (rcpt->local_diagnostic != NULL) {
+		str_append(str, "Diagnostic-Code: "
+			   BAG_DSN_DIAGNOSTIC_TYPE_LOCAL"; ");
+		bag_dsn_append_printable(str, rcpt->local_diagnostic,
 					 BAG_DSN_MAX_VALUE_LEN);
 		str_append(str, "\r\n");
 	}

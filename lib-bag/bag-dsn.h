@@ -21,6 +21,10 @@ enum bag_dsn_action {
 	BAG_DSN_ACTION_RELAYED,
 };
 
+/* The Diagnostic-Code type of a local_diagnostic (RFC 3464 2.3.6: an
+   unregistered type starts with X-) */
+#define BAG_DSN_DIAGNOSTIC_TYPE_LOCAL "X-Dovecot-Bag"
+
 struct bag_dsn_recipient {
 	/* the recipient as given to RCPT TO (Final-Recipient) */
 	const struct smtp_address *rcpt;
@@ -34,6 +38,12 @@ struct bag_dsn_recipient {
 	/* the last reply, one line, e.g. "550 5.1.1 No such user"
 	   (Diagnostic-Code: smtp; ...), or NULL */
 	const char *diagnostic;
+	/* why there is no reply when the customer's MTA couldn't be
+	   reached, e.g. "connect(...) failed: Connection refused": it is
+	   not an SMTP reply, so its Diagnostic-Code has the type
+	   X-Dovecot-Bag (as Postfix writes X-Postfix). Only without
+	   diagnostic; or NULL. */
+	const char *local_diagnostic;
 	/* 0 if never attempted */
 	time_t last_attempt;
 	/* delayed only: when retrying stops (Will-Retry-Until) */

@@ -2,23 +2,31 @@
 #define BAG_FLUSH_H
 
 #include "net.h"
+#include "bag-def.h"
 
-/* Sending a bag to the customer's MTA.
+/* Sending a bag to the customer's MTA, in the ioloop: nothing here waits
+   outside it, so a service that runs flushes serves its other clients
+   meanwhile and stops (dovecot stop) in the middle of one.
 
    Each message is sent with its stored envelope. It leaves the bag only
    when every recipient is done: accepted (2xx after DATA), or refused for
    good (5xx), in which case its sender gets a delivery status
    notification (RFC 3464) when it asked for one. A recipient that got a
-   4xx stays: when others of the same message are done, the message is
-   stored again with only the waiting recipients and the original removed.
-   A connection that fails midway stops the flush; what was not confirmed
-   stays, so at worst a message is sent again. */
+   4xx stays; the recipients of the message that are done are recorded in
+   the bag's journal (bag-journal.h), and the next flush sends it to the
+   waiting ones only.
+
+   Exactly once, up to the message in flight: a flush cut off at any point
+   (a connection lost, kill -9, dovecot stop) may send again only the
+   message whose 250 it hadn't recorded yet, and never sends a
+   notification twice. Every removal is committed as its message is
+   confirmed. */
 
 struct bag_def;
 struct bag_store;
-struct bag_smtp_client;
+struct bag_smtp_sender;
+struct registry;
 struct event;
-
 
 /* The category of the bag's events (log prefix "bag: ") */
 extern struct event_category event_category_bag;
@@ -37,8 +45,11 @@ struct bag_flush_result {
 	/* why the flush ended early (connection lost, a refused session),
 	   or NULL */
 	const char *error;
-	/* how long it took (with the connection, for bag_flush_to_host()) */
-	uint64_t usecs;
+	/* the session's TLS: protocol and cipher, or NULL in the clear */
+	const char *tls_protocol, *tls_cipher;
+	/* nothing was in the bag: no session was opened, and the result
+	   says nothing about the customer's MTA */
+	bool empty;
 };
 
 /* What a backup bag does with mail that has waited long: a message saved
@@ -52,32 +63,79 @@ struct bag_flush_policy {
 	unsigned int retry_period;
 };
 
-/* Send every message of store over client, which has been started.
-   remote_mta names the peer in notifications. event_parent may be NULL.
-   The caller holds the
-   store's lock. Returns 0 if the whole bag was tried, -1 if the flush
-   stopped early (result_r->error). */
-int bag_flush_run(struct bag_store *store, struct bag_smtp_client *client,
-		  const char *remote_mta,
-		  const struct bag_flush_policy *policy, struct event *event,
-		  struct bag_flush_result *result_r);
+struct bag_flush_settings {
+	/* names the peer in notifications (Remote-MTA) */
+	const char *remote_mta;
+	/* NULL: none */
+	const struct bag_flush_policy *policy;
+	/* the registry and the domain whose message counter follows each
+	   removal (reg may be NULL) */
+	struct registry *reg;
+	const char *domain;
+};
 
-/* Connect to host:port, start an SMTP session, run the flush and end it
-   with QUIT. */
-int bag_flush_to_host(struct bag_store *store, const char *host,
-		      in_port_t port, unsigned int timeout_msecs,
-		      const struct bag_flush_policy *policy,
-		      struct event *event, struct bag_flush_result *result_r);
-/* Apply policy to every message without sending any, after the
-   customer's MTA couldn't be reached (why, for the notifications). */
-void bag_flush_give_up(struct bag_store *store,
-		       const struct bag_flush_policy *policy, const char *why,
-		       struct event *event, struct bag_flush_result *result);
+typedef void bag_flush_callback_t(const struct bag_flush_result *result,
+				  void *context);
 
-/* Log the flush as the event bag_flush_finished and record it in the
-   registry's status of the bag (and its message counter). */
+/* Send every message of store with sender (a session that is ready), or
+   with sender NULL only apply the policy to each message, sending none
+   (the customer's MTA couldn't be reached: why goes into the
+   notifications). The caller holds the store's lock. event is the
+   flush's event (bag_flush_event_create()). callback gets the result,
+   from the ioloop, unless the flush is aborted. */
+struct bag_flush *
+bag_flush_start(struct bag_store *store, struct bag_smtp_sender *sender,
+		const char *why, const struct bag_flush_settings *set,
+		struct event *event, bag_flush_callback_t *callback,
+		void *context);
+#define bag_flush_start(store, sender, why, set, event, callback, context) \
+	bag_flush_start(store, sender, why, set, event, \
+		(bag_flush_callback_t *)callback, TRUE ? context : \
+		CALLBACK_TYPECHECK(callback, void (*)( \
+			const struct bag_flush_result *, typeof(context))))
+/* Stop now (no callback): the message in flight stays, as a lost
+   connection leaves it. result_r gets what was done, with reason as its
+   error. */
+void bag_flush_abort(struct bag_flush **flush, const char *reason,
+		     struct bag_flush_result *result_r);
+
+/* A whole flush to the customer's host: connect (with STARTTLS as tls
+   says), send, end the session. When the host can't be reached, what
+   waited too long for the policy bounces. */
+struct bag_flush_host_settings {
+	const char *host;
+	in_port_t port;
+	const char *my_hostname;
+	unsigned int timeout_msecs;
+	/* never BAG_TLS_DEFAULT */
+	enum bag_tls_mode tls;
+	/* the last flush of the bag had TLS (bag-smtp-relay.h) */
+	bool tls_last;
+	const char *ca_file, *ca_dir;
+	struct bag_flush_settings flush;
+};
+struct bag_flush_host *
+bag_flush_host_start(struct bag_store *store,
+		     const struct bag_flush_host_settings *set,
+		     struct event *event, bag_flush_callback_t *callback,
+		     void *context);
+#define bag_flush_host_start(store, set, event, callback, context) \
+	bag_flush_host_start(store, set, event, \
+		(bag_flush_callback_t *)callback, TRUE ? context : \
+		CALLBACK_TYPECHECK(callback, void (*)( \
+			const struct bag_flush_result *, typeof(context))))
+void bag_flush_host_abort(struct bag_flush_host **flush,
+			  const char *reason,
+			  struct bag_flush_result *result_r);
+
+/* The event of a flush, bag_flush_finished, created when the flush
+   starts, so that its duration is the flush's. */
+struct event *bag_flush_event_create(struct event *parent);
+/* Log the flush, send its event (and unref it), and record the flush in
+   the registry's status of the bag (and its message counter). An empty
+   bag's flush changes no status. */
 void bag_flush_finished(struct registry *reg, const struct bag_def *def,
 			const char *how, const struct bag_flush_result *result,
-			struct event *event);
+			struct event **event);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include "lib.h"
 #include "str-sanitize.h"
+#include "strnum.h"
 #include "settings-parser.h"
 #include "mirror-address.h"
 #include "bag-def.h"
@@ -119,9 +120,15 @@ int bag_retry_period_parse(const char *str, unsigned int *secs_r,
 {
 	unsigned int secs;
 	const char *error;
+	int ret;
 
-	if (settings_get_time(str, &secs, &error) < 0 ||
-	    secs == 0 || secs > BAG_RETRY_PERIOD_MAX_SECS) {
+	/* a plain number is seconds, as in the manual; Dovecot's time
+	   settings want a unit */
+	if (str_is_numeric(str, '\0'))
+		ret = str_to_uint(str, &secs);
+	else
+		ret = settings_get_time(str, &secs, &error);
+	if (ret < 0 || secs == 0 || secs > BAG_RETRY_PERIOD_MAX_SECS) {
 		*error_r = t_strdup_printf(
 			"Invalid retry period '%s' (1 second to 365 days, "
 			"e.g. 5d)", str_sanitize(str, 40));

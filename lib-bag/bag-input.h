@@ -21,8 +21,9 @@ bool bag_net_is_valid(const char *str, const char **error_r);
 int bag_rcpt_parse(const char *str, const char *domain, const char **addr_r,
 		   const char **error_r);
 
-/* A Backup Domain's retry period, as Dovecot's time settings read it
-   ("5d", "3600 s"): 1 second to 365 days. */
+/* A Backup Domain's retry period: a number of seconds ("3600"), or a
+   time as Dovecot's settings read it ("5d", "36h", "3600 s"); 1 second
+   to 365 days. */
 int bag_retry_period_parse(const char *str, unsigned int *secs_r,
 			   const char **error_r);
 

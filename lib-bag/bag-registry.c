@@ -547,6 +547,22 @@ bag_def_set(struct dict_transaction_context *trans, const struct bag_def *def)
 	dict_set(trans, bag_domain_key(def->domain), bag_def_encode(def));
 }
 
+int bag_registry_def_update(struct registry *reg, const struct bag_def *def,
+			    const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+
+	if (!bag_def_is_valid(def, &error)) {
+		*error_r = t_strdup_printf("Invalid bag of %s: %s",
+					   def->domain, error);
+		return -1;
+	}
+	trans = registry_transaction_begin(reg);
+	bag_def_set(trans, def);
+	return registry_commit(reg, &trans, error_r);
+}
+
 int bag_registry_rcpt_update(struct registry *reg,
 			     const struct bag_def *def,
 			     const char *const *addrs, bool add,
@@ -638,7 +654,7 @@ int bag_registry_status_get(struct registry *reg, const char *domain,
 			    pool_t pool, struct bag_status *status_r,
 			    const char **error_r)
 {
-	struct json_object *obj;
+	struct json_object *obj, *tls;
 	const char *value, *error;
 	int64_t t, delivered, deferred, bounced;
 	int ret;
@@ -674,6 +690,9 @@ int bag_registry_status_get(struct registry *reg, const char *domain,
 	status_r->delivered = (unsigned int)delivered;
 	status_r->deferred = (unsigned int)deferred;
 	status_r->bounced = (unsigned int)bounced;
+	if (json_object_object_get_ex(obj, "tls", &tls) &&
+	    json_object_is_type(tls, json_type_string))
+		status_r->tls = p_strdup(pool, json_object_get_string(tls));
 	json_object_put(obj);
 	return 1;
 }
@@ -696,6 +715,10 @@ void bag_registry_status_set(struct registry *reg, const char *domain,
 			       json_object_new_int64(status->deferred));
 	json_object_object_add(obj, "bounced",
 			       json_object_new_int64(status->bounced));
+	if (status->tls != NULL) {
+		json_object_object_add(obj, "tls",
+				       json_object_new_string(status->tls));
+	}
 	trans = registry_transaction_begin(reg);
 	dict_set(trans, t_strconcat(BAG_KEY_STATUS, registry_key_escape(domain),
 				    NULL), registry_json_finish(obj));
@@ -715,6 +738,9 @@ int bag_registry_count_get(struct registry *reg, const char *domain,
 	ret = registry_get(reg, bag_count_key(domain), &value, error_r);
 	if (ret <= 0)
 		return ret;
+	/* below 0 after more removals than LMTP counted: none */
+	if (value[0] == '-' && str_is_numeric(value + 1, '\0'))
+		return 1;
 	if (str_to_uint(value, count_r) < 0) {
 		*error_r = t_strdup_printf("Broken registry data in the "
 					   "message count of bag %s",
@@ -747,6 +773,22 @@ void bag_registry_count_set(struct registry *reg, const char *domain,
 	trans = registry_transaction_begin(reg);
 	dict_set(trans, bag_count_key(domain), dec2str(count));
 	if (registry_commit(reg, &trans, &error) < 0) {
+		e_error(event, "Can't count the bag of %s: %s", domain,
+			error);
+	}
+}
+
+void bag_registry_count_sub(struct registry *reg, const char *domain,
+			    unsigned int count, struct event *event)
+{
+	struct dict_transaction_context *trans;
+	const char *error;
+	int ret;
+
+	trans = registry_transaction_begin(reg);
+	dict_atomic_inc(trans, bag_count_key(domain), -(long long)count);
+	ret = registry_transaction_commit(reg, &trans, &error);
+	if (ret < 0 && ret != DICT_COMMIT_RET_NOTFOUND) {
 		e_error(event, "Can't count the bag of %s: %s", domain,
 			error);
 	}

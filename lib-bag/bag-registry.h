@@ -23,7 +23,8 @@
                          a box per account)
      boxes/<domain>      JSON array of the addresses with a box
      status/<domain>     the last flush: JSON {"time":, "result":,
-                         "delivered":, "deferred":, "bounced":}
+                         "delivered":, "deferred":, "bounced":,
+                         "tls":}
      backup/<domain>     a backup bag's retry schedule: JSON
                          {"next":, "interval":, "failures":}
      usage/<domain>/<YYYY-MM>/messages, .../bytes
@@ -43,6 +44,9 @@ struct bag_status {
 	time_t time;
 	const char *result;
 	unsigned int delivered, deferred, bounced;
+	/* the session's TLS, "TLSv1.3 TLS_AES_256_GCM_SHA384", or "none"
+	   in the clear; NULL if not known (ATRN, older records) */
+	const char *tls;
 };
 
 /* 1 with the bag of domain, 0 if the domain isn't bagged, -1 on error
@@ -69,6 +73,11 @@ int bag_registry_add(struct registry *reg, struct bag_def *def,
 int bag_registry_remove(struct registry *reg, const char *domain,
 			pool_t pool, struct bag_def *removed_r,
 			const char **error_r);
+
+/* Replace the definition of a bag (its domain, user and modes stay what
+   they were: the caller changes its settings, e.g. tls). */
+int bag_registry_def_update(struct registry *reg, const struct bag_def *def,
+			    const char **error_r);
 
 /* 1 if addr is in the domain's recipient list, 0 if not, -1 on error. */
 int bag_registry_rcpt_lookup(struct registry *reg, const char *domain,
@@ -107,6 +116,11 @@ int bag_registry_count_get(struct registry *reg, const char *domain,
 void bag_registry_count_add(struct registry *reg, const char *domain,
 			    unsigned int count, struct event *event);
 void bag_registry_count_set(struct registry *reg, const char *domain,
+			    unsigned int count, struct event *event);
+/* Take count off the counter (a flush removed messages): atomic, so that
+   LMTP's increments meanwhile count; nothing if there is no counter. A
+   counter below 0 (the hint was off) reads as 0. */
+void bag_registry_count_sub(struct registry *reg, const char *domain,
 			    unsigned int count, struct event *event);
 
 /* Count one message of size bytes in the domain's usage of month, and

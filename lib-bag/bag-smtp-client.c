@@ -1,23 +1,13 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* A small synchronous SMTP client (RFC 5321, with RFC 2920 pipelining) that
-   delivers bagged mail to a customer's MTA.
-
-   Every wait is a poll() on the socket, bounded by the configured timeout;
-   replies are read with lib-smtp's reply parser and bounded both in text
-   size (by the parser) and in bytes on the wire (here, because the parser
-   doesn't count empty continuation lines). Nothing the peer sends reaches
-   an error string unsanitized.
-
-   The streams belong to the caller. Dovecot's fd ostream adds an IO to the
-   current ioloop when it has to buffer, so there must be one (there always
-   is in a Dovecot service), and SIGPIPE must be ignored (master_service
-   does that). */
+/* The SMTP client of the reversed ATRN session (bag-smtp-client.h), in
+   the ioloop: the replies it waits for are queued in the order their
+   commands went, and each is handled as it comes. */
 
 #include "lib.h"
+#include "array.h"
 #include "str.h"
 #include "str-sanitize.h"
-#include "net.h"
 #include "ioloop.h"
 #include "istream.h"
 #include "istream-crlf.h"
@@ -25,12 +15,12 @@
 #include "ostream-dot.h"
 #include "smtp-address.h"
 #include "smtp-syntax.h"
+#include "smtp-params.h"
 #include "smtp-reply-parser.h"
+#include "bag-smtp-sender.h"
 #include "bag-smtp-client.h"
 
 #include <limits.h>
-#include <poll.h>
-#include <time.h>
 
 /* Text of one reply, as the parser counts it (RFC 5321 allows 512 bytes a
    line; EHLO replies and multi-line rejections are longer, but not this). */
@@ -52,36 +42,99 @@
 /* How much of a reply goes into an error string */
 #define BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN 256
 
-struct bag_smtp_client {
+enum bag_smtp_client_expect {
+	BAG_SMTP_EXPECT_GREETING = 0,
+	BAG_SMTP_EXPECT_EHLO,
+	BAG_SMTP_EXPECT_HELO,
+	BAG_SMTP_EXPECT_MAIL,
+	BAG_SMTP_EXPECT_RCPT,
+	BAG_SMTP_EXPECT_DATA,
+	BAG_SMTP_EXPECT_END_OF_DATA,
+	BAG_SMTP_EXPECT_RSET,
+	BAG_SMTP_EXPECT_QUIT,
+};
+
+static const char *const bag_smtp_expect_names[] = {
+	[BAG_SMTP_EXPECT_GREETING] = "the greeting",
+	[BAG_SMTP_EXPECT_EHLO] = "EHLO",
+	[BAG_SMTP_EXPECT_HELO] = "HELO",
+	[BAG_SMTP_EXPECT_MAIL] = "MAIL FROM",
+	[BAG_SMTP_EXPECT_RCPT] = "RCPT TO",
+	[BAG_SMTP_EXPECT_DATA] = "DATA",
+	[BAG_SMTP_EXPECT_END_OF_DATA] = "end of message",
+	[BAG_SMTP_EXPECT_RSET] = "RSET",
+	[BAG_SMTP_EXPECT_QUIT] = "QUIT",
+};
+
+struct bag_smtp_client_trans {
 	pool_t pool;
-	int fd;
+	struct bag_smtp_send_result *result;
+	string_t *mail_cmd;
+	string_t **rcpt_cmds;
+	unsigned int rcpt_count;
+	/* RCPTs sent, replied, accepted */
+	unsigned int sent, replied, accepted;
+	struct istream *message;
+	struct ostream *dot_output;
+	struct io *io_message;
+	size_t old_max_buffer_size;
+	bool mail_sent:1;
+	bool mail_replied:1;
+	bool mail_ok:1;
+	bool data_sent:1;
+	/* the transaction failed: RSET follows, then the callback */
+	bool failed:1;
+	bag_smtp_sender_callback_t *callback;
+	void *context;
+};
+
+struct bag_smtp_client {
+	struct bag_smtp_sender sender;
+	pool_t pool;
+	int refcount;
 	struct istream *input;
 	struct ostream *output;
 	struct smtp_reply_parser *parser;
+	/* bounds the reply being read */
+	struct istream *reply_input;
+	struct io *io;
+	struct timeout *to;
+	unsigned int wait_msecs;
 
 	struct bag_smtp_client_settings set;
 	enum smtp_capability caps;
+	ARRAY(enum bag_smtp_client_expect) expect;
 
 	/* why the client can't send mail (anymore) */
 	const char *failure;
 
+	bag_smtp_client_start_callback_t *start_callback;
+	void *start_context;
+	struct smtp_reply *start_reply;
+
+	struct bag_smtp_client_trans *trans;
+
+	void (*quit_callback)(void *context);
+	void *quit_context;
+	struct timeout *to_quit;
+	/* a send that can't start fails from here: send_error says why
+	   (the session goes on), or failure (it doesn't) */
+	struct timeout *to_fail;
+	const char *send_error;
+
 	bool started:1;
 	bool ready:1;
+	bool ehlo:1;
 	/* the protocol state is unknown: send nothing more, not even QUIT */
 	bool broken:1;
 	bool quit_sent:1;
+	bool destroyed:1;
 };
 
 static const char *const bag_smtp_no_lines[] = { NULL };
 
-static long long bag_smtp_client_now_msecs(void)
-{
-	struct timespec ts;
-
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-		i_fatal("clock_gettime(CLOCK_MONOTONIC) failed: %m");
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static void bag_smtp_client_input(struct bag_smtp_client *client);
+static void bag_smtp_client_send_message(struct bag_smtp_client *client);
 
 static const char *bag_smtp_client_msecs_str(unsigned int msecs)
 {
@@ -90,568 +143,190 @@ static const char *bag_smtp_client_msecs_str(unsigned int msecs)
 	return t_strdup_printf("%u ms", msecs);
 }
 
-/* poll() one fd until deadline. Returns 1 when ready, 0 on timeout,
-   -1 on error (errno set). */
-static int bag_smtp_client_poll(struct pollfd *pfd, long long deadline)
-{
-	long long left;
-	int ret;
-
-	for (;;) {
-		left = deadline - bag_smtp_client_now_msecs();
-		if (left < 0)
-			left = 0;
-		else if (left > INT_MAX)
-			left = INT_MAX;
-		pfd->revents = 0;
-		ret = poll(pfd, 1, (int)left);
-		if (ret >= 0)
-			return ret;
-		if (errno != EINTR)
-			return -1;
-	}
-}
-
 static const char *bag_smtp_client_reply_str(const struct smtp_reply *reply)
 {
 	return str_sanitize(smtp_reply_log(reply),
 			    BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN);
 }
 
-static void bag_smtp_reply_init_unsent(struct smtp_reply *reply)
+static void bag_smtp_client_ref(struct bag_smtp_client *client)
 {
-	i_zero(reply);
-	reply->text_lines = bag_smtp_no_lines;
+	client->refcount++;
 }
 
-static void
-bag_smtp_client_set_broken(struct bag_smtp_client *client, const char *error)
-{
-	client->broken = TRUE;
-	if (client->failure == NULL)
-		client->failure = p_strdup(client->pool, error);
-}
-
-/*
- * Reading replies
- */
-
-/* Read one reply to cmd (NULL: the greeting). Returns 1 with the parser's
-   reply (valid until the next read), or -1 with error_r. */
-static int
-bag_smtp_client_read_reply_from(struct bag_smtp_client *client,
-				struct istream *input, const char *cmd,
-				bool ehlo, unsigned int timeout_msecs,
-				struct smtp_reply **reply_r,
-				const char **error_r)
-{
-	const bool enhanced =
-		(client->caps & SMTP_CAPABILITY_ENHANCEDSTATUSCODES) != 0;
-	const long long deadline =
-		bag_smtp_client_now_msecs() + timeout_msecs;
-	struct pollfd pfd;
-	const char *error = NULL;
-	int ret;
-
-	for (;;) {
-		if (ehlo) {
-			ret = smtp_reply_parse_ehlo(client->parser,
-						    reply_r, &error);
-		} else {
-			ret = smtp_reply_parse_next(client->parser, enhanced,
-						    reply_r, &error);
-		}
-		if (ret > 0)
-			return 1;
-
-		if (client->input->stream_errno != 0) {
-			*error_r = t_strdup_printf(
-				"Connection lost %s %s: %s",
-				cmd == NULL ? "before" : "after",
-				cmd == NULL ? "the greeting" : cmd,
-				i_stream_get_error(client->input));
-			return -1;
-		}
-		/* The parser returns 0 at EOF between replies and -1
-		   ("Premature end of input") in the middle of one. */
-		if (client->input->eof) {
-			*error_r = cmd == NULL ?
-				"Connection closed by server before greeting" :
-				t_strdup_printf(
-					"Connection closed by server after %s",
-					cmd);
-			return -1;
-		}
-		if (input->eof) {
-			/* the limit stream ended, not the connection */
-			*error_r = cmd == NULL ? "Greeting is too long" :
-				t_strdup_printf("Reply to %s is too long",
-						cmd);
-			return -1;
-		}
-		if (ret < 0) {
-			i_assert(error != NULL);
-			error = str_sanitize(
-				error, BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN);
-			*error_r = cmd == NULL ?
-				t_strdup_printf("Invalid greeting: %s", error) :
-				t_strdup_printf("Invalid reply to %s: %s",
-						cmd, error);
-			return -1;
-		}
-
-		i_zero(&pfd);
-		pfd.fd = client->fd;
-		pfd.events = POLLIN;
-		ret = bag_smtp_client_poll(&pfd, deadline);
-		if (ret < 0) {
-			*error_r = t_strdup_printf("poll() failed: %m");
-			return -1;
-		}
-		if (ret == 0) {
-			const char *after =
-				bag_smtp_client_msecs_str(timeout_msecs);
-
-			*error_r = cmd == NULL ?
-				t_strdup_printf("Timed out waiting for the "
-						"greeting (after %s)", after) :
-				t_strdup_printf("Timed out waiting for the "
-						"reply to %s (after %s)",
-						cmd, after);
-			return -1;
-		}
-	}
-}
-
-static int
-bag_smtp_client_read_reply(struct bag_smtp_client *client, const char *cmd,
-			   bool ehlo, unsigned int timeout_msecs,
-			   struct smtp_reply **reply_r, const char **error_r)
-{
-	struct istream *input;
-	int ret;
-
-	i_assert(!client->broken);
-
-	/* The parser reads for as long as data keeps coming, and it bounds
-	   a reply's text but not its empty lines: give it only as many
-	   bytes as a reply may take. Destroying the limit stream moves the
-	   connection's stream past what the parser consumed. */
-	input = i_stream_create_limit(client->input,
-				      BAG_SMTP_CLIENT_MAX_REPLY_WIRE_SIZE);
-	smtp_reply_parser_set_stream(client->parser, input);
-	ret = bag_smtp_client_read_reply_from(client, input, cmd, ehlo,
-					      timeout_msecs, reply_r,
-					      error_r);
-	smtp_reply_parser_set_stream(client->parser, NULL);
-	i_stream_unref(&input);
-	return ret;
-}
-
-/*
- * Writing
- */
-
-/* Wait until the socket takes more output. The deadline moves whenever the
-   socket becomes writable: the timeout is for a write that doesn't
-   progress. */
-static int
-bag_smtp_client_wait_output(struct bag_smtp_client *client,
-			    unsigned int timeout_msecs, long long *deadline,
-			    const char *what, const char **error_r)
-{
-	struct pollfd pfd;
-	int ret;
-
-	i_zero(&pfd);
-	pfd.fd = client->fd;
-	pfd.events = POLLOUT;
-
-	ret = bag_smtp_client_poll(&pfd, *deadline);
-	if (ret < 0) {
-		*error_r = t_strdup_printf("poll() failed: %m");
-		return -1;
-	}
-	if (ret == 0) {
-		*error_r = t_strdup_printf("Timed out sending %s (after %s)",
-			what, bag_smtp_client_msecs_str(timeout_msecs));
-		return -1;
-	}
-	/* on POLLERR and POLLHUP the next write fails */
-	*deadline = bag_smtp_client_now_msecs() + timeout_msecs;
-	return 0;
-}
-
-static void
-bag_smtp_client_write_error(struct ostream *output, const char *what,
-			    const char **error_r)
-{
-	*error_r = t_strdup_printf("Connection lost while sending %s: %s",
-				   what, o_stream_get_error(output));
-}
-
-static int
-bag_smtp_client_flush(struct bag_smtp_client *client,
-		      unsigned int timeout_msecs, long long *deadline,
-		      const char *what, const char **error_r)
-{
-	int ret;
-
-	while ((ret = o_stream_flush(client->output)) == 0) {
-		if (bag_smtp_client_wait_output(client, timeout_msecs,
-						deadline, what, error_r) < 0)
-			return -1;
-	}
-	if (ret < 0) {
-		bag_smtp_client_write_error(client->output, what, error_r);
-		return -1;
-	}
-	return 0;
-}
-
-/* Send data and flush it all. */
-static int
-bag_smtp_client_send_data(struct bag_smtp_client *client,
-			  const void *data, size_t size,
-			  unsigned int timeout_msecs, const char *what,
-			  const char **error_r)
-{
-	long long deadline = bag_smtp_client_now_msecs() + timeout_msecs;
-	size_t pos = 0;
-	ssize_t ret;
-
-	i_assert(!client->broken);
-
-	while (pos < size) {
-		ret = o_stream_send(client->output,
-				    CONST_PTR_OFFSET(data, pos), size - pos);
-		if (ret < 0) {
-			bag_smtp_client_write_error(client->output, what,
-						    error_r);
-			return -1;
-		}
-		pos += ret;
-		if (pos == size)
-			break;
-		/* the output buffer is full */
-		if (bag_smtp_client_wait_output(client, timeout_msecs,
-						&deadline, what, error_r) < 0)
-			return -1;
-		if (o_stream_flush(client->output) < 0) {
-			bag_smtp_client_write_error(client->output, what,
-						    error_r);
-			return -1;
-		}
-	}
-	return bag_smtp_client_flush(client, timeout_msecs, &deadline,
-				     what, error_r);
-}
-
-static int
-bag_smtp_client_send_str(struct bag_smtp_client *client, const string_t *str,
-			 const char *what, const char **error_r)
-{
-	return bag_smtp_client_send_data(client, str_data(str), str_len(str),
-					 client->set.timeout_msecs, what,
-					 error_r);
-}
-
-static int
-bag_smtp_client_command(struct bag_smtp_client *client, const char *line,
-			const char *what, bool ehlo,
-			struct smtp_reply **reply_r, const char **error_r)
-{
-	const char *cmd = t_strconcat(line, "\r\n", NULL);
-
-	if (bag_smtp_client_send_data(client, cmd, strlen(cmd),
-				      client->set.timeout_msecs, what,
-				      error_r) < 0)
-		return -1;
-	return bag_smtp_client_read_reply(client, what, ehlo,
-					  client->set.timeout_msecs,
-					  reply_r, error_r);
-}
-
-/* Wait for the message stream to have more input. Only a non-blocking
-   message stream gets here; bagged mail is read from files. */
-static int
-bag_smtp_client_wait_message(struct bag_smtp_client *client,
-			     struct istream *message, const char **error_r)
-{
-	struct pollfd pfd;
-	int ret;
-
-	i_zero(&pfd);
-	pfd.fd = i_stream_get_fd(message);
-	if (pfd.fd == -1) {
-		*error_r = t_strdup_printf(
-			"read(%s) returned no data from a non-blocking stream",
-			i_stream_get_name(message));
-		return -1;
-	}
-	pfd.events = POLLIN;
-	ret = bag_smtp_client_poll(&pfd, bag_smtp_client_now_msecs() +
-				   client->set.timeout_msecs);
-	if (ret < 0) {
-		*error_r = t_strdup_printf("poll() failed: %m");
-		return -1;
-	}
-	if (ret == 0) {
-		*error_r = t_strdup_printf(
-			"Timed out reading the message from %s (after %s)",
-			i_stream_get_name(message),
-			bag_smtp_client_msecs_str(client->set.timeout_msecs));
-		return -1;
-	}
-	return 0;
-}
-
-static int
-bag_smtp_client_send_body(struct bag_smtp_client *client,
-			  struct istream *input, struct ostream *dot_output,
-			  const char **error_r)
-{
-	static const char *what = "the message";
-	const unsigned int timeout_msecs = client->set.timeout_msecs;
-	long long deadline = bag_smtp_client_now_msecs() + timeout_msecs;
-	const bool was_corked = o_stream_is_corked(client->output);
-	enum ostream_send_istream_result res;
-	int ret;
-
-	for (;;) {
-		/* ostream-dot allocates from the data stack for each
-		   chunk: give each round its own frame */
-		T_BEGIN {
-			res = o_stream_send_istream(dot_output, input);
-		} T_END;
-
-		switch (res) {
-		case OSTREAM_SEND_ISTREAM_RESULT_FINISHED:
-			break;
-		case OSTREAM_SEND_ISTREAM_RESULT_WAIT_INPUT:
-			if (bag_smtp_client_wait_message(client, input,
-							 error_r) < 0)
-				return -1;
-			continue;
-		case OSTREAM_SEND_ISTREAM_RESULT_WAIT_OUTPUT:
-			if (bag_smtp_client_wait_output(client, timeout_msecs,
-							&deadline, what,
-							error_r) < 0)
-				return -1;
-			continue;
-		case OSTREAM_SEND_ISTREAM_RESULT_ERROR_INPUT:
-			*error_r = t_strdup_printf("read(%s) failed: %s",
-						   i_stream_get_name(input),
-						   i_stream_get_error(input));
-			return -1;
-		case OSTREAM_SEND_ISTREAM_RESULT_ERROR_OUTPUT:
-			bag_smtp_client_write_error(dot_output, what, error_r);
-			return -1;
-		}
-		break;
-	}
-
-	/* ostream-dot writes the final "." line only when finished: CRLF.CRLF
-	   if the message didn't end with CRLF (so a missing final newline is
-	   added), and just ".CRLF" if it did. It sends the line with
-	   o_stream_send() and asserts that the parent took all of it, but an
-	   fd ostream with an empty buffer writes at once, and fails if the
-	   server has closed the connection: cork the parent, so it only
-	   buffers the line, and let the flush report the error. */
-	for (;;) {
-		if (!was_corked)
-			o_stream_cork(client->output);
-		ret = o_stream_finish(dot_output);
-		if (!was_corked && o_stream_uncork_flush(client->output) < 0)
-			ret = -1;
-		if (ret != 0)
-			break;
-		if (bag_smtp_client_wait_output(client, timeout_msecs,
-						&deadline, what, error_r) < 0)
-			return -1;
-	}
-	if (ret < 0) {
-		bag_smtp_client_write_error(client->output->stream_errno != 0 ?
-					    client->output : dot_output,
-					    what, error_r);
-		return -1;
-	}
-	return bag_smtp_client_flush(client, timeout_msecs, &deadline,
-				     what, error_r);
-}
-
-/* Send the message with its line endings made CRLF, dot-stuffed and
-   terminated with the "." line. */
-static int
-bag_smtp_client_send_message(struct bag_smtp_client *client,
-			     struct istream *message, const char **error_r)
-{
-	struct istream *input;
-	struct ostream *dot_output;
-	size_t old_max_size;
-	int ret;
-
-	/* Bound the output buffer while sending (see
-	   BAG_SMTP_CLIENT_MAX_BODY_BUFFER); an unlimited one would also take
-	   in the whole message at once. */
-	old_max_size = o_stream_get_max_buffer_size(client->output);
-	if (old_max_size > BAG_SMTP_CLIENT_MAX_BODY_BUFFER) {
-		o_stream_set_max_buffer_size(client->output,
-					     BAG_SMTP_CLIENT_MAX_BODY_BUFFER);
-	}
-
-	/* ostream-dot adds missing CRs too, but each costs it two iovecs;
-	   istream-crlf adds them in a plain copy. */
-	input = i_stream_create_crlf(message);
-	dot_output = o_stream_create_dot(client->output, FALSE);
-	ret = bag_smtp_client_send_body(client, input, dot_output, error_r);
-	o_stream_unref(&dot_output);
-	i_stream_unref(&input);
-
-	/* o_stream_send_istream() set flush-pending on WAIT_OUTPUT; it isn't
-	   the caller's to handle */
-	o_stream_set_flush_pending(client->output, FALSE);
-	if (old_max_size > BAG_SMTP_CLIENT_MAX_BODY_BUFFER)
-		o_stream_set_max_buffer_size(client->output, old_max_size);
-	return ret;
-}
-
-/*
- * Connecting
- */
-
-static int
-bag_smtp_client_connect_ip(const struct ip_addr *ip, in_port_t port,
-			   unsigned int timeout_msecs, const char **error_r)
-{
-	struct pollfd pfd;
-	int fd, ret, err;
-
-	fd = net_connect_ip(ip, port, NULL);
-	if (fd == -1) {
-		*error_r = t_strdup_printf("%m");
-		return -1;
-	}
-
-	i_zero(&pfd);
-	pfd.fd = fd;
-	pfd.events = POLLOUT;
-	ret = bag_smtp_client_poll(&pfd, bag_smtp_client_now_msecs() +
-				   timeout_msecs);
-	if (ret < 0) {
-		*error_r = t_strdup_printf("poll() failed: %m");
-		i_close_fd(&fd);
-		return -1;
-	}
-	if (ret == 0) {
-		*error_r = t_strdup_printf("Timed out after %s",
-			bag_smtp_client_msecs_str(timeout_msecs));
-		i_close_fd(&fd);
-		return -1;
-	}
-	err = net_geterror(fd);
-	if (err != 0) {
-		*error_r = t_strdup_printf("%s", strerror(err));
-		i_close_fd(&fd);
-		return -1;
-	}
-	return fd;
-}
-
-int bag_smtp_client_connect(const char *host, in_port_t port,
-			    unsigned int timeout_msecs, const char **error_r)
-{
-	struct ip_addr *ips, literal;
-	unsigned int ips_count, i;
-	const char *name, *error = NULL;
-	string_t *errors;
-	int fd, ret;
-
-	i_assert(timeout_msecs > 0);
-
-	name = strchr(host, ':') != NULL && host[0] != '[' ?
-		t_strdup_printf("[%s]:%u", host, port) :
-		t_strdup_printf("%s:%u", host, port);
-
-	ret = net_gethostbyname(host, &ips, &ips_count);
-	if (ret != 0) {
-		*error_r = t_strdup_printf("connect(%s) failed: "
-					   "Host name lookup failed: %s",
-					   name, net_gethosterror(ret));
-		return -1;
-	}
-	if (ips_count == 0) {
-		*error_r = t_strdup_printf("connect(%s) failed: "
-					   "Host name has no addresses", name);
-		return -1;
-	}
-
-	/* each address gets the whole timeout, as in Postfix */
-	errors = t_str_new(128);
-	for (i = 0; i < ips_count; i++) {
-		fd = bag_smtp_client_connect_ip(&ips[i], port, timeout_msecs,
-						&error);
-		if (fd != -1)
-			return fd;
-		if (str_len(errors) > 0)
-			str_append(errors, ", ");
-		if (ips_count > 1 || net_addr2ip(host, &literal) < 0)
-			str_printfa(errors, "%s: ", net_ip2addr(&ips[i]));
-		str_append(errors, error);
-	}
-	*error_r = t_strdup_printf("connect(%s) failed: %s",
-				   name, str_c(errors));
-	return -1;
-}
-
-/*
- * Session
- */
-
-struct bag_smtp_client *
-bag_smtp_client_init(int fd, struct istream *input, struct ostream *output,
-		     const struct bag_smtp_client_settings *set)
-{
-	struct bag_smtp_client *client;
-	pool_t pool;
-
-	i_assert(fd != -1);
-	i_assert(set->my_hostname != NULL && *set->my_hostname != '\0');
-	i_assert(strpbrk(set->my_hostname, "\r\n") == NULL);
-	i_assert(set->timeout_msecs > 0);
-	/* the fd ostream adds its IO there when it buffers */
-	i_assert(current_ioloop != NULL);
-
-	pool = pool_alloconly_create("bag smtp client", 1024);
-	client = p_new(pool, struct bag_smtp_client, 1);
-	client->pool = pool;
-	client->fd = fd;
-	client->input = input;
-	i_stream_ref(input);
-	client->output = output;
-	o_stream_ref(output);
-	client->set = *set;
-	client->set.my_hostname = p_strdup(pool, set->my_hostname);
-	if (client->set.greeting_timeout_msecs == 0)
-		client->set.greeting_timeout_msecs = set->timeout_msecs;
-	client->parser = smtp_reply_parser_init(
-		input, BAG_SMTP_CLIENT_MAX_REPLY_SIZE);
-	return client;
-}
-
-void bag_smtp_client_deinit(struct bag_smtp_client **_client)
+static void bag_smtp_client_unref(struct bag_smtp_client **_client)
 {
 	struct bag_smtp_client *client = *_client;
 
-	if (client == NULL)
-		return;
 	*_client = NULL;
-
-	smtp_reply_parser_deinit(&client->parser);
-	i_stream_unref(&client->input);
-	o_stream_unref(&client->output);
+	i_assert(client->refcount > 0);
+	if (--client->refcount > 0)
+		return;
 	pool_unref(&client->pool);
 }
+
+/*
+ * Waiting
+ */
+
+static void bag_smtp_client_fail(struct bag_smtp_client *client,
+				 const char *error);
+
+static void bag_smtp_client_timeout(struct bag_smtp_client *client)
+{
+	const char *after = bag_smtp_client_msecs_str(client->wait_msecs);
+	const enum bag_smtp_client_expect *expect;
+
+	if (client->trans != NULL && client->trans->dot_output != NULL) {
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Timed out sending the message (after %s)", after));
+		return;
+	}
+	if (array_count(&client->expect) == 0) {
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Timed out sending (after %s)", after));
+		return;
+	}
+	expect = array_front(&client->expect);
+	bag_smtp_client_fail(client, *expect == BAG_SMTP_EXPECT_GREETING ?
+		t_strdup_printf("Timed out waiting for the greeting "
+				"(after %s)", after) :
+		t_strdup_printf("Timed out waiting for the reply to %s "
+				"(after %s)", bag_smtp_expect_names[*expect],
+				after));
+}
+
+/* Wait msecs for what comes next: a reply (input), or more room for the
+   message (then what the server may say meanwhile waits, rather than
+   wake us up for nothing). */
+static void
+bag_smtp_client_wait(struct bag_smtp_client *client, unsigned int msecs,
+		     bool input)
+{
+	timeout_remove(&client->to);
+	client->wait_msecs = msecs;
+	client->to = timeout_add(msecs, bag_smtp_client_timeout, client);
+	if (!input)
+		io_remove(&client->io);
+	else if (client->io == NULL) {
+		client->io = io_add_istream(client->input,
+					    bag_smtp_client_input, client);
+	}
+}
+
+static void bag_smtp_client_idle(struct bag_smtp_client *client)
+{
+	timeout_remove(&client->to);
+	io_remove(&client->io);
+}
+
+static void
+bag_smtp_client_expect(struct bag_smtp_client *client,
+		       enum bag_smtp_client_expect expect)
+{
+	unsigned int msecs = client->set.timeout_msecs;
+
+	if (expect == BAG_SMTP_EXPECT_GREETING)
+		msecs = client->set.greeting_timeout_msecs;
+	else if (expect == BAG_SMTP_EXPECT_QUIT)
+		msecs = I_MIN(msecs, BAG_SMTP_CLIENT_QUIT_TIMEOUT_MSECS);
+	array_push_back(&client->expect, &expect);
+	if (client->to == NULL || client->io == NULL)
+		bag_smtp_client_wait(client, msecs, TRUE);
+}
+
+/* Send a command line; its reply is expected (after the others'). */
+static void
+bag_smtp_client_command(struct bag_smtp_client *client, const char *line,
+			enum bag_smtp_client_expect expect)
+{
+	o_stream_nsend_str(client->output, t_strconcat(line, "\r\n", NULL));
+	bag_smtp_client_expect(client, expect);
+}
+
+static void bag_smtp_client_flush(struct bag_smtp_client *client)
+{
+	if (o_stream_flush(client->output) < 0) {
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Connection lost while sending: %s",
+			o_stream_get_error(client->output)));
+	}
+}
+
+/*
+ * Failures and the callbacks
+ */
+
+static void
+bag_smtp_client_trans_free(struct bag_smtp_client *client)
+{
+	struct bag_smtp_client_trans *trans = client->trans;
+
+	if (trans == NULL)
+		return;
+	client->trans = NULL;
+	io_remove(&trans->io_message);
+	if (trans->dot_output != NULL) {
+		o_stream_unset_flush_callback(client->output);
+		o_stream_set_max_buffer_size(client->output,
+					     trans->old_max_buffer_size);
+		o_stream_destroy(&trans->dot_output);
+	}
+	i_stream_unref(&trans->message);
+	i_free(trans);
+}
+
+static void
+bag_smtp_client_trans_callback(struct bag_smtp_client *client,
+			       const char *error)
+{
+	struct bag_smtp_client_trans *trans = client->trans;
+	bag_smtp_sender_callback_t *callback = trans->callback;
+	struct bag_smtp_send_result *result = trans->result;
+	void *context = trans->context;
+
+	bag_smtp_client_trans_free(client);
+	if (callback != NULL)
+		callback(result, error, context);
+}
+
+static void bag_smtp_client_call_quit(struct bag_smtp_client *client)
+{
+	void (*callback)(void *context) = client->quit_callback;
+
+	timeout_remove(&client->to_quit);
+	client->quit_callback = NULL;
+	if (callback != NULL)
+		callback(client->quit_context);
+}
+
+static void
+bag_smtp_client_fail(struct bag_smtp_client *client, const char *error)
+{
+	bag_smtp_client_start_callback_t *start_callback;
+
+	client->broken = TRUE;
+	if (client->failure == NULL)
+		client->failure = p_strdup(client->pool, error);
+	bag_smtp_client_idle(client);
+	array_clear(&client->expect);
+
+	bag_smtp_client_ref(client);
+	if (client->start_callback != NULL) {
+		start_callback = client->start_callback;
+		client->start_callback = NULL;
+		start_callback(-1, NULL, error, client->start_context);
+	}
+	if (client->trans != NULL && !client->destroyed)
+		bag_smtp_client_trans_callback(client, error);
+	if (!client->destroyed)
+		bag_smtp_client_call_quit(client);
+	bag_smtp_client_unref(&client);
+}
+
+/*
+ * Starting
+ */
 
 static void
 bag_smtp_client_parse_capabilities(struct bag_smtp_client *client,
@@ -672,78 +347,67 @@ bag_smtp_client_parse_capabilities(struct bag_smtp_client *client,
 	}
 }
 
-static int
-bag_smtp_client_start_real(struct bag_smtp_client *client,
-			   struct smtp_reply *reply_r, const char **error_r)
+static void
+bag_smtp_client_started(struct bag_smtp_client *client, int ret,
+			const struct smtp_reply *reply)
 {
-	struct smtp_reply *reply;
-	bool ehlo = TRUE;
+	bag_smtp_client_start_callback_t *callback = client->start_callback;
 
-	if (bag_smtp_client_read_reply(client, NULL, FALSE,
-				       client->set.greeting_timeout_msecs,
-				       &reply, error_r) < 0)
-		return -1;
-	if (!smtp_reply_is_success(reply)) {
-		smtp_reply_copy(client->pool, reply_r, reply);
+	client->start_callback = NULL;
+	if (ret > 0)
+		client->ready = TRUE;
+	else {
 		client->failure = p_strdup_printf(client->pool,
-			"Server refused the session: %s",
+			"Server refused %s: %s",
+			!client->ehlo ? "the session" :
+			(client->caps == 0 ? "EHLO/HELO" : "EHLO"),
 			bag_smtp_client_reply_str(reply));
-		return 0;
 	}
+	callback(ret, reply, NULL, client->start_context);
+}
 
-	if (bag_smtp_client_command(client, t_strconcat(
+static void
+bag_smtp_client_start_reply(struct bag_smtp_client *client,
+			    enum bag_smtp_client_expect expect,
+			    const struct smtp_reply *reply)
+{
+	switch (expect) {
+	case BAG_SMTP_EXPECT_GREETING:
+		if (!smtp_reply_is_success(reply)) {
+			bag_smtp_client_started(client, 0, reply);
+			return;
+		}
+		client->ehlo = TRUE;
+		bag_smtp_client_command(client, t_strconcat(
 			"EHLO ", client->set.my_hostname, NULL),
-			"EHLO", TRUE, &reply, error_r) < 0)
-		return -1;
-	if (reply->status / 100 == 5) {
-		/* an old server (RFC 5321, section 3.2) */
-		ehlo = FALSE;
-		if (bag_smtp_client_command(client, t_strconcat(
+			BAG_SMTP_EXPECT_EHLO);
+		bag_smtp_client_flush(client);
+		return;
+	case BAG_SMTP_EXPECT_EHLO:
+		if (reply->status / 100 == 5) {
+			/* an old server (RFC 5321, section 3.2) */
+			bag_smtp_client_command(client, t_strconcat(
 				"HELO ", client->set.my_hostname, NULL),
-				"HELO", FALSE, &reply, error_r) < 0)
-			return -1;
+				BAG_SMTP_EXPECT_HELO);
+			bag_smtp_client_flush(client);
+			return;
+		}
+		if (smtp_reply_is_success(reply))
+			bag_smtp_client_parse_capabilities(client, reply);
+		bag_smtp_client_started(client, smtp_reply_is_success(reply) ?
+					1 : 0, reply);
+		return;
+	case BAG_SMTP_EXPECT_HELO:
+		bag_smtp_client_started(client, smtp_reply_is_success(reply) ?
+					1 : 0, reply);
+		return;
+	default:
+		i_unreached();
 	}
-	smtp_reply_copy(client->pool, reply_r, reply);
-	if (!smtp_reply_is_success(reply)) {
-		client->failure = p_strdup_printf(client->pool,
-			"Server refused %s: %s", ehlo ? "EHLO" : "HELO",
-			bag_smtp_client_reply_str(reply));
-		return 0;
-	}
-	if (ehlo)
-		bag_smtp_client_parse_capabilities(client, reply);
-	client->ready = TRUE;
-	return 1;
-}
-
-int bag_smtp_client_start(struct bag_smtp_client *client,
-			  struct smtp_reply *reply_r, const char **error_r)
-{
-	const char *error;
-	int ret;
-
-	i_assert(!client->started);
-	client->started = TRUE;
-
-	bag_smtp_reply_init_unsent(reply_r);
-	T_BEGIN {
-		ret = bag_smtp_client_start_real(client, reply_r, &error);
-		if (ret < 0)
-			bag_smtp_client_set_broken(client, error);
-	} T_END_PASS_STR_IF(ret < 0, &error);
-	if (ret < 0)
-		*error_r = error;
-	return ret;
-}
-
-enum smtp_capability
-bag_smtp_client_get_capabilities(struct bag_smtp_client *client)
-{
-	return client->caps;
 }
 
 /*
- * Transaction
+ * Transactions
  */
 
 static bool bag_smtp_command_is_valid(string_t *cmd)
@@ -754,38 +418,29 @@ static bool bag_smtp_command_is_valid(string_t *cmd)
 }
 
 static int
-bag_smtp_client_build_commands(struct bag_smtp_client *client,
+bag_smtp_client_build_commands(struct bag_smtp_client *client, pool_t pool,
 	const struct smtp_address *mail_from,
 	const struct smtp_params_mail *mail_params,
 	const struct smtp_address *const *rcpts,
 	const struct smtp_params_rcpt *const *rcpt_params,
-	unsigned int rcpt_count, string_t **mail_cmd_r,
-	string_t ***rcpt_cmds_r, const char **error_r)
+	unsigned int rcpt_count, struct bag_smtp_client_trans *trans,
+	const char **error_r)
 {
 	struct smtp_params_mail params;
-	string_t *cmd, **rcpt_cmds;
+	struct smtp_params_rcpt rparams;
+	string_t *cmd;
 	size_t pos;
 	unsigned int i;
 
-	cmd = t_str_new(256);
+	cmd = str_new(pool, 256);
 	str_append(cmd, "MAIL FROM:");
 	smtp_address_write_path(cmd, mail_from);
 	if (mail_params != NULL) {
-		params = *mail_params;
-		/* BODY= is the 8BITMIME extension's (RFC 6152), and
-		   smtp_params_mail_write() asserts the capability rather than
-		   leave it out. BINARYMIME needs BDAT, which this client
-		   doesn't speak. */
-		if ((client->caps & SMTP_CAPABILITY_8BITMIME) == 0 ||
-		    params.body.type == SMTP_PARAM_MAIL_BODY_TYPE_BINARYMIME) {
-			params.body.type =
-				SMTP_PARAM_MAIL_BODY_TYPE_UNSPECIFIED;
-		}
+		bag_smtp_params_mail_for(&params, mail_params, client->caps);
 		pos = str_len(cmd);
 		str_append_c(cmd, ' ');
 		/* SIZE, ENVID and RET are left out without their
-		   capability; extra parameters are never written (none are
-		   named) */
+		   capability */
 		smtp_params_mail_write(cmd, client->caps, NULL, &params);
 		if (str_len(cmd) == pos + 1)
 			str_truncate(cmd, pos);
@@ -795,20 +450,21 @@ bag_smtp_client_build_commands(struct bag_smtp_client *client,
 		return -1;
 	}
 	str_append(cmd, "\r\n");
-	*mail_cmd_r = cmd;
+	trans->mail_cmd = cmd;
 
-	rcpt_cmds = t_new(string_t *, rcpt_count);
+	trans->rcpt_cmds = p_new(pool, string_t *, rcpt_count);
 	for (i = 0; i < rcpt_count; i++) {
-		cmd = t_str_new(128);
+		cmd = str_new(pool, 128);
 		str_append(cmd, "RCPT TO:");
 		i_assert(!smtp_address_isnull(rcpts[i]));
 		smtp_address_write_path(cmd, rcpts[i]);
 		if (rcpt_params != NULL && rcpt_params[i] != NULL) {
+			bag_smtp_params_rcpt_for(&rparams, rcpt_params[i]);
 			pos = str_len(cmd);
 			str_append_c(cmd, ' ');
 			/* NOTIFY and ORCPT are left out without DSN */
 			smtp_params_rcpt_write(cmd, client->caps, NULL,
-					       rcpt_params[i]);
+					       &rparams);
 			if (str_len(cmd) == pos + 1)
 				str_truncate(cmd, pos);
 		}
@@ -819,250 +475,616 @@ bag_smtp_client_build_commands(struct bag_smtp_client *client,
 			return -1;
 		}
 		str_append(cmd, "\r\n");
-		rcpt_cmds[i] = cmd;
+		trans->rcpt_cmds[i] = cmd;
 	}
-	*rcpt_cmds_r = rcpt_cmds;
 	return 0;
 }
 
-/* Reset the session after a failed transaction. A failure here doesn't
-   change the transaction's outcome, which is known; it only makes the
-   connection unusable. */
-static void bag_smtp_client_rset(struct bag_smtp_client *client)
+/* MAIL and the RCPTs go in groups (of one command without PIPELINING),
+   and each group's replies are read before the next group is sent. With
+   PIPELINING the last group ends with DATA; the message waits for its 354
+   (RFC 2920, section 3.1). */
+static void bag_smtp_client_send_group(struct bag_smtp_client *client)
 {
-	struct smtp_reply *reply;
-	const char *error;
-
-	if (bag_smtp_client_command(client, "RSET", "RSET", FALSE,
-				    &reply, &error) < 0) {
-		bag_smtp_client_set_broken(client, error);
-		return;
-	}
-	if (!smtp_reply_is_success(reply)) {
-		bag_smtp_client_set_broken(client, t_strdup_printf(
-			"RSET failed: %s", bag_smtp_client_reply_str(reply)));
-	}
-}
-
-/* Read a reply in the transaction into dest (but for DATA, not a 3xx: dest
-   stays unsent then). Returns 1, 0 if the server is closing the connection
-   (421, RFC 5321 section 3.8: no more replies follow, and the transaction
-   is over), or -1 on error. */
-static int
-bag_smtp_client_read_tx_reply(struct bag_smtp_client *client, pool_t pool,
-			      const char *cmd, bool data,
-			      struct smtp_reply *dest, const char **error_r)
-{
-	struct smtp_reply *reply;
-
-	if (bag_smtp_client_read_reply(client, cmd, FALSE,
-				       client->set.timeout_msecs,
-				       &reply, error_r) < 0)
-		return -1;
-	if (data && reply->status / 100 == 3) {
-		/* the 354 isn't kept */
-		i_assert(dest->status == 0);
-		return 1;
-	}
-	smtp_reply_copy(pool, dest, reply);
-	if (reply->status == 421) {
-		bag_smtp_client_set_broken(client, t_strdup_printf(
-			"Server is closing the connection: %s",
-			bag_smtp_client_reply_str(reply)));
-		return 0;
-	}
-	return 1;
-}
-
-static int
-bag_smtp_client_transaction(struct bag_smtp_client *client, pool_t pool,
-			    const string_t *mail_cmd,
-			    string_t *const *rcpt_cmds,
-			    unsigned int rcpt_count, struct istream *message,
-			    struct bag_smtp_send_result *result,
-			    bool *failed_r, const char **error_r)
-{
+	struct bag_smtp_client_trans *trans = client->trans;
 	const bool pipelining =
 		(client->caps & SMTP_CAPABILITY_PIPELINING) != 0;
 	const unsigned int group_max =
 		pipelining ? BAG_SMTP_CLIENT_PIPELINE_MAX_COMMANDS : 1;
-	unsigned int count, sent = 0, replied = 0, accepted = 0;
-	bool mail_replied = FALSE, mail_ok = FALSE, data_sent = FALSE;
-	string_t *cmds;
-	int ret;
+	unsigned int count = 0;
 
-	*failed_r = TRUE;
-
-	/* MAIL and the RCPTs go in groups (of one command without
-	   PIPELINING), and each group's replies are read before the next
-	   group is sent. With PIPELINING the last group ends with DATA; the
-	   message waits for its 354 (RFC 2920, section 3.1). */
-	cmds = t_str_new(256);
-	str_append_str(cmds, mail_cmd);
-	count = 1;
-	for (;;) {
-		for (; sent < rcpt_count && count < group_max; count++)
-			str_append_str(cmds, rcpt_cmds[sent++]);
-		if (pipelining && sent == rcpt_count) {
-			str_append(cmds, "DATA\r\n");
-			data_sent = TRUE;
-		}
-		if (bag_smtp_client_send_str(client, cmds,
-				mail_replied ? "RCPT TO" : "MAIL FROM",
-				error_r) < 0)
-			return -1;
-
-		if (!mail_replied) {
-			ret = bag_smtp_client_read_tx_reply(client, pool,
-				"MAIL FROM", FALSE, &result->mail_reply,
-				error_r);
-			if (ret <= 0)
-				return ret < 0 ? -1 : 1;
-			mail_replied = TRUE;
-			mail_ok = smtp_reply_is_success(&result->mail_reply);
-		}
-		for (; replied < sent; replied++) {
-			ret = bag_smtp_client_read_tx_reply(client, pool,
-				"RCPT TO", FALSE,
-				&result->rcpt_replies[replied],
-				error_r);
-			if (ret <= 0)
-				return ret < 0 ? -1 : 1;
-			if (smtp_reply_is_success(
-				&result->rcpt_replies[replied]))
-				accepted++;
-		}
-		/* after a refused MAIL, send no more than was sent, but
-		   read all of its replies */
-		if (sent == rcpt_count || (!mail_ok && !data_sent))
-			break;
-		str_truncate(cmds, 0);
-		count = 0;
+	o_stream_cork(client->output);
+	if (!trans->mail_sent) {
+		trans->mail_sent = TRUE;
+		o_stream_nsend(client->output, str_data(trans->mail_cmd),
+			       str_len(trans->mail_cmd));
+		bag_smtp_client_expect(client, BAG_SMTP_EXPECT_MAIL);
+		count++;
 	}
-	if (!mail_ok)
-		accepted = 0;
+	for (; trans->sent < trans->rcpt_count && count < group_max; count++) {
+		string_t *cmd = trans->rcpt_cmds[trans->sent++];
 
-	if (!data_sent) {
-		if (accepted == 0)
-			return 1;
-		if (bag_smtp_client_send_data(client, "DATA\r\n", 6,
-					      client->set.timeout_msecs,
-					      "DATA", error_r) < 0)
-			return -1;
+		o_stream_nsend(client->output, str_data(cmd), str_len(cmd));
+		bag_smtp_client_expect(client, BAG_SMTP_EXPECT_RCPT);
 	}
-	ret = bag_smtp_client_read_tx_reply(client, pool, "DATA", TRUE,
-					    &result->data_reply, error_r);
-	if (ret <= 0)
-		return ret < 0 ? -1 : 1;
-	if (result->data_reply.status != 0) {
-		/* refused (a 354 leaves it unsent) */
-		if (smtp_reply_is_success(&result->data_reply)) {
+	if (pipelining && trans->sent == trans->rcpt_count) {
+		o_stream_nsend_str(client->output, "DATA\r\n");
+		bag_smtp_client_expect(client, BAG_SMTP_EXPECT_DATA);
+		trans->data_sent = TRUE;
+	}
+	o_stream_uncork(client->output);
+	bag_smtp_client_flush(client);
+}
+
+/* The transaction is over: RSET after a failed one, then the callback. */
+static void bag_smtp_client_trans_done(struct bag_smtp_client *client,
+				       bool failed)
+{
+	if (failed && !client->broken) {
+		client->trans->failed = TRUE;
+		bag_smtp_client_command(client, "RSET", BAG_SMTP_EXPECT_RSET);
+		bag_smtp_client_flush(client);
+		return;
+	}
+	bag_smtp_client_trans_callback(client, NULL);
+}
+
+/* A reply in the transaction: 421 means the server is closing the
+   connection (RFC 5321 section 3.8): no more replies follow, and the
+   transaction is over. Returns FALSE then. */
+static bool
+bag_smtp_client_tx_reply(struct bag_smtp_client *client,
+			 const struct smtp_reply *reply,
+			 struct smtp_reply *dest)
+{
+	struct bag_smtp_client_trans *trans = client->trans;
+
+	smtp_reply_copy(trans->pool, dest, reply);
+	if (reply->status == 421) {
+		client->broken = TRUE;
+		client->failure = p_strdup_printf(client->pool,
+			"Server is closing the connection: %s",
+			bag_smtp_client_reply_str(reply));
+		bag_smtp_client_idle(client);
+		array_clear(&client->expect);
+		bag_smtp_client_trans_callback(client, client->failure);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static void
+bag_smtp_client_trans_reply(struct bag_smtp_client *client,
+			    enum bag_smtp_client_expect expect,
+			    const struct smtp_reply *reply)
+{
+	struct bag_smtp_client_trans *trans = client->trans;
+	struct bag_smtp_send_result *result = trans->result;
+
+	switch (expect) {
+	case BAG_SMTP_EXPECT_MAIL:
+		if (!bag_smtp_client_tx_reply(client, reply,
+					      &result->mail_reply))
+			return;
+		trans->mail_replied = TRUE;
+		trans->mail_ok = smtp_reply_is_success(reply);
+		break;
+	case BAG_SMTP_EXPECT_RCPT:
+		if (!bag_smtp_client_tx_reply(client, reply,
+				&result->rcpt_replies[trans->replied]))
+			return;
+		if (smtp_reply_is_success(reply))
+			trans->accepted++;
+		trans->replied++;
+		break;
+	case BAG_SMTP_EXPECT_DATA:
+		if (reply->status / 100 == 3) {
+			/* the 354 isn't kept */
+			if (trans->accepted == 0 || !trans->mail_ok) {
+				/* A pipelining server must refuse DATA after
+				   no valid recipients (RFC 2920, section 3.1);
+				   this one didn't. End the data at once
+				   rather than send the message. */
+				o_stream_nsend_str(client->output, ".\r\n");
+				bag_smtp_client_expect(client,
+					BAG_SMTP_EXPECT_END_OF_DATA);
+				bag_smtp_client_flush(client);
+				return;
+			}
+			bag_smtp_client_send_message(client);
+			return;
+		}
+		if (!bag_smtp_client_tx_reply(client, reply,
+					      &result->data_reply))
+			return;
+		if (smtp_reply_is_success(reply)) {
 			/* "accepted" without the message: nothing sane to
 			   do */
-			*error_r = t_strdup_printf(
+			bag_smtp_client_fail(client, t_strdup_printf(
 				"Unexpected reply to DATA: %s",
-				bag_smtp_client_reply_str(
-					&result->data_reply));
-			return -1;
+				bag_smtp_client_reply_str(reply)));
+			return;
 		}
-		return 1;
+		bag_smtp_client_trans_done(client, TRUE);
+		return;
+	case BAG_SMTP_EXPECT_END_OF_DATA:
+		if (!bag_smtp_client_tx_reply(client, reply,
+					      &result->data_reply))
+			return;
+		bag_smtp_client_trans_done(client, trans->accepted == 0 ||
+					   !trans->mail_ok ||
+					   !smtp_reply_is_success(reply));
+		return;
+	case BAG_SMTP_EXPECT_RSET:
+		if (!smtp_reply_is_success(reply)) {
+			/* the transaction's outcome is known: this only
+			   makes the connection unusable */
+			client->broken = TRUE;
+			client->failure = p_strdup_printf(client->pool,
+				"RSET failed: %s",
+				bag_smtp_client_reply_str(reply));
+		}
+		bag_smtp_client_trans_callback(client, NULL);
+		return;
+	default:
+		i_unreached();
 	}
 
-	if (accepted == 0) {
-		/* A pipelining server must refuse DATA after no valid
-		   recipients (RFC 2920, section 3.1); this one didn't.
-		   End the data at once rather than send the message. */
-		if (bag_smtp_client_send_data(client, ".\r\n", 3,
-					      client->set.timeout_msecs,
-					      "end of message", error_r) < 0)
-			return -1;
-	} else {
-		if (bag_smtp_client_send_message(client, message,
-						 error_r) < 0)
-			return -1;
+	/* MAIL and RCPT replies: more to send or to wait for? */
+	if (array_count(&client->expect) > 0)
+		return;
+	if (trans->sent < trans->rcpt_count &&
+	    (trans->mail_ok || trans->data_sent)) {
+		bag_smtp_client_send_group(client);
+		return;
 	}
-	ret = bag_smtp_client_read_tx_reply(client, pool, "end of message",
-					    FALSE, &result->data_reply,
-					    error_r);
-	if (ret <= 0)
-		return ret < 0 ? -1 : 1;
-	*failed_r = accepted == 0 ||
-		!smtp_reply_is_success(&result->data_reply);
+	/* after a refused MAIL, no more than was sent (every reply of it
+	   was read) */
+	if (!trans->mail_ok)
+		trans->accepted = 0;
+	if (!trans->data_sent) {
+		if (trans->accepted == 0) {
+			bag_smtp_client_trans_done(client, TRUE);
+			return;
+		}
+		trans->data_sent = TRUE;
+		bag_smtp_client_command(client, "DATA", BAG_SMTP_EXPECT_DATA);
+		bag_smtp_client_flush(client);
+	}
+}
+
+/* Send the message (its line ends made CRLF, dot-stuffed, ended with the
+   "." line) as the socket takes it. */
+static void bag_smtp_client_send_message_more(struct bag_smtp_client *client)
+{
+	struct bag_smtp_client_trans *trans = client->trans;
+	enum ostream_send_istream_result res;
+	int ret;
+
+	io_remove(&trans->io_message);
+	/* ostream-dot allocates from the data stack for each chunk: give
+	   each round its own frame */
+	T_BEGIN {
+		res = o_stream_send_istream(trans->dot_output, trans->message);
+	} T_END;
+	switch (res) {
+	case OSTREAM_SEND_ISTREAM_RESULT_FINISHED:
+		break;
+	case OSTREAM_SEND_ISTREAM_RESULT_WAIT_INPUT:
+		/* only a non-blocking message stream gets here; bagged mail
+		   is read from files */
+		trans->io_message = io_add_istream(trans->message,
+			bag_smtp_client_send_message_more, client);
+		return;
+	case OSTREAM_SEND_ISTREAM_RESULT_WAIT_OUTPUT:
+		/* the flush callback goes on; the timeout is for a write
+		   that doesn't progress */
+		bag_smtp_client_wait(client, client->set.timeout_msecs,
+				     FALSE);
+		return;
+	case OSTREAM_SEND_ISTREAM_RESULT_ERROR_INPUT:
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"read(%s) failed: %s",
+			i_stream_get_name(trans->message),
+			i_stream_get_error(trans->message)));
+		return;
+	case OSTREAM_SEND_ISTREAM_RESULT_ERROR_OUTPUT:
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Connection lost while sending the message: %s",
+			o_stream_get_error(trans->dot_output)));
+		return;
+	}
+
+	/* ostream-dot writes the final "." line only when finished: CRLF.CRLF
+	   if the message didn't end with CRLF (so a missing final newline is
+	   added), and just ".CRLF" if it did. It sends the line with
+	   o_stream_send() and asserts that the parent took all of it, but an
+	   fd ostream with an empty buffer writes at once, and fails if the
+	   server has closed the connection: cork the parent, so it only
+	   buffers the line, and let the flush report the error. */
+	o_stream_cork(client->output);
+	ret = o_stream_finish(trans->dot_output);
+	if (o_stream_uncork_flush(client->output) < 0)
+		ret = -1;
+	if (ret == 0) {
+		bag_smtp_client_wait(client, client->set.timeout_msecs,
+				     FALSE);
+		return;
+	}
+	if (ret < 0) {
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Connection lost while sending the message: %s",
+			client->output->stream_errno != 0 ?
+			o_stream_get_error(client->output) :
+			o_stream_get_error(trans->dot_output)));
+		return;
+	}
+	o_stream_unset_flush_callback(client->output);
+	/* o_stream_send_istream() set flush-pending on WAIT_OUTPUT; it isn't
+	   the caller's to handle */
+	o_stream_set_flush_pending(client->output, FALSE);
+	o_stream_set_max_buffer_size(client->output,
+				     trans->old_max_buffer_size);
+	o_stream_destroy(&trans->dot_output);
+	i_stream_unref(&trans->message);
+	timeout_remove(&client->to);
+	bag_smtp_client_expect(client, BAG_SMTP_EXPECT_END_OF_DATA);
+}
+
+static int bag_smtp_client_output(struct bag_smtp_client *client)
+{
+	bag_smtp_client_send_message_more(client);
 	return 1;
 }
 
-int bag_smtp_client_send(struct bag_smtp_client *client, pool_t pool,
-			 const struct smtp_address *mail_from,
-			 const struct smtp_params_mail *mail_params,
-			 const struct smtp_address *const *rcpts,
-			 const struct smtp_params_rcpt *const *rcpt_params,
-			 unsigned int rcpt_count, struct istream *message,
-			 struct bag_smtp_send_result *result_r,
-			 const char **error_r)
+static void bag_smtp_client_send_message(struct bag_smtp_client *client)
 {
-	string_t *mail_cmd, **rcpt_cmds;
+	struct bag_smtp_client_trans *trans = client->trans;
+	struct istream *input;
+
+	/* ostream-dot adds missing CRs too, but each costs it two iovecs;
+	   istream-crlf adds them in a plain copy */
+	input = i_stream_create_crlf(trans->message);
+	i_stream_unref(&trans->message);
+	trans->message = input;
+	/* Bound the output buffer while sending (see
+	   BAG_SMTP_CLIENT_MAX_BODY_BUFFER); an unlimited one would also take
+	   in the whole message at once. */
+	trans->old_max_buffer_size =
+		o_stream_get_max_buffer_size(client->output);
+	o_stream_set_max_buffer_size(client->output,
+		I_MIN(trans->old_max_buffer_size,
+		      BAG_SMTP_CLIENT_MAX_BODY_BUFFER));
+	trans->dot_output = o_stream_create_dot(client->output, FALSE);
+	o_stream_set_flush_callback(client->output, bag_smtp_client_output,
+				    client);
+	bag_smtp_client_send_message_more(client);
+}
+
+static void bag_smtp_client_send_failed(struct bag_smtp_client *client)
+{
+	const char *error = client->send_error;
+
+	timeout_remove(&client->to_fail);
+	client->send_error = NULL;
+	/* nothing was sent: the session stays as it was */
+	bag_smtp_client_trans_callback(client, error);
+}
+
+static void
+bag_smtp_client_send(struct bag_smtp_sender *sender, pool_t pool,
+		     const struct smtp_address *mail_from,
+		     const struct smtp_params_mail *mail_params,
+		     const struct smtp_address *const *rcpts,
+		     const struct smtp_params_rcpt *const *rcpt_params,
+		     unsigned int rcpt_count, struct istream *message,
+		     bag_smtp_sender_callback_t *callback, void *context)
+{
+	struct bag_smtp_client *client =
+		container_of(sender, struct bag_smtp_client, sender);
+	struct bag_smtp_client_trans *trans;
+	struct bag_smtp_send_result *result;
 	const char *error;
 	unsigned int i;
-	bool failed;
-	int ret;
 
+	i_assert(client->trans == NULL);
 	i_assert(rcpt_count > 0);
 	i_assert(message != NULL);
 
-	i_zero(result_r);
-	bag_smtp_reply_init_unsent(&result_r->mail_reply);
-	bag_smtp_reply_init_unsent(&result_r->data_reply);
-	result_r->rcpt_replies = p_new(pool, struct smtp_reply, rcpt_count);
+	result = p_new(pool, struct bag_smtp_send_result, 1);
+	result->rcpt_replies = p_new(pool, struct smtp_reply, rcpt_count);
+	/* a reply never received: status 0, no lines */
+	result->mail_reply.text_lines = bag_smtp_no_lines;
+	result->data_reply.text_lines = bag_smtp_no_lines;
 	for (i = 0; i < rcpt_count; i++)
-		bag_smtp_reply_init_unsent(&result_r->rcpt_replies[i]);
+		result->rcpt_replies[i].text_lines = bag_smtp_no_lines;
+
+	trans = i_new(struct bag_smtp_client_trans, 1);
+	trans->pool = pool;
+	trans->result = result;
+	trans->rcpt_count = rcpt_count;
+	trans->message = message;
+	i_stream_ref(message);
+	trans->callback = callback;
+	trans->context = context;
+	client->trans = trans;
 
 	if (client->failure != NULL) {
-		*error_r = client->failure;
-		return -1;
+		/* from the ioloop, as every other outcome */
+		client->send_error = client->failure;
+		client->to_fail = timeout_add_short(0,
+			bag_smtp_client_send_failed, client);
+		return;
 	}
 	i_assert(client->ready);
-
-	T_BEGIN {
-		ret = bag_smtp_client_build_commands(client, mail_from,
-			mail_params, rcpts, rcpt_params, rcpt_count,
-			&mail_cmd, &rcpt_cmds, &error);
-		if (ret == 0) {
-			ret = bag_smtp_client_transaction(client, pool,
-				mail_cmd, rcpt_cmds, rcpt_count, message,
-				result_r, &failed, &error);
-			if (ret < 0)
-				bag_smtp_client_set_broken(client, error);
-			else if (failed && !client->broken)
-				bag_smtp_client_rset(client);
-		}
-	} T_END_PASS_STR_IF(ret < 0, &error);
-	if (ret < 0)
-		*error_r = error;
-	return ret;
+	if (bag_smtp_client_build_commands(client, pool, mail_from,
+					   mail_params, rcpts, rcpt_params,
+					   rcpt_count, trans, &error) < 0) {
+		client->send_error = p_strdup(pool, error);
+		client->to_fail = timeout_add_short(0,
+			bag_smtp_client_send_failed, client);
+		return;
+	}
+	bag_smtp_client_send_group(client);
 }
 
-void bag_smtp_client_quit(struct bag_smtp_client *client)
+static void bag_smtp_client_abort(struct bag_smtp_sender *sender)
 {
-	unsigned int timeout_msecs;
-	struct smtp_reply *reply;
-	const char *error;
+	struct bag_smtp_client *client =
+		container_of(sender, struct bag_smtp_client, sender);
 
-	if (!client->started || client->broken || client->quit_sent)
+	/* nobody knows where the protocol is now */
+	client->broken = TRUE;
+	if (client->failure == NULL)
+		client->failure = "The transaction was aborted";
+	timeout_remove(&client->to_fail);
+	bag_smtp_client_trans_free(client);
+	bag_smtp_client_idle(client);
+	array_clear(&client->expect);
+}
+
+static const struct bag_smtp_sender_vfuncs bag_smtp_client_sender_vfuncs = {
+	.send = bag_smtp_client_send,
+	.abort = bag_smtp_client_abort,
+};
+
+/*
+ * Reading replies
+ */
+
+static void
+bag_smtp_client_reply(struct bag_smtp_client *client,
+		      enum bag_smtp_client_expect expect,
+		      const struct smtp_reply *reply)
+{
+	switch (expect) {
+	case BAG_SMTP_EXPECT_GREETING:
+	case BAG_SMTP_EXPECT_EHLO:
+	case BAG_SMTP_EXPECT_HELO:
+		bag_smtp_client_start_reply(client, expect, reply);
 		return;
+	case BAG_SMTP_EXPECT_QUIT:
+		/* the reply doesn't matter */
+		bag_smtp_client_call_quit(client);
+		return;
+	default:
+		bag_smtp_client_trans_reply(client, expect, reply);
+		return;
+	}
+}
+
+/* Read the next reply. Returns 1 with it, 0 if more input is needed, -1
+   if the client failed. */
+static int
+bag_smtp_client_read_reply(struct bag_smtp_client *client,
+			   enum bag_smtp_client_expect expect,
+			   struct smtp_reply **reply_r)
+{
+	const bool enhanced =
+		(client->caps & SMTP_CAPABILITY_ENHANCEDSTATUSCODES) != 0;
+	const char *what = bag_smtp_expect_names[expect];
+	const bool greeting = expect == BAG_SMTP_EXPECT_GREETING;
+	const char *error = NULL;
+	int ret;
+
+	if (client->reply_input == NULL) {
+		/* The parser reads for as long as data keeps coming, and it
+		   bounds a reply's text but not its empty lines: give it
+		   only as many bytes as a reply may take. Destroying the
+		   limit stream moves the connection's stream past what the
+		   parser consumed. */
+		client->reply_input = i_stream_create_limit(client->input,
+			BAG_SMTP_CLIENT_MAX_REPLY_WIRE_SIZE);
+		smtp_reply_parser_set_stream(client->parser,
+					     client->reply_input);
+	}
+	if (expect == BAG_SMTP_EXPECT_EHLO) {
+		ret = smtp_reply_parse_ehlo(client->parser, reply_r, &error);
+	} else {
+		ret = smtp_reply_parse_next(client->parser, enhanced,
+					    reply_r, &error);
+	}
+	if (ret > 0)
+		return 1;
+
+	if (client->input->stream_errno != 0) {
+		bag_smtp_client_fail(client, t_strdup_printf(
+			"Connection lost %s %s: %s",
+			greeting ? "before" : "after", what,
+			i_stream_get_error(client->input)));
+		return -1;
+	}
+	/* The parser returns 0 at EOF between replies and -1 ("Premature
+	   end of input") in the middle of one. */
+	if (client->input->eof) {
+		bag_smtp_client_fail(client, greeting ?
+			"Connection closed by server before greeting" :
+			t_strdup_printf("Connection closed by server after %s",
+					what));
+		return -1;
+	}
+	if (client->reply_input->eof) {
+		/* the limit stream ended, not the connection */
+		bag_smtp_client_fail(client, greeting ?
+			"Greeting is too long" :
+			t_strdup_printf("Reply to %s is too long", what));
+		return -1;
+	}
+	if (ret < 0) {
+		i_assert(error != NULL);
+		error = str_sanitize(error, BAG_SMTP_CLIENT_MAX_ERROR_REPLY_LEN);
+		bag_smtp_client_fail(client, greeting ?
+			t_strdup_printf("Invalid greeting: %s", error) :
+			t_strdup_printf("Invalid reply to %s: %s", what, error));
+		return -1;
+	}
+	return 0;
+}
+
+static void bag_smtp_client_input(struct bag_smtp_client *client)
+{
+	enum bag_smtp_client_expect expect;
+	struct smtp_reply *reply;
+	int ret;
+
+	bag_smtp_client_ref(client);
+	while (!client->destroyed && !client->broken &&
+	       array_count(&client->expect) > 0) {
+		expect = *array_front(&client->expect);
+		T_BEGIN {
+			ret = bag_smtp_client_read_reply(client, expect,
+							 &reply);
+			if (ret > 0) {
+				array_pop_front(&client->expect);
+				if (array_count(&client->expect) == 0)
+					bag_smtp_client_idle(client);
+				else {
+					bag_smtp_client_wait(client,
+						client->set.timeout_msecs,
+						TRUE);
+				}
+				bag_smtp_client_reply(client, expect, reply);
+			}
+		} T_END;
+		if (ret <= 0)
+			break;
+		/* the next reply gets a limit of its own */
+		if (client->reply_input != NULL) {
+			smtp_reply_parser_set_stream(client->parser, NULL);
+			i_stream_unref(&client->reply_input);
+		}
+	}
+	if (!client->destroyed && array_count(&client->expect) == 0 &&
+	    client->to == NULL)
+		io_remove(&client->io);
+	bag_smtp_client_unref(&client);
+}
+
+/*
+ * Public API
+ */
+
+struct bag_smtp_client *
+bag_smtp_client_init(struct istream *input, struct ostream *output,
+		     const struct bag_smtp_client_settings *set)
+{
+	struct bag_smtp_client *client;
+	pool_t pool;
+
+	i_assert(set->my_hostname != NULL && *set->my_hostname != '\0');
+	i_assert(strpbrk(set->my_hostname, "\r\n") == NULL);
+	i_assert(set->timeout_msecs > 0);
+
+	pool = pool_alloconly_create("bag smtp client", 1024);
+	client = p_new(pool, struct bag_smtp_client, 1);
+	client->pool = pool;
+	client->refcount = 1;
+	client->sender.v = &bag_smtp_client_sender_vfuncs;
+	client->input = input;
+	i_stream_ref(input);
+	client->output = output;
+	o_stream_ref(output);
+	client->set = *set;
+	client->set.my_hostname = p_strdup(pool, set->my_hostname);
+	if (client->set.greeting_timeout_msecs == 0)
+		client->set.greeting_timeout_msecs = set->timeout_msecs;
+	p_array_init(&client->expect, pool, 8);
+	client->parser = smtp_reply_parser_init(
+		input, BAG_SMTP_CLIENT_MAX_REPLY_SIZE);
+	return client;
+}
+
+void bag_smtp_client_deinit(struct bag_smtp_client **_client)
+{
+	struct bag_smtp_client *client = *_client;
+
+	if (client == NULL)
+		return;
+	*_client = NULL;
+
+	client->destroyed = TRUE;
+	client->start_callback = NULL;
+	client->quit_callback = NULL;
+	if (client->trans != NULL)
+		client->trans->callback = NULL;
+	bag_smtp_client_trans_free(client);
+	bag_smtp_client_idle(client);
+	timeout_remove(&client->to_quit);
+	timeout_remove(&client->to_fail);
+	if (client->reply_input != NULL) {
+		smtp_reply_parser_set_stream(client->parser, NULL);
+		i_stream_unref(&client->reply_input);
+	}
+	smtp_reply_parser_deinit(&client->parser);
+	i_stream_unref(&client->input);
+	o_stream_unref(&client->output);
+	bag_smtp_client_unref(&client);
+}
+
+#undef bag_smtp_client_start
+void bag_smtp_client_start(struct bag_smtp_client *client,
+			   bag_smtp_client_start_callback_t *callback,
+			   void *context)
+{
+	i_assert(!client->started);
+	client->started = TRUE;
+	client->start_callback = callback;
+	client->start_context = context;
+	bag_smtp_client_expect(client, BAG_SMTP_EXPECT_GREETING);
+	/* the greeting may be buffered already */
+	if (i_stream_get_data_size(client->input) > 0)
+		i_stream_set_input_pending(client->input, TRUE);
+}
+
+enum smtp_capability
+bag_smtp_client_get_capabilities(struct bag_smtp_client *client)
+{
+	return client->caps;
+}
+
+struct bag_smtp_sender *
+bag_smtp_client_get_sender(struct bag_smtp_client *client)
+{
+	return &client->sender;
+}
+
+#undef bag_smtp_client_quit
+void bag_smtp_client_quit(struct bag_smtp_client *client,
+			  void (*callback)(void *context), void *context)
+{
+	client->quit_callback = callback;
+	client->quit_context = context;
+	if (!client->started || client->broken || client->quit_sent ||
+	    array_count(&client->expect) > 0 || client->trans != NULL) {
+		/* nothing to say: the callback from the ioloop */
+		client->to_quit = timeout_add_short(
+			0, bag_smtp_client_call_quit, client);
+		return;
+	}
 	client->quit_sent = TRUE;
 	client->ready = FALSE;
 	if (client->failure == NULL)
 		client->failure = "QUIT was already sent";
-
-	timeout_msecs = I_MIN(client->set.timeout_msecs,
-			      BAG_SMTP_CLIENT_QUIT_TIMEOUT_MSECS);
-	T_BEGIN {
-		if (bag_smtp_client_send_data(client, "QUIT\r\n", 6,
-					      timeout_msecs, "QUIT",
-					      &error) == 0) {
-			/* the reply doesn't matter */
-			(void)bag_smtp_client_read_reply(client, "QUIT",
-				FALSE, timeout_msecs, &reply, &error);
-		}
-	} T_END;
+	bag_smtp_client_command(client, "QUIT", BAG_SMTP_EXPECT_QUIT);
+	bag_smtp_client_flush(client);
 }

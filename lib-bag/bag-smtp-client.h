@@ -1,26 +1,34 @@
 #ifndef BAG_SMTP_CLIENT_H
 #define BAG_SMTP_CLIENT_H
 
-#include "net.h"
 #include "smtp-common.h"
-#include "smtp-params.h"
 #include "smtp-reply.h"
 
-/* The SMTP client that delivers a bag to the customer's MTA: over a new
-   connection (ETRN, backup retries, doveadm bag flush) or over the
-   connection the customer opened and then turned around (ATRN, RFC 2645).
+/* The SMTP client of the reversed ATRN session (RFC 2645): after ATRN's
+   250 the customer's MTA, on the connection it opened to us, is the SMTP
+   server, and this client delivers the bags to it.
 
-   It is synchronous: every call blocks, waiting with poll() for at most
-   timeout_msecs per reply (or per write that doesn't progress). The
-   processes that use it serve one connection or one flush each, so
-   nothing else waits meanwhile. Replies are read with lib-smtp's reply
-   parser, lines and replies are bounded, and nothing the peer sends is
-   logged unsanitized. */
+   Dovecot's lib-smtp client can't do this: it makes its own connection
+   (to a host, an IP or a unix socket) and has no way to take over the
+   streams of one that exists, here the ODMR connection whose TLS (if the
+   customer started it) lib-smtp's server runs. So this client is the
+   suite's own, and small: greeting, EHLO (HELO after a 5xx), MAIL, RCPT
+   and DATA pipelined when the server offers PIPELINING (RFC 2920), RSET
+   after a failed transaction, QUIT; everything else the flush needs
+   (the envelope, the journal, notifications) is the same code as for
+   lib-smtp's sessions (bag-smtp-sender.h).
+
+   It runs in the ioloop: every wait is an IO or a timeout, bounded by
+   the settings' timeout for each reply and for a write that doesn't
+   progress. Replies are read with lib-smtp's reply parser and bounded in
+   text size (by the parser) and in bytes on the wire (here, because the
+   parser doesn't count empty continuation lines). Nothing the peer sends
+   reaches an error string unsanitized. */
 
 struct istream;
 struct ostream;
-struct smtp_address;
 struct bag_smtp_client;
+struct bag_smtp_sender;
 
 struct bag_smtp_client_settings {
 	/* the name given in EHLO/HELO */
@@ -31,66 +39,52 @@ struct bag_smtp_client_settings {
 	unsigned int greeting_timeout_msecs;
 };
 
-/* One transaction's outcome. */
-struct bag_smtp_send_result {
-	/* the reply to MAIL FROM */
-	struct smtp_reply mail_reply;
-	/* one reply per recipient, in the order given */
-	struct smtp_reply *rcpt_replies;
-	/* the reply to DATA (354 is not kept: this is the reply after the
-	   message); status 0 if DATA wasn't sent because MAIL or every RCPT
-	   failed */
-	struct smtp_reply data_reply;
-};
+/* ret: 1 when the server is ready for mail, 0 if it refused (a non-2xx
+   greeting or EHLO/HELO reply, in reply), -1 if the connection failed or
+   timed out (error). */
+typedef void
+bag_smtp_client_start_callback_t(int ret, const struct smtp_reply *reply,
+				 const char *error, void *context);
 
-/* Connect to host:port (a name is resolved with net_gethostbyname(); each
-   address is tried in turn) with a timeout. Returns the connected fd, or
-   -1 with error_r set. */
-int bag_smtp_client_connect(const char *host, in_port_t port,
-			    unsigned int timeout_msecs, const char **error_r);
-
-/* Create a client on a connected socket's streams (referenced, not taken
-   over: the caller still unrefs its own references). fd is the socket,
-   for poll(). */
+/* Create a client on a connection's streams (referenced, not taken over:
+   the caller unrefs its own references). */
 struct bag_smtp_client *
-bag_smtp_client_init(int fd, struct istream *input, struct ostream *output,
+bag_smtp_client_init(struct istream *input, struct ostream *output,
 		     const struct bag_smtp_client_settings *set);
+/* Free the client (no callback is called after this). */
 void bag_smtp_client_deinit(struct bag_smtp_client **client);
 
 /* Read the server's greeting and introduce ourselves with EHLO (HELO when
-   EHLO gets a 5xx reply). Returns 1 when the server is ready for mail, 0
-   if it refused (a non-2xx greeting or EHLO/HELO reply, in reply_r), -1
-   if the connection failed or timed out (error_r). */
-int bag_smtp_client_start(struct bag_smtp_client *client,
-			  struct smtp_reply *reply_r, const char **error_r);
+   EHLO gets a 5xx reply); callback once it is known how that went. */
+void bag_smtp_client_start(struct bag_smtp_client *client,
+			   bag_smtp_client_start_callback_t *callback,
+			   void *context);
+#define bag_smtp_client_start(client, callback, context) \
+	bag_smtp_client_start(client, \
+		(bag_smtp_client_start_callback_t *)callback, \
+		TRUE ? context : CALLBACK_TYPECHECK(callback, void (*)( \
+			int, const struct smtp_reply *, const char *, \
+			typeof(context))))
 /* The capabilities the server listed in its EHLO reply (none after
    HELO). */
 enum smtp_capability
 bag_smtp_client_get_capabilities(struct bag_smtp_client *client);
 
-/* Send one message: MAIL FROM, one RCPT TO per recipient, DATA and the
-   message (line endings made CRLF, dot-stuffed). The MAIL and RCPT
-   commands and DATA are pipelined when the server offers PIPELINING.
-   Parameters are sent only where the server offers the extension
-   (SIZE, BODY=8BITMIME, and ENVID/RET/NOTIFY/ORCPT with DSN); others are
-   left out. rcpt_params may be NULL.
+/* The ready session's sender (bag-smtp-sender.h): a send's result holds
+   every reply (MAIL, each RCPT, the end of the message). After a failed
+   transaction (a refused MAIL, no accepted recipient, a failed DATA) the
+   client sends RSET before the callback, so that the next transaction can
+   follow. */
+struct bag_smtp_sender *
+bag_smtp_client_get_sender(struct bag_smtp_client *client);
 
-   Returns 1 when the transaction completed, with every reply in result_r
-   (allocated from pool): inspect each. Returns -1 when the connection
-   failed or timed out midway (error_r): then nothing is known to have
-   been delivered. After a failed transaction (a rejected MAIL, no
-   accepted recipient, a failed DATA) the client has sent RSET, so the
-   next call can follow on the same connection. */
-int bag_smtp_client_send(struct bag_smtp_client *client, pool_t pool,
-			 const struct smtp_address *mail_from,
-			 const struct smtp_params_mail *mail_params,
-			 const struct smtp_address *const *rcpts,
-			 const struct smtp_params_rcpt *const *rcpt_params,
-			 unsigned int rcpt_count, struct istream *message,
-			 struct bag_smtp_send_result *result_r,
-			 const char **error_r);
-
-/* Send QUIT and wait (briefly, best effort) for its reply. */
-void bag_smtp_client_quit(struct bag_smtp_client *client);
+/* Send QUIT and wait (briefly, best effort) for its reply; callback when
+   that is done (at once if nothing can be sent). */
+void bag_smtp_client_quit(struct bag_smtp_client *client,
+			  void (*callback)(void *context), void *context);
+#define bag_smtp_client_quit(client, callback, context) \
+	bag_smtp_client_quit(client, (void (*)(void *))callback, \
+		TRUE ? context : CALLBACK_TYPECHECK(callback, void (*)( \
+			typeof(context))))
 
 #endif

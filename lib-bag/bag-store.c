@@ -5,6 +5,7 @@
    that asks a running flush to look again (bag-store.h). */
 
 #include "lib.h"
+#include "array.h"
 #include "str-sanitize.h"
 #include "file-lock.h"
 #include "settings-parser.h"
@@ -20,6 +21,41 @@
 
 #define BAG_STORE_LOCK_FILE "dovecot-bag.lock"
 #define BAG_STORE_REQUEST_FILE "dovecot-bag.flush-requested"
+
+/* The locks this process holds: fcntl() locks are the process's, so a
+   process that runs several flushes (or ATRN sessions) at once must not
+   take one twice. */
+static ARRAY(char *) bag_store_locked_paths;
+
+static bool bag_store_lock_held(const char *path)
+{
+	char *held;
+
+	if (!array_is_created(&bag_store_locked_paths))
+		return FALSE;
+	array_foreach_elem(&bag_store_locked_paths, held) {
+		if (strcmp(held, path) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void bag_store_lock_forget(const char *path)
+{
+	char **held;
+	unsigned int i, count;
+
+	held = array_get_modifiable(&bag_store_locked_paths, &count);
+	for (i = 0; i < count; i++) {
+		if (strcmp(held[i], path) == 0) {
+			i_free(held[i]);
+			array_delete(&bag_store_locked_paths, i, 1);
+			break;
+		}
+	}
+	if (array_count(&bag_store_locked_paths) == 0)
+		array_free(&bag_store_locked_paths);
+}
 
 const struct setting_parser_info *bag_store_set_roots[] = {
 	&smtp_submit_setting_parser_info,
@@ -99,8 +135,10 @@ int bag_store_open(struct mail_storage_service_ctx *storage_service,
 
 void bag_store_unlock(struct bag_store *store)
 {
-	if (store->lock != NULL)
-		file_lock_free(&store->lock);
+	if (store->lock == NULL)
+		return;
+	bag_store_lock_forget(file_lock_get_path(store->lock));
+	file_lock_free(&store->lock);
 }
 
 void bag_store_close(struct bag_store **_store)
@@ -174,11 +212,14 @@ int bag_store_lock(struct bag_store *store, const char **error_r)
 		.close_on_free = TRUE,
 	};
 	const char *path, *error;
+	char *held;
 	int fd, ret;
 
 	i_assert(store->lock == NULL);
 	if (bag_store_path(store, BAG_STORE_LOCK_FILE, &path, error_r) < 0)
 		return -1;
+	if (bag_store_lock_held(path))
+		return 0;
 	fd = open(path, O_RDWR | O_CREAT, 0600);
 	if (fd == -1) {
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
@@ -190,8 +231,13 @@ int bag_store_lock(struct bag_store *store, const char **error_r)
 		i_close_fd(&fd);
 		if (ret < 0)
 			*error_r = error;
+		return ret;
 	}
-	return ret;
+	if (!array_is_created(&bag_store_locked_paths))
+		i_array_init(&bag_store_locked_paths, 4);
+	held = i_strdup(path);
+	array_push_back(&bag_store_locked_paths, &held);
+	return 1;
 }
 
 int bag_store_get_status(struct bag_store *store, bool with_size,

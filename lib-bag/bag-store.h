@@ -48,7 +48,8 @@ void bag_store_close(struct bag_store **store);
 
 /* Take the domain's flush lock (a lock file in the bag user's home)
    without waiting. Returns 1 if taken (held until bag_store_unlock() or
-   close), 0 if another process holds it, -1 on error. */
+   close), 0 if another process holds it (or this one does, for another
+   flush or session), -1 on error. */
 int bag_store_lock(struct bag_store *store, const char **error_r);
 void bag_store_unlock(struct bag_store *store);
 

@@ -523,6 +523,44 @@ static void test_bag_dsn_write_hdrs(void)
 	test_end();
 }
 
+/* A recipient whose customer's MTA was never reached: the connection
+   error is no SMTP reply, and says so in its Diagnostic-Code type. */
+static void test_bag_dsn_write_local_diagnostic(void)
+{
+	const char *const *blocks;
+	struct test_report r;
+	struct test_dsn t;
+	const char *text;
+
+	test_begin("bag_dsn_write() connection error as diagnostic");
+	test_dsn_init(&t, "");
+	t.rcpts[1].local_diagnostic = "connect(mx.customer.example:25) "
+		"failed: Connection refused\r\nX-Evil: 1";
+	text = test_dsn_write(&t);
+	test_report_parse(text, &r);
+	test_report_check_common(&r);
+	if (r.part_count == 3) {
+		blocks = test_status_blocks(r.part_body[1]);
+		test_assert(str_array_length(blocks) == 3);
+		if (str_array_length(blocks) == 3) {
+			test_assert(test_has_line(blocks[2],
+				"Diagnostic-Code: X-Dovecot-Bag; "
+				"connect(mx.customer.example:25) failed: "
+				"Connection refused X-Evil: 1"));
+			test_assert(!test_has_field(blocks[2], "Remote-MTA"));
+			/* the reply of the other one is still smtp's */
+			test_assert(test_has_line(blocks[1],
+				"Diagnostic-Code: smtp; 550 5.1.1 "
+				"<alice@customer.example>: Recipient address "
+				"rejected: User unknown"));
+		}
+		test_assert(strstr(r.part_body[0], "(4.4.7)\r\n    connect("
+				   "mx.customer.example:25) failed") != NULL);
+	}
+	test_dsn_deinit(&t);
+	test_end();
+}
+
 static void test_bag_dsn_write_full(void)
 {
 	struct test_report r;
@@ -928,6 +966,7 @@ int main(void)
 	static void (*const test_functions[])(void) = {
 		test_bag_dsn_wanted,
 		test_bag_dsn_write_hdrs,
+		test_bag_dsn_write_local_diagnostic,
 		test_bag_dsn_write_full,
 		test_bag_dsn_write_no_params,
 		test_bag_dsn_write_delayed,

@@ -1,8 +1,10 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* Unit tests of the bag SMTP client against a scripted server: a forked
-   child on the other end of a socketpair that checks every byte the client
-   sends and answers with canned replies. */
+/* Unit tests of the SMTP client of the reversed ATRN session against a
+   scripted server: a forked child on the other end of a socketpair that
+   checks every byte the client sends and answers with canned replies. The
+   client runs in the test's ioloop; each helper runs it until the
+   client's callback. */
 
 #include "lib.h"
 #include "buffer.h"
@@ -16,6 +18,7 @@
 #include "smtp-address.h"
 #include "smtp-params.h"
 #include "test-common.h"
+#include "bag-smtp-sender.h"
 #include "bag-smtp-client.h"
 
 #include <stdio.h>
@@ -56,6 +59,13 @@ struct test_session {
 	pool_t pool;
 	/* the read end of the message pipe, or -1 */
 	int msg_fd;
+
+	/* what the last callback said */
+	bool done;
+	int ret;
+	struct smtp_reply reply;
+	struct bag_smtp_send_result result;
+	const char *error;
 };
 
 static const char *test_sender = "sender@example.org";
@@ -290,7 +300,7 @@ test_session_init_full(struct test_session *session,
 	set.my_hostname = "client.example.org";
 	set.timeout_msecs = timeout_msecs;
 	set.greeting_timeout_msecs = greeting_timeout_msecs;
-	session->client = bag_smtp_client_init(session->fd, session->input,
+	session->client = bag_smtp_client_init(session->input,
 					       session->output, &set);
 }
 
@@ -321,12 +331,72 @@ static void test_session_deinit(struct test_session *session)
 	alarm(0);
 }
 
+static void test_session_run(struct test_session *session)
+{
+	if (!session->done)
+		io_loop_run(session->ioloop);
+	i_assert(session->done);
+	session->done = FALSE;
+}
+
+static void
+test_session_started(int ret, const struct smtp_reply *reply,
+		     const char *error, struct test_session *session)
+{
+	session->done = TRUE;
+	session->ret = ret;
+	i_zero(&session->reply);
+	if (reply != NULL)
+		smtp_reply_copy(session->pool, &session->reply, reply);
+	session->error = p_strdup(session->pool, error);
+	io_loop_stop(session->ioloop);
+}
+
 static int
 test_session_start(struct test_session *session, struct smtp_reply *reply_r,
 		   const char **error_r)
 {
-	*error_r = NULL;
-	return bag_smtp_client_start(session->client, reply_r, error_r);
+	bag_smtp_client_start(session->client, test_session_started, session);
+	test_session_run(session);
+	*reply_r = session->reply;
+	*error_r = session->error;
+	return session->ret;
+}
+
+static void
+test_session_sent(const struct bag_smtp_send_result *result,
+		  const char *error, struct test_session *session)
+{
+	session->done = TRUE;
+	i_zero(&session->result);
+	if (result != NULL)
+		session->result = *result;
+	session->error = p_strdup(session->pool, error);
+	session->ret = error == NULL ? 1 : -1;
+	io_loop_stop(session->ioloop);
+}
+
+/* Send the message over the client's sender. Returns 1 when the
+   transaction completed, with every reply in result_r, or -1 when the
+   session can't go on (error_r; result_r has what is known). */
+static int
+test_session_send_raw(struct test_session *session,
+		      const struct smtp_address *from,
+		      const struct smtp_params_mail *mail_params,
+		      const struct smtp_address *const *rcpts,
+		      const struct smtp_params_rcpt *const *rcpt_params,
+		      unsigned int rcpt_count, struct istream *message,
+		      struct bag_smtp_send_result *result_r,
+		      const char **error_r)
+{
+	bag_smtp_sender_send(bag_smtp_client_get_sender(session->client),
+			     session->pool, from, mail_params, rcpts,
+			     rcpt_params, rcpt_count, message,
+			     test_session_sent, session);
+	test_session_run(session);
+	*result_r = session->result;
+	*error_r = session->error;
+	return session->ret;
 }
 
 /* Send a message from sender (NULL: <>) to the first rcpt_count test
@@ -352,6 +422,8 @@ test_session_send(struct test_session *session, const char *sender,
 				t_strconcat("<", sender, ">", NULL), 0,
 				&from, &error) < 0)
 			i_unreached();
+	} else {
+		from = p_new(session->pool, struct smtp_address, 1);
 	}
 	rcpts = p_new(session->pool, struct smtp_address *, rcpt_count);
 	for (i = 0; i < rcpt_count; i++) {
@@ -362,12 +434,24 @@ test_session_send(struct test_session *session, const char *sender,
 	}
 	message = i_stream_create_from_data(message_text,
 					    strlen(message_text));
-	*error_r = NULL;
-	ret = bag_smtp_client_send(session->client, session->pool, from,
-		mail_params, (const struct smtp_address *const *)rcpts,
-		rcpt_params, rcpt_count, message, result_r, error_r);
+	ret = test_session_send_raw(session, from, mail_params,
+		(const struct smtp_address *const *)rcpts, rcpt_params,
+		rcpt_count, message, result_r, error_r);
 	i_stream_unref(&message);
 	return ret;
+}
+
+static void test_session_quit_done(struct test_session *session)
+{
+	session->done = TRUE;
+	io_loop_stop(session->ioloop);
+}
+
+static void test_session_quit(struct test_session *session)
+{
+	bag_smtp_client_quit(session->client, test_session_quit_done,
+			     session);
+	test_session_run(session);
 }
 
 static bool
@@ -489,7 +573,7 @@ static void test_pipelined_transaction(void)
 	test_assert(str_array_length(result.data_reply.text_lines) == 2 &&
 		    strcmp(result.data_reply.text_lines[1],
 			   "queued as ABC") == 0);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -544,7 +628,7 @@ static void test_helo_fallback(void)
 	/* no ENHANCEDSTATUSCODES: the code stays in the text */
 	test_assert(test_reply_is(&result.data_reply, 250, "2.0.0 Ok"));
 	test_assert(result.data_reply.enhanced_code.x == 0);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -578,14 +662,14 @@ static void test_greeting_refused(void)
 	test_assert(error != NULL && strstr(error, "refused") != NULL);
 	test_assert(test_reply_is_unsent(&result.mail_reply));
 	test_assert(test_reply_is_unsent(&result.rcpt_replies[0]));
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 
 	test_session_init(&session, script_ehlo, TEST_TIMEOUT_MSECS, 0);
 	test_assert(test_session_start(&session, &reply, &error) == 0);
 	test_assert(test_reply_is(&reply, 421, "4.3.2 Shutting down"));
 	/* QUIT meets a closed connection: no matter */
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -648,7 +732,7 @@ static void test_all_rcpts_refused_pipelined(void)
 				  "No such user"));
 	test_assert(test_reply_is(&result.data_reply, 554,
 				  "No valid recipients"));
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -707,7 +791,7 @@ static void test_refused_without_pipelining(void)
 	test_assert(test_reply_is(&result.rcpt_replies[0], 250, "Ok"));
 	test_assert(test_reply_is(&result.data_reply, 554,
 				  "No data for you"));
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -742,7 +826,7 @@ static void test_data_final_failure(void)
 	test_assert(test_reply_is(&result.data_reply, 451,
 				  "4.3.0 Local error"));
 	test_assert(str_array_length(result.data_reply.text_lines) == 2);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -811,7 +895,7 @@ static void test_connection_closed(void)
 				      "x\n", &result, &error) == -1);
 	test_assert_strcmp(error,
 			   "Connection closed by server after RCPT TO");
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 
 	/* 421: the transaction ends there, and so does the session, without
@@ -819,7 +903,9 @@ static void test_connection_closed(void)
 	test_session_init(&session, script_421, TEST_TIMEOUT_MSECS, 0);
 	test_assert(test_session_start(&session, &reply, &error) == 1);
 	test_assert(test_session_send(&session, test_sender, NULL, NULL, 2,
-				      "x\n", &result, &error) == 1);
+				      "x\n", &result, &error) == -1);
+	test_assert_strcmp(error, "Server is closing the connection: "
+			   "421 4.3.2 Shutting down");
 	test_assert(test_reply_is(&result.mail_reply, 250, "Ok"));
 	test_assert(test_reply_is(&result.rcpt_replies[0], 421,
 				  "4.3.2 Shutting down"));
@@ -829,7 +915,7 @@ static void test_connection_closed(void)
 				      "x\n", &result, &error) == -1);
 	test_assert_strcmp(error, "Server is closing the connection: "
 			   "421 4.3.2 Shutting down");
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 
 	/* closed while the message is sent: the "." line meets a closed
@@ -839,7 +925,7 @@ static void test_connection_closed(void)
 	test_assert(test_session_start(&session, &reply, &error) == 1);
 	rcpts[0] = smtp_address_create(session.pool, "rcpt1", "example.com");
 	message = i_stream_create_fd(session.msg_fd, 4096);
-	test_assert(bag_smtp_client_send(session.client, session.pool,
+	test_assert(test_session_send_raw(&session,
 		smtp_address_create(session.pool, "sender", "example.org"),
 		NULL, rcpts, NULL, 1, message, &result, &error) == -1);
 	i_stream_unref(&message);
@@ -886,7 +972,7 @@ static void test_server_silent(void)
 	test_assert_strcmp(error, "Timed out waiting for the reply to "
 			   "MAIL FROM (after 300 ms)");
 	test_assert(elapsed >= 290 && elapsed < 3000);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 
 	test_session_init(&session, script_greeting, TEST_TIMEOUT_MSECS, 200);
@@ -897,7 +983,7 @@ static void test_server_silent(void)
 		"Timed out waiting for the greeting (after 200 ms)");
 	test_assert(reply.status == 0);
 	test_assert(elapsed >= 190 && elapsed < 3000);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -934,7 +1020,7 @@ static void test_big_message_transaction(void)
 	test_assert(test_reply_is(&result.data_reply, 250, "Ok"));
 	/* the client's output limit was restored */
 	test_assert(o_stream_get_max_buffer_size(session.output) == SIZE_MAX);
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -996,7 +1082,7 @@ static void test_many_recipients(void)
 			t_strdup_printf("r%u", i), "example.com");
 	}
 	message = i_stream_create_from_data("many\n", 5);
-	test_assert(bag_smtp_client_send(session.client, session.pool,
+	test_assert(test_session_send_raw(&session,
 		smtp_address_create(session.pool, "sender", "example.org"),
 		NULL, (const struct smtp_address *const *)rcpts, NULL,
 		rcpt_count, message, &result, &error) == 1);
@@ -1006,7 +1092,7 @@ static void test_many_recipients(void)
 				(i % 2 == 0 ? 250U : 550U), i);
 	}
 	test_assert(test_reply_is(&result.data_reply, 250, "Ok"));
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
 	test_end();
 }
@@ -1091,7 +1177,7 @@ static void test_invalid_input(void)
 	rcpts[1] = smtp_address_create(session.pool, "evil",
 				       "example.com>\r\nRCPT TO:<x@y");
 	message = i_stream_create_from_data("x\n", 2);
-	test_assert(bag_smtp_client_send(session.client, session.pool,
+	test_assert(test_session_send_raw(&session,
 		smtp_address_create(session.pool, "sender", "example.org"),
 		NULL, rcpts, NULL, 2, message, &result, &error) == -1);
 	i_stream_unref(&message);
@@ -1102,42 +1188,8 @@ static void test_invalid_input(void)
 	test_assert(test_session_send(&session, test_sender, NULL, NULL, 1,
 				      "ok\n", &result, &error) == 1);
 	test_assert(test_reply_is(&result.data_reply, 250, "Ok"));
-	bag_smtp_client_quit(session.client);
+	test_session_quit(&session);
 	test_session_deinit(&session);
-	test_end();
-}
-
-static void test_connect(void)
-{
-	struct ip_addr ip;
-	in_port_t port = 0;
-	const char *error;
-	int listen_fd, fd;
-
-	test_begin("bag smtp client: connect");
-	if (net_addr2ip("127.0.0.1", &ip) < 0)
-		i_unreached();
-	listen_fd = net_listen(&ip, &port, 4);
-	if (listen_fd < 0)
-		i_fatal("net_listen() failed: %m");
-
-	fd = bag_smtp_client_connect("127.0.0.1", port, 2000, &error);
-	test_assert(fd >= 0);
-	if (fd >= 0) {
-		test_assert((fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
-		i_close_fd(&fd);
-	}
-	/* localhost may be ::1 too: each address is tried */
-	fd = bag_smtp_client_connect("localhost", port, 2000, &error);
-	test_assert(fd >= 0);
-	if (fd >= 0)
-		i_close_fd(&fd);
-	i_close_fd(&listen_fd);
-
-	fd = bag_smtp_client_connect("127.0.0.1", port, 2000, &error);
-	test_assert(fd == -1);
-	test_assert_strcmp(error, t_strdup_printf(
-		"connect(127.0.0.1:%u) failed: Connection refused", port));
 	test_end();
 }
 
@@ -1156,7 +1208,6 @@ int main(void)
 		test_many_recipients,
 		test_invalid_replies,
 		test_invalid_input,
-		test_connect,
 		NULL
 	};
 

@@ -136,6 +136,37 @@ static void test_bag_rcpt_parse(void)
 	test_end();
 }
 
+static void test_bag_retry_period_parse(void)
+{
+	static const struct {
+		const char *str;
+		unsigned int secs;
+	} tests[] = {
+		/* a number of seconds, as the manual says */
+		{ "3600", 3600 }, { "20", 20 }, { "60", 60 }, { "1", 1 },
+		{ "31536000", 31536000 },
+		{ "5d", 5*24*3600 }, { "36h", 36*3600 }, { "90 s", 90 },
+		{ "2 mins", 120 },
+		/* refused */
+		{ "0", 0 }, { "0s", 0 }, { "31536001", 0 }, { "366d", 0 },
+		{ "", 0 }, { "-5", 0 }, { "5x", 0 }, { "99999999999", 0 },
+		{ " 60", 0 },
+	};
+	const char *error;
+	unsigned int i, secs;
+	int ret;
+
+	test_begin("bag_retry_period_parse()");
+	for (i = 0; i < N_ELEMENTS(tests); i++) {
+		secs = 0;
+		ret = bag_retry_period_parse(tests[i].str, &secs, &error);
+		test_assert_idx((ret == 0) == (tests[i].secs != 0), i);
+		if (ret == 0)
+			test_assert_idx(secs == tests[i].secs, i);
+	}
+	test_end();
+}
+
 static void test_bag_modes(void)
 {
 	enum bag_mode modes;
@@ -188,6 +219,16 @@ static void test_bag_def_roundtrip(void)
 	test_assert_strcmp(decoded.atrn_identity, def.atrn_identity);
 	test_assert(decoded.auto_identity && decoded.recipient_list);
 	test_assert(decoded.created == def.created);
+	/* no TLS mode of its own: none written, bag_tls applies */
+	test_assert(strstr(json, "\"tls\"") == NULL);
+	test_assert(decoded.tls == BAG_TLS_DEFAULT);
+	def.tls = BAG_TLS_VERIFY;
+	json = bag_def_encode(&def);
+	test_assert(strstr(json, "\"tls\":\"verify\"") != NULL);
+	test_assert(bag_def_decode(json, pool_datastack_create(), &decoded,
+				   &error) == 0);
+	test_assert(decoded.tls == BAG_TLS_VERIFY);
+	def.tls = BAG_TLS_DEFAULT;
 
 	/* ATRN only: no ETRN fields */
 	def.modes = BAG_MODE_ATRN;
@@ -276,6 +317,16 @@ static void test_bag_def_decode_broken(void)
 		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
 		"\"modes\":\"pop3\",\"pop3_per_account\":\"yes\","
 		"\"created\":1}",
+		/* a TLS mode that isn't one ("default" is never stored) */
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":\"sometimes\",\"created\":1}",
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":\"default\",\"created\":1}",
+		"{\"domain\":\"example.org\",\"user\":\"_bag@example.org\","
+		"\"modes\":\"backup\",\"host\":\"mx\",\"retry_period\":60,"
+		"\"tls\":2,\"created\":1}",
 	};
 	struct bag_def def;
 	const char *error;
@@ -615,6 +666,7 @@ int main(void)
 		test_bag_host_parse,
 		test_bag_nets,
 		test_bag_rcpt_parse,
+		test_bag_retry_period_parse,
 		test_bag_modes,
 		test_bag_def_roundtrip,
 		test_bag_def_decode_broken,

@@ -12,7 +12,8 @@
      [1..4] per recipient: bit 0 delayed (else failed), with bit 6
          relayed (else delivered); bit 1 a remote MTA; bit 2 a
          diagnostic; bit 3 a last attempt; bit 4 a retry date; bit 5
-         RCPT parameters; bit 6 a success notification
+         RCPT parameters; bit 6 a success notification; bit 7 the
+         diagnostic is a connection error (X-Dovecot-Bag), not a reply
      [5] the message is read in chunks of this many bytes (0: one)
    then NUL-separated fields: the reporting MTA, the From: address, the
    return path, the MAIL parameters, and per recipient its address, RCPT
@@ -61,6 +62,8 @@
 #define FUZZ_RCPT_PARAMS 0x20
 /* a success notification: delivered, or relayed with FUZZ_RCPT_DELAYED */
 #define FUZZ_RCPT_SUCCESS 0x40
+/* the diagnostic is a connection error (local_diagnostic) */
+#define FUZZ_RCPT_LOCAL 0x80
 
 /* what the envelope keeps and lib-smtp parses */
 #define FUZZ_CAPS \
@@ -171,6 +174,10 @@ fuzz_dsn_init(struct fuzz_dsn *t, const unsigned char *data, size_t size)
 		rcpt->diagnostic = fuzz_field(&fields);
 		if ((flags & FUZZ_RCPT_DIAGNOSTIC) == 0)
 			rcpt->diagnostic = NULL;
+		else if ((flags & FUZZ_RCPT_LOCAL) != 0) {
+			rcpt->local_diagnostic = rcpt->diagnostic;
+			rcpt->diagnostic = NULL;
+		}
 		if ((flags & FUZZ_RCPT_LAST_ATTEMPT) != 0)
 			rcpt->last_attempt = FUZZ_TIME + 60;
 		if ((flags & FUZZ_RCPT_WILL_RETRY) != 0)

@@ -1,22 +1,26 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* Fuzz target: the bag flush's SMTP client (bag-smtp-client.c) reading
-   what the customer's MTA answers: the greeting, EHLO/HELO and its
-   capabilities, the replies to MAIL, RCPT and DATA (pipelined or not),
-   RSET after a failed transaction, and QUIT.
+/* Fuzz target: the SMTP client of the reversed ATRN session
+   (bag-smtp-client.c) reading what the customer's MTA answers: the
+   greeting, EHLO/HELO and its capabilities, the replies to MAIL, RCPT and
+   DATA (pipelined or not), RSET after a failed transaction, and QUIT.
+   (The sessions to a customer's host are lib-smtp's client, whose reply
+   parser is Dovecot's and fuzzed there; what the flush makes of the
+   replies is the same code for both, bag-flush.c.)
 
-   Input: one flags byte, then everything the server sends, which the
-   client reads from a memory stream: it never waits for more, so a
-   client that polls for a reply now only times out. What the client
-   writes goes to a buffer.
+   Input: one flags byte, then everything the server sends. The client runs
+   in an ioloop on one end of a socketpair; the other end is the server,
+   which writes the input as the socket takes it and then closes its side,
+   so the client never waits for more than there is. What the client
+   writes is read from that end into a buffer.
      flags bits 0-1: recipients - 1; bit 2: MAIL parameters; bit 3: RCPT
      parameters; bit 4: a second transaction; bit 5: QUIT at the end;
      bit 6: a message that ends without a line end.
 
-   Asserts: the return values are the documented ones and errors are safe
-   to log; no wait times out; every reply kept is a complete one (2xx-5xx,
-   never the 354); after a failure (-1) or a refused session the client
-   sends nothing more but QUIT where it may; everything it writes is
+   Asserts: the results are the documented ones and errors are safe to
+   log; no wait times out; every reply kept is a complete one (2xx-5xx,
+   never the 354); after a failure or a refused session the client sends
+   nothing more but QUIT where it may; everything it writes is
    CRLF-terminated lines, with at most one EHLO, one HELO and one QUIT
    (last), no more MAIL commands than transactions and no more RCPTs than
    recipients. */
@@ -29,7 +33,9 @@
 #include "ostream.h"
 #include "smtp-address.h"
 #include "smtp-params.h"
+#include "fd-util.h"
 #include "fuzz-common.h"
+#include "bag-smtp-sender.h"
 #include "bag-smtp-client.h"
 
 #include <time.h>
@@ -57,30 +63,79 @@ static const char *const fuzz_rcpt_addrs[FUZZ_RCPTS_MAX] = {
 	"rcpt3@example.com", "rcpt4@example.com",
 };
 
-/* The client polls this socket when it waits for the server. Nothing is
-   ever written to it, and its peer stays open: a wait lasts until the
-   timeout. */
-static int fuzz_poll_fds[2] = { -1, -1 };
-
 struct fuzz_session {
+	struct ioloop *ioloop;
 	struct bag_smtp_client *client;
 	buffer_t *output_buf;
 	pool_t pool;
 	unsigned char flags;
 
+	/* the server's end of the socketpair */
+	int server_fd;
+	struct io *io_server_read, *io_server_write;
+	const unsigned char *server_data;
+	size_t server_size, server_pos;
+
 	/* the transactions and recipients the client was asked to send */
 	unsigned int mail_count, rcpt_count;
-	/* a call returned -1 or the session was refused: no more mail */
+	/* a call failed or the session was refused: no more mail */
 	bool failed;
 	bool broken;
+
+	/* what the last callback said */
+	bool done;
+	int ret;
+	struct smtp_reply reply;
+	struct bag_smtp_send_result result;
+	const char *error;
 };
 
-static int fuzz_poll_fd(void)
+/* What the client wrote, as far as it came. */
+static void fuzz_server_read(struct fuzz_session *session)
 {
-	if (fuzz_poll_fds[0] == -1 &&
-	    socketpair(AF_UNIX, SOCK_STREAM, 0, fuzz_poll_fds) < 0)
-		i_fatal("socketpair() failed: %m");
-	return fuzz_poll_fds[0];
+	unsigned char buf[4096];
+	ssize_t ret;
+
+	for (;;) {
+		ret = read(session->server_fd, buf, sizeof(buf));
+		if (ret <= 0) {
+			if (ret == 0 || errno != EAGAIN)
+				io_remove(&session->io_server_read);
+			return;
+		}
+		buffer_append(session->output_buf, buf, ret);
+	}
+}
+
+/* The server says everything it has, then closes its side. */
+static void fuzz_server_write(struct fuzz_session *session)
+{
+	ssize_t ret;
+
+	while (session->server_pos < session->server_size) {
+		ret = write(session->server_fd,
+			    session->server_data + session->server_pos,
+			    session->server_size - session->server_pos);
+		if (ret < 0) {
+			if (errno == EAGAIN)
+				return;
+			/* the client is gone */
+			break;
+		}
+		session->server_pos += ret;
+	}
+	io_remove(&session->io_server_write);
+	(void)shutdown(session->server_fd, SHUT_WR);
+}
+
+static void fuzz_session_run(struct fuzz_session *session)
+{
+	if (!session->done)
+		io_loop_run(session->ioloop);
+	i_assert(session->done);
+	session->done = FALSE;
+	/* what the client wrote meanwhile */
+	fuzz_server_read(session);
 }
 
 static void fuzz_assert_error(const char *error)
@@ -102,14 +157,30 @@ static void fuzz_assert_reply(const struct smtp_reply *reply)
 	i_assert(reply->status >= 200 && reply->status < 600);
 }
 
+static void
+fuzz_session_started(int ret, const struct smtp_reply *reply,
+		     const char *error, struct fuzz_session *session)
+{
+	session->done = TRUE;
+	session->ret = ret;
+	i_zero(&session->reply);
+	if (reply != NULL)
+		smtp_reply_copy(session->pool, &session->reply, reply);
+	else
+		session->reply.text_lines = t_new(const char *, 1);
+	session->error = p_strdup(session->pool, error);
+	io_loop_stop(session->ioloop);
+}
+
 static void fuzz_session_start(struct fuzz_session *session)
 {
 	struct smtp_reply reply;
-	const char *error = NULL;
-	size_t used = session->output_buf->used;
 	int ret;
 
-	ret = bag_smtp_client_start(session->client, &reply, &error);
+	bag_smtp_client_start(session->client, fuzz_session_started, session);
+	fuzz_session_run(session);
+	ret = session->ret;
+	reply = session->reply;
 	fuzz_assert_reply(&reply);
 	switch (ret) {
 	case 1:
@@ -121,7 +192,7 @@ static void fuzz_session_start(struct fuzz_session *session)
 		session->failed = TRUE;
 		break;
 	case -1:
-		fuzz_assert_error(error);
+		fuzz_assert_error(session->error);
 		session->failed = TRUE;
 		session->broken = TRUE;
 		break;
@@ -134,7 +205,7 @@ static void fuzz_session_start(struct fuzz_session *session)
 			 SMTP_CAPABILITY_NONE);
 	}
 	/* the first thing sent is EHLO */
-	if (session->output_buf->used > used) {
+	if (session->output_buf->used > 0) {
 		i_assert(session->output_buf->used >= strlen(FUZZ_EHLO) &&
 			 memcmp(session->output_buf->data, FUZZ_EHLO,
 				strlen(FUZZ_EHLO)) == 0);
@@ -166,6 +237,20 @@ fuzz_session_data_ended(struct fuzz_session *session, size_t start,
 		(size >= 3 && memcmp(data, ".\r\n", 3) == 0);
 }
 
+static void
+fuzz_session_sent(const struct bag_smtp_send_result *result,
+		  const char *error, struct fuzz_session *session)
+{
+	/* a send always has a result here (NULL is lib-smtp's relay when
+	   its session is gone) */
+	i_assert(result != NULL);
+	session->done = TRUE;
+	session->result = *result;
+	session->error = p_strdup(session->pool, error);
+	session->ret = error == NULL ? 1 : -1;
+	io_loop_stop(session->ioloop);
+}
+
 static void fuzz_session_send(struct fuzz_session *session)
 {
 	struct smtp_params_mail mail_params;
@@ -175,7 +260,7 @@ static void fuzz_session_send(struct fuzz_session *session)
 	struct smtp_address *from;
 	struct bag_smtp_send_result result;
 	struct istream *message;
-	const char *text, *error = NULL;
+	const char *text, *error;
 	size_t used = session->output_buf->used;
 	unsigned int i, rcpt_count;
 	int ret;
@@ -210,12 +295,18 @@ static void fuzz_session_send(struct fuzz_session *session)
 
 	session->mail_count++;
 	session->rcpt_count += rcpt_count;
-	ret = bag_smtp_client_send(session->client, session->pool, from,
+	bag_smtp_sender_send(bag_smtp_client_get_sender(session->client),
+		session->pool, from,
 		(session->flags & FUZZ_FLAG_MAIL_PARAMS) != 0 ?
 		&mail_params : NULL, rcpts,
 		(session->flags & FUZZ_FLAG_RCPT_PARAMS) != 0 ?
-		rcpt_params : NULL, rcpt_count, message, &result, &error);
+		rcpt_params : NULL, rcpt_count, message,
+		fuzz_session_sent, session);
+	fuzz_session_run(session);
 	i_stream_unref(&message);
+	ret = session->ret;
+	result = session->result;
+	error = session->error;
 
 	i_assert(result.rcpt_replies != NULL);
 	fuzz_assert_reply(&result.mail_reply);
@@ -249,14 +340,11 @@ static void fuzz_session_send(struct fuzz_session *session)
 								 TRUE));
 			}
 		}
-		/* 421: the server is closing, so is the client */
-		if (result.mail_reply.status == 421 ||
-		    result.data_reply.status == 421)
-			session->broken = TRUE;
-		for (i = 0; i < rcpt_count; i++) {
-			if (result.rcpt_replies[i].status == 421)
-				session->broken = TRUE;
-		}
+		/* 421 means the server is closing: an error */
+		i_assert(result.mail_reply.status != 421 &&
+			 result.data_reply.status != 421);
+		for (i = 0; i < rcpt_count; i++)
+			i_assert(result.rcpt_replies[i].status != 421);
 		break;
 	case -1:
 		fuzz_assert_error(error);
@@ -269,11 +357,19 @@ static void fuzz_session_send(struct fuzz_session *session)
 	}
 }
 
+static void fuzz_session_quit_done(struct fuzz_session *session)
+{
+	session->done = TRUE;
+	io_loop_stop(session->ioloop);
+}
+
 static void fuzz_session_quit(struct fuzz_session *session)
 {
 	size_t used = session->output_buf->used;
 
-	bag_smtp_client_quit(session->client);
+	bag_smtp_client_quit(session->client, fuzz_session_quit_done,
+			     session);
+	fuzz_session_run(session);
 	/* a broken connection gets nothing, not even QUIT (a failed RSET
 	   breaks it too, unseen here) */
 	if (session->broken || used == session->output_buf->used) {
@@ -329,25 +425,34 @@ static void fuzz_smtp_client(const unsigned char *data, size_t size)
 	const long long start_msecs = fuzz_now_msecs();
 	struct bag_smtp_client_settings set;
 	struct fuzz_session session;
-	struct ioloop *ioloop;
 	struct istream *input;
 	struct ostream *output;
+	int fds[2];
 
 	i_zero(&session);
 	session.flags = data[0];
 	session.pool = pool_alloconly_create("fuzz smtp client", 1024);
 	session.output_buf = buffer_create_dynamic(default_pool, 1024);
+	session.ioloop = io_loop_create();
 
-	/* the client asserts an ioloop for its fd ostream */
-	ioloop = io_loop_create();
-	input = i_stream_create_from_data(data + 1, size - 1);
-	output = o_stream_create_buffer(session.output_buf);
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0)
+		i_fatal("socketpair() failed: %m");
+	fd_set_nonblock(fds[0], TRUE);
+	fd_set_nonblock(fds[1], TRUE);
+	session.server_fd = fds[1];
+	session.server_data = data + 1;
+	session.server_size = size - 1;
+	session.io_server_write = io_add(session.server_fd, IO_WRITE,
+					 fuzz_server_write, &session);
+	session.io_server_read = io_add(session.server_fd, IO_READ,
+					fuzz_server_read, &session);
+	input = i_stream_create_fd(fds[0], 4096);
+	output = o_stream_create_fd(fds[0], SIZE_MAX);
 
 	i_zero(&set);
 	set.my_hostname = FUZZ_MY_HOSTNAME;
 	set.timeout_msecs = FUZZ_TIMEOUT_MSECS;
-	session.client = bag_smtp_client_init(fuzz_poll_fd(), input, output,
-					      &set);
+	session.client = bag_smtp_client_init(input, output, &set);
 	fuzz_session_start(&session);
 	fuzz_session_send(&session);
 	if ((session.flags & FUZZ_FLAG_SECOND_TRANSACTION) != 0)
@@ -355,13 +460,18 @@ static void fuzz_smtp_client(const unsigned char *data, size_t size)
 	if ((session.flags & FUZZ_FLAG_QUIT) != 0)
 		fuzz_session_quit(&session);
 	bag_smtp_client_deinit(&session.client);
+	fuzz_server_read(&session);
 	fuzz_session_check_output(&session);
 	if (fuzz_now_msecs() - start_msecs >= FUZZ_TIMEOUT_MSECS)
 		i_panic("the client waited with all replies there");
 
 	i_stream_unref(&input);
 	o_stream_destroy(&output);
-	io_loop_destroy(&ioloop);
+	io_remove(&session.io_server_read);
+	io_remove(&session.io_server_write);
+	i_close_fd(&fds[0]);
+	i_close_fd(&fds[1]);
+	io_loop_destroy(&session.ioloop);
 	buffer_free(&session.output_buf);
 	pool_unref(&session.pool);
 }

@@ -4,7 +4,9 @@ answer), Postfix's smtp-sink, fetchmail and msmtp."""
 import asyncio
 import glob
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -19,12 +21,15 @@ from ports import free_port  # noqa: F401 (tests import it from here)
 
 
 class Received:
-    def __init__(self, mail_from, rcpts, data, mail_options, rcpt_options):
+    def __init__(self, mail_from, rcpts, data, mail_options, rcpt_options,
+                 tls=None):
         self.mail_from = mail_from
         self.rcpts = rcpts
         self.data = data
         self.mail_options = mail_options
         self.rcpt_options = rcpt_options
+        # the session's TLS protocol (e.g. "TLSv1.3"), None in the clear
+        self.tls = tls
 
     @property
     def subject(self):
@@ -52,9 +57,26 @@ class CustomerHandler:
         self.datas = 0
         self.delay = 0.0
         self.connections = 0
+        # the sessions that said EHLO (aiosmtpd's own readiness probe at
+        # start doesn't)
+        self.ehlo_sessions = set()
         self.connect_times = []
         self.open_connections = 0
         self.max_open = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname,
+                          responses):
+        with self.lock:
+            # one connection, before and after STARTTLS
+            self.ehlo_sessions.add(session.peer)
+        session.host_name = hostname
+        return responses
+
+    @property
+    def sessions(self):
+        """How many sessions said EHLO."""
+        with self.lock:
+            return len(self.ehlo_sessions)
 
     async def handle_RCPT(self, server, session, envelope, address,
                           rcpt_options):
@@ -77,12 +99,17 @@ class CustomerHandler:
             return "421 4.3.0 gone"
         if self.data_reply:
             return self.data_reply
+        tls = None
+        if session.ssl:
+            # the cipher: (name, protocol, bits)
+            cipher = session.ssl.get("cipher")
+            tls = cipher[1] if cipher else "TLS"
         with self.lock:
             self.messages.append(Received(
                 envelope.mail_from, list(envelope.rcpt_tos),
                 envelope.original_content or envelope.content,
                 list(envelope.mail_options),
-                [list(o) for o in envelope.rcpt_options]))
+                [list(o) for o in envelope.rcpt_options], tls))
         return "250 2.0.0 OK queued"
 
 
@@ -108,19 +135,30 @@ class CountingSMTP(SMTP):
 
 
 class CustomerController(Controller):
+    def __init__(self, handler, tls_context=None, **kw):
+        self.customer_tls_context = tls_context
+        super().__init__(handler, **kw)
+
     def factory(self):
         return CountingSMTP(self.handler, decode_data=False,
                             enable_SMTPUTF8=False,
-                            hostname="customer.test")
+                            hostname="customer.test",
+                            tls_context=self.customer_tls_context)
 
 
 class CustomerMTA:
-    """aiosmtpd on a loopback port, as the customer's own server."""
+    """aiosmtpd on a loopback port, as the customer's own server; with
+    cert (a (certfile, keyfile) pair) it offers STARTTLS."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, cert=None):
         self.handler = CustomerHandler()
         self.port = port or free_port()
+        tls_context = None
+        if cert is not None:
+            tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls_context.load_cert_chain(*cert)
         self.controller = CustomerController(self.handler,
+                                             tls_context=tls_context,
                                              hostname="127.0.0.1",
                                              port=self.port)
         self.running = False
@@ -227,28 +265,44 @@ def run_fetchmail(args=(), rc_text=None, timeout=60):
                               env=dict(os.environ, HOME=home))
 
 
-def fetchmail_etrn(port, domains, timeout=60):
-    """fetchmail --protocol ETRN: one ETRN per entry, verbatim."""
+def fetchmail_etrn(port, domains, timeout=60, ssl_ca=None):
+    """fetchmail --protocol ETRN: one ETRN per entry, verbatim; with
+    ssl_ca over implicit TLS (--ssl), the certificate checked against that
+    CA."""
+    tls = [] if ssl_ca is None else \
+        ["--ssl", "--sslcertck", "--sslcertfile", ssl_ca,
+         "--sslcommonname", "localhost"]
     return run_fetchmail(["--protocol", "ETRN", "--service", str(port),
-                          "--fetchdomains", ",".join(domains), "127.0.0.1"],
-                         timeout=timeout)
+                          "--fetchdomains", ",".join(domains)] + tls +
+                         ["127.0.0.1"], timeout=timeout)
 
 
-def fetchmail_odmr(port, user, password, domains, smtphost, timeout=120):
+def fetchmail_odmr(port, user, password, domains, smtphost, timeout=120,
+                   ssl_ca=None):
     """fetchmail as the customer's ODMR client, pumping the reversed
-    session to smtphost (host/port)."""
+    session to smtphost (host/port); with ssl_ca over implicit TLS
+    (fetchmail --ssl), the certificate checked against that CA."""
+    # fetchmail checks the certificate's DNS names only, not its
+    # addresses: the name it must have
+    tls = "" if ssl_ca is None else \
+        "  ssl sslcertck sslcertfile %s sslcommonname localhost\n" % ssl_ca
     return run_fetchmail(rc_text=(
         'poll 127.0.0.1 protocol ODMR service %d:\n'
         '  user "%s" password "%s" fetchdomains %s\n'
-        '  smtphost %s\n'
-        % (port, user, password, ",".join(domains), smtphost)),
+        '  smtphost %s\n%s'
+        % (port, user, password, ",".join(domains), smtphost, tls)),
         timeout=timeout)
 
 
-def msmtp_etrn(port, node, timeout=60):
+def msmtp_etrn(port, node, timeout=60, ca_file=None):
+    """msmtp --rmqs (ETRN); with ca_file over STARTTLS, the certificate
+    checked against that CA."""
+    tls = ["--tls=off"] if ca_file is None else \
+        ["--tls=on", "--tls-starttls=on", "--tls-trust-file=" + ca_file,
+         "--tls-certcheck=on"]
     return subprocess.run(
-        ["msmtp", "--host=127.0.0.1", "--port=%d" % port, "--tls=off",
-         "--auth=off", "--rmqs=" + node],
+        ["msmtp", "--host=127.0.0.1", "--port=%d" % port] + tls +
+        ["--auth=off", "--rmqs=" + node],
         capture_output=True, text=True, timeout=timeout)
 
 
@@ -265,3 +319,62 @@ def fetchmail_pop3_multidrop(port, user, password, domain, smtphost,
         % (port, domain, user, password, smtphost, domain,
            " keep" if keep else "")),
         timeout=timeout)
+
+
+class CertAuthority:
+    """A CA made with openssl for one test session, and the certificates
+    it signed: server (localhost, mx.cust.test, 127.0.0.1), and a rogue
+    self-signed one with the same names that no CA vouches for."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bag-tls-")
+        os.chmod(self.dir, 0o755)
+        self.ca = self._path("ca.pem")
+        ca_key = self._path("ca.key")
+        self.cert = self._path("server.pem")
+        self.key = self._path("server.key")
+        self.rogue_cert = self._path("rogue.pem")
+        self.rogue_key = self._path("rogue.key")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+              "-nodes"]
+        self._openssl(["req", "-x509"] + ec + ["-keyout", ca_key, "-out",
+                      self.ca, "-days", "3", "-subj", "/CN=Bag Test CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        san = "subjectAltName=DNS:localhost,DNS:mx.cust.test,IP:127.0.0.1"
+        csr = self._path("server.csr")
+        self._openssl(["req"] + ec + ["-keyout", self.key, "-out", csr,
+                      "-subj", "/CN=localhost"])
+        ext = self._path("server.ext")
+        with open(ext, "w") as f:
+            f.write(san + "\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n")
+        self._openssl(["x509", "-req", "-in", csr, "-CA", self.ca,
+                       "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+                       "-out", self.cert, "-extfile", ext])
+        self._openssl(["req", "-x509"] + ec + ["-keyout", self.rogue_key,
+                      "-out", self.rogue_cert, "-days", "2", "-subj",
+                      "/CN=localhost", "-addext", san])
+        for name in os.listdir(self.dir):
+            os.chmod(self._path(name), 0o644)
+        # the names OpenSSL's CA directory lookup wants (fetchmail's
+        # sslcertpath)
+        subprocess.run(["openssl", "rehash", self.dir], check=False,
+                       capture_output=True)
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _openssl(self, args):
+        r = subprocess.run(["openssl"] + args, capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s: %s" % (args[0], r.stderr))
+
+    def dovecot_config(self):
+        """Dovecot's ssl settings for these certificates."""
+        return ("ssl = yes\nssl_cert = <%s\nssl_key = <%s\n"
+                % (self.cert, self.key))
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)

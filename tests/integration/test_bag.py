@@ -129,6 +129,20 @@ def bag_files(sb, user="_bag@" + DOMAIN):
     return out
 
 
+def bag_journal(sb, user="_bag@" + DOMAIN):
+    """The flush journal of a bag: {recipient number: last state}, for
+    its only message (lib-bag/bag-journal.h)."""
+    local, domain = user.split("@")
+    path = os.path.join(sb.dir, "mail", domain, local, "dovecot-bag.journal")
+    states = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                _, idx, state = line.rstrip("\n").split("\t")
+                states[int(idx)] = state
+    return states
+
+
 def etrn_port(sb):
     return sb.info["etrn"]["port"]
 
@@ -410,12 +424,10 @@ def test_5xx_bounces_4xx_keeps(bag_sandbox, customer):
     r = sb.doveadm("bag", "flush", DOMAIN, json_output=True).json[0]
     assert r["bounced"] == "1" and r["deferred"] == "1"
     assert [m.rcpts for m in customer.messages] == [["ok@" + DOMAIN]]
-    # the message stays, for the waiting recipient only
-    files = bag_files(sb)
-    assert len(files) == 1
-    with open(files[0], "rb") as f:
-        head = f.read().split(b"\n\n")[0].decode()
-    assert head.count("X-Bag-Rcpt-To") == 1 and "<later@cust.test>" in head
+    # the message stays as it came; the bag's journal says which of its
+    # recipients are done (gone@ notified, ok@ delivered)
+    assert len(bag_files(sb)) == 1
+    assert bag_journal(sb) == {0: "s", 1: "d"}
 
     # the sender got a DSN, from the null sender, that a bounce parser
     # reads as gone@ failed permanently
@@ -649,7 +661,7 @@ def test_flush_process_killed_midway(bag_sandbox, customer):
     s.close()
     customer.wait_for(2, timeout=30)
     # this instance's bag processes: the one sending the bag among them
-    out = subprocess.run(["pgrep", "-f", "mirror-sandbox-%d/bag$"
+    out = subprocess.run(["pgrep", "-f", "mirror-sandbox-%d/bag -f$"
                           % sb.info["lmtp"]["port"]],
                          capture_output=True, text=True).stdout.split()
     killed = 0
@@ -834,3 +846,91 @@ def test_monthly_usage_and_limits(make_sandbox):
     sb.doveadm("bag", "remove", "-f", "two.test")
     r = sb.doveadm("bag", "usage", "two.test", json_output=True)
     assert r.json[0]["messages"] == "1"
+
+
+# what the flush tells: its log line, its event, the notifications
+
+
+def test_etrn_flush_that_cannot_connect_counts_what_waits(bag_sandbox):
+    sb = bag_sandbox
+    port = CustomerMTA().port      # nothing listens there
+    bag_add(sb, nets="127.0.0.1", host="127.0.0.1:%d" % port)
+    for i in range(4):
+        deliver(sb, ["a@" + DOMAIN], subject="w%d" % i)
+    s = SMTPSession(etrn_port(sb))
+    s.cmd("EHLO client.test")
+    assert s.cmd("ETRN " + DOMAIN)[0] == 253
+    s.close()
+    log = sb.wait_log("Flush of cust.test (etrn): ")
+    assert re.search(r"Flush of cust\.test \(etrn\): 0 delivered, 4 "
+                     r"waiting, 0 recipients bounced in [0-9.]+ s; "
+                     r"stopped: .*connect", log), log[-2000:]
+    assert bag_messages(sb) == 4
+
+
+def test_flush_event_lasts_as_long_as_the_flush(make_sandbox, customer):
+    """bag_flush_finished is created when the flush starts: Dovecot's
+    statistics see how long it took."""
+    sb = make_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"},
+                      config="metric bag_flushes {\n"
+                             "  filter = event=bag_flush_finished\n"
+                             "}\n")
+    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
+    for i in range(2):
+        deliver(sb, ["a@" + DOMAIN], subject="t%d" % i)
+    customer.handler.delay = 0.5
+    sb.doveadm("bag", "flush", DOMAIN)
+
+    def metric():
+        for m in sb.doveadm("stats", "dump", json_output=True).json:
+            if m["metric_name"] == "bag_flushes" and \
+                    m["field"] == "duration":
+                return m
+        return None
+    wait_until(lambda: metric() is not None and int(metric()["count"]) == 1,
+               what="the flush in the statistics")
+    # two messages, each answered after 0.5 s (durations are in usecs)
+    assert int(metric()["sum"]) >= 1000000, metric()
+
+
+def test_cram_md5_only_where_odmr_authenticates(bag_sandbox):
+    """CRAM-MD5 is for fetchmail's ODMR mode: IMAP and POP3 don't offer it
+    (their users' ARGON2ID and SHA512-CRYPT hashes can't do it)."""
+    sb = bag_sandbox
+    row = bag_add(sb, identity="odmr@" + DOMAIN)
+    imap = imaplib.IMAP4(sb.info["imap"]["host"], sb.info["imap"]["port"])
+    caps = imap.capabilities
+    imap.logout()
+    assert "AUTH=PLAIN" in caps and "AUTH=CRAM-MD5" not in caps, caps
+    import poplib
+    pop = poplib.POP3(sb.info["pop3"]["host"], sb.info["pop3"]["port"])
+    mechs = pop._shortcmd("AUTH") if False else pop.capa().get("SASL", [])
+    pop.quit()
+    assert "PLAIN" in mechs and "CRAM-MD5" not in mechs, mechs
+    # fetchmail tries the strongest mechanism offered: it logs in at once
+    from peers import run_fetchmail
+    r = run_fetchmail(rc_text=(
+        "poll 127.0.0.1 protocol IMAP service %d:\n"
+        "  user \"%s\" password \"%s\" sslproto '' keep fetchall\n"
+        "  mda \"/bin/cat >/dev/null\"\n"
+        % (sb.info["imap"]["port"], LOCAL, "secret")))
+    out = r.stdout + r.stderr
+    assert r.returncode in (0, 1), out     # 1: no mail
+    assert "CRAM-MD5" not in out and "AUTHENTICATE PLAIN" in out.upper() \
+        or "LOGIN" in out, out
+    # ODMR still offers it, and fetchmail's ODMR mode uses it
+    s = SMTPSession(odmr_port(sb))
+    code, text = s.cmd("EHLO client.test")
+    s.close()
+    assert any(l.startswith("AUTH ") and "CRAM-MD5" in l
+               for l in text.split("\n")), text
+    deliver(sb, ["a@" + DOMAIN])
+    sink = SmtpSink()
+    try:
+        r = fetchmail_odmr(odmr_port(sb), "odmr@" + DOMAIN,
+                           row["atrn_password"], [DOMAIN],
+                           "127.0.0.1/%d" % sink.port)
+        assert r.returncode == 0 and "AUTH CRAM-MD5" in r.stdout + r.stderr
+        sink.wait_for(1)
+    finally:
+        sink.stop()

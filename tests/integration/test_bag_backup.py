@@ -6,6 +6,7 @@ notification a bounce parser reads, and warns about delays when told to."""
 import email
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -43,6 +44,11 @@ def test_backup_add_and_bad_input(make_sandbox):
     row = backup_add(sb, 2525, period="3d")
     assert row["modes"] == "backup" and row["retry_period"] == "259200"
     assert row["host"] == "127.0.0.1:2525"
+    # a number of seconds, as the manual says, and with a unit
+    for period, secs in (("3600", "3600"), ("20", "20"), ("60", "60"),
+                         ("90s", "90"), ("2 mins", "120")):
+        row = backup_add(sb, 2525, period=period, domain="p%s.test" % secs)
+        assert row["retry_period"] == secs, (period, row)
     for args in (["-b", DOMAIN], ["-b", "-p", "0", "-h", "mx", "x.test"],
                  ["-b", "-p", "400d", "-h", "mx", "x.test"],
                  ["-p", "3d", "-h", "mx", "-a", "o@x.test", "x.test"],
@@ -50,7 +56,9 @@ def test_backup_add_and_bad_input(make_sandbox):
         r = sb.doveadm("bag", "add", *args, check=False)
         assert r.returncode == 64, (args, r.stderr)
     assert [r["domain"] for r in
-            sb.doveadm("bag", "list", json_output=True).json] == [DOMAIN]
+            sb.doveadm("bag", "list", json_output=True).json] == [
+        DOMAIN, "p120.test", "p20.test", "p3600.test", "p60.test",
+        "p90.test"]
 
 
 @pytest.mark.xdist_group("clock")
@@ -126,9 +134,22 @@ def test_give_up_bounces_with_4_4_7(make_sandbox):
     fields = "\n".join(str(p) for p in dsn.get_payload()[1].get_payload())
     assert "Status: 4.4.7" in fields and "Action: failed" in fields
     assert "Original-Envelope-Id: give-up-1" in fields
-    assert "connect" in fields        # the last reason, as diagnostic
+    # the last reason, a connection error: not an SMTP reply
+    assert "Diagnostic-Code: smtp;" not in fields
+    assert re.search(r"Diagnostic-Code: X-Dovecot-Bag; .*connect", fields,
+                     re.IGNORECASE), fields
+    assert "Remote-MTA" not in fields
     assert dsn["From"].startswith("Mail Delivery System <MAILER-DAEMON@")
     sb.wait_log("(backup)")
+    # the bag is empty: no more tries at the dead host, and the bounces
+    # stay in the last flush's result
+    show = bag_show(sb)
+    assert show["bounced"] == "2" and show["next_retry"] == ""
+    tries = sb.log().count("backup cust.test: try")
+    time.sleep(6)
+    assert sb.log().count("backup cust.test: try") == tries
+    show = bag_show(sb)
+    assert show["bounced"] == "2" and show["failed_tries"] == "0"
 
 
 def test_5xx_bounces_at_once(make_sandbox):

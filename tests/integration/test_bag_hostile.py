@@ -251,13 +251,24 @@ def test_lmtp_refuses_hostile_recipients(bag_sandbox):
 
 def test_flood_of_etrn_connections(bag_sandbox, customer):
     """Many clients at once: every one gets its reply, one flush runs at
-    a time, and every message arrives once."""
+    a time, and every message arrives once. An address has at most
+    bag_max_connections_per_ip (10) connections: the next is refused."""
     sb = bag_sandbox
     bag_add(sb, nets="127.0.0.1", host=customer.hostport)
     for i in range(5):
         deliver(sb, ["a@" + DOMAIN], subject="f%d" % i)
     customer.handler.delay = 0.2
-    sessions = [SMTPSession(etrn_port(sb)) for _ in range(15)]
+    sessions = [SMTPSession(etrn_port(sb)) for _ in range(10)]
+    # the eleventh, to either listener, is refused
+    for port in (etrn_port(sb), odmr_port(sb)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        reply = raw_reply(s)
+        assert reply.startswith("421 4.7.0 ") and reply.endswith(
+            " Too many connections from your address\r\n"), reply
+        assert raw_reply(s) is None
+        s.close()
+    sb.wait_log("etrn: Refused a connection from 127.0.0.1: it has 10 "
+                "already (bag_max_connections_per_ip)")
     codes = []
     for s in sessions:
         s.cmd("EHLO client.test")
@@ -320,7 +331,7 @@ def test_flush_listener_checks_version_and_requests(bag_sandbox, customer):
     got = flush_socket_exchange(
         sb, (version + "FLUSH\t" + "a" * 5000 + "\n").encode())
     assert got in (version, ""), got
-    sb.wait_log("bag: Error: bag-flush: Request too long")
+    sb.wait_log("bag-flush: Error: Request too long")
     time.sleep(0.5)
     assert customer.messages == [] and bag_messages(sb) == 1
     # and a good one

@@ -162,8 +162,6 @@ def test_openmetrics_counts_every_event_with_its_duration(make_sandbox):
         (metrics["mirror_expire_runs"], run_secs)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: bag_flush_finished is "
-                   "created as the flush ends, so its duration is nil")
 def test_openmetrics_bag_flush_duration_is_the_flush(make_sandbox):
     port = free_port()
     sb = make_sandbox(config=stats_config(port),

@@ -27,6 +27,12 @@
 
 /* Open storages kept per connection; the least recently used goes first. */
 #define MIRROR_COPIER_MAX_STORAGES 16
+/* An open mailbox keeps what its commits appended to its index: the
+   transaction logs it has read (up to a megabyte each before they rotate,
+   two for mdbox with its map) and a record per message. A storage that
+   took this many copies is closed and opened again at its next copy, so
+   that the LMTP process of a long connection stays small. */
+#define MIRROR_STORAGE_MAX_COPIES 256
 
 struct mirror_storage {
 	char *username;
@@ -35,6 +41,8 @@ struct mirror_storage {
 	struct mailbox *box;
 	struct mirror_privileges privs;
 	time_t last_used;
+	/* copies since the mailbox was opened */
+	unsigned int copies;
 };
 
 struct mirror_copier {
@@ -274,6 +282,10 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 	struct mirror_storage *storage;
 
 	storage = mirror_copier_find(copier, username);
+	if (storage != NULL && storage->copies >= MIRROR_STORAGE_MAX_COPIES) {
+		mirror_copier_forget(copier, storage);
+		storage = NULL;
+	}
 	if (storage != NULL) {
 		if (!mirror_storage_activate(storage, error_r))
 			return -1;
@@ -285,6 +297,7 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 		array_push_back(&copier->storages, &storage);
 	}
 	storage->last_used = ioloop_time;
+	storage->copies++;
 	*storage_r = storage;
 	return 0;
 }

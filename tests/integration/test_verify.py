@@ -286,3 +286,19 @@ def test_concurrent_deliveries_keep_one_chain(sandbox):
     fields = [l.split(" ") for l in chain_lines(sandbox, AUDIT, m["id"])]
     assert [int(f[1]) for f in fields] == list(range(1, total + 1))
     assert len({f[4] for f in fields}) == total
+
+
+def test_long_connection_keeps_every_copy_in_its_chain(sandbox):
+    """One LMTP connection reopens a storage after 256 copies (so that its
+    process stays small): the copies after that go on, in the same chain."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    replies = sandbox.deliver_many([ALICE], 300)
+    for r in replies:
+        ok(r)
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0, err
+    assert counts(row) == dict(records=300, present=300, expired=0,
+                               missing=0, altered=0)
+    assert row["chain"] == "ok"
+    assert [int(l.split(" ")[1]) for l in
+            chain_lines(sandbox, AUDIT, m["id"])] == list(range(1, 301))

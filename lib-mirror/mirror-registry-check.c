@@ -454,9 +454,14 @@ static void mirror_check_sources(struct mirror_check *mc)
 			array_push_back(&rebuilt, &src->name);
 	}
 	if (mc->sources_problem != NULL) {
+		/* without an iteration the definitions are found through
+		   the id index: a mirror whose id key is lost too isn't */
 		registry_check_fixed(mc->check, MIRROR_KEY_SOURCES,
-				     mc->sources_problem,
-				     "rebuilt from the definitions");
+			mc->sources_problem,
+			registry_check_iterated(mc->check) ?
+			"rebuilt from the definitions" :
+			"rebuilt from the definitions the id index names "
+			"("MIRROR_KEY_ID")");
 		mc->sources_changed = TRUE;
 	}
 	if (mc->sources_changed) {

@@ -31,6 +31,9 @@ struct mirror_check_source {
 	bool exists;
 	/* its definitions can't be read, or aren't its own */
 	bool unknown;
+	/* source/<name> is lost, and its definitions were found in the
+	   storage lists */
+	bool recovered;
 	ARRAY_TYPE(mirror_def) defs;
 };
 
@@ -389,6 +392,113 @@ static void mirror_check_gather(struct mirror_check *mc)
 	} while (again);
 }
 
+/* The problem of a source whose key is lost. */
+static const char *
+mirror_check_lost_problem(const struct mirror_check_source *src)
+{
+	return src->listed ? "missing, but "MIRROR_KEY_SOURCES" lists it" :
+		"missing, but the id index ("MIRROR_KEY_ID") names it";
+}
+
+/* Whether the id index names source for mirror id. */
+static bool
+mirror_check_id_names(struct mirror_check *mc, unsigned int id,
+		      const char *source)
+{
+	const struct mirror_check_id *entry;
+
+	array_foreach(&mc->ids, entry) {
+		if (entry->id == id && strcmp(entry->source, source) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+/* A source that the list or the id index names and whose definitions are
+   lost: each storage list holds a copy of the definitions of the mirrors
+   that copy into it, so they are taken from there. Only after an
+   iteration finds every storage list; without one (Redis) the source is
+   left. */
+static void mirror_check_recover(struct mirror_check *mc)
+{
+	struct mirror_check_source *src;
+	ARRAY_TYPE(const_string) names;
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def, *have;
+	const char *name, *key, *value, *error;
+	bool lost = FALSE;
+
+	array_foreach_elem(&mc->sources, src) {
+		if (src->exists || src->unknown)
+			continue;
+		lost = TRUE;
+		if (registry_check_iterated(mc->check))
+			continue;
+		/* nothing can be said of what is derived from it */
+		src->unknown = TRUE;
+		registry_check_left(mc->check, mirror_source_key(src->name),
+			mirror_check_lost_problem(src),
+			"its mirrors may be in a storage list ("
+			MIRROR_KEY_STORAGE"<user>), which the dict can't "
+			"search (Redis): set it again from there by hand "
+			"(doveadm dict set), or if none holds them, remove "
+			"it from "MIRROR_KEY_SOURCES" and its "MIRROR_KEY_ID
+			" keys");
+	}
+	if (!lost || !registry_check_iterated(mc->check))
+		return;
+
+	t_array_init(&names, 64);
+	registry_check_names(mc->check, MIRROR_KEY_STORAGE, &names);
+	array_foreach_elem(&names, name) {
+		key = t_strconcat(MIRROR_KEY_STORAGE, name, NULL);
+		value = registry_check_get(mc->check, key);
+		t_array_init(&defs, 4);
+		if (value == NULL ||
+		    mirror_defs_decode(value, mc->pool, &defs, &error) < 0)
+			continue;
+		array_foreach(&defs, def) {
+			src = hash_table_lookup(mc->source_hash, def->source);
+			if (src == NULL || src->exists || src->unknown)
+				continue;
+			/* the list or the id index must name it */
+			if (!src->listed &&
+			    !mirror_check_id_names(mc, def->id, def->source))
+				continue;
+			have = array_bsearch(&src->defs, def,
+					     mirror_def_id_cmp);
+			if (have != NULL) {
+				if (mirror_def_equals(have, def))
+					continue;
+				src->unknown = TRUE;
+				registry_check_left(mc->check,
+					mirror_source_key(src->name),
+					t_strdup_printf("missing, and the "
+						"storage lists hold different "
+						"definitions of mirror %u",
+						def->id),
+					"set it again by hand (doveadm dict "
+					"set)");
+				continue;
+			}
+			array_push_back(&src->defs, def);
+			array_sort(&src->defs, mirror_def_id_cmp);
+			src->recovered = TRUE;
+		}
+	}
+	array_foreach_elem(&mc->sources, src) {
+		if (!src->recovered || src->unknown)
+			continue;
+		key = mirror_source_key(src->name);
+		registry_check_set(mc->check, key,
+				   mirror_defs_encode(&src->defs));
+		registry_check_fixed(mc->check, key,
+			mirror_check_lost_problem(src),
+			"rebuilt from the storage lists ("
+			MIRROR_KEY_STORAGE")");
+	}
+}
+
 static void mirror_check_read(struct mirror_check *mc)
 {
 	const struct mirror_check_id *entry;
@@ -399,6 +509,7 @@ static void mirror_check_read(struct mirror_check *mc)
 	mirror_check_read_ids(mc);
 	mirror_check_read_source_keys(mc);
 	mirror_check_read_sources(mc);
+	mirror_check_recover(mc);
 	mirror_check_gather(mc);
 
 	array_foreach(&mc->defs, def)
@@ -424,12 +535,14 @@ static void mirror_check_sources(struct mirror_check *mc)
 			array_push_back(&rebuilt, &src->name);
 		if (src->unknown)
 			continue;
-		if (src->listed && !src->exists) {
+		if (src->listed && !src->exists && !src->recovered) {
 			if (mc->sources_problem == NULL) {
 				registry_check_fixed(mc->check, key,
 					"missing, but "MIRROR_KEY_SOURCES
 					" lists it",
-					"dropped from "MIRROR_KEY_SOURCES);
+					"dropped from "MIRROR_KEY_SOURCES
+					": no storage list holds its "
+					"mirrors either");
 			}
 			mc->sources_changed = TRUE;
 		} else if (src->exists && !has_defs) {

@@ -300,3 +300,73 @@ def test_a_broken_marker_is_left_and_nothing_else_is_checked(make_sandbox):
             "registry is yours, unset the marker (doveadm dict unset) and " \
             "run doveadm mirror init --upgrade"
     assert sb.registry_get("mirror/sources") is None
+
+
+def test_a_lost_definition_is_taken_from_its_storage_list(make_sandbox):
+    """Each storage list holds a copy of the definitions of the mirrors
+    that copy into it; only an iteration finds those lists."""
+    sb, m1, m2 = populated(make_sandbox)
+    source = "mirror/source/" + ALICE
+    good = sb.registry_get(source)
+    unset(sb, source)
+    # the mirror doesn't copy any more
+    sb.deliver([ALICE])
+    assert sb.maildir_count(AUDIT) == 2
+    problem = "missing, but shared/mirror/sources lists it"
+    if redis(sb):
+        row = ("shared/" + source, problem, "left: its mirrors may be in "
+               "a storage list (shared/mirror/storage/<user>), which the "
+               "dict can't search (Redis): set it again from there by hand "
+               "(doveadm dict set), or if none holds them, remove it from "
+               "shared/mirror/sources and its shared/mirror/id/ keys")
+        assert check(sb) == (65, not_searched(sb) + [row])
+        assert check(sb, "--repair") == (65, not_searched(sb) + [row])
+        assert sb.registry_get(source) is None
+        sb.registry_set(source, sb.registry_get("mirror/storage/" + AUDIT))
+    else:
+        row = ("shared/" + source, problem, "would be rebuilt from the "
+               "storage lists (shared/mirror/storage/)")
+        assert check(sb) == (65, [row])
+        assert check(sb, "--repair") == (0, repaired([row]))
+    assert check(sb) == (0, not_searched(sb))
+    assert json.loads(sb.registry_get(source)) == json.loads(good)
+    sb.deliver([ALICE])
+    assert sb.maildir_count(AUDIT) == 3
+
+
+def test_a_definition_lost_everywhere(make_sandbox):
+    """With no storage list to take it from, the mirror is gone: the
+    file dict's check drops what is left of it (but the storage user's
+    login, which is the administrator's); on Redis it can't know that no
+    storage list has it, and leaves it."""
+    sb, m1, m2 = populated(make_sandbox)
+    source = "shared/mirror/source/" + BOB
+    unset(sb, source[len("shared/"):])
+    unset(sb, "mirror/storage/" + m2["storage"])
+    problem = "missing, but shared/mirror/sources lists it"
+    if redis(sb):
+        row = (source, problem, "left: its mirrors may be in a storage "
+               "list (shared/mirror/storage/<user>), which the dict can't "
+               "search (Redis): set it again from there by hand (doveadm "
+               "dict set), or if none holds them, remove it from "
+               "shared/mirror/sources and its shared/mirror/id/ keys")
+        assert check(sb, "--repair") == (65, not_searched(sb) + [row])
+        assert sb.registry_get("mirror/id/" + m2["id"]) == BOB
+        return
+    status = "shared/mirror/status/%s/" % m2["id"]
+    gone = "of mirror %s, which doesn't exist" % m2["id"]
+    logins = [("shared/mirror/%s/%s" % (kind, m2["storage"]),
+               "a login of no mirror, bag, ATRN identity or POP3 box",
+               "left: removing a login is the administrator's call "
+               "(doveadm dict unset)") for kind in ("user", "userdb")]
+    assert check(sb, "--repair") == (65, [
+        (source, problem, "dropped from shared/mirror/sources: no storage "
+         "list holds its mirrors either"),
+        ("shared/mirror/id/" + m2["id"], "names %s, which has no mirror %s"
+         % (BOB, m2["id"]), "removed"),
+        (status + "copies", gone, "removed"),
+        (status + "failures", gone, "removed")] + logins)
+    assert check(sb) == (65, logins)
+    assert [x["id"] for x in sb.doveadm("mirror", "list",
+                                         json_output=True).json] == [
+        m1["id"]]

@@ -35,12 +35,19 @@
 #include "doveadm-mirror.h"
 
 #include <sysexits.h>
+#include <time.h>
 
 /* how long --repair waits for the registry's lock */
 #define MIRROR_CHECK_LOCK_TIMEOUT_MSECS (30*1000)
 
 struct mirror_check_cmd {
 	pool_t pool;
+	struct registry *reg;
+	/* --repair holds the registry's lock: when it was last renewed,
+	   and why renewing it failed */
+	bool locked;
+	time_t lock_refreshed;
+	const char *lock_error;
 	/* opened when a storage is first needed */
 	struct mail_storage_service_ctx *service;
 	/* the identity to go back to after a storage was opened */
@@ -61,6 +68,21 @@ static void mirror_check_privileges_restore(struct mirror_check_cmd *cmd)
 
 	if (mirror_privileges_set(&cmd->privs, &error) < 0)
 		i_fatal("%s", error);
+}
+
+/* Opening storages takes its time: renew the lock's lease (between the
+   check's lookups, with no transaction open) before it can run out. */
+static void mirror_check_lock_refresh(struct mirror_check_cmd *cmd)
+{
+	const char *error;
+	time_t now = time(NULL);
+
+	if (!cmd->locked || cmd->lock_error != NULL ||
+	    now - cmd->lock_refreshed < REGISTRY_LOCK_LEASE_SECS / 4)
+		return;
+	if (registry_lock_refresh(cmd->reg, &error) < 0)
+		cmd->lock_error = p_strdup(cmd->pool, error);
+	cmd->lock_refreshed = now;
 }
 
 static int
@@ -88,6 +110,7 @@ mirror_check_chain_copies(const struct mirror_def *def, void *context,
 	}
 	doveadm_mirror_inbox_close(&inbox);
 	mirror_check_privileges_restore(cmd);
+	mirror_check_lock_refresh(cmd);
 	if (ret > 0) {
 		array_foreach(&records, rec) {
 			if (rec->type == MIRROR_CHAIN_RECORD_COPY)
@@ -104,9 +127,13 @@ mirror_check_oldest_saved(const char *storage, void *context,
 {
 	struct mirror_check_cmd *cmd = context;
 
+	int ret;
+
 	/* what doveadm mirror expire --rebuild-index sets */
-	return mirror_expire_storage_oldest(mirror_check_service(cmd), NULL,
-					    storage, oldest_r, error_r);
+	ret = mirror_expire_storage_oldest(mirror_check_service(cmd), NULL,
+					   storage, oldest_r, error_r);
+	mirror_check_lock_refresh(cmd);
+	return ret;
 }
 
 static int
@@ -134,6 +161,7 @@ mirror_check_inbox_count(const char *user, void *context,
 	}
 	doveadm_mirror_inbox_close(&inbox);
 	mirror_check_privileges_restore(cmd);
+	mirror_check_lock_refresh(cmd);
 	return ret > 0 ? 0 : -1;
 }
 
@@ -194,6 +222,8 @@ mirror_check_run(struct mirror_check_cmd *cmd, struct registry *reg,
 		if (registry_lock(reg, MIRROR_CHECK_LOCK_TIMEOUT_MSECS,
 				  error_r) < 0)
 			return -1;
+		cmd->locked = TRUE;
+		cmd->lock_refreshed = time(NULL);
 	}
 	if (registry_check_load(check, error_r) < 0)
 		return -1;
@@ -204,6 +234,12 @@ mirror_check_run(struct mirror_check_cmd *cmd, struct registry *reg,
 	registry_check_logins_unused(check);
 	if ((error = registry_check_failed(check)) != NULL) {
 		*error_r = error;
+		return -1;
+	}
+	if (cmd->lock_error != NULL) {
+		*error_r = t_strconcat("Renewing the registry's lock failed, "
+				       "nothing was repaired: ",
+				       cmd->lock_error, NULL);
 		return -1;
 	}
 	*found_r = TRUE;
@@ -224,6 +260,7 @@ static void cmd_mirror_check(struct doveadm_cmd_context *cctx)
 		return;
 	i_zero(&cmd);
 	cmd.pool = pool_alloconly_create("mirror check", 512);
+	cmd.reg = reg;
 	mirror_privileges_get(cmd.pool, &cmd.privs);
 	check = registry_check_init(reg, repair);
 

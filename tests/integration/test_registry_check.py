@@ -370,3 +370,37 @@ def test_a_definition_lost_everywhere(make_sandbox):
     assert [x["id"] for x in sb.doveadm("mirror", "list",
                                          json_output=True).json] == [
         m1["id"]]
+
+
+def test_repair_holds_the_lock_while_administrators_work(make_sandbox):
+    """check --repair reads and writes under the registry's lock: a mirror
+    added meanwhile is never taken for damage (on Redis, where check reads
+    key by key, a half-seen add would be), and nothing is lost."""
+    import threading
+    sb, m1, m2 = populated(make_sandbox)
+    adds = ["u%d@example.com" % i for i in range(30)]
+    failures, checks = [], []
+
+    def admin():
+        for source in adds:
+            r = sb.doveadm("mirror", "add", "-s", AUDIT, source,
+                           check=False)
+            if r.returncode != 0:
+                failures.append((source, r.stderr))
+
+    def checker():
+        for _ in range(8):
+            checks.append(check(sb, "--repair"))
+
+    threads = [threading.Thread(target=admin),
+               threading.Thread(target=checker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert checks == [(0, not_searched(sb))] * 8
+    listed = sb.doveadm("mirror", "list", json_output=True).json
+    assert len(listed) == 2 + len(adds)
+    assert len(json.loads(sb.registry_get("mirror/storage/" + AUDIT))) == \
+        1 + len(adds)

@@ -21,6 +21,9 @@ static const char *const registry_check_prefixes[] = {
 	REGISTRY_KEY_MIRROR, REGISTRY_KEY_BAG
 };
 
+/* the longest key, problem or action a row shows */
+#define REGISTRY_CHECK_TEXT_MAX 1024
+
 /* the value of a key that was looked up and doesn't exist */
 static const char registry_check_missing[] = "";
 
@@ -252,10 +255,15 @@ registry_check_add(struct registry_check *check, const char *key,
 {
 	struct registry_check_problem *p;
 
+	/* a key found by iterating, and what an error says, may hold
+	   anything: every row is printable */
 	p = array_append_space(&check->problems);
-	p->key = p_strdup(check->pool, key);
-	p->problem = p_strdup(check->pool, problem);
-	p->action = p_strdup(check->pool, action);
+	p->key = p_strdup(check->pool,
+			  str_sanitize(key, REGISTRY_CHECK_TEXT_MAX));
+	p->problem = p_strdup(check->pool,
+			      str_sanitize(problem, REGISTRY_CHECK_TEXT_MAX));
+	p->action = p_strdup(check->pool,
+			     str_sanitize(action, REGISTRY_CHECK_TEXT_MAX));
 	p->state = state;
 }
 
@@ -335,7 +343,8 @@ registry_check_settle(struct registry_check *check, const char *error)
 		else {
 			p->state = REGISTRY_CHECK_FAILED;
 			p->action = p_strdup_printf(check->pool,
-				"left: writing the repair failed: %s", error);
+				"left: writing the repair failed: %s",
+				str_sanitize(error, REGISTRY_CHECK_TEXT_MAX));
 		}
 	}
 }

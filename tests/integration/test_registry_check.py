@@ -404,3 +404,23 @@ def test_repair_holds_the_lock_while_administrators_work(make_sandbox):
     assert len(listed) == 2 + len(adds)
     assert len(json.loads(sb.registry_get("mirror/storage/" + AUDIT))) == \
         1 + len(adds)
+
+
+def test_bad_arguments_and_hostile_keys(make_sandbox):
+    sb, m1, m2 = populated(make_sandbox)
+    sb.registry_set("mirror/next-id", "zz")
+    r = sb.doveadm("mirror", "check", "--repair", "now", check=False)
+    assert (r.returncode, r.stdout) == (64, "")
+    assert r.stderr == "Error: Extraneous arguments found: now\n"
+    assert sb.registry_get("mirror/next-id") == "zz"
+    sb.registry_set("mirror/next-id", "2")
+
+    # a key no part of the suite writes is printed printable
+    sb.registry_set("bag/domain/ex\x1b[31mample", "{}")
+    if redis(sb):
+        # found only by iterating
+        assert check(sb) == (0, not_searched(sb))
+    else:
+        assert check(sb, "--repair") == (65, [
+            ("shared/bag/domain/ex?[31mample", "not the key of a bag",
+             "left: remove it by hand (doveadm dict unset)")])

@@ -208,13 +208,14 @@ mirror_check_run(struct mirror_check_cmd *cmd, struct registry *reg,
 		*found_r = ret == 0;
 		return ret;
 	}
+	/* nobody can lock without the lock's own keys: they are checked
+	   (and repaired) first */
+	registry_lock_check(check);
+	if ((error = registry_check_failed(check)) != NULL) {
+		*error_r = error;
+		return -1;
+	}
 	if (repair) {
-		/* nobody can lock without the lock's own keys */
-		registry_lock_check(check);
-		if ((error = registry_check_failed(check)) != NULL) {
-			*error_r = error;
-			return -1;
-		}
 		if (registry_check_commit(check, error_r) < 0) {
 			*found_r = TRUE;
 			return -1;
@@ -227,8 +228,6 @@ mirror_check_run(struct mirror_check_cmd *cmd, struct registry *reg,
 	}
 	if (registry_check_load(check, error_r) < 0)
 		return -1;
-	if (!repair)
-		registry_lock_check(check);
 	mirror_registry_check(check, &mirror_storage);
 	bag_registry_check(check, &bag_storage);
 	registry_check_logins_unused(check);

@@ -424,3 +424,20 @@ def test_bad_arguments_and_hostile_keys(make_sandbox):
         assert check(sb, "--repair") == (65, [
             ("shared/bag/domain/ex?[31mample", "not the key of a bag",
              "left: remove it by hand (doveadm dict unset)")])
+
+
+def test_the_locks_keys_are_made_again(make_sandbox):
+    """Nobody can take the registry's lock without its generation: a
+    change of a list waits for it and fails, until --repair, which makes
+    the lock's keys again before it takes the lock itself."""
+    sb, m1, m2 = populated(make_sandbox)
+    sb.registry_set("mirror/lock/gen", "zz")
+    row = ("shared/mirror/lock/gen", "not a generation: 'zz'",
+           "would be made again, with its claim keys")
+    # the lock's keys are checked first
+    assert check(sb) == (65, [row] + not_searched(sb))
+    assert check(sb, "--repair") == (0, repaired([row]) + not_searched(sb))
+    # generation 1, which the repair's own lock moved on
+    assert sb.registry_get("mirror/lock/gen") == "2"
+    assert check(sb) == (0, not_searched(sb))
+    assert sb.mirror_add("carol@example.com", AUDIT)["id"] == "3"

@@ -441,3 +441,51 @@ def test_the_locks_keys_are_made_again(make_sandbox):
     assert sb.registry_get("mirror/lock/gen") == "2"
     assert check(sb) == (0, not_searched(sb))
     assert sb.mirror_add("carol@example.com", AUDIT)["id"] == "3"
+
+
+def test_recipient_lists_and_accounts(make_sandbox):
+    """A bag's recipient list and its keys are made to agree by taking
+    both; an account's domains get their reverse keys back. The list of
+    accounts is found again only by iterating."""
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"bag_enabled": "yes",
+                                "mirror_levels": "basic:5",
+                                "mirror_default_level": "basic"})
+    sb.doveadm("bag", "add", "-a", "odmr@" + BAGGED, BAGGED)
+    sb.doveadm("bag", "recipient", "add", BAGGED, "a@" + BAGGED)
+    sb.doveadm("mirror", "account", "set", "acme", "basic")
+    sb.doveadm("mirror", "account", "assign", "example.com", "acme")
+    assert check(sb) == (0, not_searched(sb))
+    rcpts = "shared/bag/rcpts/" + BAGGED
+    unset(sb, "bag/rcpt/%s/a@%s" % (BAGGED, BAGGED))
+    sb.registry_set("bag/rcpt/%s/b@%s" % (BAGGED, BAGGED), "1")
+    unset(sb, "mirror/domain/example.com")
+    unset(sb, "mirror/accounts")
+    lost_rcpt = ("shared/bag/rcpt/%s/a@%s" % (BAGGED, BAGGED),
+                 "missing, but %s lists it" % rcpts, "set")
+    if redis(sb):
+        left = [("shared/mirror/accounts", "missing", "left: the dict "
+                 "can't iterate (Redis) to find the accounts: set it by "
+                 "hand (doveadm dict set, a JSON array of their names)")]
+        assert check(sb, "--repair") == (65, not_searched(sb) + left +
+                                         [lost_rcpt])
+        assert check(sb, "--repair") == (65, not_searched(sb) + left)
+        sb.registry_set("mirror/accounts", '["acme"]')
+        assert check(sb, "--repair") == (0, not_searched(sb) + [
+            ("shared/mirror/domain/example.com", "missing",
+             "set to acme")])
+        expected = ["a@" + BAGGED]
+    else:
+        assert check(sb, "--repair") == (0, [
+            ("shared/mirror/accounts", "missing",
+             "rebuilt from the account keys"),
+            ("shared/mirror/domain/example.com", "missing", "set to acme"),
+            (rcpts, "misses b@" + BAGGED, "added"), lost_rcpt])
+        # the stray key already let b@ in at RCPT: now it is listed
+        expected = ["a@" + BAGGED, "b@" + BAGGED]
+    assert check(sb) == (0, not_searched(sb))
+    assert [r["recipient"] for r in sb.doveadm(
+        "bag", "recipient", "list", BAGGED, json_output=True).json] == \
+        expected
+    assert sb.doveadm("mirror", "account", "list",
+                      json_output=True).json[0]["account"] == "acme"

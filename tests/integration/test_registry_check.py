@@ -489,3 +489,32 @@ def test_recipient_lists_and_accounts(make_sandbox):
         expected
     assert sb.doveadm("mirror", "account", "list",
                       json_output=True).json[0]["account"] == "acme"
+
+
+def test_every_kind_of_bag_and_a_lost_box_list(make_sandbox):
+    sb = make_sandbox(users=[ALICE], settings={"bag_enabled": "yes"})
+    pop = "pop.test"
+    sb.doveadm("bag", "add", "-P", "per-account", pop)
+    sb.doveadm("bag", "recipient", "add", pop, "a@" + pop, "b.c@" + pop)
+    sb.doveadm("bag", "add", "-P", "catch-all", "pop2.test")
+    sb.doveadm("bag", "add", "-e", "127.0.0.1", "-h", "mx.test", "etrn.test")
+    sb.doveadm("bag", "add", "-b", "-h", "mx.test", "backup.test")
+    sb.deliver(["a@" + pop, "x@pop2.test", "y@etrn.test"])
+    assert check(sb) == (0, not_searched(sb))
+
+    unset(sb, "bag/boxes/" + pop)
+    row = ("shared/bag/boxes/" + pop, "missing")
+    if redis(sb):
+        row += ("left: the dict can't iterate (Redis) to find its POP3 "
+                "boxes: set it by hand (doveadm dict set, a JSON array of "
+                "them)",)
+        assert check(sb, "--repair") == (65, not_searched(sb) + [row])
+        sb.registry_set("bag/boxes/" + pop,
+                        json.dumps(["a@" + pop, "b.c@" + pop]))
+    else:
+        row += ("rebuilt from the shared/bag/box/%s/ keys" % pop,)
+        assert check(sb, "--repair") == (0, [row])
+    assert check(sb) == (0, not_searched(sb))
+    assert [r["box"] for r in sb.doveadm(
+        "bag", "recipient", "list", pop, json_output=True).json] == [
+        "_bag_a@" + pop, "_bag_b.c@" + pop]

@@ -15,8 +15,7 @@
 #include "istream-crlf.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
-#include "mail-namespace.h"
-#include "mail-storage-private.h" /* mailbox_get_path_to() */
+#include "mail-storage.h"
 #include "doveadm.h"
 #include "doveadm-cmd.h"
 #include "doveadm-print.h"
@@ -33,9 +32,7 @@ struct mirror_verify {
 	const char *storage;
 
 	struct mail_storage_service_ctx *service;
-	struct mail_storage_service_user *service_user;
-	struct mail_user *user;
-	struct mailbox *box;
+	struct doveadm_mirror_inbox inbox;
 
 	ARRAY_TYPE(mirror_chain_record) records;
 	/* (uidvalidity << 32 | uid) of each expire record, sorted */
@@ -72,73 +69,28 @@ static bool mirror_verify_lookup(struct mirror_verify *ctx)
 /* Set up the storage user and open its INBOX. */
 static bool mirror_verify_open(struct mirror_verify *ctx)
 {
-	struct mail_storage_service_input input;
-	struct mail_namespace *ns;
 	const char *error;
 	int ret;
 
-	i_zero(&input);
-	input.module = "mail";
-	input.service = "doveadm";
-	input.username = ctx->storage;
-	ret = mail_storage_service_lookup(ctx->service, &input,
-					  &ctx->service_user, &error);
+	ret = doveadm_mirror_inbox_open(ctx->service, ctx->storage,
+					&ctx->inbox, &error);
 	if (ret <= 0) {
 		doveadm_mirror_fail(ret == 0 ? EX_NOUSER : EX_TEMPFAIL,
-			ret == 0 ? t_strdup_printf(
-				"Storage user %s doesn't exist",
-				str_sanitize(ctx->storage, 80)) :
-			t_strdup_printf("Storage user %s lookup failed: %s",
-					ctx->storage, error));
-		return FALSE;
-	}
-	if (mail_storage_service_next(ctx->service, ctx->service_user,
-				      &ctx->user, &error) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"Failed to initialize storage user %s: %s",
-			ctx->storage, error));
-		return FALSE;
-	}
-	ns = mail_namespace_find_inbox(ctx->user->namespaces);
-	ctx->box = mailbox_alloc(ns->list, "INBOX", 0);
-	if (mailbox_open(ctx->box) < 0 || mailbox_sync(ctx->box, 0) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"Failed to open INBOX of storage user %s: %s",
-			ctx->storage,
-			mailbox_get_last_internal_error(ctx->box, NULL)));
+				    error);
 		return FALSE;
 	}
 	return TRUE;
 }
 
-static void mirror_verify_close(struct mirror_verify *ctx)
-{
-	if (ctx->box != NULL)
-		mailbox_free(&ctx->box);
-	if (ctx->user != NULL)
-		mail_user_deinit(&ctx->user);
-	if (ctx->service_user != NULL)
-		mail_storage_service_user_unref(&ctx->service_user);
-}
-
 static int mirror_verify_read_chain(struct mirror_verify *ctx)
 {
 	const struct mirror_chain_record *rec;
-	const char *dir, *path, *error;
+	const char *path, *error;
 	uint64_t key;
-	int ret;
 
-	ret = mailbox_get_path_to(ctx->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
-				  &dir);
-	if (ret <= 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, ret == 0 ?
-			"The storage's INBOX has no control directory" :
-			mailbox_get_last_internal_error(ctx->box, NULL));
-		return -1;
-	}
-	path = t_strdup_printf("%s/%s", dir,
-			       mirror_chain_file_name(ctx->mirror_id));
-	if (mirror_chain_read(path, ctx->mirror_id, &ctx->records,
+	if (doveadm_mirror_chain_path(ctx->inbox.box, ctx->mirror_id, &path,
+				      &error) < 0 ||
+	    mirror_chain_read(path, ctx->mirror_id, &ctx->records,
 			      &ctx->broken, &error) < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		return -1;
@@ -255,8 +207,8 @@ static int mirror_verify_mails(struct mirror_verify *ctx)
 	struct mail *mail;
 	int ret = 0;
 
-	mailbox_get_open_status(ctx->box, STATUS_UIDVALIDITY, &status);
-	trans = mailbox_transaction_begin(ctx->box, 0, "mirror verify");
+	mailbox_get_open_status(ctx->inbox.box, STATUS_UIDVALIDITY, &status);
+	trans = mailbox_transaction_begin(ctx->inbox.box, 0, "mirror verify");
 	mail = mail_alloc(trans, 0, NULL);
 	array_foreach(&ctx->records, rec) {
 		if (rec->type != MIRROR_CHAIN_RECORD_COPY)
@@ -316,7 +268,7 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 	ok = mirror_verify_open(ctx) &&
 		mirror_verify_read_chain(ctx) == 0 &&
 		mirror_verify_mails(ctx) == 0;
-	mirror_verify_close(ctx);
+	doveadm_mirror_inbox_close(&ctx->inbox);
 	if (mirror_privileges_set(&privs, &error) < 0)
 		i_fatal("%s", error);
 	mail_storage_service_deinit(&ctx->service);

@@ -14,6 +14,8 @@
 #include "ioloop.h"
 #include "master-service.h"
 #include "mail-storage-service.h"
+#include "mail-namespace.h"
+#include "mail-storage-private.h" /* mailbox_get_path_to() */
 #include "settings-parser.h"
 #include "master-service-settings.h"
 #include "doveadm.h"
@@ -30,6 +32,7 @@
 #include "safe-memset.h"
 #include "registry.h"
 #include "registry-lock.h"
+#include "mirror-chain.h"
 #include "doveadm-mirror.h"
 
 #include <sysexits.h>
@@ -145,6 +148,76 @@ doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[
 	return mail_storage_service_init(master_service, set_roots, flags);
 }
 
+int doveadm_mirror_inbox_open(struct mail_storage_service_ctx *service,
+			      const char *username,
+			      struct doveadm_mirror_inbox *inbox_r,
+			      const char **error_r)
+{
+	struct mail_storage_service_input input;
+	struct mail_namespace *ns;
+	const char *error;
+	int ret;
+
+	i_zero(inbox_r);
+	i_zero(&input);
+	input.module = "mail";
+	input.service = "doveadm";
+	input.username = username;
+	ret = mail_storage_service_lookup(service, &input,
+					  &inbox_r->service_user, &error);
+	if (ret <= 0) {
+		*error_r = ret == 0 ?
+			t_strdup_printf("User %s doesn't exist",
+					str_sanitize(username, 80)) :
+			t_strdup_printf("User %s lookup failed: %s",
+					str_sanitize(username, 80), error);
+		return ret;
+	}
+	if (mail_storage_service_next(service, inbox_r->service_user,
+				      &inbox_r->user, &error) < 0) {
+		*error_r = t_strdup_printf("Failed to initialize user %s: %s",
+					   username, error);
+		return -1;
+	}
+	ns = mail_namespace_find_inbox(inbox_r->user->namespaces);
+	inbox_r->box = mailbox_alloc(ns->list, "INBOX", 0);
+	if (mailbox_open(inbox_r->box) < 0 ||
+	    mailbox_sync(inbox_r->box, 0) < 0) {
+		*error_r = t_strdup_printf("Failed to open INBOX of user %s: %s",
+			username,
+			mailbox_get_last_internal_error(inbox_r->box, NULL));
+		return -1;
+	}
+	return 1;
+}
+
+void doveadm_mirror_inbox_close(struct doveadm_mirror_inbox *inbox)
+{
+	if (inbox->box != NULL)
+		mailbox_free(&inbox->box);
+	if (inbox->user != NULL)
+		mail_user_deinit(&inbox->user);
+	if (inbox->service_user != NULL)
+		mail_storage_service_user_unref(&inbox->service_user);
+}
+
+int doveadm_mirror_chain_path(struct mailbox *box, unsigned int mirror_id,
+			      const char **path_r, const char **error_r)
+{
+	const char *dir;
+	int ret;
+
+	ret = mailbox_get_path_to(box, MAILBOX_LIST_PATH_TYPE_CONTROL, &dir);
+	if (ret <= 0) {
+		*error_r = ret == 0 ?
+			"The storage's INBOX has no control directory" :
+			mailbox_get_last_internal_error(box, NULL);
+		return -1;
+	}
+	*path_r = t_strdup_printf("%s/%s", dir,
+				  mirror_chain_file_name(mirror_id));
+	return 0;
+}
 
 /* Look user up in the userdb. Returns 1 with its fields (from the data
    stack), 0 if there is no such user, -1 if it can't be checked. */
@@ -410,6 +483,7 @@ int doveadm_mirror_purge_storage(const char *username)
 void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
 	doveadm_mirror_init_register();
+	doveadm_mirror_check_register();
 	doveadm_mirror_cmds_register();
 	doveadm_mirror_account_register();
 	doveadm_mirror_verify_register();

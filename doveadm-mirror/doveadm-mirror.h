@@ -7,6 +7,9 @@
 struct registry;
 struct mirror_def;
 struct mail_storage_service_ctx;
+struct mail_storage_service_user;
+struct mail_user;
+struct mailbox;
 struct setting_parser_info;
 
 struct doveadm_cmd_context;
@@ -39,6 +42,26 @@ struct registry *doveadm_mirror_registry_open_locked(void);
    mirror_privileges_set()); free it with mail_storage_service_deinit(). */
 struct mail_storage_service_ctx *
 doveadm_mirror_storage_service_init(const struct setting_parser_info *set_roots[]);
+
+/* A user's INBOX, opened from a command */
+struct doveadm_mirror_inbox {
+	struct mail_storage_service_user *service_user;
+	struct mail_user *user;
+	struct mailbox *box;
+};
+/* Open (and sync) the INBOX of username with service: 1, 0 if there is
+   no such user, -1 on error (error_r says why in both cases). Close it
+   with doveadm_mirror_inbox_close() either way, then restore the identity
+   the command had (mirror_privileges_set()). */
+int doveadm_mirror_inbox_open(struct mail_storage_service_ctx *service,
+			      const char *username,
+			      struct doveadm_mirror_inbox *inbox_r,
+			      const char **error_r);
+void doveadm_mirror_inbox_close(struct doveadm_mirror_inbox *inbox);
+/* The path of mirror_id's hash chain (mirror-chain.h) in the control
+   directory of an open INBOX. 0, or -1 with error_r. */
+int doveadm_mirror_chain_path(struct mailbox *box, unsigned int mirror_id,
+			      const char **path_r, const char **error_r);
 
 enum doveadm_mirror_password_scheme {
 	/* for users that log in with PLAIN or LOGIN */
@@ -74,10 +97,11 @@ int doveadm_mirror_purge_storage(const char *username);
 bool doveadm_mirror_limit_check(struct registry *reg,
 				const struct mirror_def *def);
 
-/* The groups of commands: doveadm mirror init, add|list|set|password|
-   remove, account ..., verify, schedule, expire; doveadm bag
+/* The groups of commands: doveadm mirror init, check, add|list|set|
+   password|remove, account ..., verify, schedule, expire; doveadm bag
    add|list|show|remove|password, recipient ..., flush, usage. */
 void doveadm_mirror_init_register(void);
+void doveadm_mirror_check_register(void);
 void doveadm_mirror_cmds_register(void);
 void doveadm_mirror_account_register(void);
 void doveadm_mirror_verify_register(void);

@@ -15,55 +15,59 @@
 #include "registry-user.h"
 #include "bag-input.h"
 #include "bag-registry.h"
+#include "bag-registry-private.h"
 
 #include <ctype.h>
 
-#define BAG_KEY_PREFIX REGISTRY_KEY_BAG
-#define BAG_KEY_DOMAIN BAG_KEY_PREFIX"domain/"
-#define BAG_KEY_DOMAINS BAG_KEY_PREFIX"domains"
-#define BAG_KEY_RCPT BAG_KEY_PREFIX"rcpt/"
-#define BAG_KEY_IDENTITY BAG_KEY_PREFIX"identity/"
-#define BAG_KEY_STATUS BAG_KEY_PREFIX"status/"
-#define BAG_KEY_COUNT BAG_KEY_PREFIX"count/"
-#define BAG_KEY_USAGE BAG_KEY_PREFIX"usage/"
-#define BAG_KEY_BACKUP BAG_KEY_PREFIX"backup/"
-#define BAG_KEY_BOX BAG_KEY_PREFIX"box/"
-#define BAG_KEY_RCPTS BAG_KEY_PREFIX"rcpts/"
-#define BAG_KEY_BOXES BAG_KEY_PREFIX"boxes/"
-
-static const char *bag_domain_key(const char *domain)
+const char *bag_domain_key(const char *domain)
 {
 	return t_strconcat(BAG_KEY_DOMAIN, registry_key_escape(domain), NULL);
 }
 
-static const char *bag_box_key(const char *domain, const char *addr)
+const char *bag_box_prefix(const char *domain)
 {
 	return t_strconcat(BAG_KEY_BOX, registry_key_escape(domain), "/",
-			   registry_key_escape(addr), NULL);
+			   NULL);
 }
 
-static const char *bag_count_key(const char *domain)
+const char *bag_box_key(const char *domain, const char *addr)
+{
+	return t_strconcat(bag_box_prefix(domain), registry_key_escape(addr),
+			   NULL);
+}
+
+const char *bag_count_key(const char *domain)
 {
 	return t_strconcat(BAG_KEY_COUNT, registry_key_escape(domain), NULL);
 }
 
-static const char *bag_identity_key(const char *identity)
+const char *bag_status_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_STATUS, registry_key_escape(domain), NULL);
+}
+
+const char *bag_backup_key(const char *domain)
+{
+	return t_strconcat(BAG_KEY_BACKUP, registry_key_escape(domain), NULL);
+}
+
+const char *bag_identity_key(const char *identity)
 {
 	return t_strconcat(BAG_KEY_IDENTITY,
 			   registry_key_escape(t_str_lcase(identity)), NULL);
 }
 
-static const char *bag_rcpts_key(const char *domain)
+const char *bag_rcpts_key(const char *domain)
 {
 	return t_strconcat(BAG_KEY_RCPTS, registry_key_escape(domain), NULL);
 }
 
-static const char *bag_boxes_key(const char *domain)
+const char *bag_boxes_key(const char *domain)
 {
 	return t_strconcat(BAG_KEY_BOXES, registry_key_escape(domain), NULL);
 }
 
-static const char *bag_rcpt_prefix(const char *domain)
+const char *bag_rcpt_prefix(const char *domain)
 {
 	return t_strconcat(BAG_KEY_RCPT, registry_key_escape(domain), "/", NULL);
 }
@@ -94,6 +98,35 @@ int bag_registry_get(struct registry *reg, const char *domain,
 	return 1;
 }
 
+int bag_strings_decode(const char *value,
+		       int (*parse)(const char *str, const char *domain,
+				    const char **value_r, const char **error_r),
+		       const char *domain, const char *what, pool_t pool,
+		       ARRAY_TYPE(const_string) *strings, const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *str, *error;
+	size_t i, count;
+
+	if (registry_json_parse(value, json_type_array, &arr, error_r) < 0)
+		return -1;
+	count = json_object_array_length(arr);
+	for (i = 0; i < count; i++) {
+		elem = json_object_array_get_idx(arr, i);
+		if (!json_object_is_type(elem, json_type_string) ||
+		    parse(json_object_get_string(elem), domain, &str,
+			  &error) < 0) {
+			*error_r = t_strdup_printf("invalid %s", what);
+			json_object_put(arr);
+			return -1;
+		}
+		str = p_strdup(pool, str);
+		array_push_back(strings, &str);
+	}
+	json_object_put(arr);
+	return 0;
+}
+
 /* A JSON array of strings, each checked by parse (which may normalize
    it): 1 found, 0 the key doesn't exist, -1 error. `what` names a string
    in the error. */
@@ -104,33 +137,17 @@ bag_strings_get(struct registry *reg, const char *key,
 		const char *domain, const char *what, pool_t pool,
 		ARRAY_TYPE(const_string) *strings, const char **error_r)
 {
-	struct json_object *arr, *elem;
-	const char *value, *str, *error;
-	size_t i, count;
+	const char *value, *error;
 	int ret;
 
 	if ((ret = registry_get(reg, key, &value, error_r)) <= 0)
 		return ret;
-	if (registry_json_parse(value, json_type_array, &arr, &error) < 0) {
+	if (bag_strings_decode(value, parse, domain, what, pool, strings,
+			       &error) < 0) {
 		*error_r = t_strdup_printf("Broken registry data in %s: %s",
 					   key, error);
 		return -1;
 	}
-	count = json_object_array_length(arr);
-	for (i = 0; i < count; i++) {
-		elem = json_object_array_get_idx(arr, i);
-		if (!json_object_is_type(elem, json_type_string) ||
-		    parse(json_object_get_string(elem), domain, &str,
-			  &error) < 0) {
-			*error_r = t_strdup_printf("Broken registry data in "
-						   "%s: invalid %s", key, what);
-			json_object_put(arr);
-			return -1;
-		}
-		str = p_strdup(pool, str);
-		array_push_back(strings, &str);
-	}
-	json_object_put(arr);
 	return 1;
 }
 
@@ -147,8 +164,7 @@ bag_strings_set(struct dict_transaction_context *trans, const char *key,
 	dict_set(trans, key, registry_json_finish(arr));
 }
 
-static int
-bag_domain_parse_any(const char *str, const char *domain ATTR_UNUSED,
+int bag_domain_parse_any(const char *str, const char *domain ATTR_UNUSED,
 		     const char **value_r, const char **error_r)
 {
 	return bag_domain_parse(str, value_r, error_r);
@@ -258,13 +274,38 @@ int bag_registry_list(struct registry *reg, pool_t pool,
 	return 0;
 }
 
+struct json_object *bag_user_userdb_fields(const struct bag_def *def)
+{
+	struct json_object *userdb;
+
+	/* the bag user reads its bag over IMAP, read-only (the mirror
+	   plugin keeps a session with mirror_readonly so). A POP3 box is
+	   the customer's to empty: bag_pop3. */
+	if ((def->modes & BAG_MODE_POP3) != 0)
+		return bag_box_userdb_fields(def->domain);
+	userdb = json_object_new_object();
+	json_object_object_add(userdb, "bag_domain",
+			       json_object_new_string(def->domain));
+	json_object_object_add(userdb, "mirror_readonly",
+			       json_object_new_string("yes"));
+	return userdb;
+}
+
+struct json_object *bag_box_userdb_fields(const char *domain)
+{
+	struct json_object *userdb = json_object_new_object();
+
+	json_object_object_add(userdb, "bag_pop3",
+			       json_object_new_string(domain));
+	return userdb;
+}
+
 int bag_registry_add(struct registry *reg, struct bag_def *def,
 		     const char *user_password_hash,
 		     const char *identity_password_hash,
 		     const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	struct json_object *userdb;
 	ARRAY_TYPE(const_string) domains, identity_domains;
 	struct bag_def old;
 	const char *error;
@@ -322,18 +363,8 @@ int bag_registry_add(struct registry *reg, struct bag_def *def,
 		bag_domains_set(trans, bag_identity_key(def->atrn_identity),
 				&identity_domains);
 	}
-	/* the bag user reads its bag over IMAP, read-only (the mirror
-	   plugin keeps a session with mirror_readonly so). A POP3 box is
-	   the customer's to empty: bag_pop3. */
-	userdb = json_object_new_object();
-	json_object_object_add(userdb, (def->modes & BAG_MODE_POP3) != 0 ?
-			       "bag_pop3" : "bag_domain",
-			       json_object_new_string(def->domain));
-	if ((def->modes & BAG_MODE_POP3) == 0) {
-		json_object_object_add(userdb, "mirror_readonly",
-				       json_object_new_string("yes"));
-	}
-	registry_user_records_set(trans, def->user, user_password_hash, userdb);
+	registry_user_records_set(trans, def->user, user_password_hash,
+				  bag_user_userdb_fields(def));
 	/* the identity only authenticates: no userdb record, so it can't
 	   open a mail session */
 	if (identity_password_hash != NULL) {
@@ -505,11 +536,9 @@ int bag_registry_remove(struct registry *reg, const char *domain,
 
 	trans = registry_transaction_begin(reg);
 	dict_unset(trans, bag_domain_key(domain));
-	dict_unset(trans, t_strconcat(BAG_KEY_STATUS,
-				      registry_key_escape(domain), NULL));
+	dict_unset(trans, bag_status_key(domain));
 	dict_unset(trans, bag_count_key(domain));
-	dict_unset(trans, t_strconcat(BAG_KEY_BACKUP, registry_key_escape(domain),
-				      NULL));
+	dict_unset(trans, bag_backup_key(domain));
 	array_foreach_elem(&box_addrs, addr)
 		dict_unset(trans, bag_box_key(domain, addr));
 	dict_unset(trans, bag_boxes_key(domain));
@@ -650,43 +679,29 @@ int bag_registry_identity_domains(struct registry *reg,
 	return 0;
 }
 
-int bag_registry_status_get(struct registry *reg, const char *domain,
-			    pool_t pool, struct bag_status *status_r,
-			    const char **error_r)
+int bag_status_decode(const char *value, pool_t pool,
+		      struct bag_status *status_r, const char **error_r)
 {
 	struct json_object *obj, *tls;
-	const char *value, *error;
+	const char *result;
 	int64_t t, delivered, deferred, bounced;
-	int ret;
 
 	i_zero(status_r);
-	ret = registry_get(reg, t_strconcat(BAG_KEY_STATUS,
-					    registry_key_escape(domain), NULL),
-				  &value, error_r);
-	if (ret <= 0)
-		return ret;
-	if (registry_json_parse(value, json_type_object, &obj, &error) < 0) {
-		*error_r = t_strdup_printf(
-			"Broken registry data in the status of bag %s: %s",
-			str_sanitize(domain, 80), error);
+	if (registry_json_parse(value, json_type_object, &obj, error_r) < 0)
 		return -1;
-	}
-	if (registry_json_get_int(obj, "time", 0, INT64_MAX, &t, &error) < 0 ||
-	    registry_json_get_str(obj, "result", &value, &error) < 0 ||
+	if (registry_json_get_int(obj, "time", 0, INT64_MAX, &t, error_r) < 0 ||
+	    registry_json_get_str(obj, "result", &result, error_r) < 0 ||
 	    registry_json_get_int(obj, "delivered", 0, UINT_MAX, &delivered,
-				  &error) < 0 ||
+				  error_r) < 0 ||
 	    registry_json_get_int(obj, "deferred", 0, UINT_MAX, &deferred,
-				  &error) < 0 ||
+				  error_r) < 0 ||
 	    registry_json_get_int(obj, "bounced", 0, UINT_MAX, &bounced,
-				  &error) < 0) {
-		*error_r = t_strdup_printf(
-			"Broken registry data in the status of bag %s: %s",
-			str_sanitize(domain, 80), error);
+				  error_r) < 0) {
 		json_object_put(obj);
 		return -1;
 	}
 	status_r->time = (time_t)t;
-	status_r->result = p_strdup(pool, value);
+	status_r->result = p_strdup(pool, result);
 	status_r->delivered = (unsigned int)delivered;
 	status_r->deferred = (unsigned int)deferred;
 	status_r->bounced = (unsigned int)bounced;
@@ -694,6 +709,26 @@ int bag_registry_status_get(struct registry *reg, const char *domain,
 	    json_object_is_type(tls, json_type_string))
 		status_r->tls = p_strdup(pool, json_object_get_string(tls));
 	json_object_put(obj);
+	return 0;
+}
+
+int bag_registry_status_get(struct registry *reg, const char *domain,
+			    pool_t pool, struct bag_status *status_r,
+			    const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	i_zero(status_r);
+	ret = registry_get(reg, bag_status_key(domain), &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (bag_status_decode(value, pool, status_r, &error) < 0) {
+		*error_r = t_strdup_printf(
+			"Broken registry data in the status of bag %s: %s",
+			str_sanitize(domain, 80), error);
+		return -1;
+	}
 	return 1;
 }
 
@@ -720,8 +755,7 @@ void bag_registry_status_set(struct registry *reg, const char *domain,
 				       json_object_new_string(status->tls));
 	}
 	trans = registry_transaction_begin(reg);
-	dict_set(trans, t_strconcat(BAG_KEY_STATUS, registry_key_escape(domain),
-				    NULL), registry_json_finish(obj));
+	dict_set(trans, bag_status_key(domain), registry_json_finish(obj));
 	if (registry_commit(reg, &trans, &error) < 0) {
 		e_error(event, "Can't record the flush of bag %s: %s",
 			domain, error);
@@ -869,7 +903,6 @@ int bag_registry_box_add(struct registry *reg, const char *domain,
 			 const char *password_hash, const char **error_r)
 {
 	struct dict_transaction_context *trans;
-	struct json_object *userdb;
 	ARRAY_TYPE(const_string) addrs;
 	const char *old;
 	int ret;
@@ -889,11 +922,9 @@ int bag_registry_box_add(struct registry *reg, const char *domain,
 		array_push_back(&addrs, &addr);
 		bag_addrs_set(trans, bag_boxes_key(domain), &addrs);
 	}
-	userdb = json_object_new_object();
-	json_object_object_add(userdb, "bag_pop3",
-			       json_object_new_string(domain));
 	/* without a password, mail is kept until the box is given one */
-	registry_user_records_set(trans, user, password_hash, userdb);
+	registry_user_records_set(trans, user, password_hash,
+				  bag_box_userdb_fields(domain));
 	return registry_commit(reg, &trans, error_r) < 0 ? -1 : 1;
 }
 
@@ -903,39 +934,25 @@ int bag_registry_box_list(struct registry *reg, const char *domain,
 			  const char **error_r)
 {
 	return bag_list_read(reg, bag_boxes_key(domain),
-			     t_strconcat(BAG_KEY_BOX,
-					 registry_key_escape(domain), "/", NULL),
+			     bag_box_prefix(domain),
 			     domain, pool, addrs, users, error_r);
 }
 
-int bag_registry_backup_get(struct registry *reg, const char *domain,
-			    struct bag_backup_state *state_r,
-			    const char **error_r)
+int bag_backup_decode(const char *value, struct bag_backup_state *state_r,
+		      const char **error_r)
 {
 	struct json_object *obj;
-	const char *value, *error;
 	int64_t next, interval, failures;
-	int ret;
 
 	i_zero(state_r);
-	ret = registry_get(reg, t_strconcat(BAG_KEY_BACKUP,
-					    registry_key_escape(domain), NULL),
-				  &value, error_r);
-	if (ret <= 0)
-		return ret;
-	if (registry_json_parse(value, json_type_object, &obj, &error) < 0) {
-		*error_r = t_strdup_printf("Broken registry data in the retry "
-					   "schedule of %s: %s", domain, error);
+	if (registry_json_parse(value, json_type_object, &obj, error_r) < 0)
 		return -1;
-	}
 	if (registry_json_get_int(obj, "next", 0, INT64_MAX, &next,
-				&error) < 0 ||
+				  error_r) < 0 ||
 	    registry_json_get_int(obj, "interval", 0, UINT_MAX, &interval,
-				  &error) < 0 ||
+				  error_r) < 0 ||
 	    registry_json_get_int(obj, "failures", 0, UINT_MAX, &failures,
-				  &error) < 0) {
-		*error_r = t_strdup_printf("Broken registry data in the retry "
-					   "schedule of %s: %s", domain, error);
+				  error_r) < 0) {
 		json_object_put(obj);
 		return -1;
 	}
@@ -943,6 +960,25 @@ int bag_registry_backup_get(struct registry *reg, const char *domain,
 	state_r->next = (time_t)next;
 	state_r->interval = (unsigned int)interval;
 	state_r->failures = (unsigned int)failures;
+	return 0;
+}
+
+int bag_registry_backup_get(struct registry *reg, const char *domain,
+			    struct bag_backup_state *state_r,
+			    const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	i_zero(state_r);
+	ret = registry_get(reg, bag_backup_key(domain), &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (bag_backup_decode(value, state_r, &error) < 0) {
+		*error_r = t_strdup_printf("Broken registry data in the retry "
+					   "schedule of %s: %s", domain, error);
+		return -1;
+	}
 	return 1;
 }
 
@@ -959,8 +995,7 @@ int bag_registry_backup_set(struct registry *reg, const char *domain,
 	json_object_object_add(obj, "failures",
 			       json_object_new_int64(state->failures));
 	trans = registry_transaction_begin(reg);
-	dict_set(trans, t_strconcat(BAG_KEY_BACKUP, registry_key_escape(domain),
-				    NULL), registry_json_finish(obj));
+	dict_set(trans, bag_backup_key(domain), registry_json_finish(obj));
 	return registry_commit(reg, &trans, error_r);
 }
 

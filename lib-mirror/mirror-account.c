@@ -10,10 +10,19 @@
 #include "registry-dict.h"
 #include "registry-json.h"
 #include "mirror-account.h"
+#include "mirror-registry-private.h"
 
-#define MIRROR_KEY_ACCOUNT REGISTRY_KEY_MIRROR"account/"
-#define MIRROR_KEY_ACCOUNTS REGISTRY_KEY_MIRROR"accounts"
-#define MIRROR_KEY_DOMAIN REGISTRY_KEY_MIRROR"domain/"
+const char *mirror_account_key(const char *name)
+{
+	return t_strconcat(MIRROR_KEY_ACCOUNT, registry_key_escape(name),
+			   NULL);
+}
+
+const char *mirror_domain_key(const char *domain)
+{
+	return t_strconcat(MIRROR_KEY_DOMAIN, registry_key_escape(domain),
+			   NULL);
+}
 
 bool mirror_name_is_valid(const char *name)
 {
@@ -98,26 +107,16 @@ static const char *mirror_account_encode(const struct mirror_account *acct)
 	return registry_json_finish(obj);
 }
 
-int mirror_registry_account_get(struct registry *reg, const char *name,
-				pool_t pool, struct mirror_account *acct_r,
-				const char **error_r)
+int mirror_account_decode(const char *name, const char *value, pool_t pool,
+			  struct mirror_account *acct_r, const char **error_r)
 {
 	struct json_object *obj, *arr;
-	const char *value, *level, *domain, *error = NULL;
+	const char *level, *domain, *error = NULL;
 	size_t i;
-	int ret;
 
 	i_zero(acct_r);
-	ret = registry_get(reg, t_strconcat(MIRROR_KEY_ACCOUNT,
-			registry_key_escape(name), NULL), &value, error_r);
-	if (ret <= 0)
-		return ret;
-	if (registry_json_parse(value, json_type_object, &obj, &error) < 0) {
-		*error_r = t_strdup_printf(
-			"Broken registry data for account %s: %s",
-			str_sanitize(name, 80), error);
+	if (registry_json_parse(value, json_type_object, &obj, error_r) < 0)
 		return -1;
-	}
 	acct_r->name = p_strdup(pool, name);
 	p_array_init(&acct_r->domains, pool, 4);
 	if (registry_json_get_str(obj, "level", &level, &error) == 0) {
@@ -138,6 +137,24 @@ int mirror_registry_account_get(struct registry *reg, const char *name,
 	}
 	json_object_put(obj);
 	if (error != NULL) {
+		*error_r = error;
+		return -1;
+	}
+	return 0;
+}
+
+int mirror_registry_account_get(struct registry *reg, const char *name,
+				pool_t pool, struct mirror_account *acct_r,
+				const char **error_r)
+{
+	const char *value, *error;
+	int ret;
+
+	i_zero(acct_r);
+	ret = registry_get(reg, mirror_account_key(name), &value, error_r);
+	if (ret <= 0)
+		return ret;
+	if (mirror_account_decode(name, value, pool, acct_r, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Broken registry data for account %s: %s",
 			str_sanitize(name, 80), error);
@@ -146,13 +163,36 @@ int mirror_registry_account_get(struct registry *reg, const char *name,
 	return 1;
 }
 
+int mirror_accounts_decode(const char *value, pool_t pool,
+			   ARRAY_TYPE(const_string) *names,
+			   const char **error_r)
+{
+	struct json_object *arr, *elem;
+	const char *name;
+	size_t i;
+
+	if (registry_json_parse_array(value, &arr, error_r) < 0)
+		return -1;
+	for (i = 0; i < json_object_array_length(arr); i++) {
+		elem = json_object_array_get_idx(arr, i);
+		if (!json_object_is_type(elem, json_type_string) ||
+		    !mirror_name_is_valid(json_object_get_string(elem))) {
+			*error_r = "invalid account name";
+			json_object_put(arr);
+			return -1;
+		}
+		name = p_strdup(pool, json_object_get_string(elem));
+		array_push_back(names, &name);
+	}
+	json_object_put(arr);
+	return 0;
+}
+
 int mirror_registry_accounts(struct registry *reg, pool_t pool,
 			     ARRAY_TYPE(const_string) *names,
 			     const char **error_r)
 {
-	struct json_object *arr, *elem;
-	const char *value, *name, *error;
-	size_t i;
+	const char *value, *error;
 	int ret;
 
 	ret = registry_get(reg, MIRROR_KEY_ACCOUNTS, &value, error_r);
@@ -164,23 +204,11 @@ int mirror_registry_accounts(struct registry *reg, pool_t pool,
 			"(doveadm mirror check --repair rebuilds it)";
 		return -1;
 	}
-	if (registry_json_parse_array(value, &arr, &error) < 0) {
+	if (mirror_accounts_decode(value, pool, names, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Broken registry data in the account list: %s", error);
 		return -1;
 	}
-	for (i = 0; i < json_object_array_length(arr); i++) {
-		elem = json_object_array_get_idx(arr, i);
-		if (!json_object_is_type(elem, json_type_string) ||
-		    !mirror_name_is_valid(json_object_get_string(elem))) {
-			*error_r = "Broken registry data in the account list";
-			json_object_put(arr);
-			return -1;
-		}
-		name = p_strdup(pool, json_object_get_string(elem));
-		array_push_back(names, &name);
-	}
-	json_object_put(arr);
 	return 0;
 }
 
@@ -211,8 +239,7 @@ int mirror_registry_account_set_level(struct registry *reg,
 		}
 	}
 	acct.level = level;
-	dict_set(trans, t_strconcat(MIRROR_KEY_ACCOUNT,
-				    registry_key_escape(name), NULL),
+	dict_set(trans, mirror_account_key(name),
 		 mirror_account_encode(&acct));
 	return registry_commit(reg, &trans, error_r);
 }
@@ -221,8 +248,8 @@ int mirror_registry_domain_account(struct registry *reg,
 				   const char *domain, const char **account_r,
 				   const char **error_r)
 {
-	return registry_get(reg, t_strconcat(MIRROR_KEY_DOMAIN,
-			registry_key_escape(domain), NULL), account_r, error_r);
+	return registry_get(reg, mirror_domain_key(domain), account_r,
+			    error_r);
 }
 
 static void
@@ -251,8 +278,7 @@ int mirror_registry_domain_assign(struct registry *reg,
 	bool moved;
 	int ret;
 
-	domain_key = t_strconcat(MIRROR_KEY_DOMAIN,
-				 registry_key_escape(domain), NULL);
+	domain_key = mirror_domain_key(domain);
 	if (account != NULL) {
 		ret = mirror_registry_account_get(reg, account, pool,
 						  &new_acct, error_r);
@@ -276,8 +302,7 @@ int mirror_registry_domain_assign(struct registry *reg,
 	if (moved) {
 		if (old_acct.name != NULL) {
 			mirror_account_drop_domain(&old_acct, domain);
-			dict_set(trans, t_strconcat(MIRROR_KEY_ACCOUNT,
-					registry_key_escape(old), NULL),
+			dict_set(trans, mirror_account_key(old),
 				 mirror_account_encode(&old_acct));
 		}
 	}
@@ -287,8 +312,7 @@ int mirror_registry_domain_assign(struct registry *reg,
 		mirror_account_drop_domain(&new_acct, domain);
 		array_push_back(&new_acct.domains, &domain);
 		dict_set(trans, domain_key, account);
-		dict_set(trans, t_strconcat(MIRROR_KEY_ACCOUNT,
-				registry_key_escape(account), NULL),
+		dict_set(trans, mirror_account_key(account),
 			 mirror_account_encode(&new_acct));
 	}
 	if (registry_commit(reg, &trans, error_r) < 0)

@@ -10,8 +10,8 @@
 #include "str-sanitize.h"
 #include "registry-dict.h"
 #include "mirror-expire-index.h"
+#include "mirror-registry-private.h"
 
-#define MIRROR_KEY_EXPIRE REGISTRY_KEY_MIRROR"expire/"
 #define MIRROR_KEY_EXPIRE_LAST_RUN REGISTRY_KEY_MIRROR"expire-last-run"
 
 const char *mirror_expire_storage_key(const char *storage)
@@ -19,7 +19,7 @@ const char *mirror_expire_storage_key(const char *storage)
 	return registry_key_escape(t_str_lcase(storage));
 }
 
-static const char *mirror_expire_key(const char *storage)
+const char *mirror_expire_key(const char *storage)
 {
 	return t_strconcat(MIRROR_KEY_EXPIRE,
 			   mirror_expire_storage_key(storage), NULL);
@@ -91,7 +91,7 @@ int mirror_registry_expire_list(struct registry *reg, pool_t pool,
 	const char **keys, **values;
 	pool_t lookup_pool;
 	unsigned int i;
-	long t;
+	time_t t;
 	int ret = 0;
 
 	keys = t_new(const char *, count + 1);
@@ -107,7 +107,7 @@ int mirror_registry_expire_list(struct registry *reg, pool_t pool,
 	for (i = 0; i < count && ret == 0; i++) {
 		if (values[i] == NULL)
 			continue;
-		if (str_to_long(values[i], &t) < 0 || t < 0) {
+		if (registry_time_parse(values[i], &t) < 0) {
 			*error_r = t_strdup_printf(
 				"Broken registry data in %s: not a time",
 				str_sanitize(keys[i], 120));
@@ -116,7 +116,7 @@ int mirror_registry_expire_list(struct registry *reg, pool_t pool,
 		}
 		entry = array_append_space(entries);
 		entry->storage_key = p_strdup(pool, storage_keys[i]);
-		entry->oldest = (time_t)t;
+		entry->oldest = t;
 	}
 	pool_unref(&lookup_pool);
 	return ret;

@@ -609,6 +609,50 @@ static void mirror_expire_visit(struct mirror_expire_scan *scan,
 	storage->indexed = res->oldest_kept;
 }
 
+int mirror_expire_storage_oldest(struct mail_storage_service_ctx *service,
+				 struct event *event_parent,
+				 const char *storage, time_t *oldest_r,
+				 const char **error_r)
+{
+	struct mirror_expire_settings set;
+	struct mirror_expire_scan scan;
+	struct mirror_expire_storage st;
+	struct mirror_expire_storage_result res;
+	struct mirror_expire_visit visit;
+	int ret;
+
+	/* a visit of the scan's --rebuild-index, without the index update */
+	i_zero(&set);
+	set.now = time(NULL);
+	set.rebuild_index = TRUE;
+	i_zero(&scan);
+	scan.pool = pool_alloconly_create("mirror expire storage", 1024);
+	scan.set = &set;
+	scan.service = service;
+	scan.event = event_create(event_parent);
+	event_add_category(scan.event, &event_category_mirror);
+	event_set_append_log_prefix(scan.event, "mirror expire: ");
+	mirror_privileges_get(scan.pool, &scan.privs);
+	i_zero(&st);
+	st.name = storage;
+	i_zero(&res);
+	res.storage = storage;
+	i_zero(&visit);
+	visit.scan = &scan;
+	visit.storage = &st;
+	visit.res = &res;
+
+	ret = mirror_expire_visit_open(&visit, error_r);
+	if (ret == 0)
+		ret = mirror_expire_mails(&visit, error_r);
+	mirror_expire_visit_close(&visit);
+	mirror_expire_privileges_restore(&scan.privs);
+	*oldest_r = res.oldest_kept;
+	event_unref(&scan.event);
+	pool_unref(&scan.pool);
+	return ret;
+}
+
 static void
 mirror_expire_finished(struct mirror_expire_scan *scan,
 		       const struct mirror_expire_result *result)

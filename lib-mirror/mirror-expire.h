@@ -81,4 +81,12 @@ int mirror_expire_run(const struct mirror_expire_settings *set,
 		      void *context, struct mirror_expire_result *result_r,
 		      const char **error_r);
 
+/* What --rebuild-index finds for one storage, without setting its entry:
+   the oldest save date in its INBOX (0 if it is empty). The identity the
+   caller had is restored on return. 0, or -1 with error_r. */
+int mirror_expire_storage_oldest(struct mail_storage_service_ctx *service,
+				 struct event *event_parent,
+				 const char *storage, time_t *oldest_r,
+				 const char **error_r);
+
 #endif

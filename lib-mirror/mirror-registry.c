@@ -13,28 +13,30 @@
 #include "registry-json.h"
 #include "registry-user.h"
 #include "mirror-registry.h"
+#include "mirror-registry-private.h"
 
-#define MIRROR_KEY_SOURCE REGISTRY_KEY_MIRROR"source/"
-#define MIRROR_KEY_ID REGISTRY_KEY_MIRROR"id/"
-#define MIRROR_KEY_SOURCES REGISTRY_KEY_MIRROR"sources"
-#define MIRROR_KEY_NEXT_ID REGISTRY_KEY_MIRROR"next-id"
-#define MIRROR_KEY_STORAGE REGISTRY_KEY_MIRROR"storage/"
-#define MIRROR_KEY_STATUS REGISTRY_KEY_MIRROR"status/"
-/* mirror-account.c's list of accounts, set up here too */
-#define MIRROR_KEY_ACCOUNTS REGISTRY_KEY_MIRROR"accounts"
-
-static const char *mirror_source_key(const char *source)
+const char *mirror_source_key(const char *source)
 {
 	return t_strconcat(MIRROR_KEY_SOURCE, registry_key_escape(source),
 			   NULL);
 }
 
-static const char *mirror_storage_key(const char *storage)
+const char *mirror_storage_key(const char *storage)
 {
 	/* usernames are compared case-insensitively, as Dovecot's usual
 	   username_format=%Lu does */
 	return t_strconcat(MIRROR_KEY_STORAGE,
 			   registry_key_escape(t_str_lcase(storage)), NULL);
+}
+
+const char *mirror_id_key(unsigned int id)
+{
+	return t_strdup_printf(MIRROR_KEY_ID"%u", id);
+}
+
+const char *mirror_status_key(unsigned int id, const char *what)
+{
+	return t_strdup_printf(MIRROR_KEY_STATUS"%u/%s", id, what);
 }
 
 int mirror_registry_storage_lookup(struct registry *reg,
@@ -65,7 +67,7 @@ int mirror_registry_lookup(struct registry *reg, const char *source,
 	const char *key, *value, *error;
 	int ret;
 
-	key = t_strconcat(MIRROR_KEY_SOURCE, registry_key_escape(source), NULL);
+	key = mirror_source_key(source);
 	if ((ret = registry_get(reg, key, &value, error_r)) <= 0)
 		return ret;
 	if (mirror_defs_decode(value, pool, defs, &error) < 0) {
@@ -188,16 +190,22 @@ mirror_registry_set_defs(struct dict_transaction_context *trans,
 		dict_unset(trans, key);
 }
 
-static void
-mirror_user_record_set(struct dict_transaction_context *trans,
-		       const char *user, const char *password_hash,
-		       unsigned int mirror_id)
+struct json_object *mirror_storage_userdb_fields(unsigned int mirror_id)
 {
 	struct json_object *obj = json_object_new_object();
 
 	json_object_object_add(obj, "mirror_storage",
 			       json_object_new_string(dec2str(mirror_id)));
-	registry_user_records_set(trans, user, password_hash, obj);
+	return obj;
+}
+
+static void
+mirror_user_record_set(struct dict_transaction_context *trans,
+		       const char *user, const char *password_hash,
+		       unsigned int mirror_id)
+{
+	registry_user_records_set(trans, user, password_hash,
+				  mirror_storage_userdb_fields(mirror_id));
 }
 
 int mirror_registry_add(struct registry *reg, struct mirror_def *def,
@@ -253,10 +261,9 @@ int mirror_registry_add(struct registry *reg, struct mirror_def *def,
 	array_push_back(&storage_defs, def);
 
 	trans = registry_transaction_begin(reg);
-	dict_set(trans, t_strconcat(MIRROR_KEY_SOURCE,
-				    registry_key_escape(def->source), NULL),
+	dict_set(trans, mirror_source_key(def->source),
 		 mirror_defs_encode(&defs));
-	dict_set(trans, t_strdup_printf(MIRROR_KEY_ID"%u", def->id),
+	dict_set(trans, mirror_id_key(def->id),
 		 def->source);
 	dict_set(trans, mirror_storage_key(def->storage),
 		 mirror_defs_encode(&storage_defs));
@@ -289,7 +296,7 @@ int mirror_registry_get_def(struct registry *reg, unsigned int id,
 	const char *source;
 	int ret;
 
-	ret = registry_get(reg, t_strdup_printf(MIRROR_KEY_ID"%u", id),
+	ret = registry_get(reg, mirror_id_key(id),
 			   &source, error_r);
 	if (ret <= 0)
 		return ret;
@@ -375,7 +382,7 @@ int mirror_registry_remove(struct registry *reg, unsigned int id,
 	bool found = FALSE;
 	int ret;
 
-	id_key = t_strdup_printf(MIRROR_KEY_ID"%u", id);
+	id_key = mirror_id_key(id);
 	if ((ret = registry_get(reg, id_key, &source, error_r)) <= 0)
 		return ret;
 

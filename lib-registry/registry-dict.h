@@ -47,6 +47,8 @@ int registry_get_counter(struct registry *reg, const char *key,
    can't be read or isn't a time. */
 int registry_get_time(struct registry *reg, const char *key,
 		      time_t *time_r, const char **error_r);
+/* A unix time as the registry keeps it: 0, or -1 if value isn't one. */
+int registry_time_parse(const char *value, time_t *time_r);
 
 struct dict_transaction_context *
 registry_transaction_begin(struct registry *reg);
@@ -74,5 +76,11 @@ int registry_iterate(struct registry *reg, const char *prefix,
 		     int (*callback)(const char *name, const char *value,
 				     void *context, const char **error_r),
 		     void *context, const char **error_r);
+/* The same, but 0 without calling callback if the dict can't iterate
+   (Redis): 1 if it did, -1 on error. */
+int registry_iterate_if_supported(struct registry *reg, const char *prefix,
+		int (*callback)(const char *name, const char *value,
+				void *context, const char **error_r),
+		void *context, const char **error_r);
 
 #endif

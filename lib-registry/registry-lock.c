@@ -12,6 +12,7 @@
 #include "file-lock.h"
 #include "time-util.h"
 #include "registry-dict.h"
+#include "registry-check.h"
 #include "registry-lock.h"
 
 #include <fcntl.h>
@@ -42,6 +43,52 @@ void registry_lock_setup(struct dict_transaction_context *trans)
 	dict_set(trans, REGISTRY_KEY_LOCK_GEN, "1");
 	for (i = 1; i <= REGISTRY_LOCK_AHEAD; i++)
 		dict_set(trans, registry_lock_claim_key(i), "0");
+}
+
+void registry_lock_check(struct registry_check *check)
+{
+	const char *keys[REGISTRY_LOCK_AHEAD], *value, *problem;
+	unsigned int i;
+	uint64_t gen;
+
+	value = registry_check_get(check, REGISTRY_KEY_LOCK_GEN);
+	if (value == NULL || !registry_check_counter_is_valid(value) ||
+	    str_to_uint64(value, &gen) < 0 || gen == 0) {
+		if (registry_check_failed(check) != NULL)
+			return;
+		/* nobody can hold the lock without it: start again */
+		problem = value == NULL ? "missing" :
+			t_strconcat("not a generation: ",
+				    registry_check_value(value), NULL);
+		registry_check_set(check, REGISTRY_KEY_LOCK_GEN, "1");
+		for (i = 1; i <= REGISTRY_LOCK_AHEAD; i++) {
+			registry_check_set(check, registry_lock_claim_key(i),
+					   "0");
+		}
+		registry_check_fixed(check, REGISTRY_KEY_LOCK_GEN, problem,
+				     "made again, with its claim keys");
+		return;
+	}
+	/* the generation's claim is what every locker increments; those
+	   ahead are made as the lock moves on, and one missing only costs
+	   a generation */
+	for (i = 0; i < REGISTRY_LOCK_AHEAD; i++)
+		keys[i] = registry_lock_claim_key(gen + i);
+	registry_check_prefetch(check, keys, REGISTRY_LOCK_AHEAD);
+	for (i = 0; i < REGISTRY_LOCK_AHEAD; i++) {
+		value = registry_check_get(check, keys[i]);
+		if (value == NULL && i > 0)
+			continue;
+		if (value != NULL && registry_check_counter_is_valid(value))
+			continue;
+		if (registry_check_failed(check) != NULL)
+			return;
+		registry_check_set(check, keys[i], "0");
+		registry_check_fixed(check, keys[i], value == NULL ?
+			"missing" : t_strconcat("not a counter: ",
+				registry_check_value(value), NULL),
+			"set to 0");
+	}
 }
 
 /* The flock that keeps the holders of one server to one. */

@@ -46,8 +46,13 @@ void registry_unlock(struct registry *reg);
 int registry_lock_refresh(struct registry *reg, const char **error_r);
 
 struct dict_transaction_context;
+struct registry_check;
 /* In trans: the keys of the lock that a new registry has (doveadm mirror
    init), or that check --repair makes again. */
 void registry_lock_setup(struct dict_transaction_context *trans);
+/* Check the lock's keys (registry-check.h): its generation, which nobody
+   can lock without, and the claim counters of the generations ahead. The
+   repair makes them again. */
+void registry_lock_check(struct registry_check *check);
 
 #endif

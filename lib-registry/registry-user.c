@@ -7,18 +7,15 @@
 #include "registry-json.h"
 #include "registry-user.h"
 
-#define REGISTRY_KEY_USER REGISTRY_KEY_MIRROR"user/"
-#define REGISTRY_KEY_USERDB REGISTRY_KEY_MIRROR"userdb/"
-
 /* usernames are compared case-insensitively, as Dovecot's usual
    username_format=%Lu does */
-static const char *registry_user_key(const char *user)
+const char *registry_user_key(const char *user)
 {
 	return t_strconcat(REGISTRY_KEY_USER,
 			   registry_key_escape(t_str_lcase(user)), NULL);
 }
 
-static const char *registry_userdb_key(const char *user)
+const char *registry_userdb_key(const char *user)
 {
 	return t_strconcat(REGISTRY_KEY_USERDB,
 			   registry_key_escape(t_str_lcase(user)), NULL);

@@ -16,7 +16,14 @@
 
 #include <json-c/json.h>
 
+#define REGISTRY_KEY_USER REGISTRY_KEY_MIRROR"user/"
+#define REGISTRY_KEY_USERDB REGISTRY_KEY_MIRROR"userdb/"
+
 struct dict_transaction_context;
+
+/* The keys of user's passdb and userdb records. */
+const char *registry_user_key(const char *user);
+const char *registry_userdb_key(const char *user);
 
 /* In trans: the passdb record (none when password_hash is NULL) and, when
    userdb_fields is not NULL, the userdb record (the fields; released). */

@@ -216,19 +216,27 @@ int registry_get_time(struct registry *reg, const char *key,
 		      time_t *time_r, const char **error_r)
 {
 	const char *value;
-	long t;
 	int ret;
 
 	*time_r = 0;
 	if ((ret = registry_get(reg, key, &value, error_r)) <= 0)
 		return ret;
-	if (str_to_long(value, &t) < 0 || t < 0) {
+	if (registry_time_parse(value, time_r) < 0) {
 		*error_r = t_strdup_printf("Broken registry data in %s: "
 					   "not a time", key);
 		return -1;
 	}
-	*time_r = (time_t)t;
 	return 1;
+}
+
+int registry_time_parse(const char *value, time_t *time_r)
+{
+	long t;
+
+	if (str_to_long(value, &t) < 0 || t < 0)
+		return -1;
+	*time_r = (time_t)t;
+	return 0;
 }
 
 int registry_counters_add(struct registry *reg,
@@ -254,16 +262,23 @@ int registry_counters_add(struct registry *reg,
 	return ret < 0 ? -1 : 0;
 }
 
-int registry_iterate(struct registry *reg, const char *prefix,
-		     int (*callback)(const char *name, const char *value,
-				     void *context, const char **error_r),
-		     void *context, const char **error_r)
+/* A dict without iteration (Redis) fails it with this (dict-fail.c), also
+   through a proxy, which passes the error on */
+#define REGISTRY_ITERATE_UNSUPPORTED "Unsupported operation"
+
+static int
+registry_iterate_real(struct registry *reg, const char *prefix,
+		      int (*callback)(const char *name, const char *value,
+				      void *context, const char **error_r),
+		      void *context, bool *unsupported_r,
+		      const char **error_r)
 {
 	struct dict_iterate_context *iter;
 	const char *key, *value, *error = NULL, *cb_error = NULL;
 	size_t prefix_len = strlen(prefix);
 	int ret = 0;
 
+	*unsupported_r = FALSE;
 	iter = dict_iterate_init(reg->dict, &reg->opset, prefix,
 				 DICT_ITERATE_FLAG_RECURSE);
 	while (dict_iterate(iter, &key, &value)) {
@@ -276,6 +291,8 @@ int registry_iterate(struct registry *reg, const char *prefix,
 			break;
 	}
 	if (dict_iterate_deinit(&iter, &error) < 0) {
+		*unsupported_r = strstr(error, REGISTRY_ITERATE_UNSUPPORTED) !=
+			NULL;
 		*error_r = t_strdup_printf("dict iteration of %s failed: %s",
 					   prefix, error);
 		return -1;
@@ -285,6 +302,30 @@ int registry_iterate(struct registry *reg, const char *prefix,
 		return -1;
 	}
 	return 0;
+}
+
+int registry_iterate(struct registry *reg, const char *prefix,
+		     int (*callback)(const char *name, const char *value,
+				     void *context, const char **error_r),
+		     void *context, const char **error_r)
+{
+	bool unsupported;
+
+	return registry_iterate_real(reg, prefix, callback, context,
+				     &unsupported, error_r);
+}
+
+int registry_iterate_if_supported(struct registry *reg, const char *prefix,
+		int (*callback)(const char *name, const char *value,
+				void *context, const char **error_r),
+		void *context, const char **error_r)
+{
+	bool unsupported;
+
+	if (registry_iterate_real(reg, prefix, callback, context,
+				  &unsupported, error_r) == 0)
+		return 1;
+	return unsupported ? 0 : -1;
 }
 
 static bool registry_failing = FALSE;

@@ -6,6 +6,7 @@ counters (dict_atomic_inc as SQL UPDATEs), a bag with a recipient list
 flushed by ETRN (fetchmail), monthly usage, and the expiry scan.
 MIRROR_TEST_STORE=sqlite runs the whole suite this way."""
 
+import json
 import os
 import sqlite3
 import time
@@ -105,3 +106,46 @@ def test_a_bag_in_sql_flushed_by_etrn(sb):
         assert all(k.startswith("usage/") for k in left), left
     finally:
         customer.stop()
+
+
+def test_check_and_repair_in_sql(sb):
+    """doveadm mirror check reads the table with dict-sql's iteration."""
+    m = sb.mirror_add(ALICE)
+    for i in range(2):
+        ok(sb.deliver([ALICE], make_message(subject="m%d" % i)))
+    r = sb.doveadm("mirror", "check", json_output=True)
+    assert r.json == []
+
+    con = sqlite3.connect(os.path.join(sb.dir, "state", "mirror",
+                                       "registry.sqlite"))
+    try:
+        with con:
+            con.execute("UPDATE mirror_registry SET value = 'zz' WHERE "
+                        "ns = 'mirror' AND key = ?",
+                        ("status/%s/copies" % m["id"],))
+            con.execute("DELETE FROM mirror_registry WHERE ns = 'mirror' "
+                        "AND key = 'sources'")
+            con.execute("INSERT INTO mirror_registry VALUES ('mirror', "
+                        "'user/ghost@example.com', '{\"password\":\"x\"}')")
+    finally:
+        con.close()
+    copies = "shared/mirror/status/%s/copies" % m["id"]
+    ghost = ("shared/mirror/user/ghost@example.com",
+             "a login of no mirror, bag, ATRN identity or POP3 box",
+             "left: removing a login is the administrator's call "
+             "(doveadm dict unset)")
+    for args, code, done in (([], 65, "would be "),
+                             (["--repair"], 65, ""), ([], 65, None)):
+        r = sb.doveadm("mirror", "check", *args, json_output=True,
+                       check=False)
+        assert r.returncode == code, r.stderr
+        found = [(x["key"], x["problem"], x["action"])
+                 for x in json.loads(r.stdout)]
+        assert found == ([] if done is None else [
+            ("shared/mirror/sources", "missing",
+             done + "rebuilt from the definitions"),
+            (copies, "not a counter: 'zz'",
+             done + "reset to 2 from the hash chain")]) + [ghost], found
+    assert rows(sb, "mirror", "status/")[
+        "status/%s/copies" % m["id"]] == "2"
+    assert rows(sb, "mirror", "sources") == {"sources": '["%s"]' % ALICE}

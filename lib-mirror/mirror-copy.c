@@ -56,9 +56,11 @@ struct mirror_copier {
 	struct registry *registry;
 	struct mirror_privileges privs;
 	ARRAY(struct mirror_storage *) storages;
+	/* the copies saved and not yet committed or rolled back */
+	struct mirror_copy_batch *batch;
 };
 
-/* State of one target during mirror_copier_copy() */
+/* State of one target of a batch */
 struct mirror_copy_state {
 	/* created when the copy starts, so that its duration is the copy's */
 	struct event *event;
@@ -70,7 +72,33 @@ struct mirror_copy_state {
 	void *hash_ctx;
 	unsigned char content_hash[MIRROR_CHAIN_HASH_SIZE];
 	bool hashed;
+	/* why there is no copy (from the batch's pool) */
+	const char *error;
+	/* the copy itself failed (its save or its commit): logged, sent as
+	   an event and counted, also in a batch that is rolled back */
+	bool failed;
 };
+
+struct mirror_copy_batch {
+	pool_t pool;
+	struct mirror_copier *copier;
+	struct mirror_copy_target *targets;
+	struct mirror_copy_state *states;
+	unsigned int count;
+	bool all_or_nothing;
+	/* a copy could not be saved */
+	bool failed;
+};
+
+/* The caller's identity and ioloop context, put back on return */
+struct mirror_copy_caller {
+	struct mirror_privileges privs;
+	struct ioloop_context *ctx;
+};
+
+static void mirror_copy_batch_free(struct mirror_copy_batch **_batch);
+static void
+mirror_copy_batch_end(struct mirror_copy_batch *batch, bool commit);
 
 
 struct mirror_copier *
@@ -165,6 +193,11 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 		if (orig_ctx != NULL) {
 			io_loop_context_ref(orig_ctx);
 			io_loop_context_deactivate(orig_ctx);
+		}
+		if (copier->batch != NULL) {
+			/* the delivery never ended: nothing is kept */
+			mirror_copy_batch_end(copier->batch, FALSE);
+			mirror_copy_batch_free(&copier->batch);
 		}
 		array_foreach_elem(&copier->storages, storage)
 			mirror_storage_free(&storage);
@@ -494,101 +527,149 @@ mirror_copy_finished(struct event *event,
 	}
 }
 
-static int
-mirror_copier_copy_all(struct mirror_copier *copier, struct mail *mail,
-		       struct mirror_copy_target *targets, unsigned int count,
-		       bool all_or_nothing, struct event *event_parent,
-		       const char **error_r)
+static void mirror_copy_caller_leave(struct mirror_copy_caller *caller)
 {
-	struct mirror_copy_state *states;
+	caller->ctx = io_loop_get_current_context(current_ioloop);
+	if (caller->ctx != NULL) {
+		io_loop_context_ref(caller->ctx);
+		io_loop_context_deactivate(caller->ctx);
+	}
+}
+
+static void mirror_copy_caller_return(struct mirror_copy_caller *caller)
+{
+	const char *error;
+
+	/* A failed user lookup leaves the process at euid 0: always return
+	   to the caller's identity. */
+	if (mirror_privileges_set(&caller->privs, &error) < 0)
+		i_fatal("mirror: %s", error);
+	if (caller->ctx != NULL) {
+		io_loop_context_activate(caller->ctx);
+		io_loop_context_unref(&caller->ctx);
+	}
+}
+
+/* Save every copy of the batch, committing none. */
+static void
+mirror_copy_batch_save(struct mirror_copy_batch *batch, struct mail *mail,
+		       struct event *event_parent)
+{
+	struct mirror_copier *copier = batch->copier;
+	struct mirror_copy_state *state;
+	const char *error;
+	unsigned int i;
+
+	for (i = 0; i < batch->count; i++) {
+		state = &batch->states[i];
+		state->event = event_create(event_parent);
+		event_add_category(state->event, &event_category_mirror);
+		event_set_append_log_prefix(state->event, "mirror: ");
+		if (mirror_copier_get(copier, batch->targets[i].storage,
+				      &state->storage, &error) < 0) {
+			state->error = p_strdup(batch->pool, error);
+			state->failed = TRUE;
+			batch->failed = TRUE;
+			continue;
+		}
+		if (mirror_copy_save(state, &batch->targets[i], mail,
+				     &error) < 0) {
+			state->error = p_strdup(batch->pool, error);
+			state->failed = TRUE;
+			batch->failed = TRUE;
+		}
+		mirror_storage_deactivate(state->storage);
+		if (state->error != NULL) {
+			mirror_copier_forget(copier, state->storage);
+			state->storage = NULL;
+		}
+	}
+}
+
+static void mirror_copy_batch_free(struct mirror_copy_batch **_batch)
+{
+	struct mirror_copy_batch *batch = *_batch;
+	unsigned int i;
+
+	*_batch = NULL;
+	for (i = 0; i < batch->count; i++) {
+		event_unref(&batch->states[i].event);
+		i_free(batch->states[i].hash_ctx);
+	}
+	pool_unref(&batch->pool);
+}
+
+/* Commit the copies saved (commit), or roll them back. */
+static void
+mirror_copy_batch_end(struct mirror_copy_batch *batch, bool commit)
+{
+	struct mirror_copier *copier = batch->copier;
+	struct mirror_copy_state *state;
 	struct mail_transaction_commit_changes changes;
 	const char *error;
 	unsigned int i;
-	bool failed = FALSE;
+	bool all_failed = batch->failed && batch->all_or_nothing;
 
-	states = t_new(struct mirror_copy_state, count);
-	/* first save every copy, then commit them */
-	for (i = 0; i < count; i++) {
-		states[i].event = event_create(event_parent);
-		event_add_category(states[i].event, &event_category_mirror);
-		event_set_append_log_prefix(states[i].event, "mirror: ");
-		targets[i].error = NULL;
-		if (mirror_copier_get(copier, targets[i].storage,
-				      &states[i].storage, &error) < 0) {
-			targets[i].error = *error_r = error;
-			failed = TRUE;
+	for (i = 0; i < batch->count; i++) {
+		state = &batch->states[i];
+		if (state->trans == NULL)
 			continue;
-		}
-		if (mirror_copy_save(&states[i], &targets[i], mail,
-				     &error) < 0) {
-			targets[i].error = *error_r = error;
-			failed = TRUE;
-		}
-		mirror_storage_deactivate(states[i].storage);
-		if (targets[i].error != NULL) {
-			mirror_copier_forget(copier, states[i].storage);
-			states[i].storage = NULL;
-		}
-	}
-	for (i = 0; i < count; i++) {
-		struct mirror_storage *storage = states[i].storage;
-
-		if (states[i].trans == NULL)
-			continue;
-		if (!mirror_storage_activate(storage, &error)) {
-			/* cannot happen: this identity was used above */
+		if (!mirror_storage_activate(state->storage, &error)) {
+			/* cannot happen: this identity was used to save */
 			i_panic("mirror: %s", error);
 		}
-		if (failed && all_or_nothing) {
-			mailbox_transaction_rollback(&states[i].trans);
-			targets[i].error = "Not copied, because another "
+		if (!commit) {
+			mailbox_transaction_rollback(&state->trans);
+			state->error = "Not copied, because the delivery "
+				"kept nothing";
+		} else if (all_failed) {
+			mailbox_transaction_rollback(&state->trans);
+			state->error = "Not copied, because another "
 				"mirror copy of the message failed";
 		} else if (mailbox_transaction_commit_get_changes(
-				&states[i].trans, &changes) < 0) {
-			targets[i].error = *error_r = t_strdup_printf(
+				&state->trans, &changes) < 0) {
+			state->error = p_strdup_printf(batch->pool,
 				"Commit failed: %s",
-				mailbox_get_last_internal_error(storage->box,
-								NULL));
-			failed = TRUE;
+				mailbox_get_last_internal_error(
+					state->storage->box, NULL));
+			state->failed = TRUE;
+			batch->failed = TRUE;
 		} else {
 			/* still as the storage user: it owns the chain */
-			mirror_copy_chain_append(copier, &states[i],
-						 &targets[i], &changes);
+			mirror_copy_chain_append(copier, state,
+						 &batch->targets[i], &changes);
 			pool_unref(&changes.pool);
 		}
-		mirror_storage_deactivate(storage);
-		if (targets[i].error != NULL && !(failed && all_or_nothing))
-			mirror_copier_forget(copier, storage);
+		mirror_storage_deactivate(state->storage);
+		if (commit && state->error != NULL && !all_failed)
+			mirror_copier_forget(copier, state->storage);
 	}
-	for (i = 0; i < count; i++) {
-		mirror_copy_finished(states[i].event, &targets[i],
-				     states[i].size);
-		event_unref(&states[i].event);
-		i_free(states[i].hash_ctx);
-	}
-	return failed ? -1 : 0;
 }
 
 /* Count the copies made and failed per mirror, as the copier's own
-   identity: the registry belongs to the mail system, not to a user. */
+   identity: the registry belongs to the mail system, not to a user. A
+   rolled back batch counts only the copies whose save failed. */
 static void
 mirror_copier_count(struct mirror_copier *copier,
-		    const struct mirror_copy_target *targets,
-		    unsigned int count)
+		    const struct mirror_copy_batch *batch, bool commit)
 {
 	ARRAY(struct mirror_copy_result) results;
 	struct mirror_copy_result *result;
 	const char *error;
 	unsigned int i, id;
 
-	t_array_init(&results, count);
-	for (i = 0; i < count; i++) {
-		array_foreach_elem(&targets[i].mirror_ids, id) {
+	t_array_init(&results, batch->count);
+	for (i = 0; i < batch->count; i++) {
+		if (!commit && !batch->states[i].failed)
+			continue;
+		array_foreach_elem(&batch->targets[i].mirror_ids, id) {
 			result = array_append_space(&results);
 			result->id = id;
-			result->error = targets[i].error;
+			result->error = batch->states[i].error;
 		}
 	}
+	if (array_count(&results) == 0)
+		return;
 	if (mirror_privileges_set(&copier->privs, &error) < 0) {
 		i_error("mirror: Can't count copies: %s", error);
 		return;
@@ -598,36 +679,108 @@ mirror_copier_count(struct mirror_copier *copier,
 				      array_count(&results));
 }
 
+int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
+			  struct mirror_copy_target *targets,
+			  unsigned int count, bool all_or_nothing,
+			  struct event *event_parent,
+			  struct mirror_copy_batch **batch_r,
+			  const char **error_r)
+{
+	struct mirror_copy_batch *batch;
+	struct mirror_copy_caller caller;
+	unsigned int i;
+	pool_t pool;
+
+	i_assert(copier->batch == NULL);
+
+	pool = pool_alloconly_create("mirror copy batch", 1024);
+	batch = p_new(pool, struct mirror_copy_batch, 1);
+	batch->pool = pool;
+	batch->copier = copier;
+	batch->targets = targets;
+	batch->count = count;
+	batch->all_or_nothing = all_or_nothing;
+	batch->states = p_new(pool, struct mirror_copy_state, count);
+	copier->batch = batch;
+
+	mirror_privileges_get(pool, &caller.privs);
+	mirror_copy_caller_leave(&caller);
+	mirror_copy_batch_save(batch, mail, event_parent);
+	mirror_copy_caller_return(&caller);
+
+	*error_r = NULL;
+	for (i = 0; i < count; i++) {
+		targets[i].error = batch->states[i].error == NULL ? NULL :
+			t_strdup(batch->states[i].error);
+		if (*error_r == NULL && targets[i].error != NULL)
+			*error_r = targets[i].error;
+	}
+	*batch_r = batch;
+	return batch->failed ? -1 : 0;
+}
+
+int mirror_copier_finish(struct mirror_copy_batch **_batch, bool commit,
+			 const char **error_r)
+{
+	struct mirror_copy_batch *batch = *_batch;
+	struct mirror_copier *copier = batch->copier;
+	struct mirror_copy_target *targets = batch->targets;
+	struct mirror_copy_caller caller;
+	unsigned int i;
+	bool failed = FALSE;
+
+	*_batch = NULL;
+	i_assert(copier->batch == batch);
+	copier->batch = NULL;
+
+	mirror_privileges_get(batch->pool, &caller.privs);
+	mirror_copy_caller_leave(&caller);
+	mirror_copy_batch_end(batch, commit);
+	*error_r = NULL;
+	for (i = 0; i < batch->count; i++) {
+		struct mirror_copy_state *state = &batch->states[i];
+
+		targets[i].error = state->error == NULL ? NULL :
+			t_strdup(state->error);
+		if (targets[i].error != NULL) {
+			failed = TRUE;
+			if (state->failed && *error_r == NULL)
+				*error_r = targets[i].error;
+		}
+		/* in a rolled back batch only the copies that failed
+		   themselves are copy failures */
+		if (commit || state->failed) {
+			mirror_copy_finished(state->event, &targets[i],
+					     state->size);
+		}
+	}
+	if (copier->registry != NULL)
+		mirror_copier_count(copier, batch, commit);
+	mirror_copy_caller_return(&caller);
+	mirror_copy_batch_free(&batch);
+	if (failed && *error_r == NULL) {
+		/* rolled back */
+		*error_r = "Not copied, because the delivery kept nothing";
+	}
+	return failed ? -1 : 0;
+}
+
 int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
 		       bool all_or_nothing, struct event *event_parent,
 		       const char **error_r)
 {
-	struct ioloop_context *orig_ctx;
-	struct mirror_privileges orig;
+	struct mirror_copy_batch *batch;
 	const char *error;
 	int ret;
 
-	mirror_privileges_get(pool_datastack_create(), &orig);
-	orig_ctx = io_loop_get_current_context(current_ioloop);
-	if (orig_ctx != NULL) {
-		io_loop_context_ref(orig_ctx);
-		io_loop_context_deactivate(orig_ctx);
-	}
-
-	*error_r = NULL;
-	ret = mirror_copier_copy_all(copier, mail, targets, count,
-				     all_or_nothing, event_parent, error_r);
-	if (copier->registry != NULL)
-		mirror_copier_count(copier, targets, count);
-
-	/* A failed user lookup leaves the process at euid 0: always return
-	   to the caller's identity. */
-	if (mirror_privileges_set(&orig, &error) < 0)
-		i_fatal("mirror: %s", error);
-	if (orig_ctx != NULL) {
-		io_loop_context_activate(orig_ctx);
-		io_loop_context_unref(&orig_ctx);
+	ret = mirror_copier_prepare(copier, mail, targets, count,
+				    all_or_nothing, event_parent, &batch,
+				    error_r);
+	if (mirror_copier_finish(&batch, TRUE, &error) < 0) {
+		if (ret == 0)
+			*error_r = error;
+		ret = -1;
 	}
 	return ret;
 }

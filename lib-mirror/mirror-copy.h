@@ -24,9 +24,12 @@ struct mirror_copy_target {
 	/* the recipients that matched: one X-Envelope-To header each */
 	ARRAY_TYPE(const_string) envelope_to;
 
-	/* set by mirror_copier_copy(): NULL if the copy was committed */
+	/* set by mirror_copier_prepare() (NULL if the copy was saved) and
+	   mirror_copier_finish() (NULL if it was committed) */
 	const char *error;
 };
+
+struct mirror_copy_batch;
 
 /* With fsync=FALSE, storages are opened with mail_fsync=never: a copy
    survives the process being killed (it is in the kernel's page cache
@@ -50,5 +53,24 @@ int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		       struct mirror_copy_target *targets, unsigned int count,
 		       bool all_or_nothing, struct event *event_parent,
 		       const char **error_r);
+
+/* The same in two steps, so that the copies are committed only after the
+   delivery they mirror: mirror_copier_prepare() saves every copy and
+   commits none (one batch per copier at a time); mirror_copier_finish()
+   then commits them (commit) or rolls them back, and frees the batch.
+   targets must stay valid until then. Both return 0 if every copy was
+   saved (prepare) or committed (finish), -1 if not (see each target's
+   error; error_r is the cause of the first failure). A rolled back batch
+   logs, sends events for and counts only the copies that failed
+   themselves. A batch still open when the copier is freed is rolled
+   back. */
+int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
+			  struct mirror_copy_target *targets,
+			  unsigned int count, bool all_or_nothing,
+			  struct event *event_parent,
+			  struct mirror_copy_batch **batch_r,
+			  const char **error_r);
+int mirror_copier_finish(struct mirror_copy_batch **batch, bool commit,
+			 const char **error_r);
 
 #endif

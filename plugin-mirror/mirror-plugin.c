@@ -21,6 +21,7 @@
 
 struct mirror_delivery_watch {
 	mirror_delivery_callback_t *callback;
+	mirror_delivery_committed_callback_t *committed;
 	void *context;
 	const char *error;
 	bool called:1;
@@ -43,6 +44,7 @@ static MODULE_CONTEXT_DEFINE_INIT(mirror_storage_module,
 
 bool mirror_user_watch_delivery(struct mail_user *user,
 				mirror_delivery_callback_t *callback,
+				mirror_delivery_committed_callback_t *committed,
 				void *context)
 {
 	struct mirror_user *muser = MIRROR_USER_CONTEXT(user);
@@ -52,6 +54,7 @@ bool mirror_user_watch_delivery(struct mail_user *user,
 	i_assert(muser->watch.callback == NULL);
 	i_zero(&muser->watch);
 	muser->watch.callback = callback;
+	muser->watch.committed = committed;
 	muser->watch.context = context;
 	return TRUE;
 }
@@ -84,11 +87,14 @@ mirror_transaction_commit(struct mailbox_transaction_context *t,
 	struct mirror_user *muser = MIRROR_USER_CONTEXT(box->storage->user);
 	struct mirror_delivery_watch *watch = &muser->watch;
 	const char *error;
+	bool first;
+	int ret;
 
 	if (watch->callback == NULL || t->save_count == 0)
 		return mbox->super.transaction_commit(t, changes_r);
 
-	if (!watch->called) {
+	first = !watch->called;
+	if (first) {
 		watch->called = TRUE;
 		if (watch->callback(watch->context, &error) < 0) {
 			watch->failed = TRUE;
@@ -101,9 +107,13 @@ mirror_transaction_commit(struct mailbox_transaction_context *t,
 		mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
 				       watch->error);
 		mbox->super.transaction_rollback(t);
-		return -1;
+		ret = -1;
+	} else {
+		ret = mbox->super.transaction_commit(t, changes_r);
 	}
-	return mbox->super.transaction_commit(t, changes_r);
+	if (first && watch->committed != NULL)
+		watch->committed(watch->context, ret == 0);
+	return ret;
 }
 
 static struct event *mirror_user_event(struct mail_user *user)

@@ -9,16 +9,20 @@
    delivery. Discarded or rejected messages are never committed, so the
    callback does not run for them. If it fails, the commit fails with a
    temporary error and every later delivery commit of the same watch fails
-   too, so that nothing is kept that must be delivered again. */
+   too, so that nothing is kept that must be delivered again. Once that
+   first commit is over, the committed callback says whether it kept the
+   message (it runs whenever the callback did, also after its failure). */
 
 struct mail_user;
 struct module;
 
 typedef int mirror_delivery_callback_t(void *context, const char **error_r);
+typedef void mirror_delivery_committed_callback_t(void *context, bool kept);
 
 /* Returns FALSE if the plugin is not enabled for the user. */
 bool mirror_user_watch_delivery(struct mail_user *user,
 				mirror_delivery_callback_t *callback,
+				mirror_delivery_committed_callback_t *committed,
 				void *context);
 /* Returns TRUE if the watch's callback ran (successfully or not). */
 bool mirror_user_unwatch_delivery(struct mail_user *user);

@@ -57,6 +57,8 @@
 
 enum lmtp_mirror_target_state {
 	LMTP_MIRROR_TARGET_PENDING = 0,
+	/* saved, committed once the delivery is */
+	LMTP_MIRROR_TARGET_SAVED,
 	LMTP_MIRROR_TARGET_DONE,
 	LMTP_MIRROR_TARGET_FAILED,
 };
@@ -109,6 +111,11 @@ struct lmtp_mirror_delivery {
 	/* the SMTP recipient's event: Sieve's events descend from it */
 	struct event *rcpt_event;
 	const char *username;
+	/* the copies saved for this delivery, not yet committed, with the
+	   indexes of their targets (in the transaction's pool) */
+	struct mirror_copy_batch *batch;
+	ARRAY(struct mirror_copy_target) copies;
+	ARRAY_TYPE(uint) copy_idx;
 	bool forwarded;
 };
 
@@ -354,33 +361,38 @@ lmtp_mirror_plan_find_rcpt(struct lmtp_mirror_plan *plan,
 	return NULL;
 }
 
-/* Make the copies the delivery is responsible for: those of its targets
-   that no earlier recipient of the transaction has made. */
+/* Save the copies the delivery is responsible for: those of its targets
+   that no earlier recipient of the transaction has made. They are
+   committed, or rolled back, by lmtp_mirror_copy_finish() once the
+   delivery's own commit is over. */
 static int
-lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
-		 const char **error_r)
+lmtp_mirror_copy_prepare(struct lmtp_mirror_delivery *delivery,
+			 bool can_tempfail, const char **error_r)
 {
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	struct lmtp_mirror_plan *plan = mclient->plan;
-	ARRAY(struct mirror_copy_target) copies;
-	ARRAY_TYPE(uint) copy_idx;
+	pool_t pool = plan->trans->pool;
 	struct lmtp_mirror_target *target;
+	const struct mirror_copy_target *copy;
 	const char *error = NULL, *copy_error;
 	unsigned int idx, i;
 	bool tempfail = mclient->tempfail && can_tempfail;
 	int ret = 0;
 
-	t_array_init(&copies, 4);
-	t_array_init(&copy_idx, 4);
+	i_assert(delivery->batch == NULL);
+	p_array_init(&delivery->copies, pool, 4);
+	p_array_init(&delivery->copy_idx, pool, 4);
 	array_foreach_elem(&delivery->mrcpt->targets, idx) {
 		target = array_idx_modifiable(&plan->targets, idx);
 		if (strcmp(target->copy.storage, delivery->username) == 0)
 			continue;
 		switch (target->state) {
 		case LMTP_MIRROR_TARGET_PENDING:
-			array_push_back(&copies, &target->copy);
-			array_push_back(&copy_idx, &idx);
+			array_push_back(&delivery->copies, &target->copy);
+			array_push_back(&delivery->copy_idx, &idx);
 			break;
+		case LMTP_MIRROR_TARGET_SAVED:
+			i_unreached();
 		case LMTP_MIRROR_TARGET_DONE:
 			break;
 		case LMTP_MIRROR_TARGET_FAILED:
@@ -391,30 +403,65 @@ lmtp_mirror_copy(struct lmtp_mirror_delivery *delivery, bool can_tempfail,
 			break;
 		}
 	}
-	if (array_count(&copies) > 0 &&
-	    mirror_copier_copy(mclient->copier, plan->raw_mail,
-			       array_front_modifiable(&copies),
-			       array_count(&copies), tempfail,
-			       delivery->event, &copy_error) < 0) {
+	if (array_count(&delivery->copies) > 0 &&
+	    mirror_copier_prepare(mclient->copier, plan->raw_mail,
+				  array_front_modifiable(&delivery->copies),
+				  array_count(&delivery->copies), tempfail,
+				  delivery->event, &delivery->batch,
+				  &copy_error) < 0) {
 		error = copy_error;
 		ret = -1;
 	}
-	for (i = 0; i < array_count(&copies); i++) {
-		const struct mirror_copy_target *copy =
-			array_idx(&copies, i);
-
-		idx = *array_idx(&copy_idx, i);
+	for (i = 0; i < array_count(&delivery->copies); i++) {
+		copy = array_idx(&delivery->copies, i);
+		idx = *array_idx(&delivery->copy_idx, i);
 		target = array_idx_modifiable(&plan->targets, idx);
-		target->copy.error = copy->error == NULL ? NULL :
-			p_strdup(plan->trans->pool, copy->error);
-		target->state = copy->error == NULL ?
-			LMTP_MIRROR_TARGET_DONE : LMTP_MIRROR_TARGET_FAILED;
+		if (copy->error == NULL)
+			target->state = LMTP_MIRROR_TARGET_SAVED;
+		else {
+			target->copy.error = p_strdup(pool, copy->error);
+			target->state = LMTP_MIRROR_TARGET_FAILED;
+		}
 	}
 	if (ret < 0 && tempfail) {
 		*error_r = t_strdup_printf("Mirror copy failed: %s", error);
 		return -1;
 	}
 	return 0;
+}
+
+/* The delivery's commit is over: commit the copies it saved if it kept
+   the message, else roll them back (another recipient of the transaction
+   may make them). */
+static void
+lmtp_mirror_copy_finish(struct lmtp_mirror_delivery *delivery, bool kept)
+{
+	struct lmtp_mirror_plan *plan = delivery->mclient->plan;
+	struct lmtp_mirror_target *target;
+	const struct mirror_copy_target *copy;
+	const char *error;
+	unsigned int idx, i;
+
+	if (delivery->batch == NULL)
+		return;
+	(void)mirror_copier_finish(&delivery->batch, kept, &error);
+	for (i = 0; i < array_count(&delivery->copies); i++) {
+		copy = array_idx(&delivery->copies, i);
+		idx = *array_idx(&delivery->copy_idx, i);
+		target = array_idx_modifiable(&plan->targets, idx);
+		if (target->state != LMTP_MIRROR_TARGET_SAVED)
+			continue;
+		if (copy->error == NULL) {
+			target->copy.error = NULL;
+			target->state = LMTP_MIRROR_TARGET_DONE;
+		} else if (!kept) {
+			target->state = LMTP_MIRROR_TARGET_PENDING;
+		} else {
+			target->copy.error =
+				p_strdup(plan->trans->pool, copy->error);
+			target->state = LMTP_MIRROR_TARGET_FAILED;
+		}
+	}
 }
 
 static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
@@ -426,12 +473,21 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 	if (delivery->mrcpt == NULL)
 		return 0;
 	T_BEGIN {
-		ret = lmtp_mirror_copy(delivery, TRUE, error_r);
+		ret = lmtp_mirror_copy_prepare(delivery, TRUE, error_r);
 		if (ret < 0)
 			*error_r = p_strdup(delivery->mclient->plan->trans->pool,
 					    *error_r);
 	} T_END;
 	return ret;
+}
+
+static void lmtp_mirror_delivery_committed(void *context, bool kept)
+{
+	struct lmtp_mirror_delivery *delivery = context;
+
+	T_BEGIN {
+		lmtp_mirror_copy_finish(delivery, kept);
+	} T_END;
 }
 
 static bool
@@ -489,6 +545,7 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 	   Sieve redirect, decide a success notification's action too */
 	watching = mirror_user_watch_delivery(lldctx->rcpt_user,
 					      lmtp_mirror_delivery_kept,
+					      lmtp_mirror_delivery_committed,
 					      &delivery);
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
@@ -498,6 +555,9 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 
 	lmtp_mirror_active_delivery = NULL;
 	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
+	/* the mirror plugin ends every batch it started; this is only a
+	   safety net */
+	i_assert(delivery.batch == NULL);
 	if (ret == 0 && delivery.mrcpt != NULL && !kept &&
 	    (delivery.forwarded || !watching)) {
 		/* Forwarded without a local copy (or the mirror mail
@@ -505,7 +565,9 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 		   told from discarding). The reply is already given:
 		   a failure can only be logged. */
 		T_BEGIN {
-			(void)lmtp_mirror_copy(&delivery, FALSE, &error);
+			(void)lmtp_mirror_copy_prepare(&delivery, FALSE,
+						       &error);
+			lmtp_mirror_copy_finish(&delivery, TRUE);
 		} T_END;
 	}
 	if (ret == 0 && mclient->dsn) {

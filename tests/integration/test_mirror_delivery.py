@@ -289,6 +289,34 @@ def test_failure_policy_tempfail_and_retry_without_duplicates(make_sandbox):
     assert sb.maildir_count(AUDIT2) == 1
 
 
+def test_no_copy_when_the_recipients_commit_fails(make_sandbox):
+    """The copies are committed only once the recipient's own delivery is:
+    a delivery that fails at its commit (here: the recipient's maildir
+    new/ can't be written) leaves no copy, and the MTA's retries add none."""
+    sb = make_sandbox(users=[ALICE, AUDIT])
+    m = sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE]))
+    new = os.path.join(sb.dir, "mail", "example.com", "alice", "Maildir",
+                       "new")
+    mode = os.stat(new).st_mode
+    os.chmod(new, 0o555)
+    try:
+        msg = make_message(subject="retried")
+        for _ in range(3):
+            rcpt, data = sb.deliver([ALICE], msg)
+            assert [c for c, _ in data] == [451], data
+        assert sb.maildir_count(ALICE) == 1
+        assert sb.maildir_count(AUDIT) == 1
+    finally:
+        os.chmod(new, mode)
+    ok(sb.deliver([ALICE], msg))
+    assert sb.maildir_count(ALICE) == 2
+    assert sb.maildir_count(AUDIT) == 2
+    # nothing counted for the deliveries that kept nothing
+    assert sb.registry_get("mirror/status/%s/copies" % m["id"]) == "2"
+    assert sb.registry_get("mirror/status/%s/failures" % m["id"]) == "0"
+
+
 def test_tempfail_with_sieve_keeps_nothing(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT], sieve_before=SIEVE_FILTER,
                       settings={"mirror_failure": "tempfail"})

@@ -82,6 +82,8 @@ struct bag_smtp_client_trans {
 	bool mail_replied:1;
 	bool mail_ok:1;
 	bool data_sent:1;
+	/* the reply after the message came */
+	bool data_replied:1;
 	/* the transaction failed: RSET follows, then the callback */
 	bool failed:1;
 	bag_smtp_sender_callback_t *callback;
@@ -284,7 +286,28 @@ bag_smtp_client_trans_callback(struct bag_smtp_client *client,
 	bag_smtp_sender_callback_t *callback = trans->callback;
 	struct bag_smtp_send_result *result = trans->result;
 	void *context = trans->context;
+	struct smtp_reply *reply;
+	unsigned int i;
 
+	/* An accepted recipient's reply is the reply to the message: the
+	   one after it, or DATA's refusal. Without either (the connection
+	   was lost, DATA was answered 2xx) nobody knows whether the message
+	   arrived: the recipient has no reply, and waits. */
+	for (i = 0; i < trans->rcpt_count; i++) {
+		reply = &result->rcpt_replies[i];
+		if (reply->status == 0 || !smtp_reply_is_success(reply))
+			continue;
+		/* (a server that refused MAIL got no message) */
+		if (trans->mail_ok &&
+		    (trans->data_replied ||
+		     (result->data_reply.status != 0 &&
+		      !smtp_reply_is_success(&result->data_reply)))) {
+			*reply = result->data_reply;
+			continue;
+		}
+		i_zero(reply);
+		reply->text_lines = bag_smtp_no_lines;
+	}
 	bag_smtp_client_trans_free(client);
 	if (callback != NULL)
 		callback(result, error, context);
@@ -611,6 +634,7 @@ bag_smtp_client_trans_reply(struct bag_smtp_client *client,
 		if (!bag_smtp_client_tx_reply(client, reply,
 					      &result->data_reply))
 			return;
+		trans->data_replied = TRUE;
 		bag_smtp_client_trans_done(client, trans->accepted == 0 ||
 					   !trans->mail_ok ||
 					   !smtp_reply_is_success(reply));

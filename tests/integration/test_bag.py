@@ -934,3 +934,68 @@ def test_cram_md5_only_where_odmr_authenticates(bag_sandbox):
         sink.wait_for(1)
     finally:
         sink.stop()
+
+
+def reversed_session(sb, row, end_of_data):
+    """ATRN, then the customer's side of the reversed session, played by
+    hand: the recipient is accepted, and the message is answered with
+    end_of_data (a reply line), or the connection is closed in the middle
+    of the message (None)."""
+    s = SMTPSession(odmr_port(sb))
+    s.cmd("EHLO client.test")
+    assert plain_auth(s, "odmr@" + DOMAIN, row["atrn_password"])[0] == 235
+    assert s.cmd("ATRN " + DOMAIN)[0] == 250
+    s.send_raw(b"220 customer.test ESMTP\r\n")
+    f = s.file
+
+    def line():
+        data = f.readline()
+        assert data, "the bag service closed the connection"
+        return data.rstrip(b"\r\n")
+
+    assert line().startswith(b"EHLO ")
+    s.send_raw(b"250 customer.test\r\n")
+    assert line().startswith(b"MAIL FROM:")
+    s.send_raw(b"250 2.1.0 Ok\r\n")
+    assert line().startswith(b"RCPT TO:")
+    s.send_raw(b"250 2.1.5 Ok\r\n")
+    assert line() == b"DATA"
+    s.send_raw(b"354 go ahead\r\n")
+    if end_of_data is None:
+        line()
+        s.close()
+        return
+    while line() != b".":
+        pass
+    s.send_raw(end_of_data.encode() + b"\r\n")
+    # RSET or QUIT next; whatever comes, the session ends here
+    try:
+        line()
+    except (AssertionError, OSError):
+        pass
+    s.close()
+
+
+@pytest.mark.parametrize("end_of_data", ["452 4.3.1 try later", None])
+def test_atrn_keeps_what_the_customer_did_not_take(bag_sandbox,
+                                                   end_of_data):
+    """RCPT TO's 250 is not the message's: a message the customer answers
+    4xx after its data, or whose data never ended, stays in the bag."""
+    sb = bag_sandbox
+    row = bag_add(sb, identity="odmr@" + DOMAIN)
+    deliver(sb, ["a@" + DOMAIN], subject="keep me")
+    reversed_session(sb, row, end_of_data)
+    wait_until(lambda: "Flush of %s (atrn)" % DOMAIN in sb.log(),
+               what="the flush's end")
+    assert bag_messages(sb) == 1
+    assert sb.outbox() == []
+
+
+def test_atrn_bounces_what_the_customer_refused_after_data(bag_sandbox):
+    sb = bag_sandbox
+    row = bag_add(sb, identity="odmr@" + DOMAIN)
+    deliver(sb, ["a@" + DOMAIN], subject="refuse me")
+    reversed_session(sb, row, "554 5.7.1 content refused")
+    wait_until(lambda: bag_messages(sb) == 0, what="the bounce")
+    (_, dsn), = read_outbox(sb, 1)
+    assert all_failures(dsn)[1] == {b"a@" + DOMAIN.encode()}

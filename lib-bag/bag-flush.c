@@ -857,8 +857,12 @@ static void bag_flush_end(struct bag_flush *flush)
 		flush->result.remaining = status.messages;
 	}
 	/* the whole bag was seen: drop what the journal knows about
-	   messages that are gone */
-	if (flush->error == NULL && bag_journal_count(flush->journal) > 0 &&
+	   messages that are gone. A message that couldn't be read was not
+	   seen, but is still there: its records stay until a flush reads
+	   every message (else its recipients would get it again, its
+	   sender a second notification). */
+	if (flush->error == NULL && flush->result.broken == 0 &&
+	    bag_journal_count(flush->journal) > 0 &&
 	    bag_journal_compact(flush->journal, &error) < 0)
 		e_error(flush->event, "%s", error);
 	if (flush->error != NULL)

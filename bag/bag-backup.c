@@ -182,6 +182,7 @@ bag_backup_is_due(struct registry *reg, const struct bag_def *def)
 {
 	struct bag_backup_state state;
 	unsigned int count;
+	int ret;
 	const char *error;
 
 	if (bag_registry_backup_get(reg, def->domain, &state, &error) < 0) {
@@ -192,9 +193,14 @@ bag_backup_is_due(struct registry *reg, const struct bag_def *def)
 	/* a try only when mail waits (the count is a hint, set right by
 	   every flush): an empty bag is never retried, even if a retry was
 	   pending when the bag emptied (ETRN, doveadm bag flush) */
-	if (bag_registry_count_get(reg, def->domain, &count, &error) < 0) {
+	ret = bag_registry_count_get(reg, def->domain, &count, &error);
+	if (ret < 0) {
 		e_error(bag_service.event, "backup %s: %s", def->domain,
 			error);
+		count = 1;
+	} else if (ret == 0) {
+		/* no counter (lost): whether mail waits is unknown, and the
+		   try's flush sets it */
 		count = 1;
 	}
 	if (count == 0) {

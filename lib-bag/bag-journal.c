@@ -201,6 +201,7 @@ int bag_journal_append(struct bag_journal *journal, const char *guid,
 	struct bag_journal_msg *msg;
 	string_t *str = t_str_new(128);
 	unsigned int i;
+	off_t end;
 
 	i_assert(*guid != '\0');
 	for (i = 0; i < count; i++) {
@@ -216,12 +217,23 @@ int bag_journal_append(struct bag_journal *journal, const char *guid,
 			return -1;
 		}
 	}
-	/* O_APPEND, one write(): the lines are whole even if a write of
-	   another one was cut off before */
+	/* O_APPEND, one write(), and a write cut short (a full disk) is cut
+	   off again: the lines stay whole, and the next append starts a
+	   line of its own */
+	end = lseek(journal->fd, 0, SEEK_END);
+	if (end < 0) {
+		*error_r = t_strdup_printf("lseek(%s) failed: %m",
+					   journal->path);
+		return -1;
+	}
 	if (write_full(journal->fd, str_data(str), str_len(str)) < 0 ||
 	    fdatasync(journal->fd) < 0) {
 		*error_r = t_strdup_printf("write(%s) failed: %m",
 					   journal->path);
+		if (ftruncate(journal->fd, end) < 0) {
+			*error_r = t_strdup_printf(
+				"%s, and ftruncate() failed: %m", *error_r);
+		}
 		return -1;
 	}
 	msg = bag_journal_msg_get(journal, guid);

@@ -169,6 +169,9 @@ static int registry_lock_record(struct registry *reg, const char **error_r)
 {
 	struct dict_transaction_context *trans;
 
+	/* a holder that works outside the ioloop (doveadm) renews from the
+	   time it is now, not when the ioloop last ran */
+	io_loop_time_refresh();
 	trans = registry_transaction_begin(reg);
 	dict_set(trans, registry_lock_holder_key(reg->lock_gen),
 		 t_strdup_printf("%ld %s/%s", (long)(ioloop_time +

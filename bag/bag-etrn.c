@@ -129,6 +129,7 @@ bag_etrn_count(struct registry *reg, const struct bag_def *def,
 	const char *error;
 	int ret;
 
+	i_zero(&status);
 	if (bag_registry_count_get(reg, def->domain, count_r, &error) < 0)
 		e_error(bag_service.event, "%s", error);
 	else if (*count_r > 0)

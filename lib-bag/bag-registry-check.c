@@ -40,6 +40,9 @@ struct bag_check {
 	/* the list of bags can't be read: why */
 	const char *domains_problem;
 	bool domains_changed;
+	/* a bag, or a key that may be one, is left unread: the keys no
+	   bag seems to use may be its, and are not removed */
+	bool incomplete;
 
 	ARRAY(struct bag_check_identity *) identities;
 };
@@ -130,6 +133,7 @@ static void bag_check_read_keys(struct bag_check *bc)
 			(void)bag_check_bag(bc, domain);
 			continue;
 		}
+		bc->incomplete = TRUE;
 		registry_check_left(bc->check,
 				    t_strconcat(BAG_KEY_DOMAIN, name, NULL),
 				    "not the key of a bag",
@@ -156,12 +160,14 @@ static void bag_check_read_bags(struct bag_check *bc)
 		bag->exists = TRUE;
 		if (bag_def_decode(value, bc->pool, &bag->def, &error) < 0) {
 			bag->unknown = TRUE;
+			bc->incomplete = TRUE;
 			registry_check_left(bc->check, key,
 				t_strconcat("broken: ", error, NULL),
 				"the bag can't be read: fix or remove it by "
 				"hand (doveadm dict set or unset)");
 		} else if (strcmp(bag->def.domain, bag->domain) != 0) {
 			bag->unknown = TRUE;
+			bc->incomplete = TRUE;
 			registry_check_left(bc->check, key,
 				t_strdup_printf("names %s",
 					str_sanitize(bag->def.domain, 80)),
@@ -617,7 +623,7 @@ static void bag_check_identities(struct bag_check *bc)
 	array_foreach_elem(&bc->identities, id) T_BEGIN {
 		bag_check_identity(bc, id);
 	} T_END;
-	if (!registry_check_iterated(bc->check))
+	if (!registry_check_iterated(bc->check) || bc->incomplete)
 		return;
 	/* the lists of identities no bag names */
 	t_array_init(&names, 16);
@@ -652,7 +658,7 @@ static void bag_check_leftovers(struct bag_check *bc)
 	const char *name, *p, *domain, *key;
 	unsigned int i;
 
-	if (!registry_check_iterated(bc->check))
+	if (!registry_check_iterated(bc->check) || bc->incomplete)
 		return;
 	t_array_init(&names, 64);
 	for (i = 0; i < N_ELEMENTS(prefixes); i++) {

@@ -13,7 +13,7 @@ import time
 import pytest
 from flufl.bounce import all_failures
 
-from conftest import SANDBOX
+from conftest import REGISTRY, SANDBOX
 from peers import CustomerMTA, free_port
 from test_bag import (DOMAIN, LOCAL, bag_add, bag_messages, bag_show,
                       deliver, wait_until)
@@ -222,3 +222,24 @@ def test_delay_warning_once(make_sandbox):
     assert "Action: delayed" in fields and "Will-Retry-Until:" in fields
     assert dsn["Subject"] == "Delayed Mail (still being retried)"
     assert bag_messages(sb) == 2
+
+
+@pytest.mark.xdist_group("clock")
+def test_a_lost_message_counter_is_not_an_empty_bag(make_sandbox):
+    """The scheduler tries a bag only when mail waits, by its counter; a
+    counter that is gone (damage) means "unknown", not "empty": the retry
+    stays due, and the try's flush sets the counter again."""
+    sb = make_sandbox(users=[LOCAL], settings=FAST)
+    port = free_port()
+    backup_add(sb, port)
+    deliver(sb, ["a@" + DOMAIN], subject="counted")
+    wait_until(lambda: int(bag_show(sb)["failed_tries"]) >= 1,
+               timeout=30, what="a failed try")
+    sb.doveadm("dict", "unset", REGISTRY, "shared/bag/count/" + DOMAIN)
+    customer = CustomerMTA(port=port).start()
+    try:
+        customer.wait_for(1, timeout=30)
+        wait_until(lambda: bag_messages(sb) == 0, what="an empty bag")
+        assert [m.subject for m in customer.messages] == ["counted"]
+    finally:
+        customer.stop()

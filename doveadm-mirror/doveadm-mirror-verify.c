@@ -27,6 +27,10 @@
 
 #include <sysexits.h>
 
+/* the most X-Mirror-Id headers that start a copy (one per mirror of its
+   storage); a copy with more is not looked at further */
+#define MIRROR_VERIFY_MAX_ID_HEADERS 1000
+
 struct mirror_verify {
 	unsigned int mirror_id;
 	const char *storage;
@@ -37,7 +41,7 @@ struct mirror_verify {
 	ARRAY_TYPE(mirror_chain_record) records;
 	/* (uidvalidity << 32 | uid) of each expire record, sorted */
 	ARRAY(uint64_t) expired;
-	unsigned int present, expired_count, missing, altered;
+	unsigned int present, expired_count, missing, altered, unrecorded;
 	const char *broken;
 };
 
@@ -199,6 +203,85 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 	return 0;
 }
 
+/* Whether mail is a copy for this mirror: a copy starts with its
+   X-Mirror-Id headers, one per mirror it serves, before any other (a
+   header of that name further down, e.g. below LMTP's Return-Path, is
+   the message's own). 1 if it is, 0 if not, -1 on error. */
+static int
+mirror_verify_is_copy(struct mirror_verify *ctx, struct mail *mail,
+		      const char **error_r)
+{
+	struct istream *input;
+	const char *line, *value, *id = dec2str(ctx->mirror_id);
+	unsigned int lines = 0;
+
+	if (mail_get_hdr_stream(mail, NULL, &input) < 0) {
+		*error_r = mailbox_get_last_internal_error(mail->box, NULL);
+		return -1;
+	}
+	/* at most one header per mirror: a storage serves only so many */
+	while (lines++ < MIRROR_VERIFY_MAX_ID_HEADERS &&
+	       (line = i_stream_read_next_line(input)) != NULL) {
+		if (strncasecmp(line, "X-Mirror-Id:", 12) != 0)
+			break;
+		value = t_str_trim(line + 12, " \t\r");
+		if (strcmp(value, id) == 0)
+			return 1;
+	}
+	if (input->stream_errno != 0) {
+		*error_r = i_stream_get_error(input);
+		return -1;
+	}
+	return 0;
+}
+
+/* The copies for this mirror in the INBOX that no record covers: made,
+   but their record was never appended (LMTP was killed between the
+   commit and the append, or the append failed). */
+static int mirror_verify_unrecorded(struct mirror_verify *ctx,
+				    struct mail *mail, uint32_t uid_validity)
+{
+	ARRAY(uint64_t) recorded;
+	const struct mirror_chain_record *rec;
+	struct mailbox_status status;
+	const char *error;
+	uint64_t key;
+	uint32_t seq;
+	int ret;
+
+	t_array_init(&recorded, array_count(&ctx->records) + 1);
+	array_foreach(&ctx->records, rec) {
+		key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+		array_push_back(&recorded, &key);
+	}
+	array_sort(&recorded, uint64_cmp);
+	mailbox_get_open_status(mail->box, STATUS_MESSAGES, &status);
+	for (seq = 1; seq <= status.messages; seq++) {
+		mail_set_seq(mail, seq);
+		key = ((uint64_t)uid_validity << 32) | mail->uid;
+		if (array_bsearch(&recorded, &key, uint64_cmp) != NULL)
+			continue;
+		T_BEGIN {
+			ret = mirror_verify_is_copy(ctx, mail, &error);
+			if (ret < 0 && !mail->expunged) {
+				doveadm_mirror_fail(EX_TEMPFAIL,
+					t_strdup_printf("Mirror %u: Failed to "
+						"read UID %u: %s",
+						ctx->mirror_id, mail->uid,
+						error));
+			} else if (ret > 0) {
+				ctx->unrecorded++;
+				i_error("Mirror %u: UID %u is a copy that the "
+					"chain doesn't record",
+					ctx->mirror_id, mail->uid);
+			}
+		} T_END;
+		if (ret < 0 && !mail->expunged)
+			return -1;
+	}
+	return 0;
+}
+
 static int mirror_verify_mails(struct mirror_verify *ctx)
 {
 	struct mailbox_transaction_context *trans;
@@ -220,6 +303,8 @@ static int mirror_verify_mails(struct mirror_verify *ctx)
 		if (ret < 0)
 			break;
 	}
+	if (ret == 0)
+		ret = mirror_verify_unrecorded(ctx, mail, status.uidvalidity);
 	mail_free(&mail);
 	(void)mailbox_transaction_commit(&trans);
 	return ret;
@@ -244,6 +329,7 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_header_simple("expired");
 	doveadm_print_header_simple("missing");
 	doveadm_print_header_simple("altered");
+	doveadm_print_header_simple("unrecorded");
 	doveadm_print_header_simple("chain");
 	doveadm_print_header_simple("head");
 	doveadm_print_num(ctx->mirror_id);
@@ -253,6 +339,7 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_num(ctx->expired_count);
 	doveadm_print_num(ctx->missing);
 	doveadm_print_num(ctx->altered);
+	doveadm_print_num(ctx->unrecorded);
 	doveadm_print(ctx->broken == NULL ? "ok" : "broken");
 	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
 }
@@ -276,7 +363,8 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 	if (!ok)
 		return;
 	mirror_verify_print(ctx);
-	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0)
+	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0 ||
+	    ctx->unrecorded > 0)
 		doveadm_exit_code = EX_DATAERR;
 }
 

@@ -15,7 +15,7 @@ ALICE, BOB = "alice@example.com", "bob@example.com"
 AUDIT = "audit@example.com"
 EX_DATAERR, EX_NOTFOUND, EX_USAGE = 65, 68, 64
 FIELDS = {"id", "storage", "records", "present", "expired", "missing",
-          "altered", "chain", "head"}
+          "altered", "unrecorded", "chain", "head"}
 
 
 def ok(replies):
@@ -59,8 +59,11 @@ def verify(sandbox, mirror_id):
 
 
 def counts(row):
-    return {k: int(row[k]) for k in
-            ("records", "present", "expired", "missing", "altered")}
+    c = {k: int(row[k]) for k in
+         ("records", "present", "expired", "missing", "altered")}
+    # a copy no record covers is reported by the tests that make one
+    assert row["unrecorded"] == "0", row
+    return c
 
 
 def test_deliveries_verify_and_chain_file(sandbox):
@@ -97,9 +100,9 @@ def test_deliveries_verify_and_chain_file(sandbox):
 
     # the plain-text output has the same fields
     r = sandbox.doveadm("mirror", "verify", m["id"])
-    assert r.stdout.split()[:9] == ["id", "storage", "records", "present",
-                                    "expired", "missing", "altered", "chain",
-                                    "head"]
+    assert r.stdout.split()[:10] == ["id", "storage", "records", "present",
+                                     "expired", "missing", "altered",
+                                     "unrecorded", "chain", "head"]
 
 
 def test_shared_storage_has_one_chain_per_mirror(sandbox):
@@ -302,3 +305,27 @@ def test_long_connection_keeps_every_copy_in_its_chain(sandbox):
     assert row["chain"] == "ok"
     assert [int(l.split(" ")[1]) for l in
             chain_lines(sandbox, AUDIT, m["id"])] == list(range(1, 301))
+
+
+def test_a_copy_its_chain_does_not_record_is_reported(sandbox):
+    """A copy committed whose chain record never came (LMTP killed in
+    between): verify must not say "ok" about its storage. Mail that isn't
+    a copy (the storage user's own, a forged X-Mirror-Id header below
+    LMTP's own headers) is not one."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    for i in range(2):
+        ok(sandbox.deliver([ALICE], make_message(subject="m%d" % i)))
+    forged = ("X-Mirror-Id: %s\r\n" % m["id"]).encode() + \
+        make_message(subject="forged")
+    ok(sandbox.deliver([AUDIT], forged))
+    path = chain_path(sandbox, AUDIT, m["id"])
+    lines = chain_lines(sandbox, AUDIT, m["id"])
+    # the last record is lost, as if LMTP died after the commit
+    with open(path, "w") as f:
+        f.write(lines[0] + "\n")
+    code, row, err = verify(sandbox, m["id"])
+    assert code == EX_DATAERR, (code, err)
+    assert row["chain"] == "ok" and row["unrecorded"] == "1", row
+    assert (row["records"], row["present"]) == ("1", "1")
+    assert "Mirror %s: UID 2 is a copy that the chain doesn't record" \
+        % m["id"] in err, err

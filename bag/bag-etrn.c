@@ -381,11 +381,7 @@ void bag_etrn_client_create(const struct master_service_connection *conn)
 	client = p_new(pool, struct bag_etrn_client, 1);
 	client->pool = pool;
 	client->remote_ip = conn->remote_ip;
-	client->event = event_create(bag_service.event);
-	event_add_str(client->event, "protocol", "etrn");
-	event_add_str(client->event, "remote_ip", net_ip2addr(&conn->remote_ip));
-	event_set_append_log_prefix(client->event, t_strdup_printf(
-		"etrn(%s): ", net_ip2addr(&conn->remote_ip)));
+	client->event = bag_listener_event_create("etrn", conn);
 
 	if (bag_listener_init(&client->listener, conn, client->event,
 			      (void (*)(void *))bag_etrn_first_timeout,

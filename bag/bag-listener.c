@@ -43,6 +43,20 @@ static void bag_listener_first_timeout(struct bag_listener *listener)
 	listener->first_timeout(listener->context);
 }
 
+struct event *bag_listener_event_create(const char *protocol,
+					const struct master_service_connection *conn)
+{
+	const char *ip = net_ip2addr(&conn->remote_ip);
+	struct event *event;
+
+	event = event_create(bag_service.event);
+	event_add_str(event, "protocol", protocol);
+	event_add_str(event, "remote_ip", ip);
+	event_set_append_log_prefix(event, t_strdup_printf("%s(%s): ",
+							   protocol, ip));
+	return event;
+}
+
 int bag_listener_init(struct bag_listener *listener,
 		      const struct master_service_connection *conn,
 		      struct event *event,

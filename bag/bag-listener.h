@@ -34,6 +34,12 @@ struct bag_listener {
 	bool tls_logged;
 };
 
+/* The event of a listener's client: a child of the bag service's, with
+   the protocol ("etrn", "odmr") and the client's address as fields and
+   in the log prefix. */
+struct event *bag_listener_event_create(const char *protocol,
+					const struct master_service_connection *conn);
+
 /* Set up the connection's streams (with implicit TLS if the listener has
    ssl = yes). first_timeout is called if the client doesn't greet in
    time. Returns 0, or -1 with an error. */

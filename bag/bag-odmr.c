@@ -905,11 +905,7 @@ void bag_odmr_client_create(const struct master_service_connection *conn)
 	client->remote_port = conn->remote_port;
 	client->secured = bag_odmr_ip_is_local(&conn->remote_ip);
 	p_array_init(&client->domains, pool, 4);
-	client->event = event_create(bag_service.event);
-	event_add_str(client->event, "protocol", "odmr");
-	event_add_str(client->event, "remote_ip", net_ip2addr(&conn->remote_ip));
-	event_set_append_log_prefix(client->event, t_strdup_printf(
-		"odmr(%s): ", net_ip2addr(&conn->remote_ip)));
+	client->event = bag_listener_event_create("odmr", conn);
 
 	if (bag_listener_init(&client->listener, conn, client->event,
 			      (void (*)(void *))bag_odmr_first_timeout,

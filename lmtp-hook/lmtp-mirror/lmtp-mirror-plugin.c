@@ -555,8 +555,8 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 
 	lmtp_mirror_active_delivery = NULL;
 	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
-	/* the mirror plugin ends every batch it started; this is only a
-	   safety net */
+	/* the mirror plugin's committed callback ended the batch that its
+	   delivery callback started */
 	i_assert(delivery.batch == NULL);
 	if (ret == 0 && delivery.mrcpt != NULL && !kept &&
 	    (delivery.forwarded || !watching)) {

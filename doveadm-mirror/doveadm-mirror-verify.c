@@ -86,6 +86,12 @@ static bool mirror_verify_open(struct mirror_verify *ctx)
 	return TRUE;
 }
 
+/* A message's key in the sorted sets: its UIDVALIDITY and UID */
+static inline uint64_t mirror_verify_key(uint32_t uid_validity, uint32_t uid)
+{
+	return ((uint64_t)uid_validity << 32) | uid;
+}
+
 static int mirror_verify_read_chain(struct mirror_verify *ctx)
 {
 	const struct mirror_chain_record *rec;
@@ -106,7 +112,7 @@ static int mirror_verify_read_chain(struct mirror_verify *ctx)
 	array_foreach(&ctx->records, rec) {
 		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
 			continue;
-		key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+		key = mirror_verify_key(rec->uid_validity, rec->uid);
 		array_push_back(&ctx->expired, &key);
 	}
 	array_sort(&ctx->expired, uint64_cmp);
@@ -159,7 +165,7 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 	const char *error;
 	uint64_t key;
 
-	key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+	key = mirror_verify_key(rec->uid_validity, rec->uid);
 	if (array_bsearch(&ctx->expired, &key, uint64_cmp) != NULL) {
 		ctx->expired_count++;
 		return 0;
@@ -251,14 +257,14 @@ static int mirror_verify_unrecorded(struct mirror_verify *ctx,
 
 	t_array_init(&recorded, array_count(&ctx->records) + 1);
 	array_foreach(&ctx->records, rec) {
-		key = ((uint64_t)rec->uid_validity << 32) | rec->uid;
+		key = mirror_verify_key(rec->uid_validity, rec->uid);
 		array_push_back(&recorded, &key);
 	}
 	array_sort(&recorded, uint64_cmp);
 	mailbox_get_open_status(mail->box, STATUS_MESSAGES, &status);
 	for (seq = 1; seq <= status.messages; seq++) {
 		mail_set_seq(mail, seq);
-		key = ((uint64_t)uid_validity << 32) | mail->uid;
+		key = mirror_verify_key(uid_validity, mail->uid);
 		if (array_bsearch(&recorded, &key, uint64_cmp) != NULL)
 			continue;
 		T_BEGIN {

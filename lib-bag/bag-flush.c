@@ -21,7 +21,7 @@
          first, then the notice (at most one, ever)
        nobody waits: expunge, commit                 (after-commit)
 
-   The names in parentheses are the fault points (bag-fault.h) right
+   The names in parentheses are the fault points (fault-point.h) right
    after each step. */
 
 #include "lib.h"
@@ -47,7 +47,7 @@
 #include "bag-smtp-sender.h"
 #include "bag-smtp-relay.h"
 #include "bag-dsn.h"
-#include "bag-fault.h"
+#include "fault-point.h"
 #include "bag-flush.h"
 
 /* Expunges are applied (files removed) this often during a long flush */
@@ -381,7 +381,7 @@ static void bag_flush_notified(struct bag_flush *flush, int ret)
 	const char *error;
 
 	flush->sending = FALSE;
-	BAG_FAULT("after-dsn");
+	FAULT_POINT("after-dsn");
 	T_BEGIN {
 		t_array_init(&idxs, count);
 		t_array_init(&states, count);
@@ -530,7 +530,7 @@ static void bag_flush_settle_done(struct bag_flush *flush)
 					"recipients of UID %u that are done",
 					fmail->mail->uid);
 			} else {
-				BAG_FAULT("after-record");
+				FAULT_POINT("after-record");
 			}
 		}
 		result->deferred++;
@@ -549,7 +549,7 @@ static void bag_flush_settle_done(struct bag_flush *flush)
 					flush->store->box, NULL));
 		} else {
 			bag_flush_count_sub(flush);
-			BAG_FAULT("after-commit");
+			FAULT_POINT("after-commit");
 		}
 	}
 	bag_flush_mail_free(&flush->cur);
@@ -605,7 +605,7 @@ static void bag_flush_settle(struct bag_flush *flush)
 		return;
 	}
 	fmail->notifying = TRUE;
-	BAG_FAULT("after-record");
+	FAULT_POINT("after-record");
 	flush->sending = TRUE;
 	if (!bag_flush_notify(flush, BAG_DSN_ACTION_FAILED,
 			      bag_flush_notified))
@@ -657,7 +657,7 @@ bag_flush_sent(const struct bag_smtp_send_result *result, const char *error,
 		flush->stopping = TRUE;
 	}
 	bag_flush_classify(fmail, result);
-	BAG_FAULT("after-data");
+	FAULT_POINT("after-data");
 	bag_flush_settle(flush);
 }
 

@@ -487,6 +487,15 @@ def sandbox(make_sandbox):
 
 
 @pytest.fixture
+def faults():
+    """A fault point to arm (faults.py): give make_sandbox its config."""
+    from faults import Faults
+    f = Faults()
+    yield f
+    f.cleanup()
+
+
+@pytest.fixture
 def redis_server():
     """A real redis-server on a loopback port, for this test only."""
     from store import RedisServer

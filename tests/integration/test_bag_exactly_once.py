@@ -7,78 +7,19 @@ are read with flufl.bounce."""
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
 from flufl.bounce import all_failures
 
-from conftest import SANDBOX, TOP, master_pid, alive
+from conftest import SANDBOX, master_pid, alive
+from faults import needs_fault_points
 from peers import CustomerMTA
 from test_bag import (DOMAIN, LOCAL, SMTPSession, bag_add, bag_messages,
                       deliver, etrn_port, read_outbox, wait_until)
 
-def bag_executable():
-    """The bag service the sandbox runs (scripts/sandbox's rules)."""
-    libexec = os.environ.get("MIRROR_LIBEXECDIR")
-    if not libexec:
-        try:
-            with open(os.path.join(TOP, "scripts", "sandbox.env")) as f:
-                for line in f:
-                    if line.startswith("MIRROR_LIBEXECDIR="):
-                        libexec = line.strip().split("=", 1)[1]
-        except OSError:
-            pass
-    return os.path.join(libexec or "/usr/lib/dovecot", "bag")
-
-
-def fault_points_built():
-    try:
-        with open(bag_executable(), "rb") as f:
-            return b"Fault point" in f.read()
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not fault_points_built(),
-    reason="needs a build with --enable-fault-points (scripts/test-all)")
-
-
-class Faults:
-    """A directory the bag processes may read and empty: BAG_FAULT_AT
-    names the file in it that arms one fault point (bag-fault.h)."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="bag-faults-")
-        os.chmod(self.dir, 0o777)
-        self.path = os.path.join(self.dir, "point")
-
-    @property
-    def config(self):
-        return "import_environment = $import_environment BAG_FAULT_AT=%s\n" \
-            % self.path
-
-    def arm(self, name, nth=1):
-        with open(self.path, "w") as f:
-            f.write("%s:%d\n" % (name, nth))
-        os.chmod(self.path, 0o666)
-
-    @property
-    def fired(self):
-        return not os.path.exists(self.path)
-
-    def cleanup(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def faults():
-    f = Faults()
-    yield f
-    f.cleanup()
+pytestmark = needs_fault_points
 
 
 @pytest.fixture

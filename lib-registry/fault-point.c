@@ -1,12 +1,12 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* Fault points of test builds (bag-fault.h). Compiled to nothing unless
+/* Fault points of test builds (fault-point.h). Compiled to nothing unless
    configure was given --enable-fault-points. */
 
 #include "lib.h"
-#include "bag-fault.h"
+#include "fault-point.h"
 
-#ifdef BAG_FAULT_POINTS
+#ifdef FAULT_POINTS
 
 #include "array.h"
 #include "strnum.h"
@@ -16,38 +16,38 @@
 #include <signal.h>
 #include <unistd.h>
 
-#define BAG_FAULT_ENV "BAG_FAULT_AT"
-#define BAG_FAULT_SPEC_MAX 128
+#define FAULT_POINT_ENV "MIRROR_FAULT_AT"
+#define FAULT_POINT_SPEC_MAX 128
 
-struct bag_fault_count {
+struct fault_point_count {
 	char *name;
 	unsigned int count;
 };
 
 /* how often this process reached each point (there are few) */
-static ARRAY(struct bag_fault_count) bag_fault_counts;
+static ARRAY(struct fault_point_count) fault_point_counts;
 
-static unsigned int bag_fault_reached(const char *name)
+static unsigned int fault_point_reached(const char *name)
 {
-	struct bag_fault_count *fc;
+	struct fault_point_count *fc;
 
-	if (!array_is_created(&bag_fault_counts))
-		i_array_init(&bag_fault_counts, 8);
-	array_foreach_modifiable(&bag_fault_counts, fc) {
+	if (!array_is_created(&fault_point_counts))
+		i_array_init(&fault_point_counts, 8);
+	array_foreach_modifiable(&fault_point_counts, fc) {
 		if (strcmp(fc->name, name) == 0)
 			return ++fc->count;
 	}
-	fc = array_append_space(&bag_fault_counts);
+	fc = array_append_space(&fault_point_counts);
 	fc->name = i_strdup(name);
 	fc->count = 1;
 	return 1;
 }
 
 /* The armed point, NAME[:N], from the environment or its file. */
-static const char *bag_fault_spec(const char **path_r)
+static const char *fault_point_spec(const char **path_r)
 {
-	const char *env = getenv(BAG_FAULT_ENV);
-	char buf[BAG_FAULT_SPEC_MAX];
+	const char *env = getenv(FAULT_POINT_ENV);
+	char buf[FAULT_POINT_SPEC_MAX];
 	ssize_t ret;
 	int fd;
 
@@ -68,12 +68,12 @@ static const char *bag_fault_spec(const char **path_r)
 	return t_strcut(t_strdup(buf), '\n');
 }
 
-void bag_fault_point(const char *name)
+void fault_point(const char *name)
 {
 	const char *spec, *path, *count_str;
 	unsigned int want = 1, count;
 
-	spec = bag_fault_spec(&path);
+	spec = fault_point_spec(&path);
 	if (spec == NULL)
 		return;
 	count_str = strchr(spec, ':');
@@ -85,7 +85,7 @@ void bag_fault_point(const char *name)
 	if (strcmp(spec, name) != 0)
 		return;
 
-	count = bag_fault_reached(name);
+	count = fault_point_reached(name);
 	if (count != want)
 		return;
 

@@ -1,7 +1,12 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
-/* doveadm mirror verify ID: check a mirror's hash chain, and check every
-   copy it records against the storage's INBOX. */
+/* doveadm mirror verify [--reconcile] ID: check a mirror's hash chain,
+   check every copy it records against the storage's INBOX, and compare
+   the copies accounted for (records and unrecorded copies) with the
+   registry's copy counter. A crash after a copy's commit and before it was
+   counted leaves the counter short: --reconcile raises it. Counters are
+   never lowered: a copy whose chain record failed and that expired since
+   was counted rightly and is accounted for nowhere. */
 
 #include "lib.h"
 #include "array.h"
@@ -43,6 +48,10 @@ struct mirror_verify {
 	ARRAY(uint64_t) expired;
 	unsigned int present, expired_count, missing, altered, unrecorded;
 	const char *broken;
+
+	bool reconcile;
+	/* the registry's copy counter (after --reconcile raised it) */
+	uint64_t counted;
 };
 
 /* Find the mirror: its storage user. Returns FALSE (with the command
@@ -336,6 +345,7 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_header_simple("missing");
 	doveadm_print_header_simple("altered");
 	doveadm_print_header_simple("unrecorded");
+	doveadm_print_header_simple("counted");
 	doveadm_print_header_simple("chain");
 	doveadm_print_header_simple("head");
 	doveadm_print_num(ctx->mirror_id);
@@ -346,8 +356,71 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_num(ctx->missing);
 	doveadm_print_num(ctx->altered);
 	doveadm_print_num(ctx->unrecorded);
+	doveadm_print_num(ctx->counted);
 	doveadm_print(ctx->broken == NULL ? "ok" : "broken");
 	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
+}
+
+/* The copies the chain and the storage account for: one per copy record,
+   and the unrecorded ones. */
+static uint64_t mirror_verify_accounted(const struct mirror_verify *ctx)
+{
+	const struct mirror_chain_record *rec;
+	uint64_t count = ctx->unrecorded;
+
+	array_foreach(&ctx->records, rec) {
+		if (rec->type == MIRROR_CHAIN_RECORD_COPY)
+			count++;
+	}
+	return count;
+}
+
+/* Read the copy counter (after the chain: a copy whose record was read
+   has been counted by now, unless it is between its record and its count
+   at this very moment) and raise it with --reconcile if it is short. So a
+   counter is reconciled exactly when no copy is in flight, as right after
+   a crash; one in flight may be counted twice. Returns FALSE (with the
+   command failed) if it can't. */
+static bool mirror_verify_counter(struct mirror_verify *ctx)
+{
+	struct registry *reg;
+	struct mirror_status status;
+	uint64_t accounted = mirror_verify_accounted(ctx);
+	const char *error;
+	bool ok = TRUE;
+
+	if ((reg = doveadm_mirror_registry_open()) == NULL)
+		return FALSE;
+	if (mirror_registry_status_get(reg, ctx->mirror_id, &status,
+				       &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		registry_deinit(&reg);
+		return FALSE;
+	}
+	ctx->counted = status.copies;
+	if (ctx->counted < accounted && !ctx->reconcile) {
+		i_warning("Mirror %u: its copy counter (%"PRIu64") is below "
+			  "the %"PRIu64" copies its chain and storage account "
+			  "for (a crash before they were counted): "
+			  "doveadm mirror verify --reconcile %u raises it",
+			  ctx->mirror_id, ctx->counted, accounted,
+			  ctx->mirror_id);
+	} else if (ctx->counted < accounted) {
+		if (mirror_registry_status_add_copies(reg, ctx->mirror_id,
+				accounted - ctx->counted, &error) < 0) {
+			doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+				"Mirror %u: Raising the copy counter failed: "
+				"%s", ctx->mirror_id, error));
+			ok = FALSE;
+		} else {
+			i_info("Mirror %u: copy counter raised from %"PRIu64
+			       " to %"PRIu64, ctx->mirror_id, ctx->counted,
+			       accounted);
+			ctx->counted = accounted;
+		}
+	}
+	registry_deinit(&reg);
+	return ok;
 }
 
 static void mirror_verify_run(struct mirror_verify *ctx)
@@ -366,7 +439,7 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 		i_fatal("%s", error);
 	mail_storage_service_deinit(&ctx->service);
 
-	if (!ok)
+	if (!ok || !mirror_verify_counter(ctx))
 		return;
 	mirror_verify_print(ctx);
 	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0 ||
@@ -381,10 +454,12 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 
 	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE,
-				   "mirror verify: Usage: mirror verify ID");
+				   "mirror verify: Usage: mirror verify "
+				   "[--reconcile] ID");
 		return;
 	}
 	i_zero(&ctx);
+	(void)doveadm_cmd_param_bool(cctx, "reconcile", &ctx.reconcile);
 	if (str_to_uint(id_str, &ctx.mirror_id) < 0 || ctx.mirror_id == 0) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
@@ -402,8 +477,9 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 static struct doveadm_cmd_ver2 doveadm_mirror_verify_cmd = {
 	.name = "mirror verify",
 	.cmd = cmd_mirror_verify,
-	.usage = "<id>",
+	.usage = "[--reconcile] <id>",
 DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('\0', "reconcile", CMD_PARAM_BOOL, 0)
 DOVEADM_CMD_PARAM('\0', "id", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 };

@@ -550,6 +550,26 @@ void mirror_registry_status_update(struct registry *reg,
 		i_error("mirror: Updating the copy counters failed: %s", error);
 }
 
+int mirror_registry_status_add_copies(struct registry *reg, unsigned int id,
+				      uint64_t count, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	int ret;
+
+	i_assert(count <= INT64_MAX);
+	trans = registry_transaction_begin(reg);
+	dict_atomic_inc(trans, t_strdup_printf(MIRROR_KEY_STATUS"%u/copies",
+					       id), (long long)count);
+	ret = registry_transaction_commit(reg, &trans, error_r);
+	if (ret == 0) {
+		/* mirror add sets it to 0: the mirror was removed */
+		*error_r = t_strdup_printf("Mirror %u has no copy counter "
+					   "(removed meanwhile?)", id);
+		return -1;
+	}
+	return ret < 0 ? -1 : 0;
+}
+
 int mirror_registry_status_get(struct registry *reg, unsigned int id,
 			       struct mirror_status *status_r,
 			       const char **error_r)

@@ -95,5 +95,10 @@ void mirror_registry_status_update(struct registry *reg,
 int mirror_registry_status_get(struct registry *reg, unsigned int id,
 			       struct mirror_status *status_r,
 			       const char **error_r);
+/* Add count to a mirror's copy counter (doveadm mirror verify
+   --reconcile raises a counter left short by a crash). Returns 0, or -1
+   with error_r. */
+int mirror_registry_status_add_copies(struct registry *reg, unsigned int id,
+				      uint64_t count, const char **error_r);
 
 #endif

@@ -15,7 +15,7 @@ ALICE, BOB = "alice@example.com", "bob@example.com"
 AUDIT = "audit@example.com"
 EX_DATAERR, EX_NOTFOUND, EX_USAGE = 65, 68, 64
 FIELDS = {"id", "storage", "records", "present", "expired", "missing",
-          "altered", "unrecorded", "chain", "head"}
+          "altered", "unrecorded", "counted", "chain", "head"}
 
 
 def ok(replies):
@@ -45,9 +45,9 @@ def message_files(sandbox, user):
                   glob.glob(os.path.join(base, "new", "*")))
 
 
-def verify(sandbox, mirror_id):
+def verify(sandbox, mirror_id, *options):
     """Run verify; returns (exit code, the one output row, stderr)."""
-    r = sandbox.doveadm("mirror", "verify", str(mirror_id),
+    r = sandbox.doveadm("mirror", "verify", *options, str(mirror_id),
                         json_output=True, check=False)
     rows = json.loads(r.stdout) if r.stdout.strip() else []
     row = None
@@ -63,6 +63,9 @@ def counts(row):
          ("records", "present", "expired", "missing", "altered")}
     # a copy no record covers is reported by the tests that make one
     assert row["unrecorded"] == "0", row
+    # every copy recorded was counted, once
+    assert int(row["counted"]) == c["present"] + c["expired"] + \
+        c["missing"] + c["altered"], row
     return c
 
 
@@ -100,9 +103,10 @@ def test_deliveries_verify_and_chain_file(sandbox):
 
     # the plain-text output has the same fields
     r = sandbox.doveadm("mirror", "verify", m["id"])
-    assert r.stdout.split()[:10] == ["id", "storage", "records", "present",
+    assert r.stdout.split()[:11] == ["id", "storage", "records", "present",
                                      "expired", "missing", "altered",
-                                     "unrecorded", "chain", "head"]
+                                     "unrecorded", "counted", "chain",
+                                     "head"]
 
 
 def test_shared_storage_has_one_chain_per_mirror(sandbox):

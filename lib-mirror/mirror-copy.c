@@ -19,6 +19,7 @@
 #include "mail-storage-private.h" /* mailbox_get_path_to() */
 #include "mail-storage.h"
 #include "mail-storage-service.h"
+#include "fault-point.h"
 #include "mirror-registry.h"
 #include "mirror-chain.h"
 #include "mirror-privileges.h"
@@ -635,10 +636,12 @@ mirror_copy_batch_end(struct mirror_copy_batch *batch, bool commit)
 			state->failed = TRUE;
 			batch->failed = TRUE;
 		} else {
+			FAULT_POINT("mirror-copy-committed");
 			/* still as the storage user: it owns the chain */
 			mirror_copy_chain_append(copier, state,
 						 &batch->targets[i], &changes);
 			pool_unref(&changes.pool);
+			FAULT_POINT("mirror-chain-appended");
 		}
 		mirror_storage_deactivate(state->storage);
 		if (commit && state->error != NULL && !all_failed)
@@ -707,6 +710,7 @@ int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
 	mirror_copy_caller_leave(&caller);
 	mirror_copy_batch_save(batch, mail, event_parent);
 	mirror_copy_caller_return(&caller);
+	FAULT_POINT("mirror-copy-saved");
 
 	*error_r = NULL;
 	for (i = 0; i < count; i++) {
@@ -732,6 +736,8 @@ int mirror_copier_finish(struct mirror_copy_batch **_batch, bool commit,
 	*_batch = NULL;
 	i_assert(copier->batch == batch);
 	copier->batch = NULL;
+	if (commit)
+		FAULT_POINT("mirror-delivery-committed");
 
 	mirror_privileges_get(batch->pool, &caller.privs);
 	mirror_copy_caller_leave(&caller);
@@ -757,6 +763,8 @@ int mirror_copier_finish(struct mirror_copy_batch **_batch, bool commit,
 	if (copier->registry != NULL)
 		mirror_copier_count(copier, batch, commit);
 	mirror_copy_caller_return(&caller);
+	if (commit)
+		FAULT_POINT("mirror-copy-counted");
 	mirror_copy_batch_free(&batch);
 	if (failed && *error_r == NULL) {
 		/* rolled back */

@@ -6,7 +6,17 @@
    A copier belongs to one LMTP connection. It keeps every storage user it
    has opened (service user, mail user and INBOX) for the connection's
    lifetime, so that a connection delivering many messages sets up each
-   storage once, not once per message. */
+   storage once, not once per message.
+
+   A copy's steps, with the fault points (fault-point.h) of test builds
+   after each: saved, not committed (mirror-copy-saved); the delivery it
+   mirrors committed (mirror-delivery-committed); the copy committed
+   (mirror-copy-committed); its chain records appended
+   (mirror-chain-appended); counted in the registry (mirror-copy-counted),
+   before the caller answers. A crash between the copy's commit and its
+   chain record leaves a copy that `doveadm mirror verify` reports as
+   unrecorded; one before the count leaves the registry's counter short,
+   which `doveadm mirror verify --reconcile` sets right. */
 
 struct mail;
 struct mail_storage_service_ctx;

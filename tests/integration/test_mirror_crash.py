@@ -1,0 +1,201 @@
+"""Mail Mirror: LMTP killed with SIGKILL at every step of a mirrored
+delivery (the fault points of lib-mirror/mirror-copy.h, compiled only into
+test builds: configure --enable-fault-points), then the MTA's retry.
+
+What must hold after each: every message answered 250 is in the
+recipient's INBOX and in every mirror; a mirror never holds a message more
+often than the recipient does; `doveadm mirror verify` says "ok" only if
+every copy is in its chain, and reports the one copy a crash left
+unrecorded; `verify --reconcile` makes each copy counter the copies the
+chain and the storage account for, which are the copies on disk."""
+
+import os
+import random
+import signal
+import threading
+
+import pytest
+
+from conftest import header_values, make_message, master_pid
+from faults import needs_fault_points
+from test_verify import EX_DATAERR, ok, verify
+
+ALICE = "alice@example.com"
+STORAGES = ["audit@example.com", "audit2@example.com"]
+
+# point: (the killed message's copies in the INBOX, its copies in the
+# first storage of the batch and in the second, whether the first has a
+# copy the chain doesn't record, whether the first's counter is short).
+# The batch saves every copy, then commits and records them one storage
+# after the other, then counts them all at once.
+POINTS = {
+    # the delivery itself never committed: the retry makes everything
+    "mirror-copy-saved": (1, 1, 1, False, False),
+    # the recipient's commit came first; the copies never did
+    "mirror-delivery-committed": (2, 1, 1, False, False),
+    # the first copy committed, its chain record not appended
+    "mirror-copy-committed": (2, 2, 1, True, True),
+    # the first copy committed and recorded, not counted
+    "mirror-chain-appended": (2, 2, 1, False, True),
+    # every copy counted: only the 250 is missing
+    "mirror-copy-counted": (2, 2, 2, False, False),
+}
+
+
+def subjects(sb, user):
+    return sorted(header_values(m, "Subject")[0]
+                  for m in sb.imap_messages(user))
+
+
+@needs_fault_points
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_lmtp_killed_while_mirroring(make_sandbox, faults, point):
+    sb = make_sandbox(users=[ALICE] + STORAGES, config=faults.config)
+    mirrors = {s: sb.mirror_add(ALICE, s)["id"] for s in STORAGES}
+    ok(sb.deliver([ALICE], make_message(subject="before")))
+
+    faults.arm(point)
+    with pytest.raises(ConnectionError):
+        sb.deliver([ALICE], make_message(subject="killed"))
+    assert faults.fired, "fault point %s not reached" % point
+    sb.wait_log("Fault point %s (1): killing this process" % point)
+    # the MTA had no reply: it retries, and goes on
+    ok(sb.deliver([ALICE], make_message(subject="killed")))
+    ok(sb.deliver([ALICE], make_message(subject="after")))
+
+    inbox_killed, first, second, unrecorded, short = POINTS[point]
+    inbox = subjects(sb, ALICE)
+    assert inbox == sorted(["before", "after"] + ["killed"] * inbox_killed)
+    copies = {s: subjects(sb, s) for s in STORAGES}
+    # which storage the batch took first is the plan's business
+    assert sorted(c.count("killed") for c in copies.values()) == \
+        sorted([first, second]), copies
+    for storage, mirror_id in mirrors.items():
+        c = copies[storage]
+        # every message answered 250, never more often than the INBOX
+        assert sorted(set(c)) == ["after", "before", "killed"], c
+        assert c.count("killed") <= inbox.count("killed"), (c, inbox)
+        is_first = c.count("killed") == first and first != second
+
+        code, row, err = verify(sb, mirror_id)
+        if unrecorded and is_first:
+            # never "ok" about a copy the chain doesn't record
+            assert code == EX_DATAERR, (code, err)
+            assert row["unrecorded"] == "1", row
+            assert "UID 2 is a copy that the chain doesn't record" \
+                in err, err
+        else:
+            assert code == 0, (code, row, err)
+            assert row["unrecorded"] == "0", row
+        assert row["chain"] == "ok" and row["missing"] == "0" and \
+            row["altered"] == "0", row
+        assert int(row["records"]) + int(row["unrecorded"]) == len(c), row
+        if short and is_first:
+            assert int(row["counted"]) == len(c) - 1, row
+            assert "doveadm mirror verify --reconcile %s raises it" \
+                % mirror_id in err, err
+        else:
+            assert int(row["counted"]) == len(c), row
+
+        # reconciled: the counter is the copies on disk, and stays so
+        code, row, err = verify(sb, mirror_id, "--reconcile")
+        assert int(row["counted"]) == len(c), row
+        assert ("copy counter raised from %d to %d" % (len(c) - 1, len(c))
+                in err) == (short and is_first), err
+        status = sb.doveadm("mirror", "list", json_output=True).json
+        assert [int(m["copies"]) for m in status
+                if m["id"] == mirror_id] == [len(c)], status
+
+
+def lmtp_pids(sb, min_age):
+    """The LMTP processes of the sandbox (children of its master) that
+    have run for min_age seconds at least. (The master throttles a service
+    whose processes die before they finish starting: an MTA's retries
+    would then wait a minute.)"""
+    master = master_pid(sb.dir)
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat.split("(", 1)[1].rsplit(") ", 1)
+        fields = rest.split()
+        if comm == "lmtp" and int(fields[1]) == master and \
+                uptime - int(fields[19]) / hz >= min_age:
+            pids.append(int(entry))
+    return pids
+
+
+def test_lmtp_killed_at_random_during_a_burst(make_sandbox):
+    """Three MTA connections deliver 40 messages each, retrying on a new
+    connection whatever got no reply, while LMTP processes are killed with
+    SIGKILL at random moments: the same holds as at each fault point."""
+    sb = make_sandbox(users=[ALICE] + STORAGES)
+    mirrors = {s: sb.mirror_add(ALICE, s)["id"] for s in STORAGES}
+    acked, killed = [], []
+    done = threading.Event()
+
+    def mta(n):
+        s = None
+        for i in range(40):
+            subject = "c%d-m%d" % (n, i)
+            for attempt in range(20):
+                try:
+                    if s is None:
+                        s = sb.lmtp()
+                    ok(s.send([ALICE], make_message(subject=subject)))
+                    acked.append(subject)
+                    break
+                except (ConnectionError, OSError):
+                    s = None
+        if s is not None:
+            s.close()
+
+    def killer():
+        rnd = random.Random(20)
+        kills = 0
+        while not done.wait(rnd.uniform(0.01, 0.08)):
+            pids = lmtp_pids(sb, 0.3)
+            if pids:
+                try:
+                    os.kill(rnd.choice(pids), signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+        killed.append(kills)
+
+    threads = [threading.Thread(target=mta, args=(n,)) for n in range(3)]
+    k = threading.Thread(target=killer)
+    k.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    k.join()
+    assert killed[0] >= 5, killed
+    assert len(acked) == 120
+
+    inbox = subjects(sb, ALICE)
+    assert set(inbox) == set(acked)
+    for storage, mirror_id in mirrors.items():
+        c = subjects(sb, storage)
+        assert set(c) == set(acked), storage
+        for subject in set(c):
+            assert c.count(subject) <= inbox.count(subject), subject
+        code, row, err = verify(sb, mirror_id)
+        assert code == (EX_DATAERR if row["unrecorded"] != "0" else 0), \
+            (code, row, err)
+        assert row["chain"] == "ok" and row["missing"] == "0" and \
+            row["altered"] == "0", row
+        assert int(row["records"]) + int(row["unrecorded"]) == len(c), row
+        assert int(row["counted"]) <= len(c), row
+        code, row, err = verify(sb, mirror_id, "--reconcile")
+        assert int(row["counted"]) == len(c), row

@@ -84,8 +84,18 @@ const char *mirror_chain_type_to_str(enum mirror_chain_record_type type)
 		return "copy";
 	case MIRROR_CHAIN_RECORD_EXPIRE:
 		return "expire";
+	case MIRROR_CHAIN_RECORD_HOLD:
+		return "hold";
+	case MIRROR_CHAIN_RECORD_RELEASE:
+		return "release";
 	}
 	i_unreached();
+}
+
+bool mirror_chain_type_has_uid(enum mirror_chain_record_type type)
+{
+	return type == MIRROR_CHAIN_RECORD_COPY ||
+		type == MIRROR_CHAIN_RECORD_EXPIRE;
 }
 
 const char *mirror_chain_file_name(unsigned int mirror_id)
@@ -195,6 +205,10 @@ static bool mirror_chain_type_parse(const struct mirror_chain_field *field,
 		*type_r = MIRROR_CHAIN_RECORD_COPY;
 	else if (field->len == 6 && memcmp(field->str, "expire", 6) == 0)
 		*type_r = MIRROR_CHAIN_RECORD_EXPIRE;
+	else if (field->len == 4 && memcmp(field->str, "hold", 4) == 0)
+		*type_r = MIRROR_CHAIN_RECORD_HOLD;
+	else if (field->len == 7 && memcmp(field->str, "release", 7) == 0)
+		*type_r = MIRROR_CHAIN_RECORD_RELEASE;
 	else
 		return FALSE;
 	return TRUE;
@@ -246,14 +260,15 @@ int mirror_chain_record_parse(const char *line,
 		*error_r = "Invalid time";
 		return -1;
 	}
+	/* a copy's or an expiry's UID, none for a hold's or a release's */
 	if (!mirror_chain_uint_parse(&fields[3], UINT32_MAX, &num) ||
-	    num == 0) {
+	    (num != 0) != mirror_chain_type_has_uid(rec_r->type)) {
 		*error_r = "Invalid uidvalidity";
 		return -1;
 	}
 	rec_r->uid_validity = num;
 	if (!mirror_chain_uint_parse(&fields[4], UINT32_MAX, &num) ||
-	    num == 0) {
+	    (num != 0) != mirror_chain_type_has_uid(rec_r->type)) {
 		*error_r = "Invalid uid";
 		return -1;
 	}
@@ -415,8 +430,12 @@ int mirror_chain_append_records(const char *path, unsigned int mirror_id,
 	unsigned int i;
 	int fd, ret;
 
-	for (i = 0; i < count; i++)
-		i_assert(recs[i].uid_validity != 0 && recs[i].uid != 0);
+	for (i = 0; i < count; i++) {
+		bool has_uid = mirror_chain_type_has_uid(recs[i].type);
+
+		i_assert((recs[i].uid_validity != 0) == has_uid &&
+			 (recs[i].uid != 0) == has_uid);
+	}
 	if (count == 0)
 		return 0;
 

@@ -9,10 +9,12 @@
 
      <type> <seq> <time> <uidvalidity> <uid> <content-hash> <link>
 
-   type is "copy" or "expire", seq counts records from 1, time is a UNIX
-   time, the hashes are 64 lowercase hex digits. The content hash is
-   BLAKE2b-256 of the message as stored, with line endings normalized to
-   LF. The link is BLAKE2b-256 over a fixed binary encoding of (type,
+   type is "copy" or "expire", or "hold" or "release" (a legal hold put
+   on the mirror or taken off: uidvalidity and uid are 0, and the content
+   hash is that of the reason given, as UTF-8 text), seq counts records
+   from 1, time is a UNIX time, the hashes are 64 lowercase hex digits.
+   The content hash of a copy is BLAKE2b-256 of the message as stored,
+   with line endings normalized to LF. The link is BLAKE2b-256 over a fixed binary encoding of (type,
    previous link (zeros for the first record), content hash, time, mirror
    id, uidvalidity, uid, seq), so changing, removing or reordering a record
    breaks every later link. */
@@ -29,6 +31,8 @@ struct hash_method;
 enum mirror_chain_record_type {
 	MIRROR_CHAIN_RECORD_COPY = 1,
 	MIRROR_CHAIN_RECORD_EXPIRE = 2,
+	MIRROR_CHAIN_RECORD_HOLD = 3,
+	MIRROR_CHAIN_RECORD_RELEASE = 4,
 };
 
 struct mirror_chain_record {
@@ -48,6 +52,9 @@ ARRAY_DEFINE_TYPE(mirror_chain_record, struct mirror_chain_record);
 extern const struct hash_method mirror_chain_hash_method;
 
 const char *mirror_chain_type_to_str(enum mirror_chain_record_type type);
+/* Whether records of the type name a message (uidvalidity and uid are
+   set): copy and expire do, hold and release don't. */
+bool mirror_chain_type_has_uid(enum mirror_chain_record_type type);
 /* The chain file's name (not path) for a mirror id. */
 const char *mirror_chain_file_name(unsigned int mirror_id);
 

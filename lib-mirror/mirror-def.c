@@ -6,6 +6,7 @@
 #include "array.h"
 #include "strnum.h"
 #include "str-sanitize.h"
+#include "unichar.h"
 #include "registry-json.h"
 #include "mirror-def.h"
 
@@ -86,6 +87,42 @@ bool mirror_def_is_valid(const struct mirror_def *def, const char **error_r)
 		*error_r = "negative creation time";
 		return FALSE;
 	}
+	if (def->hold_since < 0) {
+		*error_r = "negative hold time";
+		return FALSE;
+	}
+	if (def->hold_since == 0 ? def->hold_reason != NULL :
+	    (def->hold_reason == NULL ||
+	     !mirror_hold_reason_is_valid(def->hold_reason, &error))) {
+		*error_r = def->hold_since == 0 ?
+			"a hold reason without a hold" :
+			t_strdup_printf("hold reason: %s",
+					def->hold_reason == NULL ?
+					"missing" : error);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+bool mirror_hold_reason_is_valid(const char *reason, const char **error_r)
+{
+	const unsigned char *p;
+
+	if (strlen(reason) > MIRROR_HOLD_REASON_MAX_LEN) {
+		*error_r = t_strdup_printf("longer than %u bytes",
+					   MIRROR_HOLD_REASON_MAX_LEN);
+		return FALSE;
+	}
+	if (!uni_utf8_str_is_valid(reason)) {
+		*error_r = "not valid UTF-8";
+		return FALSE;
+	}
+	for (p = (const unsigned char *)reason; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f) {
+			*error_r = "has a control character";
+			return FALSE;
+		}
+	}
 	return TRUE;
 }
 
@@ -112,6 +149,15 @@ const char *mirror_defs_encode(const ARRAY_TYPE(mirror_def) *defs)
 			json_object_new_boolean(def->readonly));
 		json_object_object_add(obj, "auto",
 			json_object_new_boolean(def->auto_storage));
+		if (def->hold_since != 0) {
+			struct json_object *hold = json_object_new_object();
+
+			json_object_object_add(hold, "since",
+				json_object_new_int64(def->hold_since));
+			json_object_object_add(hold, "reason",
+				json_object_new_string(def->hold_reason));
+			json_object_object_add(obj, "hold", hold);
+		}
 		json_object_array_add(arr, obj);
 	}
 	return registry_json_finish(arr);
@@ -126,6 +172,7 @@ static int
 mirror_def_from_json(struct json_object *obj, struct mirror_def *def_r,
 		     const char **error_r)
 {
+	struct json_object *hold;
 	const char *type, *error;
 	int64_t num;
 
@@ -158,6 +205,18 @@ mirror_def_from_json(struct json_object *obj, struct mirror_def *def_r,
 	    registry_json_get_bool(obj, "auto", &def_r->auto_storage,
 				   error_r) < 0)
 		return -1;
+	if (json_object_object_get_ex(obj, "hold", &hold)) {
+		if (!json_object_is_type(hold, json_type_object)) {
+			*error_r = "'hold' is not an object";
+			return -1;
+		}
+		if (registry_json_get_int(hold, "since", 1, INT64_MAX, &num,
+					  error_r) < 0 ||
+		    registry_json_get_str(hold, "reason", &def_r->hold_reason,
+					  error_r) < 0)
+			return -1;
+		def_r->hold_since = (time_t)num;
+	}
 	if (!mirror_def_is_valid(def_r, &error)) {
 		*error_r = t_strdup_printf("mirror %u: %s", def_r->id, error);
 		return -1;
@@ -185,6 +244,8 @@ int mirror_defs_decode(const char *json, pool_t pool,
 		for (i = 0; i < count; i++) {
 			decoded[i].source = p_strdup(pool, decoded[i].source);
 			decoded[i].storage = p_strdup(pool, decoded[i].storage);
+			decoded[i].hold_reason =
+				p_strdup(pool, decoded[i].hold_reason);
 			array_push_back(defs, &decoded[i]);
 		}
 	}

@@ -10,6 +10,8 @@
 #define MIRROR_DAYS_MAX 3650
 #define MIRROR_DAYS_DEFAULT 30
 #define MIRROR_STORAGE_MAX_LEN 255
+/* the longest reason a hold or a release may give */
+#define MIRROR_HOLD_REASON_MAX_LEN 500
 
 struct mirror_def {
 	unsigned int id;
@@ -24,6 +26,11 @@ struct mirror_def {
 	bool readonly;
 	/* the storage user was created for this mirror (user/<storage>) */
 	bool auto_storage;
+	/* A legal hold: when it was put on (0: not held), and why ("" if
+	   no reason was given). The expiry scan removes nothing from the
+	   storage of a held mirror, and the mirror can't be removed. */
+	time_t hold_since;
+	const char *hold_reason;
 };
 ARRAY_DEFINE_TYPE(mirror_def, struct mirror_def);
 
@@ -31,6 +38,9 @@ int mirror_days_parse(const char *str, unsigned int *days_r,
 		      const char **error_r);
 bool mirror_storage_is_valid(const char *storage, const char **error_r);
 bool mirror_def_is_valid(const struct mirror_def *def, const char **error_r);
+/* A hold's or a release's reason: printable UTF-8 (no control
+   characters), at most MIRROR_HOLD_REASON_MAX_LEN bytes. */
+bool mirror_hold_reason_is_valid(const char *reason, const char **error_r);
 
 /* Encode the definitions of one source as a JSON array. */
 const char *mirror_defs_encode(const ARRAY_TYPE(mirror_def) *defs);

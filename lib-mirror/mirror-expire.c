@@ -30,7 +30,9 @@ struct mirror_expire_storage {
 	const char *name;
 	/* largest Days to Mirror of its mirrors */
 	unsigned int days;
-	ARRAY(unsigned int) mirror_ids;
+	ARRAY_TYPE(uint) mirror_ids;
+	/* its mirrors that are on legal hold */
+	ARRAY_TYPE(uint) held_ids;
 	/* the index entry: the oldest save date, 0 if none */
 	time_t indexed;
 };
@@ -122,11 +124,14 @@ static int mirror_expire_load(struct mirror_expire_scan *scan,
 					struct mirror_expire_storage, 1);
 			storage->name = def->storage;
 			p_array_init(&storage->mirror_ids, scan->pool, 2);
+			p_array_init(&storage->held_ids, scan->pool, 1);
 			hash_table_insert(scan->storage_hash, key, storage);
 			array_push_back(&scan->storages, &storage);
 		}
 		storage->days = I_MAX(storage->days, def->days);
 		array_push_back(&storage->mirror_ids, &def->id);
+		if (def->hold_since != 0)
+			array_push_back(&storage->held_ids, &def->id);
 	}
 
 	keys = t_new(const char *, array_count(&scan->storages) + 1);
@@ -558,13 +563,12 @@ static int mirror_expire_mails(struct mirror_expire_visit *visit,
 	return ret;
 }
 
-static const char *
-mirror_expire_ids_str(const struct mirror_expire_storage *storage)
+static const char *mirror_expire_ids_str(const ARRAY_TYPE(uint) *ids)
 {
 	string_t *str = t_str_new(32);
 	unsigned int id;
 
-	array_foreach_elem(&storage->mirror_ids, id) {
+	array_foreach_elem(ids, id) {
 		if (str_len(str) > 0)
 			str_append_c(str, ' ');
 		str_printfa(str, "%u", id);
@@ -664,6 +668,7 @@ mirror_expire_finished(struct mirror_expire_scan *scan,
 		add_int("storages", result->storages)->
 		add_int("visited", result->visited)->
 		add_int("failed", result->failed)->
+		add_int("held", result->held)->
 		add_int("removed", result->removed)->
 		add_int("bytes", result->bytes)->
 		add_int("usecs", result->usecs)->
@@ -671,9 +676,10 @@ mirror_expire_finished(struct mirror_expire_scan *scan,
 		add_str("rebuild_index", scan->set->rebuild_index ?
 			"yes" : "no");
 	e_info(e->event(), "%s finished: %u storages, %u visited, %u failed, "
-	       "%u messages (%"PRIu64" bytes) %s in %lld.%03lld s",
+	       "%u held, %u messages (%"PRIu64" bytes) %s in %lld.%03lld s",
 	       scan->set->rebuild_index ? "Index rebuild" : "Expiry scan",
 	       result->storages, result->visited, result->failed,
+	       result->held,
 	       result->removed, result->bytes,
 	       scan->set->dry_run ? "due" : "removed",
 	       result->usecs / 1000000, (result->usecs / 1000) % 1000);
@@ -717,10 +723,24 @@ int mirror_expire_run(const struct mirror_expire_settings *set,
 			T_BEGIN {
 				i_zero(&res);
 				res.storage = storage->name;
-				res.mirror_ids = mirror_expire_ids_str(storage);
+				res.mirror_ids = mirror_expire_ids_str(
+					&storage->mirror_ids);
 				res.days = storage->days;
-				mirror_expire_visit(&scan, storage, &res);
-				result_r->visited++;
+				if (array_count(&storage->held_ids) > 0 &&
+				    !set->rebuild_index) {
+					res.held_ids = mirror_expire_ids_str(
+						&storage->held_ids);
+					result_r->held++;
+					e_info(scan.event, "Storage %s is due, "
+					       "but on legal hold (mirror %s): "
+					       "nothing removed",
+					       str_sanitize(storage->name, 80),
+					       res.held_ids);
+				} else {
+					mirror_expire_visit(&scan, storage,
+							    &res);
+					result_r->visited++;
+				}
 				if (res.error != NULL) {
 					result_r->failed++;
 					e_error(scan.event, "Storage %s: %s",

@@ -8,7 +8,9 @@
    oldest message is older than now - days * 86400, expunge from INBOX
    every message saved before that second, append an expire record per
    removed copy to the chain of every mirror that recorded the copy, and
-   set the index to the oldest message kept. */
+   set the index to the oldest message kept. A storage that one of its
+   mirrors holds (a legal hold, mirror-def.h) is due all the same, but it
+   is not opened: nothing is removed from it, and the report says so. */
 
 struct mail_storage_service_ctx;
 
@@ -29,7 +31,7 @@ struct mirror_expire_settings {
 	bool debug;
 };
 
-/* One storage the scan visited */
+/* One storage the scan visited, or found due and held */
 struct mirror_expire_storage_result {
 	const char *storage;
 	/* the mirrors that store into it, "1 3" */
@@ -41,6 +43,9 @@ struct mirror_expire_storage_result {
 	time_t oldest_kept;
 	/* NULL if the visit succeeded */
 	const char *error;
+	/* due, and not visited: the mirrors of held_ids ("1 3") are on
+	   legal hold */
+	const char *held_ids;
 };
 
 struct mirror_expire_result {
@@ -50,6 +55,8 @@ struct mirror_expire_result {
 	unsigned int visited;
 	/* storages whose visit failed */
 	unsigned int failed;
+	/* storages due and not visited, because they are held */
+	unsigned int held;
 	unsigned int removed;
 	uint64_t bytes;
 	/* the whole scan, wall clock */

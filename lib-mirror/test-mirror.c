@@ -169,6 +169,30 @@ static void test_mirror_defs_roundtrip(void)
 		    d->days == 3650 && d->readonly && d->auto_storage);
 	test_assert_strcmp(d->storage, "backup");
 
+	/* a legal hold, with and without a reason */
+	array_clear(&defs);
+	array_clear(&decoded);
+	def.hold_since = 1700000100;
+	def.hold_reason = "Case 17: \xc3\xa9";
+	array_push_back(&defs, &def);
+	def.hold_reason = "";
+	array_push_back(&defs, &def);
+	json = mirror_defs_encode(&defs);
+	test_assert(mirror_defs_decode(json, pool_datastack_create(),
+				       &decoded, &error) == 0);
+	test_assert(array_count(&decoded) == 2);
+	d = array_idx(&decoded, 0);
+	test_assert(d->hold_since == 1700000100);
+	test_assert_strcmp(d->hold_reason, "Case 17: \xc3\xa9");
+	d = array_idx(&decoded, 1);
+	test_assert_strcmp(d->hold_reason, "");
+	/* not held: no hold member at all */
+	def.hold_since = 0;
+	def.hold_reason = NULL;
+	array_clear(&defs);
+	array_push_back(&defs, &def);
+	test_assert(strstr(mirror_defs_encode(&defs), "hold") == NULL);
+
 	/* unknown members are ignored (forward compatibility) */
 	array_clear(&decoded);
 	test_assert(mirror_defs_decode(
@@ -233,6 +257,13 @@ static void test_mirror_defs_decode_broken(void)
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":-5}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1}]",
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"exa\\u0000mple.com\",\"storage\":\"s\",\"days\":1,\"created\":0}]",
+		/* broken holds */
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":1}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":{\"reason\":\"\"}}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":{\"since\":0,\"reason\":\"\"}}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":{\"since\":5}}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":{\"since\":5,\"reason\":\"a\\nb\"}}]",
+		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0,\"hold\":{\"since\":5,\"reason\":\"\\u00ff\\u0000\"}}]",
 		/* one good element, then a bad one: nothing is returned */
 		"[{\"id\":1,\"type\":\"all\",\"source\":\"example.com\",\"storage\":\"s\",\"days\":1,\"created\":0},7]",
 	};
@@ -408,6 +439,24 @@ static void test_mirror_chain_record_format_parse(void)
 	test_assert(strncmp(line, "expire ", 7) == 0);
 	test_assert(mirror_chain_record_parse(line, &parsed, &error) == 0);
 	test_assert(memcmp(&rec, &parsed, sizeof(rec)) == 0);
+
+	/* hold and release name no message */
+	rec.type = MIRROR_CHAIN_RECORD_HOLD;
+	rec.uid_validity = rec.uid = 0;
+	str_truncate(str, 0);
+	mirror_chain_record_format(str, &rec);
+	line = t_strndup(str_data(str), str_len(str) - 1);
+	test_assert(strncmp(line, "hold 18446744073709551615 1700000000 0 0 ",
+			    41) == 0);
+	test_assert(mirror_chain_record_parse(line, &parsed, &error) == 0);
+	test_assert(memcmp(&rec, &parsed, sizeof(rec)) == 0);
+	rec.type = MIRROR_CHAIN_RECORD_RELEASE;
+	str_truncate(str, 0);
+	mirror_chain_record_format(str, &rec);
+	line = t_strndup(str_data(str), str_len(str) - 1);
+	test_assert(strncmp(line, "release ", 8) == 0);
+	test_assert(mirror_chain_record_parse(line, &parsed, &error) == 0);
+	test_assert(memcmp(&rec, &parsed, sizeof(rec)) == 0);
 	test_end();
 }
 
@@ -442,6 +491,12 @@ static void test_mirror_chain_record_parse_broken(void)
 		" copy 1 1700000000 1234 5 "H64" "H64,
 		"copy\t1 1700000000 1234 5 "H64" "H64,
 		"copy 1 1700000000 1234 5 "H64" "H64"\r",
+		/* a hold or a release names no message; a copy does */
+		"hold 1 1700000000 1234 5 "H64" "H64,
+		"hold 1 1700000000 0 5 "H64" "H64,
+		"release 1 1700000000 1234 0 "H64" "H64,
+		"copy 1 1700000000 0 0 "H64" "H64,
+		"Hold 1 1700000000 0 0 "H64" "H64,
 	};
 	struct mirror_chain_record rec;
 	const char *error;
@@ -456,6 +511,8 @@ static void test_mirror_chain_record_parse_broken(void)
 	}
 	test_assert(mirror_chain_record_parse(
 		"copy 1 1700000000 1234 5 "H64" "H64, &rec, &error) == 0);
+	test_assert(mirror_chain_record_parse(
+		"hold 1 1700000000 0 0 "H64" "H64, &rec, &error) == 0);
 	test_end();
 #undef H64
 }

@@ -30,16 +30,6 @@
 /* How many numbered names to try for an auto-created storage user. */
 #define DOVEADM_MIRROR_MAX_NAME_TRIES 1000
 
-static bool doveadm_mirror_parse_id(const char *id_str, unsigned int *id_r)
-{
-	if (str_to_uint(id_str, id_r) < 0 || *id_r == 0) {
-		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
-		return FALSE;
-	}
-	return TRUE;
-}
-
 static int doveadm_mirror_parse_bool(const char *str, bool *value_r)
 {
 	if (strcmp(str, "yes") == 0 || strcmp(str, "on") == 0)
@@ -53,26 +43,6 @@ static int doveadm_mirror_parse_bool(const char *str, bool *value_r)
 		return -1;
 	}
 	return 0;
-}
-
-/* Find mirror id, failing the command if it doesn't exist. */
-static bool
-doveadm_mirror_get(struct registry *reg, unsigned int id,
-		   struct mirror_def *def_r)
-{
-	const char *error;
-	int ret;
-
-	ret = mirror_registry_get_def(reg, id, pool_datastack_create(), def_r,
-				      &error);
-	if (ret <= 0) {
-		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
-				    EX_TEMPFAIL, ret == 0 ?
-				    t_strdup_printf("Unknown mirror id %u", id) :
-				    error);
-		return FALSE;
-	}
-	return TRUE;
 }
 
 /* _mirror@DOMAIN (all) or _mirror_USER@DOMAIN (single), with -N before
@@ -389,6 +359,8 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("failures");
 	doveadm_print_header_simple("last_failure");
 	doveadm_print_header_simple("last_failure_reason");
+	doveadm_print_header_simple("hold");
+	doveadm_print_header_simple("hold_reason");
 	array_foreach(&defs, def) {
 		if (mirror_registry_status_get(reg, def->id, &status,
 					       &error) < 0) {
@@ -402,6 +374,10 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 			t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", status.last_failure));
 		doveadm_print(status.last_failure_reason == NULL ? "" :
 			      status.last_failure_reason);
+		doveadm_print(def->hold_since == 0 ? "" :
+			t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", def->hold_since));
+		doveadm_print(def->hold_reason == NULL ? "" :
+			      def->hold_reason);
 	}
 	registry_deinit(&reg);
 }
@@ -426,6 +402,15 @@ static void cmd_mirror_remove(struct doveadm_cmd_context *cctx)
 	    (reg = doveadm_mirror_registry_open_locked()) == NULL)
 		return;
 	if (!doveadm_mirror_get(reg, id, &def)) {
+		registry_deinit(&reg);
+		return;
+	}
+	if (def.hold_since != 0) {
+		doveadm_mirror_fail(EX_DATAERR, t_strdup_printf(
+			"Mirror %u is on legal hold since %s: release it "
+			"first (doveadm mirror release %u)", id,
+			t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", def.hold_since),
+			id));
 		registry_deinit(&reg);
 		return;
 	}

@@ -1,7 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* doveadm mirror expire [-n] [-T UNIX_TIME] [--rebuild-index]: run the
-   expiry scan now (see mirror-expire.h). */
+   expiry scan now (see mirror-expire.h). A storage that is due but held
+   gets a row too, with the mirrors that hold it (held_by). */
 
 #include "lib.h"
 #include "str-sanitize.h"
@@ -29,6 +30,7 @@ doveadm_mirror_expire_print(const struct mirror_expire_storage_result *res,
 	doveadm_print_num(res->bytes);
 	doveadm_print(res->oldest_kept == 0 || res->error != NULL ? "" :
 		      t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", res->oldest_kept));
+	doveadm_print(res->held_ids == NULL ? "" : res->held_ids);
 }
 
 static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
@@ -62,6 +64,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("removed");
 	doveadm_print_header_simple("bytes");
 	doveadm_print_header_simple("oldest_kept");
+	doveadm_print_header_simple("held_by");
 
 	service = doveadm_mirror_storage_service_init(NULL);
 	ret = mirror_expire_run(&set, service, NULL,

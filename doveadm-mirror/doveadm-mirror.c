@@ -33,6 +33,7 @@
 #include "registry.h"
 #include "registry-lock.h"
 #include "mirror-chain.h"
+#include "mirror-registry.h"
 #include "doveadm-mirror.h"
 
 #include <sysexits.h>
@@ -56,6 +57,34 @@ void doveadm_mirror_fail(int exit_code, const char *error)
 {
 	i_error("%s", error);
 	doveadm_exit_code = exit_code;
+}
+
+bool doveadm_mirror_parse_id(const char *id_str, unsigned int *id_r)
+{
+	if (str_to_uint(id_str, id_r) < 0 || *id_r == 0) {
+		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+bool doveadm_mirror_get(struct registry *reg, unsigned int id,
+			struct mirror_def *def_r)
+{
+	const char *error;
+	int ret;
+
+	ret = mirror_registry_get_def(reg, id, pool_datastack_create(), def_r,
+				      &error);
+	if (ret <= 0) {
+		doveadm_mirror_fail(ret == 0 ? DOVEADM_EX_NOTFOUND :
+				    EX_TEMPFAIL, ret == 0 ?
+				    t_strdup_printf("Unknown mirror id %u", id) :
+				    error);
+		return FALSE;
+	}
+	return TRUE;
 }
 
 bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
@@ -487,6 +516,7 @@ void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 	doveadm_mirror_cmds_register();
 	doveadm_mirror_account_register();
 	doveadm_mirror_verify_register();
+	doveadm_mirror_hold_register();
 	doveadm_mirror_schedule_register();
 	doveadm_mirror_expire_register();
 	doveadm_bag_register();

@@ -27,6 +27,13 @@ bool doveadm_mirror_param_str(const struct doveadm_cmd_context *cctx,
    fails with EX_USAGE). */
 int doveadm_mirror_param_time(const struct doveadm_cmd_context *cctx,
 			      const char *name, time_t *time_r);
+/* Parse a mirror id, or fail the command (EX_USAGE) and return FALSE. */
+bool doveadm_mirror_parse_id(const char *id_str, unsigned int *id_r);
+/* Find mirror id (its definition allocated from the data stack), or fail
+   the command (68 if there is no such mirror, EX_TEMPFAIL if the registry
+   can't be read) and return FALSE. */
+bool doveadm_mirror_get(struct registry *reg, unsigned int id,
+			struct mirror_def *def_r);
 /* Open the registry of mirror_dict, or fail the command (EX_CONFIG if it
    is not set, EX_TEMPFAIL if it can't be opened) and return NULL. */
 struct registry *doveadm_mirror_registry_open(void);
@@ -98,13 +105,15 @@ bool doveadm_mirror_limit_check(struct registry *reg,
 				const struct mirror_def *def);
 
 /* The groups of commands: doveadm mirror init, check, add|list|set|
-   password|remove, account ..., verify, schedule, expire; doveadm bag
-   add|list|show|remove|password, recipient ..., flush, usage. */
+   password|remove, account ..., verify, hold|release, schedule, expire;
+   doveadm bag add|list|show|remove|password, recipient ..., flush,
+   usage. */
 void doveadm_mirror_init_register(void);
 void doveadm_mirror_check_register(void);
 void doveadm_mirror_cmds_register(void);
 void doveadm_mirror_account_register(void);
 void doveadm_mirror_verify_register(void);
+void doveadm_mirror_hold_register(void);
 void doveadm_mirror_schedule_register(void);
 void doveadm_mirror_expire_register(void);
 void doveadm_bag_register(void);

@@ -61,7 +61,8 @@ def test_add_list_remove_with_json_output(sandbox):
     table = sandbox.doveadm("mirror", "list").stdout
     assert table.split("\n")[0].split() == \
         ["id", "type", "source", "storage", "days", "readonly", "created",
-         "copies", "failures", "last_failure", "last_failure_reason"]
+         "copies", "failures", "last_failure", "last_failure_reason",
+         "hold", "hold_reason"]
 
 
 BAD_ADD = [

@@ -26,7 +26,8 @@ DAY = 86400
 EX_USAGE = 64
 DICT = REGISTRY
 SETTINGS = {}
-ROW_FIELDS = {"ids", "storage", "removed", "bytes", "oldest_kept"}
+ROW_FIELDS = {"ids", "storage", "removed", "bytes", "oldest_kept",
+              "held_by"}
 
 
 @pytest.fixture
@@ -120,7 +121,8 @@ def test_boundary_one_second(sb):
 
     rows, _ = expire(sb, "-T", str(s1 + DAY + 1))
     assert rows == [{"ids": "1", "storage": AUDIT, "removed": "1",
-                     "bytes": rows[0]["bytes"], "oldest_kept": iso(s2)}]
+                     "bytes": rows[0]["bytes"], "oldest_kept": iso(s2),
+                     "held_by": ""}]
     assert int(rows[0]["bytes"]) > 0
     assert list(save_dates(sb, AUDIT)) == [2]
     assert index(sb, AUDIT) == s2

@@ -99,7 +99,9 @@ static bool mirror_def_equals(const struct mirror_def *d1,
 		strcmp(d1->storage, d2->storage) == 0 &&
 		d1->days == d2->days && d1->created == d2->created &&
 		d1->readonly == d2->readonly &&
-		d1->auto_storage == d2->auto_storage;
+		d1->auto_storage == d2->auto_storage &&
+		d1->hold_since == d2->hold_since &&
+		null_strcmp(d1->hold_reason, d2->hold_reason) == 0;
 }
 
 /* Something that no definition names: removed, unless a definition that

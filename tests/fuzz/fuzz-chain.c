@@ -119,7 +119,10 @@ static void fuzz_chain_record(const unsigned char *data, size_t size)
 		return;
 	}
 	i_assert(strlen(line) < MIRROR_CHAIN_LINE_MAX);
-	i_assert(rec.seq > 0 && rec.uid_validity > 0 && rec.uid > 0);
+	/* a copy or an expiry names a message, a hold or a release none */
+	i_assert(rec.seq > 0);
+	i_assert((rec.uid_validity != 0) == mirror_chain_type_has_uid(rec.type));
+	i_assert((rec.uid != 0) == mirror_chain_type_has_uid(rec.type));
 	/* one spelling per record */
 	str = t_str_new(MIRROR_CHAIN_LINE_MAX);
 	mirror_chain_record_format(str, &rec);

@@ -56,6 +56,8 @@ fuzz_mirror_def_assert_equal(const struct mirror_def *def1,
 	i_assert(def1->created == def2->created);
 	i_assert(def1->readonly == def2->readonly);
 	i_assert(def1->auto_storage == def2->auto_storage);
+	i_assert(def1->hold_since == def2->hold_since);
+	i_assert(null_strcmp(def1->hold_reason, def2->hold_reason) == 0);
 }
 
 static void fuzz_mirror_defs(const char *json, pool_t pool)

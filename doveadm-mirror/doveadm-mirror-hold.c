@@ -12,7 +12,11 @@
 
    The registry is changed first: a hold takes effect even if its chain
    record can't be written (the storage user is gone, its disk is full);
-   the command then fails with 75 and says so. */
+   the command then fails with 75 and says so. The record is appended
+   while the registry's lock is held, so that the chain has the holds and
+   releases in the order they were made. A scan that is running reads
+   every storage's definitions again before it opens the storage: a hold
+   made meanwhile stops it too (mirror-expire.h). */
 
 #include "lib.h"
 #include "ioloop.h"
@@ -140,8 +144,8 @@ cmd_mirror_hold_change(struct doveadm_cmd_context *cctx, bool hold)
 		registry_deinit(&reg);
 		return;
 	}
-	registry_deinit(&reg);
-
+	/* still under the registry's lock: holds and releases of a mirror
+	   reach its chain in the order they changed the registry */
 	if (doveadm_mirror_hold_record(&def, hold ? MIRROR_CHAIN_RECORD_HOLD :
 				       MIRROR_CHAIN_RECORD_RELEASE, reason,
 				       now, &rec, &error) < 0) {
@@ -149,9 +153,10 @@ cmd_mirror_hold_change(struct doveadm_cmd_context *cctx, bool hold)
 			"Mirror %u is %s, but its chain record failed: %s",
 			id, hold ? "on hold" : "released", error));
 		doveadm_mirror_hold_print(&def, NULL);
-		return;
+	} else {
+		doveadm_mirror_hold_print(&def, &rec);
 	}
-	doveadm_mirror_hold_print(&def, &rec);
+	registry_deinit(&reg);
 }
 
 static void cmd_mirror_hold(struct doveadm_cmd_context *cctx)

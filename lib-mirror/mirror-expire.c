@@ -152,6 +152,40 @@ static int mirror_expire_load(struct mirror_expire_scan *scan,
 	return 0;
 }
 
+/* Read the holds of a storage's mirrors again, right before it is opened:
+   a hold made while the scan runs stops it too. If they can't be read,
+   those the scan started with stand. */
+static void mirror_expire_refresh_holds(struct mirror_expire_scan *scan,
+					struct mirror_expire_storage *storage)
+{
+	ARRAY_TYPE(mirror_def) defs;
+	const struct mirror_def *def;
+	const char *error;
+
+	t_array_init(&defs, 4);
+	if (mirror_registry_storage_lookup(scan->registry, storage->name,
+					   pool_datastack_create(), &defs,
+					   &error) < 0) {
+		e_warning(scan->event, "Storage %s: Can't read its mirrors' "
+			  "holds again: %s", str_sanitize(storage->name, 80),
+			  error);
+		return;
+	}
+	array_foreach(&defs, def) {
+		unsigned int id;
+		bool known = FALSE;
+
+		if (def->hold_since == 0)
+			continue;
+		array_foreach_elem(&storage->held_ids, id) {
+			if (id == def->id)
+				known = TRUE;
+		}
+		if (!known)
+			array_push_back(&storage->held_ids, &def->id);
+	}
+}
+
 static bool mirror_expire_is_due(struct mirror_expire_scan *scan,
 				 const struct mirror_expire_storage *storage)
 {
@@ -726,6 +760,9 @@ int mirror_expire_run(const struct mirror_expire_settings *set,
 				res.mirror_ids = mirror_expire_ids_str(
 					&storage->mirror_ids);
 				res.days = storage->days;
+				if (!set->rebuild_index)
+					mirror_expire_refresh_holds(&scan,
+								    storage);
 				if (array_count(&storage->held_ids) > 0 &&
 				    !set->rebuild_index) {
 					res.held_ids = mirror_expire_ids_str(

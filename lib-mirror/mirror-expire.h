@@ -10,7 +10,9 @@
    removed copy to the chain of every mirror that recorded the copy, and
    set the index to the oldest message kept. A storage that one of its
    mirrors holds (a legal hold, mirror-def.h) is due all the same, but it
-   is not opened: nothing is removed from it, and the report says so. */
+   is not opened: nothing is removed from it, and the report says so. The
+   holds are read again right before each storage is opened, so that a
+   hold made while the scan runs stops it too. */
 
 struct mail_storage_service_ctx;
 

@@ -140,6 +140,9 @@ def test_a_shared_storage_is_held_by_any_of_its_mirrors(make_sandbox):
     # a dry run says the same; a rebuild of the index removes nothing
     rows, _ = expire(sb, "-n", "-T", str(later))
     assert [x["held_by"] for x in rows] == [m2["id"]]
+    rows, _ = expire(sb, "--rebuild-index", "-T", str(later))
+    assert [(x["removed"], x["held_by"]) for x in rows] == [("0", "")]
+    assert len(save_dates(sb, AUDIT)) == 2
     release(sb, m2["id"])
     rows, _ = expire(sb, "-T", str(later))
     assert [(x["removed"], x["held_by"]) for x in rows] == [("2", "")]

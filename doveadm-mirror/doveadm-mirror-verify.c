@@ -36,6 +36,18 @@
    storage); a copy with more is not looked at further */
 #define MIRROR_VERIFY_MAX_ID_HEADERS 1000
 
+struct mirror_verify_suspect {
+	const struct mirror_chain_record *rec;
+	/* its UID holds another message (found: its hash), rather than
+	   none */
+	bool altered;
+	unsigned char found[MIRROR_CHAIN_HASH_SIZE];
+	/* the mailbox's UIDVALIDITY, if it isn't the record's */
+	uint32_t new_uid_validity;
+	/* found under this UID */
+	uint32_t renumbered_uid;
+};
+
 struct mirror_verify {
 	unsigned int mirror_id;
 	const char *storage;
@@ -47,11 +59,17 @@ struct mirror_verify {
 	/* (uidvalidity << 32 | uid) of each expire record, sorted */
 	ARRAY(uint64_t) expired;
 	unsigned int present, expired_count, missing, altered, unrecorded;
+	unsigned int renumbered;
 	const char *broken;
+	/* the records whose copy is missing or altered at its UID: each
+	   may be an unrecorded copy found under another UID (renumbered) */
+	ARRAY(struct mirror_verify_suspect) suspects;
 
 	bool reconcile;
-	/* the registry's copy counter (after --reconcile raised it) */
+	/* the registry's copy counter (after --reconcile raised it), if it
+	   could be read */
 	uint64_t counted;
+	bool counted_known;
 };
 
 /* Find the mirror: its storage user. Returns FALSE (with the command
@@ -128,47 +146,13 @@ static int mirror_verify_read_chain(struct mirror_verify *ctx)
 	return 0;
 }
 
-static int
-mirror_verify_hash_mail(struct mail *mail,
-			unsigned char digest_r[MIRROR_CHAIN_HASH_SIZE],
-			const char **error_r)
-{
-	const struct hash_method *meth = &mirror_chain_hash_method;
-	struct istream *input, *lf_input;
-	const unsigned char *data;
-	size_t size;
-	void *hash_ctx;
-	int ret = 0;
-
-	if (mail_get_stream(mail, NULL, NULL, &input) < 0) {
-		*error_r = mailbox_get_last_internal_error(mail->box, NULL);
-		return -1;
-	}
-	hash_ctx = i_malloc(meth->context_size);
-	meth->init(hash_ctx);
-	lf_input = i_stream_create_lf(input);
-	while (i_stream_read_more(lf_input, &data, &size) > 0) {
-		meth->loop(hash_ctx, data, size);
-		i_stream_skip(lf_input, size);
-	}
-	if (lf_input->stream_errno != 0) {
-		*error_r = t_strdup_printf("read(%s) failed: %s",
-					   i_stream_get_name(lf_input),
-					   i_stream_get_error(lf_input));
-		ret = -1;
-	}
-	meth->result(hash_ctx, digest_r);
-	i_stream_unref(&lf_input);
-	i_free(hash_ctx);
-	return ret;
-}
-
 /* Check one copy record. Returns 0, or -1 on a temporary failure. */
 static int
 mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 		   uint32_t uid_validity,
 		   const struct mirror_chain_record *rec)
 {
+	struct mirror_verify_suspect *suspect;
 	unsigned char digest[MIRROR_CHAIN_HASH_SIZE];
 	enum mail_error mail_error;
 	const char *error;
@@ -179,41 +163,29 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 		ctx->expired_count++;
 		return 0;
 	}
+	suspect = array_append_space(&ctx->suspects);
+	suspect->rec = rec;
 	if (rec->uid_validity != uid_validity) {
-		ctx->missing++;
-		i_error("Mirror %u: UID %u is missing: the mailbox's "
-			"UIDVALIDITY changed from %u to %u", ctx->mirror_id,
-			rec->uid, rec->uid_validity, uid_validity);
+		suspect->new_uid_validity = uid_validity;
 		return 0;
 	}
-	if (!mail_set_uid(mail, rec->uid)) {
-		ctx->missing++;
-		i_error("Mirror %u: UID %u is missing", ctx->mirror_id,
-			rec->uid);
+	if (!mail_set_uid(mail, rec->uid))
 		return 0;
-	}
-	if (mirror_verify_hash_mail(mail, digest, &error) < 0) {
+	if (doveadm_mirror_mail_hash(mail, -1, digest, &error) < 0) {
 		(void)mailbox_get_last_error(mail->box, &mail_error);
-		if (mail->expunged || mail_error == MAIL_ERROR_EXPUNGED) {
-			ctx->missing++;
-			i_error("Mirror %u: UID %u is missing",
-				ctx->mirror_id, rec->uid);
+		if (mail->expunged || mail_error == MAIL_ERROR_EXPUNGED)
 			return 0;
-		}
 		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
 			"Mirror %u: Failed to read UID %u: %s",
 			ctx->mirror_id, rec->uid, error));
 		return -1;
 	}
 	if (memcmp(digest, rec->content_hash, sizeof(digest)) != 0) {
-		ctx->altered++;
-		i_error("Mirror %u: UID %u is altered: its content hash is "
-			"%s, the chain recorded %s", ctx->mirror_id, rec->uid,
-			binary_to_hex(digest, sizeof(digest)),
-			binary_to_hex(rec->content_hash,
-				      sizeof(rec->content_hash)));
+		suspect->altered = TRUE;
+		memcpy(suspect->found, digest, sizeof(digest));
 		return 0;
 	}
+	array_pop_back(&ctx->suspects);
 	ctx->present++;
 	return 0;
 }
@@ -250,9 +222,100 @@ mirror_verify_is_copy(struct mirror_verify *ctx, struct mail *mail,
 	return 0;
 }
 
+/* Whether mail, a copy no record covers, is the copy of a record that
+   didn't find it at its own UID: the mailbox renumbered it (maildir
+   renumbers messages when it repairs a dovecot-uidlist that a crash left
+   broken; a mailbox rebuilt gets a new UIDVALIDITY). 1 if it is, 0 if
+   not, -1 on error. */
+static int mirror_verify_renumbered(struct mirror_verify *ctx,
+				    struct mail *mail, const char **error_r)
+{
+	struct mirror_verify_suspect *suspect;
+	unsigned char digest[MIRROR_CHAIN_HASH_SIZE];
+
+	if (doveadm_mirror_mail_hash(mail, -1, digest, error_r) < 0)
+		return -1;
+	array_foreach_modifiable(&ctx->suspects, suspect) {
+		if (suspect->renumbered_uid == 0 &&
+		    memcmp(digest, suspect->rec->content_hash,
+			   sizeof(digest)) == 0) {
+			suspect->renumbered_uid = mail->uid;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Count and log what the suspects turned out to be. A renumbered copy
+   whose old UID holds another copy of this mirror: that one is
+   unrecorded. */
+static int mirror_verify_suspects(struct mirror_verify *ctx, struct mail *mail)
+{
+	const struct mirror_verify_suspect *suspect;
+	const struct mirror_chain_record *rec;
+	const char *error;
+	int ret;
+
+	array_foreach(&ctx->suspects, suspect) {
+		rec = suspect->rec;
+		if (suspect->renumbered_uid != 0) {
+			ctx->renumbered++;
+			i_info("Mirror %u: the copy recorded as UID %u is UID "
+			       "%u now (renumbered by the mailbox)",
+			       ctx->mirror_id, rec->uid,
+			       suspect->renumbered_uid);
+			if (!suspect->altered)
+				continue;
+			/* what is at its old UID is not its copy */
+			if (!mail_set_uid(mail, rec->uid))
+				continue;
+			T_BEGIN {
+				ret = mirror_verify_is_copy(ctx, mail, &error);
+				if (ret < 0 && !mail->expunged) {
+					doveadm_mirror_fail(EX_TEMPFAIL,
+						t_strdup_printf("Mirror %u: "
+							"Failed to read UID "
+							"%u: %s",
+							ctx->mirror_id,
+							rec->uid, error));
+				}
+			} T_END;
+			if (ret < 0 && !mail->expunged)
+				return -1;
+			if (ret > 0) {
+				ctx->unrecorded++;
+				i_error("Mirror %u: UID %u is a copy that the "
+					"chain doesn't record",
+					ctx->mirror_id, rec->uid);
+			}
+		} else if (suspect->altered) {
+			ctx->altered++;
+			i_error("Mirror %u: UID %u is altered: its content "
+				"hash is %s, the chain recorded %s",
+				ctx->mirror_id, rec->uid,
+				binary_to_hex(suspect->found,
+					      MIRROR_CHAIN_HASH_SIZE),
+				binary_to_hex(rec->content_hash,
+					      MIRROR_CHAIN_HASH_SIZE));
+		} else if (suspect->new_uid_validity != 0) {
+			ctx->missing++;
+			i_error("Mirror %u: UID %u is missing: the mailbox's "
+				"UIDVALIDITY changed from %u to %u",
+				ctx->mirror_id, rec->uid, rec->uid_validity,
+				suspect->new_uid_validity);
+		} else {
+			ctx->missing++;
+			i_error("Mirror %u: UID %u is missing",
+				ctx->mirror_id, rec->uid);
+		}
+	}
+	return 0;
+}
+
 /* The copies for this mirror in the INBOX that no record covers: made,
    but their record was never appended (LMTP was killed between the
-   commit and the append, or the append failed). */
+   commit and the append, or the append failed), unless they are the
+   copies of records that didn't find them at their UIDs. */
 static int mirror_verify_unrecorded(struct mirror_verify *ctx,
 				    struct mail *mail, uint32_t uid_validity)
 {
@@ -285,10 +348,21 @@ static int mirror_verify_unrecorded(struct mirror_verify *ctx,
 						ctx->mirror_id, mail->uid,
 						error));
 			} else if (ret > 0) {
-				ctx->unrecorded++;
-				i_error("Mirror %u: UID %u is a copy that the "
-					"chain doesn't record",
-					ctx->mirror_id, mail->uid);
+				ret = mirror_verify_renumbered(ctx, mail,
+							       &error);
+				if (ret < 0 && !mail->expunged) {
+					doveadm_mirror_fail(EX_TEMPFAIL,
+						t_strdup_printf("Mirror %u: "
+							"Failed to read UID "
+							"%u: %s",
+							ctx->mirror_id,
+							mail->uid, error));
+				} else if (ret == 0) {
+					ctx->unrecorded++;
+					i_error("Mirror %u: UID %u is a copy "
+						"that the chain doesn't record",
+						ctx->mirror_id, mail->uid);
+				}
 			}
 		} T_END;
 		if (ret < 0 && !mail->expunged)
@@ -320,6 +394,8 @@ static int mirror_verify_mails(struct mirror_verify *ctx)
 	}
 	if (ret == 0)
 		ret = mirror_verify_unrecorded(ctx, mail, status.uidvalidity);
+	if (ret == 0)
+		ret = mirror_verify_suspects(ctx, mail);
 	mail_free(&mail);
 	(void)mailbox_transaction_commit(&trans);
 	return ret;
@@ -345,6 +421,7 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_header_simple("missing");
 	doveadm_print_header_simple("altered");
 	doveadm_print_header_simple("unrecorded");
+	doveadm_print_header_simple("renumbered");
 	doveadm_print_header_simple("counted");
 	doveadm_print_header_simple("chain");
 	doveadm_print_header_simple("head");
@@ -356,7 +433,8 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_num(ctx->missing);
 	doveadm_print_num(ctx->altered);
 	doveadm_print_num(ctx->unrecorded);
-	doveadm_print_num(ctx->counted);
+	doveadm_print_num(ctx->renumbered);
+	doveadm_print(ctx->counted_known ? dec2str(ctx->counted) : "");
 	doveadm_print(ctx->broken == NULL ? "ok" : "broken");
 	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
 }
@@ -384,20 +462,19 @@ static uint64_t mirror_verify_accounted(const struct mirror_verify *ctx)
 static bool mirror_verify_counter(struct mirror_verify *ctx)
 {
 	struct registry *reg;
-	struct mirror_status status;
 	uint64_t accounted = mirror_verify_accounted(ctx);
 	const char *error;
 	bool ok = TRUE;
 
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return FALSE;
-	if (mirror_registry_status_get(reg, ctx->mirror_id, &status,
+	if (mirror_registry_copies_get(reg, ctx->mirror_id, &ctx->counted,
 				       &error) < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
 		registry_deinit(&reg);
 		return FALSE;
 	}
-	ctx->counted = status.copies;
+	ctx->counted_known = TRUE;
 	if (ctx->counted < accounted && !ctx->reconcile) {
 		i_warning("Mirror %u: its copy counter (%"PRIu64") is below "
 			  "the %"PRIu64" copies its chain and storage account "
@@ -439,8 +516,11 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 		i_fatal("%s", error);
 	mail_storage_service_deinit(&ctx->service);
 
-	if (!ok || !mirror_verify_counter(ctx))
+	if (!ok)
 		return;
+	/* a counter that can't be read or raised (75) doesn't hide what
+	   the chain and the storage say, and a data error (65) wins */
+	(void)mirror_verify_counter(ctx);
 	mirror_verify_print(ctx);
 	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0 ||
 	    ctx->unrecorded > 0)
@@ -469,7 +549,9 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 		return;
 	i_array_init(&ctx.records, 64);
 	i_array_init(&ctx.expired, 16);
+	i_array_init(&ctx.suspects, 8);
 	mirror_verify_run(&ctx);
+	array_free(&ctx.suspects);
 	array_free(&ctx.expired);
 	array_free(&ctx.records);
 }

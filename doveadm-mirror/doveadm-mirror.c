@@ -10,6 +10,10 @@
 #include "array.h"
 #include "str.h"
 #include "str-sanitize.h"
+#include "write-full.h"
+#include "hash-method.h"
+#include "istream-crlf.h"
+#include "istream.h"
 #include "strnum.h"
 #include "ioloop.h"
 #include "master-service.h"
@@ -107,7 +111,9 @@ int doveadm_mirror_param_time(const struct doveadm_cmd_context *cctx,
 		return 0;
 	if (str_to_time(value, time_r) < 0 || *time_r <= 0) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
-			"Invalid -T '%s': expected a UNIX time",
+			"Invalid %s '%s': expected a UNIX time",
+			strcmp(name, "time") == 0 ? "-T" :
+			t_strconcat("--", name, NULL),
 			str_sanitize(value, 30)));
 		return -1;
 	}
@@ -228,6 +234,44 @@ void doveadm_mirror_inbox_close(struct doveadm_mirror_inbox *inbox)
 		mail_user_deinit(&inbox->user);
 	if (inbox->service_user != NULL)
 		mail_storage_service_user_unref(&inbox->service_user);
+}
+
+int doveadm_mirror_mail_hash(struct mail *mail, int out_fd,
+			     unsigned char digest_r[MIRROR_CHAIN_HASH_SIZE],
+			     const char **error_r)
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	struct istream *input, *lf_input;
+	const unsigned char *data;
+	size_t size;
+	void *hash_ctx;
+	int ret = 0;
+
+	if (mail_get_stream(mail, NULL, NULL, &input) < 0) {
+		*error_r = mailbox_get_last_internal_error(mail->box, NULL);
+		return -1;
+	}
+	hash_ctx = i_malloc(meth->context_size);
+	meth->init(hash_ctx);
+	lf_input = i_stream_create_lf(input);
+	while (ret == 0 && i_stream_read_more(lf_input, &data, &size) > 0) {
+		meth->loop(hash_ctx, data, size);
+		if (out_fd != -1 && write_full(out_fd, data, size) < 0) {
+			*error_r = t_strdup_printf("write() failed: %m");
+			ret = -1;
+		}
+		i_stream_skip(lf_input, size);
+	}
+	if (ret == 0 && lf_input->stream_errno != 0) {
+		*error_r = t_strdup_printf("read(%s) failed: %s",
+					   i_stream_get_name(lf_input),
+					   i_stream_get_error(lf_input));
+		ret = -1;
+	}
+	meth->result(hash_ctx, digest_r);
+	i_stream_unref(&lf_input);
+	i_free(hash_ctx);
+	return ret;
 }
 
 int doveadm_mirror_chain_path(struct mailbox *box, unsigned int mirror_id,

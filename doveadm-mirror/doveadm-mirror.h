@@ -4,12 +4,15 @@
 /* What the doveadm mirror and doveadm bag commands share
    (doveadm-mirror.c), and the groups of commands the module registers. */
 
+#include "mirror-chain.h"
+
 struct registry;
 struct mirror_def;
 struct mail_storage_service_ctx;
 struct mail_storage_service_user;
 struct mail_user;
 struct mailbox;
+struct mail;
 struct setting_parser_info;
 
 struct doveadm_cmd_context;
@@ -69,6 +72,14 @@ void doveadm_mirror_inbox_close(struct doveadm_mirror_inbox *inbox);
    directory of an open INBOX. 0, or -1 with error_r. */
 int doveadm_mirror_chain_path(struct mailbox *box, unsigned int mirror_id,
 			      const char **path_r, const char **error_r);
+
+/* The content hash of mail as a chain records it (mirror-chain.h: the
+   message with line endings normalized to LF), writing those bytes to
+   out_fd too unless it is -1. 0, or -1 with error_r (mail->expunged is
+   set if the message is gone). */
+int doveadm_mirror_mail_hash(struct mail *mail, int out_fd,
+			     unsigned char digest_r[MIRROR_CHAIN_HASH_SIZE],
+			     const char **error_r);
 
 enum doveadm_mirror_password_scheme {
 	/* for users that log in with PLAIN or LOGIN */

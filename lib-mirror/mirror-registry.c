@@ -550,6 +550,14 @@ void mirror_registry_status_update(struct registry *reg,
 		i_error("mirror: Updating the copy counters failed: %s", error);
 }
 
+int mirror_registry_copies_get(struct registry *reg, unsigned int id,
+			       uint64_t *copies_r, const char **error_r)
+{
+	return registry_get_counter(reg, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/copies", id), copies_r,
+			error_r) < 0 ? -1 : 0;
+}
+
 int mirror_registry_status_add_copies(struct registry *reg, unsigned int id,
 				      uint64_t count, const char **error_r)
 {
@@ -562,9 +570,10 @@ int mirror_registry_status_add_copies(struct registry *reg, unsigned int id,
 					       id), (long long)count);
 	ret = registry_transaction_commit(reg, &trans, error_r);
 	if (ret == 0) {
-		/* mirror add sets it to 0: the mirror was removed */
+		/* mirror add sets it to 0 */
 		*error_r = t_strdup_printf("Mirror %u has no copy counter "
-					   "(removed meanwhile?)", id);
+			"(removed meanwhile, or the registry is damaged: "
+			"doveadm mirror check --repair)", id);
 		return -1;
 	}
 	return ret < 0 ? -1 : 0;

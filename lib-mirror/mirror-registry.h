@@ -95,6 +95,10 @@ void mirror_registry_status_update(struct registry *reg,
 int mirror_registry_status_get(struct registry *reg, unsigned int id,
 			       struct mirror_status *status_r,
 			       const char **error_r);
+/* A mirror's copy counter alone (0 if it isn't there). Returns 0, or -1
+   with error_r. */
+int mirror_registry_copies_get(struct registry *reg, unsigned int id,
+			       uint64_t *copies_r, const char **error_r);
 /* Add count to a mirror's copy counter (doveadm mirror verify
    --reconcile raises a counter left short by a crash). Returns 0, or -1
    with error_r. */

@@ -15,7 +15,8 @@ ALICE, BOB = "alice@example.com", "bob@example.com"
 AUDIT = "audit@example.com"
 EX_DATAERR, EX_NOTFOUND, EX_USAGE = 65, 68, 64
 FIELDS = {"id", "storage", "records", "present", "expired", "missing",
-          "altered", "unrecorded", "counted", "chain", "head"}
+          "altered", "unrecorded", "renumbered", "counted", "chain",
+          "head"}
 
 
 def ok(replies):
@@ -62,7 +63,7 @@ def counts(row):
     c = {k: int(row[k]) for k in
          ("records", "present", "expired", "missing", "altered")}
     # a copy no record covers is reported by the tests that make one
-    assert row["unrecorded"] == "0", row
+    assert row["unrecorded"] == "0" and row["renumbered"] == "0", row
     # every copy recorded was counted, once
     assert int(row["counted"]) == c["present"] + c["expired"] + \
         c["missing"] + c["altered"], row
@@ -103,10 +104,10 @@ def test_deliveries_verify_and_chain_file(sandbox):
 
     # the plain-text output has the same fields
     r = sandbox.doveadm("mirror", "verify", m["id"])
-    assert r.stdout.split()[:11] == ["id", "storage", "records", "present",
+    assert r.stdout.split()[:12] == ["id", "storage", "records", "present",
                                      "expired", "missing", "altered",
-                                     "unrecorded", "counted", "chain",
-                                     "head"]
+                                     "unrecorded", "renumbered", "counted",
+                                     "chain", "head"]
 
 
 def test_shared_storage_has_one_chain_per_mirror(sandbox):
@@ -333,3 +334,31 @@ def test_a_copy_its_chain_does_not_record_is_reported(sandbox):
     assert (row["records"], row["present"]) == ("1", "1")
     assert "Mirror %s: UID 2 is a copy that the chain doesn't record" \
         % m["id"] in err, err
+
+
+def test_a_renumbered_mailbox_is_found_by_content(sandbox):
+    """A maildir whose dovecot-uidlist is lost (or repaired after a
+    crash) gets its messages renumbered, with a new UIDVALIDITY: every
+    copy is found again by its content hash, none is missing."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    for i in range(3):
+        ok(sandbox.deliver([ALICE], make_message(subject="m%d" % i)))
+    base = maildir(sandbox, AUDIT)
+    for name in os.listdir(base):
+        if name == "dovecot-uidlist" or name.startswith("dovecot.index"):
+            os.unlink(os.path.join(base, name))
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0, (row, err)
+    assert (row["present"], row["missing"], row["altered"],
+            row["unrecorded"], row["renumbered"]) == \
+        ("0", "0", "0", "0", "3"), row
+    assert err.count("is UID") == 3 and "renumbered by the mailbox" in err
+    # a copy renumbered and then altered is altered
+    ok(sandbox.deliver([ALICE], make_message(subject="m3")))
+    path = [p for p in message_files(sandbox, AUDIT)
+            if b"m3" in open(p, "rb").read()][0]
+    with open(path, "ab") as f:
+        f.write(b"tampered\n")
+    code, row, err = verify(sandbox, m["id"])
+    assert code == EX_DATAERR, err
+    assert (row["altered"], row["renumbered"]) == ("1", "3"), row

@@ -116,7 +116,8 @@ bool doveadm_mirror_limit_check(struct registry *reg,
 				const struct mirror_def *def);
 
 /* The groups of commands: doveadm mirror init, check, add|list|set|
-   password|remove, account ..., verify, hold|release, schedule, expire;
+   password|remove, account ..., verify, hold|release, export|verify-export,
+   schedule, expire;
    doveadm bag add|list|show|remove|password, recipient ..., flush,
    usage. */
 void doveadm_mirror_init_register(void);
@@ -125,6 +126,7 @@ void doveadm_mirror_cmds_register(void);
 void doveadm_mirror_account_register(void);
 void doveadm_mirror_verify_register(void);
 void doveadm_mirror_hold_register(void);
+void doveadm_mirror_export_register(void);
 void doveadm_mirror_schedule_register(void);
 void doveadm_mirror_expire_register(void);
 void doveadm_bag_register(void);

@@ -66,6 +66,11 @@ struct mirror_verify {
 	ARRAY(struct mirror_verify_suspect) suspects;
 
 	bool reconcile;
+	/* --head: a link someone else keeps (a witnessed head), and the
+	   record that has it (0: none does) */
+	bool have_witness;
+	unsigned char witness[MIRROR_CHAIN_HASH_SIZE];
+	uint64_t witness_seq;
 	/* the registry's copy counter (after --reconcile raised it), if it
 	   could be read */
 	uint64_t counted;
@@ -425,6 +430,7 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print_header_simple("counted");
 	doveadm_print_header_simple("chain");
 	doveadm_print_header_simple("head");
+	doveadm_print_header_simple("witnessed");
 	doveadm_print_num(ctx->mirror_id);
 	doveadm_print(ctx->storage);
 	doveadm_print_num(array_count(&ctx->records));
@@ -437,6 +443,31 @@ static void mirror_verify_print(struct mirror_verify *ctx)
 	doveadm_print(ctx->counted_known ? dec2str(ctx->counted) : "");
 	doveadm_print(ctx->broken == NULL ? "ok" : "broken");
 	doveadm_print(binary_to_hex(head, MIRROR_CHAIN_HASH_SIZE));
+	doveadm_print(!ctx->have_witness ? "" : ctx->witness_seq == 0 ? "no" :
+		      dec2str(ctx->witness_seq));
+}
+
+/* The record whose link is the witnessed head, among those before the
+   chain's first break. */
+static void mirror_verify_witness(struct mirror_verify *ctx)
+{
+	const struct mirror_chain_record *rec, *prev = NULL;
+	const char *error;
+
+	array_foreach(&ctx->records, rec) {
+		if (!mirror_chain_record_follows(ctx->mirror_id, prev, rec,
+						 &error))
+			break;
+		if (memcmp(rec->link, ctx->witness, sizeof(ctx->witness)) == 0) {
+			ctx->witness_seq = rec->seq;
+			return;
+		}
+		prev = rec;
+	}
+	i_error("Mirror %u: the witnessed head %s is not in the chain: the "
+		"chain was rewritten or cut short since, or the head is "
+		"another mirror's", ctx->mirror_id,
+		binary_to_hex(ctx->witness, sizeof(ctx->witness)));
 }
 
 /* The copies the chain and the storage account for: one per copy record,
@@ -521,25 +552,42 @@ static void mirror_verify_run(struct mirror_verify *ctx)
 	/* a counter that can't be read or raised (75) doesn't hide what
 	   the chain and the storage say, and a data error (65) wins */
 	(void)mirror_verify_counter(ctx);
+	if (ctx->have_witness)
+		mirror_verify_witness(ctx);
 	mirror_verify_print(ctx);
 	if (ctx->broken != NULL || ctx->missing > 0 || ctx->altered > 0 ||
-	    ctx->unrecorded > 0)
+	    ctx->unrecorded > 0 ||
+	    (ctx->have_witness && ctx->witness_seq == 0))
 		doveadm_exit_code = EX_DATAERR;
 }
 
 static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 {
 	struct mirror_verify ctx;
-	const char *id_str;
+	const char *id_str, *head_str;
 
 	if (!doveadm_mirror_param_str(cctx, "id", &id_str)) {
 		doveadm_mirror_fail(EX_USAGE,
 				   "mirror verify: Usage: mirror verify "
-				   "[--reconcile] ID");
+				   "[--reconcile] [--head HEX] ID");
 		return;
 	}
 	i_zero(&ctx);
 	(void)doveadm_cmd_param_bool(cctx, "reconcile", &ctx.reconcile);
+	if (doveadm_mirror_param_str(cctx, "head", &head_str)) {
+		buffer_t buf;
+
+		buffer_create_from_data(&buf, ctx.witness,
+					sizeof(ctx.witness));
+		if (strlen(head_str) != MIRROR_CHAIN_HASH_SIZE * 2 ||
+		    hex_to_binary(head_str, &buf) < 0) {
+			doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
+				"Invalid --head '%s': expected a link, 64 "
+				"hex digits", str_sanitize(head_str, 70)));
+			return;
+		}
+		ctx.have_witness = TRUE;
+	}
 	if (str_to_uint(id_str, &ctx.mirror_id) < 0 || ctx.mirror_id == 0) {
 		doveadm_mirror_fail(EX_USAGE, t_strdup_printf(
 			"Invalid mirror id '%s'", str_sanitize(id_str, 20)));
@@ -559,9 +607,10 @@ static void cmd_mirror_verify(struct doveadm_cmd_context *cctx)
 static struct doveadm_cmd_ver2 doveadm_mirror_verify_cmd = {
 	.name = "mirror verify",
 	.cmd = cmd_mirror_verify,
-	.usage = "[--reconcile] <id>",
+	.usage = "[--reconcile] [--head <link>] <id>",
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_PARAM('\0', "reconcile", CMD_PARAM_BOOL, 0)
+DOVEADM_CMD_PARAM('\0', "head", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAM('\0', "id", CMD_PARAM_STR, CMD_PARAM_FLAG_POSITIONAL)
 DOVEADM_CMD_PARAMS_END
 };

@@ -16,7 +16,7 @@ AUDIT = "audit@example.com"
 EX_DATAERR, EX_NOTFOUND, EX_USAGE = 65, 68, 64
 FIELDS = {"id", "storage", "records", "present", "expired", "missing",
           "altered", "unrecorded", "renumbered", "counted", "chain",
-          "head"}
+          "head", "witnessed"}
 
 
 def ok(replies):
@@ -104,10 +104,10 @@ def test_deliveries_verify_and_chain_file(sandbox):
 
     # the plain-text output has the same fields
     r = sandbox.doveadm("mirror", "verify", m["id"])
-    assert r.stdout.split()[:12] == ["id", "storage", "records", "present",
+    assert r.stdout.split()[:13] == ["id", "storage", "records", "present",
                                      "expired", "missing", "altered",
                                      "unrecorded", "renumbered", "counted",
-                                     "chain", "head"]
+                                     "chain", "head", "witnessed"]
 
 
 def test_shared_storage_has_one_chain_per_mirror(sandbox):
@@ -362,3 +362,31 @@ def test_a_renumbered_mailbox_is_found_by_content(sandbox):
     code, row, err = verify(sandbox, m["id"])
     assert code == EX_DATAERR, err
     assert (row["altered"], row["renumbered"]) == ("1", "3"), row
+
+
+def test_a_witnessed_head_is_found_until_the_chain_is_rewritten(sandbox):
+    """verify --head: a link that someone else kept (a witnessed head) is
+    in the chain as long as the chain wasn't rewritten or cut short."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    for i in range(3):
+        ok(sandbox.deliver([ALICE], make_message(subject="m%d" % i)))
+    lines = chain_lines(sandbox, AUDIT, m["id"])
+    witnessed = lines[1].split(" ")[6]
+    code, row, err = verify(sandbox, m["id"], "--head", witnessed)
+    assert code == 0, err
+    assert row["witnessed"] == "2", row
+    code, row, err = verify(sandbox, m["id"])
+    assert row["witnessed"] == "", row
+    # the chain cut back to its first record: the head is gone
+    with open(chain_path(sandbox, AUDIT, m["id"]), "w") as f:
+        f.write(lines[0] + "\n")
+    code, row, err = verify(sandbox, m["id"], "--head", witnessed)
+    assert code == EX_DATAERR, err
+    assert row["witnessed"] == "no" and row["chain"] == "ok", row
+    assert "Mirror %s: the witnessed head %s is not in the chain" \
+        % (m["id"], witnessed) in err, err
+    for bad in ("abc", witnessed + "0", "g" * 64):
+        r = sandbox.doveadm("mirror", "verify", "--head", bad, m["id"],
+                            check=False)
+        assert r.returncode == EX_USAGE, (bad, r.stderr)
+        assert "Invalid --head" in r.stderr, r.stderr

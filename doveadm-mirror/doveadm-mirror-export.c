@@ -59,8 +59,8 @@
 #define EXPORT_MANIFEST "manifest.json"
 #define EXPORT_CHAIN "chain"
 #define EXPORT_MESSAGES "messages"
-/* a manifest larger than this is not read (about 200 bytes a copy) */
-#define EXPORT_MANIFEST_MAX_SIZE (256*1024*1024)
+/* a manifest larger than this is not read (about 250 bytes a copy) */
+#define EXPORT_MANIFEST_MAX_SIZE (64*1024*1024)
 
 struct mirror_export {
 	unsigned int mirror_id;
@@ -432,6 +432,7 @@ static void cmd_mirror_export(struct doveadm_cmd_context *cctx)
 /* verify-export */
 
 struct export_check {
+	pool_t pool;
 	const char *dir;
 	unsigned int mirror_id;
 	time_t since, until;
@@ -441,6 +442,9 @@ struct export_check {
 	ARRAY_TYPE(const_string) files;
 
 	unsigned int messages, added, removed, changed, mismatched, omitted;
+	/* copies the export names as not exported because they were
+	   missing or altered in the storage */
+	unsigned int withheld;
 	const char *broken;
 };
 
@@ -486,16 +490,27 @@ export_hash_file(const char *path, unsigned char digest_r[MIRROR_CHAIN_HASH_SIZE
 {
 	const struct hash_method *meth = &mirror_chain_hash_method;
 	unsigned char buf[IO_BLOCK_SIZE];
+	struct stat st;
 	void *hash_ctx;
 	ssize_t ret;
 	int fd;
 
-	fd = open(path, O_RDONLY | O_NOFOLLOW);
+	/* a symlink, a FIFO, a directory: not the file export wrote */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
 	if (fd == -1) {
-		if (errno == ENOENT)
+		if (errno == ENOENT || errno == ELOOP)
 			return 0;
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
 		return -1;
+	}
+	if (fstat(fd, &st) < 0) {
+		*error_r = t_strdup_printf("fstat(%s) failed: %m", path);
+		i_close_fd(&fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		i_close_fd(&fd);
+		return 0;
 	}
 	hash_ctx = t_malloc0(meth->context_size);
 	meth->init(hash_ctx);
@@ -551,6 +566,7 @@ static int export_check_message(struct export_check *check,
 			str_sanitize(file, 80), seq, expected));
 		return 0;
 	}
+	expected = p_strdup(check->pool, expected);
 	array_push_back(&check->files, &expected);
 	ret = export_hash_file(t_strconcat(check->dir, "/", file, NULL),
 			       digest, error_r);
@@ -574,10 +590,15 @@ static int export_check_added(struct export_check *check,
 {
 	const char *dir = t_strconcat(check->dir, "/"EXPORT_MESSAGES, NULL);
 	const char *name;
+	struct stat st;
 	struct dirent *d;
 	DIR *dirp;
 
 	array_sort(&check->files, i_strcmp_p);
+	if (lstat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+		*error_r = t_strdup_printf("%s is not a directory", dir);
+		return -1;
+	}
 	dirp = opendir(dir);
 	if (dirp == NULL) {
 		*error_r = t_strdup_printf("opendir(%s) failed: %m", dir);
@@ -604,10 +625,19 @@ static void export_check_complete(struct export_check *check,
 	const struct mirror_chain_record *rec;
 	struct json_object *obj;
 	const char *reason;
-	uint64_t seq;
+	ARRAY(uint64_t) expired_keys;
+	uint64_t seq, key;
 	size_t i, count = json_object_array_length(not_exported);
 	bool expired;
 
+	t_array_init(&expired_keys, 64);
+	array_foreach(&check->records, rec) {
+		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
+			continue;
+		key = export_key(rec->uid_validity, rec->uid);
+		array_push_back(&expired_keys, &key);
+	}
+	array_sort(&expired_keys, uint64_cmp);
 	for (i = 0; i < count; i++) {
 		obj = json_object_array_get_idx(not_exported, i);
 		reason = export_json_str(obj, "reason");
@@ -619,17 +649,9 @@ static void export_check_complete(struct export_check *check,
 			continue;
 		}
 		rec = array_idx(&check->records, seq - 1);
-		expired = FALSE;
-		if (strcmp(reason, "expired") == 0) {
-			const struct mirror_chain_record *r;
-
-			array_foreach(&check->records, r) {
-				if (r->type == MIRROR_CHAIN_RECORD_EXPIRE &&
-				    r->uid_validity == rec->uid_validity &&
-				    r->uid == rec->uid)
-					expired = TRUE;
-			}
-		}
+		key = export_key(rec->uid_validity, rec->uid);
+		expired = array_bsearch(&expired_keys, &key,
+					uint64_cmp) != NULL;
 		if (rec->type != MIRROR_CHAIN_RECORD_COPY ||
 		    (strcmp(reason, "expired") == 0 && !expired) ||
 		    (strcmp(reason, "expired") != 0 &&
@@ -642,6 +664,14 @@ static void export_check_complete(struct export_check *check,
 			continue;
 		}
 		array_push_back(&check->accounted, &seq);
+		if (strcmp(reason, "expired") != 0) {
+			/* accounted for, but the export is not whole */
+			export_problem(check, &check->withheld,
+				t_strdup_printf("the copy of record %"PRIu64
+						" (UID %u) is not exported: "
+						"it was %s", seq, rec->uid,
+						reason));
+		}
 	}
 	array_sort(&check->accounted, uint64_cmp);
 	array_foreach(&check->records, rec) {
@@ -661,12 +691,18 @@ static int export_read_manifest(const char *path, string_t *dest,
 				const char **error_r)
 {
 	unsigned char buf[IO_BLOCK_SIZE];
+	struct stat st;
 	ssize_t ret;
 	int fd;
 
-	fd = open(path, O_RDONLY | O_NOFOLLOW);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
 	if (fd == -1) {
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		*error_r = t_strdup_printf("%s is not a regular file", path);
+		i_close_fd(&fd);
 		return -1;
 	}
 	while ((ret = read(fd, buf, sizeof(buf))) > 0) {
@@ -690,7 +726,8 @@ export_check_chain(struct export_check *check, struct json_object *manifest,
 		   const char **head_r)
 {
 	struct json_object *chain;
-	const char *format, *head, *error;
+	const char *format, *head, *path, *error;
+	struct stat st;
 	uint64_t num, records;
 	unsigned char zero[MIRROR_CHAIN_HASH_SIZE];
 	const unsigned char *last = zero;
@@ -709,12 +746,22 @@ export_check_chain(struct export_check *check, struct json_object *manifest,
 		return FALSE;
 	}
 	check->mirror_id = (unsigned int)num;
-	if (export_json_uint(manifest, "since", INT64_MAX, &num) == 0)
-		check->since = (time_t)num;
-	if (export_json_uint(manifest, "until", INT64_MAX, &num) == 0)
-		check->until = (time_t)num;
-	if (mirror_chain_read(t_strconcat(check->dir, "/"EXPORT_CHAIN, NULL),
-			      check->mirror_id, &check->records,
+	if (export_json_uint(manifest, "since", INT64_MAX, &num) < 0 ||
+	    (check->since = (time_t)num,
+	     export_json_uint(manifest, "until", INT64_MAX, &num) < 0)) {
+		doveadm_mirror_fail(EX_NOINPUT, t_strdup_printf(
+			"%s: not a mirror export ("EXPORT_FORMAT")",
+			check->dir));
+		return FALSE;
+	}
+	check->until = (time_t)num;
+	path = t_strconcat(check->dir, "/"EXPORT_CHAIN, NULL);
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		doveadm_mirror_fail(EX_NOINPUT, t_strdup_printf(
+			"%s is not a regular file", path));
+		return FALSE;
+	}
+	if (mirror_chain_read(path, check->mirror_id, &check->records,
 			      &check->broken, &error) < 0) {
 		doveadm_mirror_fail(EX_NOINPUT, error);
 		return FALSE;
@@ -749,8 +796,9 @@ static void cmd_mirror_verify_export(struct doveadm_cmd_context *cctx)
 	struct json_tokener *tok;
 	const char *path, *head = "", *error;
 	string_t *data;
-	size_t i, count;
-	bool ok = TRUE;
+	size_t i, count, end;
+	bool ok = TRUE, trailing;
+	int ret;
 
 	i_zero(&check);
 	if (!doveadm_mirror_param_str(cctx, "dir", &check.dir)) {
@@ -759,15 +807,22 @@ static void cmd_mirror_verify_export(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	path = t_strconcat(check.dir, "/"EXPORT_MANIFEST, NULL);
-	data = t_str_new(4096);
+	data = str_new(default_pool, 4096);
 	if (export_read_manifest(path, data, &error) < 0) {
 		doveadm_mirror_fail(EX_NOINPUT, error);
+		str_free(&data);
 		return;
 	}
 	tok = json_tokener_new();
 	manifest = json_tokener_parse_ex(tok, str_c(data), str_len(data));
-	if (manifest == NULL ||
-	    json_tokener_get_error(tok) != json_tokener_success ||
+	/* nothing but white space after it, as JSON parsers require */
+	end = manifest == NULL ? 0 : json_tokener_get_parse_end(tok);
+	while (end < str_len(data) &&
+	       strchr(" \t\r\n", str_c(data)[end]) != NULL)
+		end++;
+	trailing = end != str_len(data);
+	str_free(&data);
+	if (manifest == NULL || trailing ||
 	    !json_object_is_type(manifest, json_type_object) ||
 	    !json_object_object_get_ex(manifest, "messages", &messages) ||
 	    !json_object_is_type(messages, json_type_array) ||
@@ -783,20 +838,22 @@ static void cmd_mirror_verify_export(struct doveadm_cmd_context *cctx)
 		return;
 	}
 	json_tokener_free(tok);
+	check.pool = pool_alloconly_create("mirror verify-export", 1024);
 	i_array_init(&check.records, 64);
 	i_array_init(&check.accounted, 64);
 	i_array_init(&check.files, 64);
 	if (!export_check_chain(&check, manifest, &head))
 		ok = FALSE;
 	count = ok ? json_object_array_length(messages) : 0;
-	for (i = 0; i < count && ok; i++) {
-		if (export_check_message(&check,
+	for (i = 0; i < count && ok; i++) T_BEGIN {
+		ret = export_check_message(&check,
 				json_object_array_get_idx(messages, i),
-				&error) < 0) {
+				&error);
+		if (ret < 0) {
 			doveadm_mirror_fail(EX_NOINPUT, error);
 			ok = FALSE;
 		}
-	}
+	} T_END;
 	if (ok && export_check_added(&check, &error) < 0) {
 		doveadm_mirror_fail(EX_NOINPUT, error);
 		ok = FALSE;
@@ -811,6 +868,7 @@ static void cmd_mirror_verify_export(struct doveadm_cmd_context *cctx)
 		doveadm_print_header_simple("changed");
 		doveadm_print_header_simple("mismatched");
 		doveadm_print_header_simple("omitted");
+		doveadm_print_header_simple("withheld");
 		doveadm_print_header_simple("chain");
 		doveadm_print_header_simple("head");
 		doveadm_print_num(check.mirror_id);
@@ -820,16 +878,19 @@ static void cmd_mirror_verify_export(struct doveadm_cmd_context *cctx)
 		doveadm_print_num(check.changed);
 		doveadm_print_num(check.mismatched);
 		doveadm_print_num(check.omitted);
+		doveadm_print_num(check.withheld);
 		doveadm_print(check.broken == NULL ? "ok" : "broken");
 		doveadm_print(head);
 		if (check.broken != NULL || check.added > 0 ||
 		    check.removed > 0 || check.changed > 0 ||
-		    check.mismatched > 0 || check.omitted > 0)
+		    check.mismatched > 0 || check.omitted > 0 ||
+		    check.withheld > 0)
 			doveadm_exit_code = EX_DATAERR;
 	}
 	array_free(&check.records);
 	array_free(&check.accounted);
 	array_free(&check.files);
+	pool_unref(&check.pool);
 	json_object_put(manifest);
 }
 

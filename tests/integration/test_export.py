@@ -45,6 +45,11 @@ def verify_export(sb, d):
     row = rows[0] if rows else None
     s = subprocess.run([sys.executable, SCRIPT, d], capture_output=True,
                        text=True)
+    # the same verdict, the same counts
+    assert r.returncode == s.returncode, (r.stderr, s.stderr)
+    if row is not None:
+        summary = dict(f.split("=", 1) for f in s.stdout.split())
+        assert summary == row, (summary, row)
     return r.returncode, row, r.stderr, s.returncode, s.stdout + s.stderr
 
 
@@ -88,11 +93,11 @@ def test_export_and_verify_it_inside_and_outside(make_sandbox, out):
     assert code == 0, err
     assert (vrow["messages"], vrow["added"], vrow["removed"],
             vrow["changed"], vrow["mismatched"], vrow["omitted"],
-            vrow["chain"], vrow["head"]) == \
-        ("3", "0", "0", "0", "0", "0", "ok", row["head"]), vrow
+            vrow["withheld"], vrow["chain"], vrow["head"]) == \
+        ("3", "0", "0", "0", "0", "0", "0", "ok", row["head"]), vrow
     assert scode == 0, sout
     assert "messages=3 added=0 removed=0 changed=0 mismatched=0 " \
-        "omitted=0 chain=ok head=%s" % row["head"] in sout, sout
+        "omitted=0 withheld=0 chain=ok head=%s" % row["head"] in sout, sout
 
     # a period: only the copies made since then
     d2 = os.path.join(out, "since")
@@ -115,6 +120,35 @@ def test_export_and_verify_it_inside_and_outside(make_sandbox, out):
     for text in ("%s is changed" % names[0], "%s is removed" % names[1],
                  "messages/9-9.eml is added"):
         assert text in err and text in sout, (text, err, sout)
+    # a file replaced by a symlink to it is not the file export wrote
+    os.unlink(os.path.join(d, "messages", "9-9.eml"))
+    target = os.path.join(out, "elsewhere")
+    shutil.copy(os.path.join(d, names[2]), target)
+    os.unlink(os.path.join(d, names[2]))
+    os.symlink(target, os.path.join(d, names[2]))
+    code, vrow, err, scode, sout = verify_export(sb, d)
+    assert vrow["removed"] == "2", vrow
+    assert "%s is removed" % names[2] in err
+
+
+def test_an_export_with_missing_copies_is_not_whole(make_sandbox, out):
+    """A copy missing from the storage is named in the manifest, and the
+    export, though consistent, is not whole: both checkers say so."""
+    sb = make_sandbox(users=[ALICE, AUDIT])
+    m = sb.mirror_add(ALICE, storage=AUDIT)
+    for i in range(3):
+        deliver(sb, "m%d" % i)
+    sb.doveadm("expunge", "-u", AUDIT, "mailbox", "INBOX", "uid", "2")
+    d = os.path.join(out, "e")
+    r = sb.doveadm("mirror", "export", "-o", d, m["id"], json_output=True,
+                   check=False)
+    assert r.returncode == EX_DATAERR, r.stderr
+    code, vrow, err, scode, sout = verify_export(sb, d)
+    assert code == EX_DATAERR
+    assert (vrow["messages"], vrow["withheld"], vrow["omitted"]) == \
+        ("2", "1", "0"), vrow
+    assert "the copy of record 2 (UID 2) is not exported: it was missing" \
+        in err, err
 
 
 def test_an_export_left_short_or_rewritten_is_refused(make_sandbox, out):

@@ -485,6 +485,32 @@ int mirror_chain_append(const char *path, unsigned int mirror_id,
 	return 0;
 }
 
+int mirror_chain_read_head(const char *path,
+			   struct mirror_chain_record *rec_r,
+			   const char **error_r)
+{
+	struct stat st;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY);
+	if (fd == -1) {
+		if (errno == ENOENT)
+			return 0;
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0) {
+		*error_r = t_strdup_printf("fstat(%s) failed: %m", path);
+		i_close_fd(&fd);
+		return -1;
+	}
+	/* an append is one write() of whole lines: no lock is needed to
+	   read the last complete one */
+	ret = mirror_chain_read_last(fd, path, st.st_size, rec_r, error_r);
+	i_close_fd(&fd);
+	return ret;
+}
+
 int mirror_chain_read(const char *path, unsigned int mirror_id,
 		      ARRAY_TYPE(mirror_chain_record) *records,
 		      const char **broken_r, const char **error_r)

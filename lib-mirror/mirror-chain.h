@@ -99,6 +99,14 @@ int mirror_chain_append_records(const char *path, unsigned int mirror_id,
 				unsigned int count, bool fsync,
 				const char **error_r);
 
+/* Read only the last record of the chain file at path (its head): 1, 0
+   if the chain is empty or doesn't exist, -1 if it can't be read or its
+   last record is broken. Its link is not checked (read the whole chain
+   for that). */
+int mirror_chain_read_head(const char *path,
+			   struct mirror_chain_record *rec_r,
+			   const char **error_r);
+
 /* Read a whole chain file and check every link. Every record that parses
    is appended to records. A file that doesn't exist is an empty chain.
    broken_r is NULL if the chain is intact, else why it isn't (the first

@@ -1,7 +1,8 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* doveadm mirror expire [-n] [-T UNIX_TIME] [--rebuild-index]: run the
-   expiry scan now (see mirror-expire.h). A storage that is due but held
+   expiry scan now (see mirror-expire.h), then, with mirror_witness_address
+   set, send the chain heads to the witness (doveadm-mirror-witness.c). A storage that is due but held
    gets a row too, with the mirrors that hold it (held_by). */
 
 #include "lib.h"
@@ -38,7 +39,7 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	struct mirror_expire_settings set;
 	struct mirror_expire_result result;
 	struct mail_storage_service_ctx *service;
-	const char *error;
+	const char *error, *witness;
 	time_t now;
 	int ret;
 
@@ -71,8 +72,17 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 				doveadm_mirror_expire_print, NULL, &result,
 				&error);
 	mail_storage_service_deinit(&service);
-	if (ret < 0)
+	if (ret < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
+		return;
+	}
+	/* the nightly scan also has the heads witnessed, if it is set up */
+	witness = doveadm_plugin_getenv("mirror_witness_address");
+	if (!set.dry_run && !set.rebuild_index && witness != NULL &&
+	    *witness != '\0' && doveadm_mirror_witness(FALSE, &error) < 0) {
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"mirror witness: %s", error));
+	}
 }
 
 static struct doveadm_cmd_ver2 doveadm_mirror_expire_cmd = {

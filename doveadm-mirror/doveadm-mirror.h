@@ -115,9 +115,14 @@ int doveadm_mirror_purge_storage(const char *username);
 bool doveadm_mirror_limit_check(struct registry *reg,
 				const struct mirror_def *def);
 
+/* Sign the heads of every mirror's chain with the witness key and mail
+   them to mirror_witness_address (doveadm-mirror-witness.c); dry_run
+   prints the statement instead. 0, or -1 with error_r. */
+int doveadm_mirror_witness(bool dry_run, const char **error_r);
+
 /* The groups of commands: doveadm mirror init, check, add|list|set|
    password|remove, account ..., verify, hold|release, export|verify-export,
-   schedule, expire;
+   witness-key|witness, schedule, expire;
    doveadm bag add|list|show|remove|password, recipient ..., flush,
    usage. */
 void doveadm_mirror_init_register(void);
@@ -127,6 +132,7 @@ void doveadm_mirror_account_register(void);
 void doveadm_mirror_verify_register(void);
 void doveadm_mirror_hold_register(void);
 void doveadm_mirror_export_register(void);
+void doveadm_mirror_witness_register(void);
 void doveadm_mirror_schedule_register(void);
 void doveadm_mirror_expire_register(void);
 void doveadm_bag_register(void);

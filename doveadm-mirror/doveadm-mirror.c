@@ -563,6 +563,7 @@ void doveadm_mirror_plugin_init(struct module *module ATTR_UNUSED)
 	doveadm_mirror_hold_register();
 	doveadm_mirror_export_register();
 	doveadm_mirror_witness_register();
+	doveadm_mirror_access_register();
 	doveadm_mirror_schedule_register();
 	doveadm_mirror_expire_register();
 	doveadm_bag_register();

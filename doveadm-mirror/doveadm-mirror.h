@@ -122,7 +122,7 @@ int doveadm_mirror_witness(bool dry_run, const char **error_r);
 
 /* The groups of commands: doveadm mirror init, check, add|list|set|
    password|remove, account ..., verify, hold|release, export|verify-export,
-   witness-key|witness, schedule, expire;
+   witness-key|witness, access, schedule, expire;
    doveadm bag add|list|show|remove|password, recipient ..., flush,
    usage. */
 void doveadm_mirror_init_register(void);
@@ -133,6 +133,7 @@ void doveadm_mirror_verify_register(void);
 void doveadm_mirror_hold_register(void);
 void doveadm_mirror_export_register(void);
 void doveadm_mirror_witness_register(void);
+void doveadm_mirror_access_register(void);
 void doveadm_mirror_schedule_register(void);
 void doveadm_mirror_expire_register(void);
 void doveadm_bag_register(void);

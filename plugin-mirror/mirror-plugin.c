@@ -1,8 +1,9 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* The mirror mail plugin: watches deliveries for the LMTP plugin
-   (mirror-plugin.h) and marks the users whose sessions are read-only
-   (mirror-readonly.c). */
+   (mirror-plugin.h), marks the users whose sessions are read-only
+   (mirror-readonly.c) and those whose access is logged
+   (mirror-access-log.c). */
 
 #include "lib.h"
 #include "module-dir.h"
@@ -11,6 +12,7 @@
 #include "mail-storage-hooks.h"
 #include "mirror-registry.h"
 #include "mirror-readonly.h"
+#include "mirror-access-log.h"
 #include "mirror-plugin.h"
 #include "mirror-event.h"
 
@@ -33,6 +35,8 @@ struct mirror_user {
 	struct mirror_delivery_watch watch;
 	/* IMAP or POP3 session of a read-only mirror storage */
 	enum mirror_readonly_mode readonly;
+	/* IMAP or POP3 session of a mirror storage: its access is logged */
+	bool access_logged;
 };
 
 const char *mirror_plugin_version = DOVECOT_ABI_VERSION;
@@ -123,11 +127,19 @@ static struct event *mirror_user_event(struct mail_user *user)
 		append_log_prefix("mirror: ")->event();
 }
 
+bool mirror_user_access_logged(struct mail_user *user)
+{
+	struct mirror_user *muser = MIRROR_USER_CONTEXT(user);
+
+	return muser != NULL && muser->access_logged;
+}
+
 /* Returns 1 if user is the storage of a read-only mirror, 0 if not, -1 if
-   the registry can't tell. */
+   the registry can't tell; storage_r says whether it is a mirror's
+   storage at all. */
 static int
 mirror_user_readonly_lookup(struct mail_user *user, const char *dict_uri,
-			    const char **error_r)
+			    bool *storage_r, const char **error_r)
 {
 	struct registry *reg;
 	ARRAY_TYPE(mirror_def) defs;
@@ -142,6 +154,7 @@ mirror_user_readonly_lookup(struct mail_user *user, const char *dict_uri,
 					     pool_datastack_create(), &defs,
 					     error_r);
 	registry_deinit(&reg);
+	*storage_r = ret > 0 && array_count(&defs) > 0;
 	if (ret <= 0)
 		return ret;
 	array_foreach(&defs, def) {
@@ -156,6 +169,7 @@ static void mirror_mail_user_created(struct mail_user *user)
 	struct mirror_user *muser;
 	enum mirror_readonly_mode mode = MIRROR_READONLY_NONE;
 	const char *dict_uri, *error;
+	bool storage = FALSE;
 	int ret;
 
 	muser = p_new(user->pool, struct mirror_user, 1);
@@ -182,7 +196,8 @@ static void mirror_mail_user_created(struct mail_user *user)
 	if (dict_uri == NULL || *dict_uri == '\0')
 		return;
 
-	ret = mirror_user_readonly_lookup(user, dict_uri, &error);
+	ret = mirror_user_readonly_lookup(user, dict_uri, &storage, &error);
+	muser->access_logged = storage;
 	if (ret < 0) {
 		/* fail closed: a read-only storage must not get in writable */
 		error = t_strdup_printf("Can't tell whether the user is a "
@@ -224,10 +239,12 @@ void mirror_plugin_init(struct module *module)
 {
 	mail_storage_hooks_add(module, &mirror_mail_storage_hooks);
 	mirror_readonly_hooks_add(module);
+	mirror_access_hooks_add(module);
 }
 
 void mirror_plugin_deinit(void)
 {
+	mirror_access_hooks_remove();
 	mirror_readonly_hooks_remove();
 	mail_storage_hooks_remove(&mirror_mail_storage_hooks);
 }

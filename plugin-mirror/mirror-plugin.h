@@ -27,6 +27,10 @@ bool mirror_user_watch_delivery(struct mail_user *user,
 /* Returns TRUE if the watch's callback ran (successfully or not). */
 bool mirror_user_unwatch_delivery(struct mail_user *user);
 
+/* Whether the user's IMAP or POP3 session is a mirror storage's, whose
+   access is logged (mirror-access.h). */
+bool mirror_user_access_logged(struct mail_user *user);
+
 void mirror_plugin_init(struct module *module);
 void mirror_plugin_deinit(void);
 

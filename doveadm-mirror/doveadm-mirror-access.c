@@ -23,15 +23,41 @@
 #include <sysexits.h>
 #include <fcntl.h>
 
-/* Print the records of the log at path made at since or later, as the
-   storage user. 0, or -1 with error_r. */
-static int access_print(const char *path, time_t since, const char **error_r)
+static void access_print_line(const char *path, unsigned int line_num,
+			      const char *line, time_t since)
 {
 	struct mirror_access_record rec;
+	const char *error;
+
+	if (mirror_access_record_parse(line, &rec, &error) < 0) {
+		i_warning("%s line %u: %s: skipped", path, line_num, error);
+		return;
+	}
+	if (rec.time < since)
+		return;
+	doveadm_print(t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", rec.time));
+	doveadm_print(rec.user);
+	doveadm_print(rec.remote_ip);
+	doveadm_print(rec.service);
+	doveadm_print(rec.session);
+	doveadm_print(rec.mailbox);
+	doveadm_print(rec.fetched);
+	doveadm_print(rec.changed);
+	doveadm_print(rec.expunged);
+}
+
+/* Print the records of the log at path made at since or later, as the
+   storage user. A line longer than any the plugin writes is skipped, with
+   a warning, and the rest is read. 0, or -1 with error_r. */
+static int access_print(const char *path, time_t since, const char **error_r)
+{
 	struct istream *input;
-	const char *line, *error;
+	const unsigned char *data, *lf;
+	size_t size;
 	unsigned int line_num = 0;
-	int fd, ret = 0;
+	bool skipping = FALSE;
+	ssize_t ret;
+	int fd;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW);
 	if (fd == -1) {
@@ -40,29 +66,38 @@ static int access_print(const char *path, time_t since, const char **error_r)
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
 		return -1;
 	}
-	input = i_stream_create_fd_autoclose(&fd, MIRROR_ACCESS_LINE_MAX);
-	while ((line = i_stream_read_next_line(input)) != NULL) T_BEGIN {
-		line_num++;
-		if (mirror_access_record_parse(line, &rec, &error) < 0) {
-			i_warning("%s line %u: %s: skipped", path, line_num,
-				  error);
-		} else if (rec.time >= since) {
-			doveadm_print(t_strfgmtime("%Y-%m-%dT%H:%M:%SZ",
-						   rec.time));
-			doveadm_print(rec.user);
-			doveadm_print(rec.remote_ip);
-			doveadm_print(rec.service);
-			doveadm_print(rec.session);
-			doveadm_print(rec.mailbox);
-			doveadm_print(rec.fetched);
-			doveadm_print(rec.changed);
-			doveadm_print(rec.expunged);
+	input = i_stream_create_fd_autoclose(&fd, MIRROR_ACCESS_LINE_MAX * 2);
+	for (;;) {
+		data = i_stream_get_data(input, &size);
+		lf = memchr(data, '\n', size);
+		if (lf == NULL) {
+			ret = i_stream_read(input);
+			if (ret > 0)
+				continue;
+			if (ret != -2)
+				break;
+			/* the buffer is full without a line end */
+			if (!skipping) {
+				i_warning("%s line %u: longer than %u bytes: "
+					  "skipped", path, line_num + 1,
+					  MIRROR_ACCESS_LINE_MAX * 2);
+				skipping = TRUE;
+			}
+			i_stream_skip(input, size);
+			continue;
 		}
-	} T_END;
-	if (input->stream_errno != 0) {
+		line_num++;
+		if (!skipping) T_BEGIN {
+			access_print_line(path, line_num,
+					  t_strndup(data, lf - data), since);
+		} T_END;
+		skipping = FALSE;
+		i_stream_skip(input, lf - data + 1);
+	}
+	ret = input->stream_errno != 0 ? -1 : 0;
+	if (ret < 0) {
 		*error_r = t_strdup_printf("read(%s) failed: %s", path,
 					   i_stream_get_error(input));
-		ret = -1;
 	}
 	i_stream_destroy(&input);
 	return ret;

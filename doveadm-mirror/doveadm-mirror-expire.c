@@ -74,7 +74,10 @@ static void cmd_mirror_expire(struct doveadm_cmd_context *cctx)
 	mail_storage_service_deinit(&service);
 	if (ret < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		return;
+		/* a storage whose visit failed doesn't keep the others'
+		   heads from being witnessed; a registry that failed does */
+		if (result.failed == 0)
+			return;
 	}
 	/* the nightly scan also has the heads witnessed, if it is set up */
 	witness = doveadm_plugin_getenv("mirror_witness_address");

@@ -56,6 +56,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sodium.h>
+#include <sys/stat.h>
 
 #define WITNESS_KEY_DEFAULT "/etc/dovecot/dovecot-mirror-witness.key"
 #define WITNESS_SENDMAIL_DEFAULT "/usr/sbin/sendmail"
@@ -83,6 +84,7 @@ witness_key_read(const char *path,
 {
 	char hex[crypto_sign_SEEDBYTES * 2 + 2];
 	unsigned char seed[crypto_sign_SEEDBYTES];
+	struct stat st;
 	buffer_t buf;
 	ssize_t ret;
 	int fd;
@@ -92,6 +94,13 @@ witness_key_read(const char *path,
 		*error_r = t_strdup_printf("open(%s) failed: %m (make the key "
 					   "with doveadm mirror witness-key)",
 					   path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (st.st_mode & 0077) != 0) {
+		*error_r = t_strdup_printf("%s is not a regular file that only "
+					   "its owner may read", path);
+		i_close_fd(&fd);
 		return -1;
 	}
 	ret = read(fd, hex, sizeof(hex));
@@ -104,6 +113,7 @@ witness_key_read(const char *path,
 		*error_r = t_strdup_printf("%s is not a witness key (64 hex "
 					   "digits)", path);
 		sodium_memzero(hex, sizeof(hex));
+		sodium_memzero(seed, sizeof(seed));
 		return -1;
 	}
 	if (sodium_init() < 0)
@@ -127,28 +137,38 @@ static const char *witness_public_pem(const unsigned char *pk)
 	return str_c(str);
 }
 
+/* Write data as a new file at path, whole or not at all: a temporary
+   file renamed into place, over an old one only with force. */
 static int witness_write_new(const char *path, const char *data, mode_t mode,
 			     bool force, const char **error_r)
 {
+	const char *temp = t_strconcat(path, ".tmp", NULL);
+	struct stat st;
 	int fd;
 
-	if (force && unlink(path) < 0 && errno != ENOENT) {
-		*error_r = t_strdup_printf("unlink(%s) failed: %m", path);
+	if (!force && lstat(path, &st) == 0) {
+		*error_r = t_strdup_printf("%s exists (-f replaces the key)",
+					   path);
 		return -1;
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+	if (unlink(temp) < 0 && errno != ENOENT) {
+		*error_r = t_strdup_printf("unlink(%s) failed: %m", temp);
+		return -1;
+	}
+	fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
 	if (fd == -1) {
-		*error_r = t_strdup_printf("open(%s) failed: %m%s", path,
-			errno == EEXIST ? " (-f replaces the key)" : "");
+		*error_r = t_strdup_printf("open(%s) failed: %m", temp);
 		return -1;
 	}
 	if (write_full(fd, data, strlen(data)) < 0 || fsync(fd) < 0) {
-		*error_r = t_strdup_printf("write(%s) failed: %m", path);
+		*error_r = t_strdup_printf("write(%s) failed: %m", temp);
 		i_close_fd(&fd);
+		i_unlink(temp);
 		return -1;
 	}
-	if (close(fd) < 0) {
-		*error_r = t_strdup_printf("close(%s) failed: %m", path);
+	if (close(fd) < 0 || rename(temp, path) < 0) {
+		*error_r = t_strdup_printf("Writing %s failed: %m", path);
+		i_unlink_if_exists(temp);
 		return -1;
 	}
 	return 0;
@@ -194,7 +214,37 @@ static void cmd_mirror_witness_key(struct doveadm_cmd_context *cctx)
 	doveadm_print(pub_path);
 }
 
-/* Append one line per mirror to statement. 0, or -1 with error_r. */
+/* The head of one mirror's chain, as its storage user. 0, or -1 with
+   error_r. */
+static int witness_head(struct mail_storage_service_ctx *service,
+			const struct mirror_def *def,
+			struct mirror_chain_record *rec_r, const char **error_r)
+{
+	struct doveadm_mirror_inbox inbox;
+	struct mirror_privileges privs;
+	const char *path, *error;
+	int ret;
+
+	i_zero(rec_r);
+	mirror_privileges_get(pool_datastack_create(), &privs);
+	ret = doveadm_mirror_inbox_open(service, def->storage, &inbox,
+					error_r);
+	if (ret > 0 &&
+	    (doveadm_mirror_chain_path(inbox.box, def->id, &path,
+				       error_r) < 0 ||
+	     mirror_chain_read_head(path, rec_r, error_r) < 0))
+		ret = -1;
+	doveadm_mirror_inbox_close(&inbox);
+	if (mirror_privileges_set(&privs, &error) < 0)
+		i_fatal("%s", error);
+	return ret > 0 ? 0 : -1;
+}
+
+/* Append one line per mirror to statement: its head, or why it couldn't
+   be read ("mirror ID STORAGE unreadable REASON"), so that one broken
+   storage doesn't keep the others from being witnessed. Returns the
+   number of mirrors whose head couldn't be read, or -1 with error_r if
+   the registry can't be. */
 static int witness_heads(string_t *statement, unsigned int *count_r,
 			 const char **error_r)
 {
@@ -202,11 +252,9 @@ static int witness_heads(string_t *statement, unsigned int *count_r,
 	const struct mirror_def *def;
 	struct registry *reg;
 	struct mail_storage_service_ctx *service;
-	struct doveadm_mirror_inbox inbox;
-	struct mirror_privileges privs;
 	struct mirror_chain_record rec;
-	const char *path, *error;
-	int ret = 0;
+	const char *error;
+	int failed = 0;
 
 	*count_r = 0;
 	if ((reg = doveadm_mirror_registry_open()) == NULL) {
@@ -221,34 +269,25 @@ static int witness_heads(string_t *statement, unsigned int *count_r,
 	}
 	registry_deinit(&reg);
 
-	mirror_privileges_get(pool_datastack_create(), &privs);
 	service = doveadm_mirror_storage_service_init(NULL);
-	array_foreach(&defs, def) {
-		i_zero(&rec);
-		ret = doveadm_mirror_inbox_open(service, def->storage, &inbox,
-						&error);
-		if (ret > 0 &&
-		    (doveadm_mirror_chain_path(inbox.box, def->id, &path,
-					       &error) < 0 ||
-		     mirror_chain_read_head(path, &rec, &error) < 0))
-			ret = -1;
-		doveadm_mirror_inbox_close(&inbox);
-		if (mirror_privileges_set(&privs, &error) < 0)
-			i_fatal("%s", error);
-		if (ret <= 0) {
-			*error_r = t_strdup_printf("Mirror %u: %s", def->id,
-						   error);
-			ret = -1;
-			break;
+	array_foreach(&defs, def) T_BEGIN {
+		if (witness_head(service, def, &rec, &error) < 0) {
+			i_error("mirror witness: Mirror %u: %s", def->id,
+				error);
+			str_printfa(statement, "mirror %u %s unreadable %s\n",
+				    def->id, def->storage,
+				    str_sanitize(error, 200));
+			failed++;
+		} else {
+			str_printfa(statement, "mirror %u %s records %"PRIu64
+				    " head %s\n", def->id, def->storage,
+				    rec.seq, binary_to_hex(rec.link,
+							   sizeof(rec.link)));
+			(*count_r)++;
 		}
-		ret = 0;
-		str_printfa(statement, "mirror %u %s records %"PRIu64
-			    " head %s\n", def->id, def->storage, rec.seq,
-			    binary_to_hex(rec.link, sizeof(rec.link)));
-		(*count_r)++;
-	}
+	} T_END;
 	mail_storage_service_deinit(&service);
-	return ret;
+	return failed;
 }
 
 static int witness_send(const char *address, const char *body,
@@ -312,21 +351,26 @@ int doveadm_mirror_witness(bool dry_run, const char **error_r)
 	unsigned char pk[crypto_sign_PUBLICKEYBYTES];
 	unsigned char sk[crypto_sign_SECRETKEYBYTES];
 	unsigned char sig[crypto_sign_BYTES];
+	time_t now;
 	string_t *statement = t_str_new(1024), *body;
 	unsigned int count;
-	int ret;
+	int failed, ret;
 
 	if (!dry_run && (address == NULL || *address == '\0')) {
 		*error_r = "mirror_witness_address is not set";
 		return -1;
 	}
+	now = time(NULL);
 	str_printfa(statement, "dovecot-mirror witness statement 1\n"
-		    "host: %s\ntime: %ld %s\n", my_hostdomain(),
-		    (long)ioloop_time,
-		    t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", ioloop_time));
-	if (witness_heads(statement, &count, error_r) < 0 ||
-	    witness_key_read(witness_key_path(), pk, sk, error_r) < 0)
+		    "host: %s\ntime: %ld %s\n", my_hostdomain(), (long)now,
+		    t_strfgmtime("%Y-%m-%dT%H:%M:%SZ", now));
+	/* the key first: without it nothing is opened */
+	if (witness_key_read(witness_key_path(), pk, sk, error_r) < 0)
 		return -1;
+	if ((failed = witness_heads(statement, &count, error_r)) < 0) {
+		sodium_memzero(sk, sizeof(sk));
+		return -1;
+	}
 	crypto_sign_detached(sig, NULL, str_data(statement),
 			     str_len(statement), sk);
 	sodium_memzero(sk, sizeof(sk));
@@ -340,12 +384,23 @@ int doveadm_mirror_witness(bool dry_run, const char **error_r)
 		doveadm_print_header("statement", "statement",
 				     DOVEADM_PRINT_HEADER_FLAG_HIDE_TITLE);
 		doveadm_print(str_c(body));
+		if (failed > 0) {
+			*error_r = t_strdup_printf("The heads of %d mirrors "
+				"couldn't be read", failed);
+			return -1;
+		}
 		return 0;
 	}
 	ret = witness_send(address, str_c(body), error_r);
 	if (ret == 0) {
 		i_info("mirror witness: the heads of %u mirrors were sent to "
 		       "%s", count, str_sanitize(address, 80));
+	}
+	if (ret == 0 && failed > 0) {
+		*error_r = t_strdup_printf("The heads of %d mirrors couldn't "
+					   "be read: the statement says so",
+					   failed);
+		ret = -1;
 	}
 	return ret;
 }

@@ -6,8 +6,8 @@
 
    The file dovecot-mirror-access.log in the root control directory of
    the storage user's mail (for maildir, Maildir/ itself) gets one line
-   when a session opens a mailbox and one when it closes it, if it read or
-   changed anything: tab-separated fields (tab-escaped)
+   when a session closes a mailbox whose messages it looked at:
+   tab-separated fields (tab-escaped)
 
      <time> <session> <service> <remote-ip> <user> <mailbox> <fetched>
      <changed> <expunged>
@@ -18,8 +18,10 @@
    writes it; LMTP's copies and the expiry scan don't. */
 
 #define MIRROR_ACCESS_FILE_NAME "dovecot-mirror-access.log"
-/* Longer lines are not written whole: sets are cut short */
+/* No line is longer: UID sets are cut short (ending in ",..."), user and
+   mailbox names at MIRROR_ACCESS_NAME_MAX. A reader skips a longer one. */
 #define MIRROR_ACCESS_LINE_MAX 4096
+#define MIRROR_ACCESS_NAME_MAX 200
 
 struct mirror_access_record {
 	time_t time;

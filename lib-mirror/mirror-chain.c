@@ -489,7 +489,12 @@ int mirror_chain_read_head(const char *path,
 			   struct mirror_chain_record *rec_r,
 			   const char **error_r)
 {
+	struct file_lock_settings lock_set = {
+		.lock_method = FILE_LOCK_METHOD_FCNTL,
+	};
+	struct file_lock *lock;
 	struct stat st;
+	const char *error;
 	int fd, ret;
 
 	fd = open(path, O_RDONLY);
@@ -499,14 +504,23 @@ int mirror_chain_read_head(const char *path,
 		*error_r = t_strdup_printf("open(%s) failed: %m", path);
 		return -1;
 	}
-	if (fstat(fd, &st) < 0) {
-		*error_r = t_strdup_printf("fstat(%s) failed: %m", path);
+	/* shared with other readers, not with an append in progress */
+	ret = file_wait_lock(fd, path, F_RDLCK, &lock_set,
+			     MIRROR_CHAIN_LOCK_TIMEOUT_SECS, &lock, &error);
+	if (ret <= 0) {
+		*error_r = ret < 0 ? error : t_strdup_printf(
+			"Timed out locking %s: %s", path, error);
 		i_close_fd(&fd);
 		return -1;
 	}
-	/* an append is one write() of whole lines: no lock is needed to
-	   read the last complete one */
-	ret = mirror_chain_read_last(fd, path, st.st_size, rec_r, error_r);
+	if (fstat(fd, &st) < 0) {
+		*error_r = t_strdup_printf("fstat(%s) failed: %m", path);
+		ret = -1;
+	} else {
+		ret = mirror_chain_read_last(fd, path, st.st_size, rec_r,
+					     error_r);
+	}
+	file_unlock(&lock);
 	i_close_fd(&fd);
 	return ret;
 }

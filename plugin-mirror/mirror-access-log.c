@@ -1,14 +1,16 @@
 /* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
 
 /* The access log of mirror storages (mirror-access.h): the IMAP and POP3
-   sessions of a mirror storage user record each mailbox they open, and
-   what they read, changed and expunged in it, when they close it. */
+   sessions of a mirror storage user record, when they close a mailbox
+   whose messages they looked at, what they read, changed and expunged in
+   it. */
 
 #include "lib.h"
 #include "array.h"
 #include "str.h"
 #include "ioloop.h"
 #include "net.h"
+#include "str-sanitize.h"
 #include "seq-range-array.h"
 #include "imap-util.h"
 #include "mail-user.h"
@@ -31,6 +33,8 @@
 struct mirror_access_mailbox {
 	union mailbox_module_context module_ctx;
 	ARRAY_TYPE(seq_range) fetched, changed, expunged;
+	/* the session looked at its messages (a STATUS or LIST doesn't) */
+	bool used;
 };
 
 static MODULE_CONTEXT_DEFINE_INIT(mirror_access_storage_module,
@@ -45,10 +49,10 @@ static const char *mirror_access_uids(const ARRAY_TYPE(seq_range) *uids)
 	if (array_is_created(uids))
 		imap_write_seq_range(str, uids);
 	/* a set too long for a line is cut at a whole range */
-	if (str_len(str) > MIRROR_ACCESS_LINE_MAX / 4) {
+	if (str_len(str) > MIRROR_ACCESS_LINE_MAX / 5) {
 		const char *p;
 
-		str_truncate(str, MIRROR_ACCESS_LINE_MAX / 4);
+		str_truncate(str, MIRROR_ACCESS_LINE_MAX / 5);
 		p = strrchr(str_c(str), ',');
 		str_truncate(str, p == NULL ? 0 : (size_t)(p - str_c(str)));
 		str_append(str, ",...");
@@ -75,8 +79,10 @@ static void mirror_access_write(struct mailbox *box)
 	rec.service = user->service;
 	rec.remote_ip = user->conn.remote_ip == NULL ? "" :
 		net_ip2addr(user->conn.remote_ip);
-	rec.user = user->username;
-	rec.mailbox = box->vname;
+	/* a line stays short whatever the names (a user can name its own
+	   mailboxes) */
+	rec.user = str_sanitize(user->username, MIRROR_ACCESS_NAME_MAX);
+	rec.mailbox = str_sanitize(box->vname, MIRROR_ACCESS_NAME_MAX);
 	rec.fetched = mirror_access_uids(&abox->fetched);
 	rec.changed = mirror_access_uids(&abox->changed);
 	rec.expunged = mirror_access_uids(&abox->expunged);
@@ -96,27 +102,14 @@ static void mirror_access_write(struct mailbox *box)
 	i_close_fd(&fd);
 }
 
-static int mirror_access_open(struct mailbox *box)
-{
-	struct mirror_access_mailbox *abox = MIRROR_ACCESS_CONTEXT(box);
-
-	if (abox->module_ctx.super.open(box) < 0)
-		return -1;
-	T_BEGIN {
-		mirror_access_write(box);
-	} T_END;
-	return 0;
-}
-
 static void mirror_access_close(struct mailbox *box)
 {
 	struct mirror_access_mailbox *abox = MIRROR_ACCESS_CONTEXT(box);
 
-	if (array_not_empty(&abox->fetched) ||
-	    array_not_empty(&abox->changed) ||
-	    array_not_empty(&abox->expunged)) T_BEGIN {
+	if (abox->used) T_BEGIN {
 		mirror_access_write(box);
 	} T_END;
+	abox->used = FALSE;
 	array_clear(&abox->fetched);
 	array_clear(&abox->changed);
 	array_clear(&abox->expunged);
@@ -146,6 +139,18 @@ mirror_access_update_flags(struct mail *_mail, enum modify_type modify_type,
 	amail->super.update_flags(_mail, modify_type, flags);
 }
 
+static void
+mirror_access_update_keywords(struct mail *_mail, enum modify_type modify_type,
+			      struct mail_keywords *keywords)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct mirror_access_mailbox *abox = MIRROR_ACCESS_CONTEXT(_mail->box);
+	union mail_module_context *amail = MIRROR_ACCESS_MAIL_CONTEXT(mail);
+
+	seq_range_array_add(&abox->changed, _mail->uid);
+	amail->super.update_keywords(_mail, modify_type, keywords);
+}
+
 static void mirror_access_expunge(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
@@ -166,7 +171,6 @@ static void mirror_access_mailbox_allocated(struct mailbox *box)
 	abox = p_new(box->pool, struct mirror_access_mailbox, 1);
 	abox->module_ctx.super = *v;
 	box->vlast = &abox->module_ctx.super;
-	v->open = mirror_access_open;
 	v->close = mirror_access_close;
 	p_array_init(&abox->fetched, box->pool, 8);
 	p_array_init(&abox->changed, box->pool, 8);
@@ -178,15 +182,18 @@ static void mirror_access_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct mail_vfuncs *v = mail->vlast;
+	struct mirror_access_mailbox *abox = MIRROR_ACCESS_CONTEXT(_mail->box);
 	union mail_module_context *amail;
 
-	if (MIRROR_ACCESS_CONTEXT(_mail->box) == NULL)
+	if (abox == NULL)
 		return;
+	abox->used = TRUE;
 	amail = p_new(mail->pool, union mail_module_context, 1);
 	amail->super = *v;
 	mail->vlast = &amail->super;
 	v->istream_opened = mirror_access_istream_opened;
 	v->update_flags = mirror_access_update_flags;
+	v->update_keywords = mirror_access_update_keywords;
 	v->expunge = mirror_access_expunge;
 	MODULE_CONTEXT_SET_SELF(mail, mirror_access_mail_module, amail);
 }

@@ -19,6 +19,7 @@ from mta import Postfix, postfix_available
 from test_verify import EX_DATAERR, chain_lines, chain_path, ok, verify
 
 ALICE, AUDIT = "alice@example.com", "audit@example.com"
+AUDIT2 = "audit2@example.com"
 WITNESS = "witness@example.com"
 EX_CANTCREAT, EX_TEMPFAIL = 73, 75
 BEGIN = "-----BEGIN ED25519 SIGNATURE-----"
@@ -91,9 +92,31 @@ def test_a_signed_statement_of_the_heads(make_sandbox, keydir):
                                 statement.replace("records 2",
                                                   "records 3"), sig)
 
+    # a mirror whose head can't be read doesn't keep the others' from
+    # being witnessed: the statement says so, and the run exits 75
+    sb.add_user(AUDIT2)
+    m2 = sb.mirror_add(ALICE, AUDIT2)
+    ok(sb.deliver([ALICE], make_message(subject="m2")))
+    with open(chain_path(sb, AUDIT2, m2["id"]), "a") as f:
+        f.write("garbage")
+    r = sb.doveadm(*opt, "mirror", "witness", "-n", check=False)
+    assert r.returncode == EX_TEMPFAIL, r.stderr
+    assert "The heads of 1 mirrors couldn't be read" in r.stderr
+    statement2, sig2 = split_statement(r.stdout)
+    assert "mirror %s %s unreadable " % (m2["id"], AUDIT2) in statement2
+    assert "mirror %s %s records 3 head " % (m["id"], AUDIT) in statement2
+    assert openssl_verifies(keydir, pem, statement2, sig2)
+    # a key others may read is refused
+    os.chmod(key, 0o640)
+    r = sb.doveadm(*opt, "mirror", "witness", "-n", check=False)
+    assert r.returncode == EX_TEMPFAIL and \
+        "is not a regular file that only its owner may read" in r.stderr
+    os.chmod(key, 0o600)
+    head = chain_lines(sb, AUDIT, m["id"])[-1].split(" ")[6]
+
     # the witnessed head is found, until the chain is rewritten
     code, vrow, err = verify(sb, m["id"], "--head", head)
-    assert (code, vrow["witnessed"]) == (0, "2"), err
+    assert (code, vrow["witnessed"]) == (0, "3"), err
     first = chain_lines(sb, AUDIT, m["id"])[0]
     with open(chain_path(sb, AUDIT, m["id"]), "w") as f:
         f.write(first + "\n")

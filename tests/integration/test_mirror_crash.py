@@ -4,7 +4,8 @@ test builds: configure --enable-fault-points), then the MTA's retry.
 
 What must hold after each: every message answered 250 is in the
 recipient's INBOX and in every mirror; a mirror never holds a message more
-often than the recipient does; `doveadm mirror verify` says "ok" only if
+often than the recipient does, unless the copy is one that mdbox restored
+after a crash and verify reports it; `doveadm mirror verify` says "ok" only if
 every copy is in its chain, and reports the one copy a crash left
 unrecorded; `verify --reconcile` makes each copy counter the copies the
 chain and the storage account for, which are the copies on disk."""
@@ -138,7 +139,8 @@ def test_lmtp_killed_at_random_during_a_burst(make_sandbox):
     """Three MTA connections deliver (40 messages each at least, and on
     until LMTP was killed 8 times), retrying on a new connection whatever
     got no reply, while LMTP processes are killed with SIGKILL at random
-    moments: the same holds as at each fault point. The mailboxes are
+    moments: the same holds as at each fault point, but for the copies
+    mdbox's rebuild restores after a kill (see below). The mailboxes are
     mdbox, as the README recommends for mirror storage: a maildir whose
     uidlist dotlock a killed process left behind is locked for up to two
     minutes (Dovecot's stale timeout), which stalls the retries; maildir
@@ -206,9 +208,14 @@ def test_lmtp_killed_at_random_during_a_burst(make_sandbox):
     for storage, mirror_id in mirrors.items():
         c = subjects(sb, storage)
         assert set(c) == set(acked), storage
-        for subject in set(c):
-            assert c.count(subject) <= inbox.count(subject), subject
         code, row, err = verify(sb, mirror_id)
+        # A copy more than the INBOX has is one that a killed delivery
+        # saved and never committed, which mdbox's rebuild (after
+        # "Inconsistency in map index") restored: never recorded in the
+        # chain, and verify reports it.
+        extra = sum(max(0, c.count(subj) - inbox.count(subj))
+                    for subj in set(c))
+        assert extra <= int(row["unrecorded"]), (extra, row, err)
         assert code == (EX_DATAERR if row["unrecorded"] != "0" else 0), \
             (code, row, err)
         assert row["chain"] == "ok" and row["missing"] == "0" and \

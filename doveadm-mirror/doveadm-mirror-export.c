@@ -72,11 +72,6 @@ struct mirror_export {
 	unsigned int exported, expired, missing, altered;
 };
 
-static inline uint64_t export_key(uint32_t uid_validity, uint32_t uid)
-{
-	return ((uint64_t)uid_validity << 32) | uid;
-}
-
 static bool export_in_period(const struct mirror_chain_record *rec,
 			     time_t since, time_t until)
 {
@@ -192,18 +187,12 @@ export_copies(struct mirror_export *ctx, struct mailbox *box,
 	struct mailbox_transaction_context *trans;
 	struct mailbox_status status;
 	struct mail *mail;
-	ARRAY(uint64_t) expired;
+	ARRAY_TYPE(uint64_t) expired;
 	uint64_t key;
 	int ret = 0;
 
 	t_array_init(&expired, 16);
-	array_foreach(records, rec) {
-		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
-			continue;
-		key = export_key(rec->uid_validity, rec->uid);
-		array_push_back(&expired, &key);
-	}
-	array_sort(&expired, uint64_cmp);
+	mirror_chain_expired_keys(records, &expired);
 
 	mailbox_get_open_status(box, STATUS_UIDVALIDITY, &status);
 	trans = mailbox_transaction_begin(box, 0, "mirror export");
@@ -212,7 +201,7 @@ export_copies(struct mirror_export *ctx, struct mailbox *box,
 		if (rec->type != MIRROR_CHAIN_RECORD_COPY ||
 		    !export_in_period(rec, ctx->since, ctx->until))
 			continue;
-		key = export_key(rec->uid_validity, rec->uid);
+		key = mirror_chain_uid_key(rec->uid_validity, rec->uid);
 		if (array_bsearch(&expired, &key, uint64_cmp) != NULL) {
 			ctx->expired++;
 			export_not_exported(ctx, rec, "expired");
@@ -625,19 +614,13 @@ static void export_check_complete(struct export_check *check,
 	const struct mirror_chain_record *rec;
 	struct json_object *obj;
 	const char *reason;
-	ARRAY(uint64_t) expired_keys;
+	ARRAY_TYPE(uint64_t) expired_keys;
 	uint64_t seq, key;
 	size_t i, count = json_object_array_length(not_exported);
 	bool expired;
 
 	t_array_init(&expired_keys, 64);
-	array_foreach(&check->records, rec) {
-		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
-			continue;
-		key = export_key(rec->uid_validity, rec->uid);
-		array_push_back(&expired_keys, &key);
-	}
-	array_sort(&expired_keys, uint64_cmp);
+	mirror_chain_expired_keys(&check->records, &expired_keys);
 	for (i = 0; i < count; i++) {
 		obj = json_object_array_get_idx(not_exported, i);
 		reason = export_json_str(obj, "reason");
@@ -649,7 +632,7 @@ static void export_check_complete(struct export_check *check,
 			continue;
 		}
 		rec = array_idx(&check->records, seq - 1);
-		key = export_key(rec->uid_validity, rec->uid);
+		key = mirror_chain_uid_key(rec->uid_validity, rec->uid);
 		expired = array_bsearch(&expired_keys, &key,
 					uint64_cmp) != NULL;
 		if (rec->type != MIRROR_CHAIN_RECORD_COPY ||

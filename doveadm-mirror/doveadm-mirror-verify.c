@@ -57,7 +57,7 @@ struct mirror_verify {
 
 	ARRAY_TYPE(mirror_chain_record) records;
 	/* (uidvalidity << 32 | uid) of each expire record, sorted */
-	ARRAY(uint64_t) expired;
+	ARRAY_TYPE(uint64_t) expired;
 	unsigned int present, expired_count, missing, altered, unrecorded;
 	unsigned int renumbered;
 	const char *broken;
@@ -118,17 +118,9 @@ static bool mirror_verify_open(struct mirror_verify *ctx)
 	return TRUE;
 }
 
-/* A message's key in the sorted sets: its UIDVALIDITY and UID */
-static inline uint64_t mirror_verify_key(uint32_t uid_validity, uint32_t uid)
-{
-	return ((uint64_t)uid_validity << 32) | uid;
-}
-
 static int mirror_verify_read_chain(struct mirror_verify *ctx)
 {
-	const struct mirror_chain_record *rec;
 	const char *path, *error;
-	uint64_t key;
 
 	if (doveadm_mirror_chain_path(ctx->inbox.box, ctx->mirror_id, &path,
 				      &error) < 0 ||
@@ -141,14 +133,17 @@ static int mirror_verify_read_chain(struct mirror_verify *ctx)
 		i_error("Mirror %u: chain %s is broken: %s", ctx->mirror_id,
 			path, ctx->broken);
 	}
-	array_foreach(&ctx->records, rec) {
-		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
-			continue;
-		key = mirror_verify_key(rec->uid_validity, rec->uid);
-		array_push_back(&ctx->expired, &key);
-	}
-	array_sort(&ctx->expired, uint64_cmp);
+	mirror_chain_expired_keys(&ctx->records, &ctx->expired);
 	return 0;
+}
+
+/* A message that can't be read fails the command (75). */
+static void mirror_verify_read_failed(struct mirror_verify *ctx, uint32_t uid,
+				      const char *error)
+{
+	doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+		"Mirror %u: Failed to read UID %u: %s", ctx->mirror_id, uid,
+		error));
 }
 
 /* Check one copy record. Returns 0, or -1 on a temporary failure. */
@@ -163,7 +158,7 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 	const char *error;
 	uint64_t key;
 
-	key = mirror_verify_key(rec->uid_validity, rec->uid);
+	key = mirror_chain_uid_key(rec->uid_validity, rec->uid);
 	if (array_bsearch(&ctx->expired, &key, uint64_cmp) != NULL) {
 		ctx->expired_count++;
 		return 0;
@@ -180,9 +175,7 @@ mirror_verify_copy(struct mirror_verify *ctx, struct mail *mail,
 		(void)mailbox_get_last_error(mail->box, &mail_error);
 		if (mail->expunged || mail_error == MAIL_ERROR_EXPUNGED)
 			return 0;
-		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
-			"Mirror %u: Failed to read UID %u: %s",
-			ctx->mirror_id, rec->uid, error));
+		mirror_verify_read_failed(ctx, rec->uid, error);
 		return -1;
 	}
 	if (memcmp(digest, rec->content_hash, sizeof(digest)) != 0) {
@@ -276,14 +269,9 @@ static int mirror_verify_suspects(struct mirror_verify *ctx, struct mail *mail)
 				continue;
 			T_BEGIN {
 				ret = mirror_verify_is_copy(ctx, mail, &error);
-				if (ret < 0 && !mail->expunged) {
-					doveadm_mirror_fail(EX_TEMPFAIL,
-						t_strdup_printf("Mirror %u: "
-							"Failed to read UID "
-							"%u: %s",
-							ctx->mirror_id,
-							rec->uid, error));
-				}
+				if (ret < 0 && !mail->expunged)
+					mirror_verify_read_failed(ctx, rec->uid,
+								  error);
 			} T_END;
 			if (ret < 0 && !mail->expunged)
 				return -1;
@@ -334,34 +322,27 @@ static int mirror_verify_unrecorded(struct mirror_verify *ctx,
 
 	t_array_init(&recorded, array_count(&ctx->records) + 1);
 	array_foreach(&ctx->records, rec) {
-		key = mirror_verify_key(rec->uid_validity, rec->uid);
+		key = mirror_chain_uid_key(rec->uid_validity, rec->uid);
 		array_push_back(&recorded, &key);
 	}
 	array_sort(&recorded, uint64_cmp);
 	mailbox_get_open_status(mail->box, STATUS_MESSAGES, &status);
 	for (seq = 1; seq <= status.messages; seq++) {
 		mail_set_seq(mail, seq);
-		key = mirror_verify_key(uid_validity, mail->uid);
+		key = mirror_chain_uid_key(uid_validity, mail->uid);
 		if (array_bsearch(&recorded, &key, uint64_cmp) != NULL)
 			continue;
 		T_BEGIN {
 			ret = mirror_verify_is_copy(ctx, mail, &error);
 			if (ret < 0 && !mail->expunged) {
-				doveadm_mirror_fail(EX_TEMPFAIL,
-					t_strdup_printf("Mirror %u: Failed to "
-						"read UID %u: %s",
-						ctx->mirror_id, mail->uid,
-						error));
+				mirror_verify_read_failed(ctx, mail->uid,
+							  error);
 			} else if (ret > 0) {
 				ret = mirror_verify_renumbered(ctx, mail,
 							       &error);
 				if (ret < 0 && !mail->expunged) {
-					doveadm_mirror_fail(EX_TEMPFAIL,
-						t_strdup_printf("Mirror %u: "
-							"Failed to read UID "
-							"%u: %s",
-							ctx->mirror_id,
-							mail->uid, error));
+					mirror_verify_read_failed(ctx,
+						mail->uid, error);
 				} else if (ret == 0) {
 					ctx->unrecorded++;
 					i_error("Mirror %u: UID %u is a copy "

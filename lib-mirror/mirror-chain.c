@@ -6,6 +6,7 @@
 #include "lib.h"
 #include "array.h"
 #include "str.h"
+#include "sort.h"
 #include "str-sanitize.h"
 #include "hex-binary.h"
 #include "byteorder.h"
@@ -483,6 +484,21 @@ int mirror_chain_append(const char *path, unsigned int mirror_id,
 	if (rec_r != NULL)
 		*rec_r = rec;
 	return 0;
+}
+
+void mirror_chain_expired_keys(const ARRAY_TYPE(mirror_chain_record) *records,
+			       ARRAY_TYPE(uint64_t) *keys)
+{
+	const struct mirror_chain_record *rec;
+	uint64_t key;
+
+	array_foreach(records, rec) {
+		if (rec->type != MIRROR_CHAIN_RECORD_EXPIRE)
+			continue;
+		key = mirror_chain_uid_key(rec->uid_validity, rec->uid);
+		array_push_back(keys, &key);
+	}
+	array_sort(keys, uint64_cmp);
 }
 
 int mirror_chain_read_head(const char *path,

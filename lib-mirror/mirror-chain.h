@@ -107,6 +107,16 @@ int mirror_chain_read_head(const char *path,
 			   struct mirror_chain_record *rec_r,
 			   const char **error_r);
 
+/* A message's key in sorted sets of records: its UIDVALIDITY and UID */
+static inline uint64_t mirror_chain_uid_key(uint32_t uid_validity, uint32_t uid)
+{
+	return ((uint64_t)uid_validity << 32) | uid;
+}
+/* The keys of the messages that records' expire records name, sorted,
+   appended to keys (for array_bsearch() with uint64_cmp). */
+void mirror_chain_expired_keys(const ARRAY_TYPE(mirror_chain_record) *records,
+			       ARRAY_TYPE(uint64_t) *keys);
+
 /* Read a whole chain file and check every link. Every record that parses
    is appended to records. A file that doesn't exist is an empty chain.
    broken_r is NULL if the chain is intact, else why it isn't (the first

@@ -267,6 +267,14 @@ int bag_store_get_status(struct bag_store *store, bool with_size,
 			return -1;
 		}
 		status_r->bytes = metadata.physical_size;
+		/* the size lookup may sync the view: a flush may have
+		   expunged everything meanwhile */
+		mailbox_get_open_status(store->box, STATUS_MESSAGES, &status);
+		status_r->messages = status.messages;
+		if (status.messages == 0) {
+			status_r->bytes = 0;
+			return 0;
+		}
 	}
 	/* messages are appended in arrival order: the first is the oldest */
 	trans = mailbox_transaction_begin(store->box, 0, "bag status");

@@ -13,6 +13,7 @@
 #include "mirror-registry.h"
 #include "mirror-readonly.h"
 #include "mirror-access-log.h"
+#include "mirror-search.h"
 #include "mirror-plugin.h"
 #include "mirror-event.h"
 
@@ -240,10 +241,12 @@ void mirror_plugin_init(struct module *module)
 	mail_storage_hooks_add(module, &mirror_mail_storage_hooks);
 	mirror_readonly_hooks_add(module);
 	mirror_access_hooks_add(module);
+	mirror_search_hooks_add(module);
 }
 
 void mirror_plugin_deinit(void)
 {
+	mirror_search_hooks_remove();
 	mirror_access_hooks_remove();
 	mirror_readonly_hooks_remove();
 	mail_storage_hooks_remove(&mirror_mail_storage_hooks);

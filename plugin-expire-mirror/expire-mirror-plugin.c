@@ -276,10 +276,16 @@ expire_mirror_transaction_begin(struct mailbox *box,
 				const char *reason)
 {
 	union mailbox_module_context *mbox = EXPIRE_MIRROR_CONTEXT_REQUIRE(box);
+	struct expire_mirror_user *euser =
+		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(box->storage->user);
 	struct mailbox_transaction_context *t;
 	struct expire_mirror_transaction *et;
 
 	t = mbox->super.transaction_begin(box, flags, reason);
+	/* The scan may have changed the index since the last transaction
+	   (mirror-writer and a cached LMTP connection keep a storage open
+	   for long): look it up again once per transaction. */
+	euser->oldest_known = FALSE;
 	et = i_new(struct expire_mirror_transaction, 1);
 	MODULE_CONTEXT_SET(t, expire_mirror_storage_module, et);
 	return t;

@@ -525,24 +525,43 @@ void mirror_registry_status_update(struct registry *reg,
 {
 	struct dict_transaction_context *trans;
 	const char *error;
-	unsigned int i;
+	unsigned int i, j, copies, failures;
 	int ret;
 
 	trans = registry_transaction_begin(reg);
 	for (i = 0; i < count; i++) {
-		const struct mirror_copy_result *r = &results[i];
+		const struct mirror_copy_result *r = &results[i], *last = NULL;
 
-		if (r->error == NULL) {
-			dict_atomic_inc(trans, t_strdup_printf(
-				MIRROR_KEY_STATUS"%u/copies", r->id), 1);
-			continue;
+		/* each mirror once, however many copies the batch made */
+		for (j = 0; j < i; j++) {
+			if (results[j].id == r->id)
+				break;
 		}
+		if (j < i)
+			continue;
+		copies = failures = 0;
+		for (j = i; j < count; j++) {
+			if (results[j].id != r->id)
+				continue;
+			if (results[j].error == NULL)
+				copies++;
+			else {
+				failures++;
+				last = &results[j];
+			}
+		}
+		if (copies > 0) {
+			dict_atomic_inc(trans, t_strdup_printf(
+				MIRROR_KEY_STATUS"%u/copies", r->id), copies);
+		}
+		if (failures == 0)
+			continue;
 		dict_atomic_inc(trans, t_strdup_printf(
-			MIRROR_KEY_STATUS"%u/failures", r->id), 1);
+			MIRROR_KEY_STATUS"%u/failures", r->id), failures);
 		dict_set(trans, t_strdup_printf(
 			MIRROR_KEY_STATUS"%u/last-failure", r->id),
 			 t_strdup_printf("%ld %s", (long)ioloop_time,
-					 str_sanitize(r->error, 500)));
+					 str_sanitize(last->error, 500)));
 	}
 	/* NOTFOUND: the mirror was removed meanwhile */
 	ret = registry_transaction_commit(reg, &trans, &error);

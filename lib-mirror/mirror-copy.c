@@ -44,6 +44,13 @@ struct mirror_storage {
 	time_t last_used;
 	/* copies since the mailbox was opened */
 	unsigned int copies;
+	/* groups with an open transaction in the mailbox: it stays open */
+	unsigned int busy;
+	/* the user's ioloop context, whose activation (also for the
+	   mailbox's own timeouts) switches to the user's privileges and
+	   whose deactivation back to the copier's (home_privs) */
+	struct ioloop_context *ioloop_ctx;
+	const struct mirror_privileges *home_privs;
 };
 
 struct mirror_copier {
@@ -52,6 +59,11 @@ struct mirror_copier {
 	struct event *event_parent;
 	bool fsync;
 	struct mail_storage_service_ctx *storage_service;
+	/* the module and service whose settings storage users get
+	   (default "lmtp" and "lmtp") */
+	const char *module, *service;
+	/* look a cached storage user up again before it is used */
+	bool revalidate;
 	/* where copies are counted, with the identity the copier was created
 	   with (LMTP's own, before any delivery drops privileges) */
 	struct registry *registry;
@@ -98,6 +110,23 @@ struct mirror_copy_caller {
 };
 
 static void mirror_copy_batch_free(struct mirror_copy_batch **_batch);
+
+static bool uint_array_contains(const ARRAY_TYPE(uint) *arr, unsigned int value)
+{
+	unsigned int v;
+
+	array_foreach_elem(arr, v) {
+		if (v == value)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value)
+{
+	if (!uint_array_contains(arr, value))
+		array_push_back(arr, &value);
+}
 static void
 mirror_copy_batch_end(struct mirror_copy_batch *batch, bool commit);
 
@@ -114,6 +143,7 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	copier = p_new(pool, struct mirror_copier, 1);
 	copier->pool = pool;
 	copier->storage_service = storage_service;
+	copier->module = copier->service = "lmtp";
 	copier->event_parent = event_parent;
 	copier->fsync = fsync;
 	copier->registry = registry;
@@ -137,6 +167,26 @@ static void mirror_storage_deactivate(struct mirror_storage *storage)
 	mail_storage_service_io_deactivate_user(storage->service_user);
 }
 
+/* The mailbox's timeouts (e.g. its mailbox list index refreshing itself
+   later) fire in the ioloop with the user's context activated: they must
+   run as the user too, never as the process (root in LMTP and
+   mirror-writer), or they would leave files only root can write. */
+static void mirror_storage_context_activate(struct mirror_storage *storage)
+{
+	const char *error;
+
+	if (mirror_privileges_set(&storage->privs, &error) < 0)
+		i_fatal("mirror: %s", error);
+}
+
+static void mirror_storage_context_deactivate(struct mirror_storage *storage)
+{
+	const char *error;
+
+	if (mirror_privileges_set(storage->home_privs, &error) < 0)
+		i_fatal("mirror: %s", error);
+}
+
 static void mirror_storage_free(struct mirror_storage **_storage)
 {
 	struct mirror_storage *storage = *_storage;
@@ -152,6 +202,12 @@ static void mirror_storage_free(struct mirror_storage **_storage)
 		if (storage->box != NULL)
 			mailbox_free(&storage->box);
 		mail_user_deinit(&storage->user);
+	}
+	if (storage->ioloop_ctx != NULL) {
+		io_loop_context_remove_callbacks(storage->ioloop_ctx,
+			mirror_storage_context_activate,
+			mirror_storage_context_deactivate, storage);
+		io_loop_context_unref(&storage->ioloop_ctx);
 	}
 	if (storage->service_user != NULL)
 		mail_storage_service_user_unref(&storage->service_user);
@@ -174,6 +230,20 @@ static void mirror_copier_forget(struct mirror_copier *copier,
 		}
 	}
 	mirror_storage_free(&storage);
+}
+
+static void mirror_copier_forget_name(struct mirror_copier *copier,
+				      const char *username)
+{
+	struct mirror_storage *storage;
+
+	array_foreach_elem(&copier->storages, storage) {
+		if (strcmp(storage->username, username) == 0) {
+			if (storage->busy == 0)
+				mirror_copier_forget(copier, storage);
+			return;
+		}
+	}
 }
 
 void mirror_copier_deinit(struct mirror_copier **_copier)
@@ -214,6 +284,18 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 	pool_unref(&copier->pool);
 }
 
+void mirror_copier_set_revalidate(struct mirror_copier *copier)
+{
+	copier->revalidate = TRUE;
+}
+
+void mirror_copier_set_service(struct mirror_copier *copier,
+			       const char *module, const char *service)
+{
+	copier->module = p_strdup(copier->pool, module);
+	copier->service = p_strdup(copier->pool, service);
+}
+
 static struct mirror_storage *
 mirror_copier_find(struct mirror_copier *copier, const char *username)
 {
@@ -233,10 +315,12 @@ static void mirror_copier_evict(struct mirror_copier *copier)
 	if (array_count(&copier->storages) < MIRROR_COPIER_MAX_STORAGES)
 		return;
 	array_foreach_elem(&copier->storages, storage) {
-		if (oldest == NULL || storage->last_used < oldest->last_used)
+		if (storage->busy == 0 && (oldest == NULL ||
+					   storage->last_used < oldest->last_used))
 			oldest = storage;
 	}
-	mirror_copier_forget(copier, oldest);
+	if (oldest != NULL)
+		mirror_copier_forget(copier, oldest);
 }
 
 /* Set up a storage user and open its INBOX. On success the user is active,
@@ -252,7 +336,8 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	int ret;
 
 	i_zero(&input);
-	input.module = input.service = "lmtp";
+	input.module = copier->module;
+	input.service = copier->service;
 	input.username = username;
 	input.event_parent = copier->event_parent;
 
@@ -293,6 +378,14 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		memcpy(storage->privs.groups, privs.groups,
 		       sizeof(gid_t) * privs.ngroups);
 	} T_END;
+	/* the user's context is the active one now */
+	storage->home_privs = &copier->privs;
+	storage->ioloop_ctx = io_loop_get_current_context(current_ioloop);
+	i_assert(storage->ioloop_ctx != NULL);
+	io_loop_context_ref(storage->ioloop_ctx);
+	io_loop_context_add_callbacks(storage->ioloop_ctx,
+				      mirror_storage_context_activate,
+				      mirror_storage_context_deactivate, storage);
 
 	ns = mail_namespace_find_inbox(storage->user->namespaces);
 	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY);
@@ -309,6 +402,34 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	return 0;
 }
 
+/* Whether the storage user still exists (userdb). */
+static int
+mirror_copier_lookup(struct mirror_copier *copier, const char *username,
+		     const char **error_r)
+{
+	struct mail_storage_service_input input;
+	struct mail_storage_service_user *service_user;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.module = copier->module;
+	input.service = copier->service;
+	input.username = username;
+	input.event_parent = copier->event_parent;
+	ret = mail_storage_service_lookup(copier->storage_service, &input,
+					  &service_user, &error);
+	if (ret > 0) {
+		mail_storage_service_user_unref(&service_user);
+		return 0;
+	}
+	*error_r = ret == 0 ?
+		t_strdup_printf("Storage user %s doesn't exist", username) :
+		t_strdup_printf("Storage user %s lookup failed: %s",
+				username, error);
+	return -1;
+}
+
 static int
 mirror_copier_get(struct mirror_copier *copier, const char *username,
 		  struct mirror_storage **storage_r, const char **error_r)
@@ -316,7 +437,13 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 	struct mirror_storage *storage;
 
 	storage = mirror_copier_find(copier, username);
-	if (storage != NULL && storage->copies >= MIRROR_STORAGE_MAX_COPIES) {
+	if (storage != NULL && copier->revalidate && storage->busy == 0 &&
+	    mirror_copier_lookup(copier, username, error_r) < 0) {
+		mirror_copier_forget(copier, storage);
+		return -1;
+	}
+	if (storage != NULL && storage->copies >= MIRROR_STORAGE_MAX_COPIES &&
+	    storage->busy == 0) {
 		mirror_copier_forget(copier, storage);
 		storage = NULL;
 	}
@@ -381,34 +508,30 @@ mirror_copy_hash_input(struct mirror_copy_state *state, struct istream *input)
 	return hash_input;
 }
 
-/* Save (but don't commit) one copy. */
+/* Save one copy of mail_input (read from its start) into trans, without
+   committing it. On failure the save is cancelled, and the transaction
+   is left for the caller to roll back. */
 static int
-mirror_copy_save(struct mirror_copy_state *state,
-		 const struct mirror_copy_target *target, struct mail *mail,
-		 const char **error_r)
+mirror_copy_save_input(struct mirror_copy_state *state,
+		       struct mailbox_transaction_context *trans,
+		       const struct mirror_copy_target *target,
+		       struct istream *mail_input, time_t received_date,
+		       const char **error_r)
 {
 	struct mailbox *box = state->storage->box;
 	struct mail_save_context *save_ctx;
-	struct istream *mail_input, *copy_input, *input;
+	struct istream *copy_input, *input;
 	uoff_t header_size;
-	time_t received_date;
 	ssize_t ret;
 	bool failed = FALSE;
 
-	if (mail_get_stream(mail, NULL, NULL, &mail_input) < 0) {
-		*error_r = t_strdup_printf("Failed to read the message: %s",
-			mailbox_get_last_internal_error(mail->box, NULL));
-		return -1;
-	}
 	copy_input = mirror_copy_input(target, mail_input, &header_size);
+	i_free(state->hash_ctx);
+	state->hashed = FALSE;
 	input = mirror_copy_hash_input(state, copy_input);
 
-	/* UIDs are needed for the mirrors' chains */
-	state->trans = mailbox_transaction_begin(box,
-		MAILBOX_TRANSACTION_FLAG_EXTERNAL |
-		MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "mirror copy");
-	save_ctx = mailbox_save_alloc(state->trans);
-	if (mail_get_received_date(mail, &received_date) == 0)
+	save_ctx = mailbox_save_alloc(trans);
+	if (received_date != (time_t)-1)
 		mailbox_save_set_received_date(save_ctx, received_date, 0);
 	if (mailbox_save_begin(&save_ctx, input) < 0)
 		failed = TRUE;
@@ -426,7 +549,6 @@ mirror_copy_save(struct mirror_copy_state *state,
 			mailbox_save_cancel(&save_ctx);
 			i_stream_unref(&input);
 			i_stream_unref(&copy_input);
-			mailbox_transaction_rollback(&state->trans);
 			return -1;
 		}
 		if (failed)
@@ -447,6 +569,39 @@ mirror_copy_save(struct mirror_copy_state *state,
 	if (failed) {
 		*error_r = t_strdup_printf("Saving failed: %s",
 			mailbox_get_last_internal_error(box, NULL));
+		return -1;
+	}
+	return 0;
+}
+
+/* UIDs are needed for the mirrors' chains */
+static struct mailbox_transaction_context *
+mirror_copy_transaction_begin(struct mirror_storage *storage)
+{
+	return mailbox_transaction_begin(storage->box,
+		MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+		MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "mirror copy");
+}
+
+/* Save (but don't commit) one copy in a transaction of its own. */
+static int
+mirror_copy_save(struct mirror_copy_state *state,
+		 const struct mirror_copy_target *target, struct mail *mail,
+		 const char **error_r)
+{
+	struct istream *mail_input;
+	time_t received_date;
+
+	if (mail_get_stream(mail, NULL, NULL, &mail_input) < 0) {
+		*error_r = t_strdup_printf("Failed to read the message: %s",
+			mailbox_get_last_internal_error(mail->box, NULL));
+		return -1;
+	}
+	if (mail_get_received_date(mail, &received_date) < 0)
+		received_date = (time_t)-1;
+	state->trans = mirror_copy_transaction_begin(state->storage);
+	if (mirror_copy_save_input(state, state->trans, target, mail_input,
+				   received_date, error_r) < 0) {
 		mailbox_transaction_rollback(&state->trans);
 		return -1;
 	}
@@ -525,6 +680,22 @@ mirror_copy_finished(struct event *event,
 			e_error(e->event(), "Mirror %u: copy to %s failed: %s",
 				id, target->storage, target->error);
 		}
+	}
+}
+
+void mirror_copy_targets_report(struct event *event_parent,
+				const struct mirror_copy_target *targets,
+				unsigned int count)
+{
+	struct event *event;
+	unsigned int i;
+
+	for (i = 0; i < count; i++) {
+		event = event_create(event_parent);
+		event_add_category(event, &event_category_mirror);
+		event_set_append_log_prefix(event, "mirror: ");
+		mirror_copy_finished(event, &targets[i], targets[i].size);
+		event_unref(&event);
 	}
 }
 
@@ -789,6 +960,664 @@ int mirror_copier_copy(struct mirror_copier *copier, struct mail *mail,
 		if (ret == 0)
 			*error_r = error;
 		ret = -1;
+	}
+	return ret;
+}
+
+/* Group commit (mirror-copy.h) */
+
+struct mirror_copy_member {
+	struct mirror_copy_target *target;
+	struct istream *input;
+	time_t received_date;
+	struct mirror_copy_state state;
+	/* taken out of the group (or its save failed) */
+	bool dropped;
+};
+
+struct mirror_copy_group {
+	pool_t pool;
+	struct mirror_copier *copier;
+	const char *storage_name;
+	/* NULL until the first copy is saved, and after a failure to open */
+	struct mirror_storage *storage;
+	struct mailbox_transaction_context *trans;
+	ARRAY(struct mirror_copy_member *) members;
+	/* what mirror_copy_group_end() counts (in the group's pool) */
+	ARRAY(struct mirror_copy_result) results;
+	/* a copy left the transaction: it is saved again without it */
+	bool resave;
+};
+
+struct mirror_copy_group *
+mirror_copy_group_begin(struct mirror_copier *copier, const char *storage)
+{
+	struct mirror_copy_group *group;
+	pool_t pool;
+
+	pool = pool_alloconly_create("mirror copy group", 1024);
+	group = p_new(pool, struct mirror_copy_group, 1);
+	group->pool = pool;
+	group->copier = copier;
+	group->storage_name = p_strdup(pool, storage);
+	p_array_init(&group->members, pool, 8);
+	return group;
+}
+
+unsigned int mirror_copy_group_count(const struct mirror_copy_group *group)
+{
+	struct mirror_copy_member *member;
+	unsigned int count = 0;
+
+	array_foreach_elem(&group->members, member) {
+		if (!member->dropped)
+			count++;
+	}
+	return count;
+}
+
+static void mirror_copy_group_release(struct mirror_copy_group *group)
+{
+	if (group->storage != NULL) {
+		i_assert(group->storage->busy > 0);
+		group->storage->busy--;
+		group->storage = NULL;
+	}
+}
+
+/* As the storage user: save one member into the group's transaction. */
+static int
+mirror_copy_group_save_member(struct mirror_copy_group *group,
+			      struct mirror_copy_member *member,
+			      const char **error_r)
+{
+	if (group->trans == NULL)
+		group->trans = mirror_copy_transaction_begin(group->storage);
+	member->state.storage = group->storage;
+	return mirror_copy_save_input(&member->state, group->trans,
+				      member->target, member->input,
+				      member->received_date, error_r);
+}
+
+/* Roll the transaction back and save every member that is still in the
+   group again, until all of them are saved (a member whose save fails is
+   dropped with its error). As the storage user. */
+static void mirror_copy_group_resave(struct mirror_copy_group *group)
+{
+	struct mirror_copy_member *member;
+	const char *error;
+	bool again = TRUE;
+
+	while (again) {
+		again = FALSE;
+		if (group->trans != NULL)
+			mailbox_transaction_rollback(&group->trans);
+		array_foreach_elem(&group->members, member) {
+			if (member->dropped)
+				continue;
+			if (mirror_copy_group_save_member(group, member,
+							  &error) < 0) {
+				member->target->error =
+					p_strdup(group->pool, error);
+				member->state.failed = TRUE;
+				member->dropped = TRUE;
+				again = TRUE;
+				break;
+			}
+		}
+	}
+	group->resave = FALSE;
+}
+
+/* Count one copy that failed before it was in a group's transaction (as
+   the copier's own identity). */
+static void
+mirror_copy_group_count_failed(struct mirror_copier *copier,
+			       const struct mirror_copy_target *target)
+{
+	ARRAY(struct mirror_copy_result) results;
+	struct mirror_copy_result *result;
+	const char *error;
+	unsigned int id;
+
+	if (copier->registry == NULL)
+		return;
+	t_array_init(&results, 4);
+	array_foreach_elem(&target->mirror_ids, id) {
+		result = array_append_space(&results);
+		result->id = id;
+		result->error = target->error;
+	}
+	if (mirror_privileges_set(&copier->privs, &error) < 0) {
+		i_error("mirror: Can't count copies: %s", error);
+		return;
+	}
+	mirror_registry_status_update(copier->registry, array_front(&results),
+				      array_count(&results));
+}
+
+int mirror_copy_group_save(struct mirror_copy_group *group,
+			   struct mirror_copy_target *target,
+			   struct istream *input, time_t received_date,
+			   struct event *event_parent)
+{
+	struct mirror_copier *copier = group->copier;
+	struct mirror_copy_member *member;
+	struct mirror_copy_caller caller;
+	const char *error;
+	int ret = 0;
+
+	member = p_new(group->pool, struct mirror_copy_member, 1);
+	member->target = target;
+	member->input = input;
+	member->received_date = received_date;
+	member->state.event = event_create(event_parent);
+	event_add_category(member->state.event, &event_category_mirror);
+	event_set_append_log_prefix(member->state.event, "mirror: ");
+	target->error = NULL;
+
+	mirror_privileges_get(pool_datastack_create(), &caller.privs);
+	mirror_copy_caller_leave(&caller);
+	if (group->storage == NULL) {
+		if (mirror_copier_get(copier, group->storage_name,
+				      &group->storage, &error) < 0)
+			ret = -1;
+		else
+			group->storage->busy++;
+	} else if (!mirror_storage_activate(group->storage, &error)) {
+		i_panic("mirror: %s", error);
+	} else {
+		group->storage->last_used = ioloop_time;
+		group->storage->copies++;
+	}
+	if (ret == 0) {
+		if (mirror_copy_group_save_member(group, member, &error) < 0) {
+			/* the transaction may not take more after a failed
+			   save: the others are saved again */
+			ret = -1;
+			if (group->trans != NULL)
+				group->resave = TRUE;
+		}
+		mirror_storage_deactivate(group->storage);
+	}
+	if (ret < 0) {
+		/* not in the group: its target may be gone before the
+		   group ends */
+		target->error = p_strdup(group->pool, error);
+		mirror_copy_group_count_failed(copier, target);
+		event_unref(&member->state.event);
+		i_free(member->state.hash_ctx);
+	} else {
+		array_push_back(&group->members, &member);
+	}
+	mirror_copy_caller_return(&caller);
+	if (ret == 0)
+		FAULT_POINT("mirror-copy-saved");
+	return ret;
+}
+
+void mirror_copy_group_drop(struct mirror_copy_group *group,
+			    struct mirror_copy_target *target)
+{
+	struct mirror_copy_member *member;
+
+	array_foreach_elem(&group->members, member) {
+		if (member->target == target && !member->dropped) {
+			member->dropped = TRUE;
+			group->resave = TRUE;
+			target->error = "Not copied, because the delivery "
+				"kept nothing";
+		}
+	}
+}
+
+/* Append the records of the committed copies, one append per mirror. */
+static void
+mirror_copy_group_chain_append(struct mirror_copy_group *group,
+			       const struct mail_transaction_commit_changes *changes)
+{
+	struct mirror_copier *copier = group->copier;
+	ARRAY(struct mirror_chain_record) recs;
+	ARRAY_TYPE(uint) ids;
+	struct mirror_copy_member *member;
+	struct mirror_chain_record *rec;
+	struct seq_range_iter iter;
+	const char *dir, *path, *error = NULL;
+	unsigned int n = 0, id, mid;
+	uint32_t uid;
+	int ret;
+
+	if ((ret = mailbox_get_path_to(group->storage->box,
+				       MAILBOX_LIST_PATH_TYPE_CONTROL,
+				       &dir)) <= 0) {
+		error = ret == 0 ? "The storage has no control directory" :
+			t_strdup_printf("Control directory unknown: %s",
+				mailbox_get_last_internal_error(
+					group->storage->box, NULL));
+	} else if (changes->uid_validity == 0) {
+		error = "The copies' UIDs are unknown";
+	}
+
+	/* the UIDs were assigned in the order the copies were saved */
+	seq_range_array_iter_init(&iter, &changes->saved_uids);
+	array_foreach_elem(&group->members, member) {
+		if (member->dropped)
+			continue;
+		if (!seq_range_array_iter_nth(&iter, n++, &uid))
+			uid = 0;
+		member->target->uid = uid;
+		if (error == NULL && (uid == 0 || !member->state.hashed)) {
+			array_foreach_elem(&member->target->mirror_ids, id) {
+				e_error(member->state.event, "Mirror %u: chain "
+					"append for the copy to %s failed: %s",
+					id, group->storage_name, uid == 0 ?
+					"The copy's UID is unknown" :
+					"The copy's content hash is unknown");
+			}
+		}
+	}
+
+	t_array_init(&ids, 4);
+	array_foreach_elem(&group->members, member) {
+		if (member->dropped)
+			continue;
+		array_foreach_elem(&member->target->mirror_ids, id)
+			uint_array_add_unique(&ids, id);
+	}
+	array_foreach_elem(&ids, mid) {
+		if (error != NULL) {
+			e_error(copier->event_parent, "mirror: Mirror %u: chain "
+				"append for %u copies to %s failed: %s", mid,
+				mirror_copy_group_count(group),
+				group->storage_name, error);
+			continue;
+		}
+		t_array_init(&recs, array_count(&group->members));
+		array_foreach_elem(&group->members, member) {
+			if (member->dropped || member->target->uid == 0 ||
+			    !member->state.hashed ||
+			    !uint_array_contains(&member->target->mirror_ids,
+						 mid))
+				continue;
+			rec = array_append_space(&recs);
+			rec->type = MIRROR_CHAIN_RECORD_COPY;
+			rec->time = ioloop_time;
+			rec->uid_validity = changes->uid_validity;
+			rec->uid = member->target->uid;
+			memcpy(rec->content_hash, member->state.content_hash,
+			       sizeof(rec->content_hash));
+		}
+		if (array_count(&recs) == 0)
+			continue;
+		path = t_strdup_printf("%s/%s", dir,
+				       mirror_chain_file_name(mid));
+		if (mirror_chain_append_records(path, mid,
+				array_front_modifiable(&recs),
+				array_count(&recs), copier->fsync,
+				&error) < 0) {
+			e_error(copier->event_parent, "mirror: Mirror %u: "
+				"chain append for %u copies to %s failed: %s",
+				mid, array_count(&recs), group->storage_name,
+				error);
+			error = NULL;
+		}
+	}
+}
+
+static void mirror_copy_group_free_members(struct mirror_copy_group *group)
+{
+	struct mirror_copy_member *member;
+
+	array_foreach_elem(&group->members, member) {
+		event_unref(&member->state.event);
+		i_free(member->state.hash_ctx);
+	}
+	array_clear(&group->members);
+}
+
+static void mirror_copy_group_free(struct mirror_copy_group **_group)
+{
+	struct mirror_copy_group *group = *_group;
+
+	*_group = NULL;
+	i_assert(group->trans == NULL);
+	mirror_copy_group_release(group);
+	mirror_copy_group_free_members(group);
+	pool_unref(&group->pool);
+}
+
+/* Keep what the group's copies made and failed per mirror, for
+   mirror_copy_group_end() to count: the targets may be gone by then. */
+static void mirror_copy_group_keep_results(struct mirror_copy_group *group)
+{
+	struct mirror_copy_result *result;
+	struct mirror_copy_member *member;
+	unsigned int id;
+
+	p_array_init(&group->results, group->pool,
+		     array_count(&group->members));
+	array_foreach_elem(&group->members, member) {
+		if (member->dropped && !member->state.failed)
+			continue;
+		array_foreach_elem(&member->target->mirror_ids, id) {
+			result = array_append_space(&group->results);
+			result->id = id;
+			result->error = p_strdup(group->pool,
+						 member->target->error);
+		}
+	}
+}
+
+/* As the storage user: commit the group's transaction. A failed commit
+   is tried once more in the storage opened again (its mailbox may have
+   been changed under the open one, e.g. its index files removed), if no
+   other group has it open. */
+static int
+mirror_copy_group_commit_trans(struct mirror_copy_group *group,
+			       struct mail_transaction_commit_changes *changes_r,
+			       const char **error_r)
+{
+	struct mirror_copier *copier = group->copier;
+	const char *error;
+
+	if (mailbox_transaction_commit_get_changes(&group->trans,
+						   changes_r) == 0)
+		return 0;
+	*error_r = p_strdup_printf(group->pool, "Commit failed: %s",
+		mailbox_get_last_internal_error(group->storage->box, NULL));
+	if (group->storage->busy != 1)
+		return -1;
+	e_warning(copier->event_parent, "mirror: %s: %s: trying again in "
+		  "the storage opened again", group->storage_name, *error_r);
+	mirror_storage_deactivate(group->storage);
+	mirror_copy_group_release(group);
+	mirror_copier_forget_name(copier, group->storage_name);
+	if (mirror_copier_get(copier, group->storage_name, &group->storage,
+			      &error) < 0) {
+		group->storage = NULL;
+		*error_r = p_strdup(group->pool, error);
+		return -1;
+	}
+	group->storage->busy++;
+	mirror_copy_group_resave(group);
+	if (group->trans == NULL)
+		return -1;
+	if (mailbox_transaction_commit_get_changes(&group->trans,
+						   changes_r) == 0)
+		return 0;
+	*error_r = p_strdup_printf(group->pool, "Commit failed: %s",
+		mailbox_get_last_internal_error(group->storage->box, NULL));
+	return -1;
+}
+
+int mirror_copy_group_commit(struct mirror_copy_group *group)
+{
+	struct mirror_copy_member *member;
+	struct mail_transaction_commit_changes changes;
+	struct mirror_copy_caller caller;
+	const char *error;
+	bool failed = FALSE;
+
+	mirror_privileges_get(pool_datastack_create(), &caller.privs);
+	mirror_copy_caller_leave(&caller);
+	if (group->storage != NULL) {
+		if (!mirror_storage_activate(group->storage, &error))
+			i_panic("mirror: %s", error);
+		if (group->resave)
+			mirror_copy_group_resave(group);
+		if (group->trans == NULL) {
+			/* nothing left to commit */
+		} else if (mirror_copy_group_count(group) == 0) {
+			mailbox_transaction_rollback(&group->trans);
+		} else if (mirror_copy_group_commit_trans(group, &changes,
+							  &error) < 0) {
+			array_foreach_elem(&group->members, member) {
+				if (member->dropped)
+					continue;
+				member->target->error = error;
+				member->state.failed = TRUE;
+				member->dropped = TRUE;
+			}
+			failed = TRUE;
+		} else {
+			FAULT_POINT("mirror-copy-committed");
+			/* still as the storage user: it owns the chains */
+			mirror_copy_group_chain_append(group, &changes);
+			pool_unref(&changes.pool);
+			FAULT_POINT("mirror-chain-appended");
+		}
+		if (group->storage != NULL)
+			mirror_storage_deactivate(group->storage);
+	}
+	mirror_copy_caller_return(&caller);
+	mirror_copy_group_keep_results(group);
+
+	array_foreach_elem(&group->members, member) {
+		if (member->state.failed)
+			failed = TRUE;
+		member->target->size = member->state.size;
+	}
+	if (failed && group->storage != NULL && group->storage->busy == 1) {
+		/* opened again at the next copy */
+		mirror_copy_group_release(group);
+		mirror_copier_forget_name(group->copier, group->storage_name);
+	}
+	/* the members' targets may go now */
+	mirror_copy_group_free_members(group);
+	mirror_copy_group_release(group);
+	return failed ? -1 : 0;
+}
+
+void mirror_copy_group_end(struct mirror_copy_group **_group)
+{
+	struct mirror_copy_group *group = *_group;
+	struct mirror_copier *copier = group->copier;
+	const char *error;
+
+	*_group = NULL;
+	if (copier->registry != NULL && array_is_created(&group->results) &&
+	    array_count(&group->results) > 0) {
+		/* the registry belongs to the mail system, not to a user */
+		if (mirror_privileges_set(&copier->privs, &error) < 0)
+			i_error("mirror: Can't count copies: %s", error);
+		else {
+			mirror_registry_status_update(copier->registry,
+				array_front(&group->results),
+				array_count(&group->results));
+		}
+	}
+	FAULT_POINT("mirror-copy-counted");
+	mirror_copy_group_free(&group);
+}
+
+void mirror_copy_group_rollback(struct mirror_copy_group **_group)
+{
+	struct mirror_copy_group *group = *_group;
+	struct mirror_copy_caller caller;
+	const char *error;
+
+	if (group->trans != NULL) {
+		mirror_privileges_get(pool_datastack_create(), &caller.privs);
+		mirror_copy_caller_leave(&caller);
+		if (!mirror_storage_activate(group->storage, &error))
+			i_panic("mirror: %s", error);
+		mailbox_transaction_rollback(&group->trans);
+		mirror_storage_deactivate(group->storage);
+		mirror_copy_caller_return(&caller);
+	}
+	mirror_copy_group_free(_group);
+}
+
+/* Copying again what mirror-writer may have made (mirror-copy.h) */
+
+/* The content hash of a message as the chains record it: with line
+   endings normalized to LF. Returns 0, or -1 if it can't be read. */
+static int
+mirror_copy_hash_stream(struct istream *input,
+			unsigned char hash_r[MIRROR_CHAIN_HASH_SIZE])
+{
+	const struct hash_method *meth = &mirror_chain_hash_method;
+	struct istream *lf_input;
+	const unsigned char *data;
+	size_t size;
+	void *ctx;
+	int ret;
+
+	ctx = t_malloc_no0(meth->context_size);
+	meth->init(ctx);
+	lf_input = i_stream_create_lf(input);
+	while ((ret = i_stream_read_more(lf_input, &data, &size)) > 0) {
+		meth->loop(ctx, data, size);
+		i_stream_skip(lf_input, size);
+	}
+	i_assert(ret == -1);
+	ret = lf_input->stream_errno == 0 ? 0 : -1;
+	i_stream_unref(&lf_input);
+	if (ret == 0)
+		meth->result(ctx, hash_r);
+	return ret;
+}
+
+/* The UID of a message with this content among the newest ones of the
+   storage's INBOX: 0 if there is none. */
+#define MIRROR_COPY_FIND_NEWEST 32
+static uint32_t
+mirror_copy_find(struct mirror_storage *storage,
+		 const unsigned char hash[MIRROR_CHAIN_HASH_SIZE])
+{
+	unsigned char mail_hash[MIRROR_CHAIN_HASH_SIZE];
+	struct mailbox_transaction_context *t;
+	struct mailbox_status status;
+	struct istream *input;
+	struct mail *mail;
+	uint32_t seq, uid = 0;
+
+	if (mailbox_sync(storage->box, 0) < 0)
+		return 0;
+	mailbox_get_open_status(storage->box, STATUS_MESSAGES, &status);
+	t = mailbox_transaction_begin(storage->box, 0, "mirror copy check");
+	mail = mail_alloc(t, 0, NULL);
+	for (seq = status.messages; seq > 0 && uid == 0 &&
+	     seq + MIRROR_COPY_FIND_NEWEST > status.messages; seq--) {
+		mail_set_seq(mail, seq);
+		if (mail_get_stream(mail, NULL, NULL, &input) < 0)
+			continue;
+		if (mirror_copy_hash_stream(input, mail_hash) == 0 &&
+		    memcmp(mail_hash, hash, sizeof(mail_hash)) == 0)
+			uid = mail->uid;
+	}
+	mail_free(&mail);
+	(void)mailbox_transaction_commit(&t);
+	return uid;
+}
+
+/* As the storage user: whether the copy of target is in the storage
+   already (made by a writer that died before it answered). Its chain
+   records are appended where they are missing. */
+static bool
+mirror_copy_exists(struct mirror_copier *copier,
+		   struct mirror_storage *storage,
+		   const struct mirror_copy_target *target, struct mail *mail)
+{
+	unsigned char hash[MIRROR_CHAIN_HASH_SIZE];
+	ARRAY_TYPE(mirror_chain_record) records;
+	const struct mirror_chain_record *rec;
+	struct mailbox_status status;
+	struct istream *mail_input, *input;
+	const char *dir, *path, *broken, *error;
+	uoff_t header_size;
+	unsigned int id;
+	uint32_t uid;
+	bool recorded;
+	int ret;
+
+	if (mail_get_stream(mail, NULL, NULL, &mail_input) < 0)
+		return FALSE;
+	input = mirror_copy_input(target, mail_input, &header_size);
+	ret = mirror_copy_hash_stream(input, hash);
+	i_stream_unref(&input);
+	if (ret < 0 || (uid = mirror_copy_find(storage, hash)) == 0)
+		return FALSE;
+	if (mailbox_get_path_to(storage->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
+				&dir) <= 0)
+		return TRUE;
+	mailbox_get_open_status(storage->box, STATUS_UIDVALIDITY, &status);
+	array_foreach_elem(&target->mirror_ids, id) {
+		path = t_strdup_printf("%s/%s", dir,
+				       mirror_chain_file_name(id));
+		t_array_init(&records, 64);
+		if (mirror_chain_read(path, id, &records, &broken,
+				      &error) < 0)
+			continue;
+		recorded = FALSE;
+		array_foreach(&records, rec) {
+			if (rec->type == MIRROR_CHAIN_RECORD_COPY &&
+			    rec->uid == uid &&
+			    rec->uid_validity == status.uidvalidity)
+				recorded = TRUE;
+		}
+		if (recorded)
+			continue;
+		if (mirror_chain_append(path, id, MIRROR_CHAIN_RECORD_COPY,
+					ioloop_time, status.uidvalidity, uid,
+					hash, copier->fsync, NULL,
+					&error) < 0) {
+			e_error(copier->event_parent, "mirror: Mirror %u: "
+				"chain append for the copy to %s failed: %s",
+				id, target->storage, error);
+		}
+	}
+	return TRUE;
+}
+
+int mirror_copier_copy_missing(struct mirror_copier *copier,
+			       struct mail *mail,
+			       struct mirror_copy_target *targets,
+			       unsigned int count, struct event *event_parent,
+			       const char **error_r)
+{
+	struct mirror_copy_caller caller;
+	struct mirror_storage *storage;
+	ARRAY(struct mirror_copy_target) missing;
+	const char *error;
+	unsigned int i, j;
+	bool *exists;
+	int ret = 0;
+
+	exists = t_new(bool, count);
+	mirror_privileges_get(pool_datastack_create(), &caller.privs);
+	mirror_copy_caller_leave(&caller);
+	for (i = 0; i < count; i++) {
+		if (mirror_copier_get(copier, targets[i].storage, &storage,
+				      &error) < 0)
+			continue;
+		exists[i] = mirror_copy_exists(copier, storage, &targets[i],
+					       mail);
+		mirror_storage_deactivate(storage);
+	}
+	mirror_copy_caller_return(&caller);
+
+	t_array_init(&missing, count);
+	for (i = 0; i < count; i++) {
+		if (exists[i]) {
+			e_warning(event_parent, "mirror: The copy to %s was "
+				  "made by mirror-writer before it failed",
+				  targets[i].storage);
+			targets[i].error = NULL;
+		} else {
+			array_push_back(&missing, &targets[i]);
+		}
+	}
+	if (array_count(&missing) == 0) {
+		*error_r = NULL;
+		return 0;
+	}
+	ret = mirror_copier_copy(copier, mail, array_front_modifiable(&missing),
+				 array_count(&missing), FALSE, event_parent,
+				 error_r);
+	for (i = j = 0; i < count; i++) {
+		if (!exists[i])
+			targets[i] = *array_idx(&missing, j++);
 	}
 	return ret;
 }

@@ -37,6 +37,10 @@ struct mirror_copy_target {
 	/* set by mirror_copier_prepare() (NULL if the copy was saved) and
 	   mirror_copier_finish() (NULL if it was committed) */
 	const char *error;
+	/* set by mirror_copy_group_commit(): the copy's size with its mirror
+	   headers, and its UID (0 if unknown) */
+	uoff_t size;
+	uint32_t uid;
 };
 
 struct mirror_copy_batch;
@@ -51,6 +55,15 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 		   struct registry *registry,
 		   struct event *event_parent, bool fsync);
 void mirror_copier_deinit(struct mirror_copier **copier);
+/* Open storage users with the settings of module (which settings the
+   config service sends: "lda" for the mail settings) and service (whose
+   protocol section applies, e.g. its mail_plugins) instead of LMTP's. */
+void mirror_copier_set_service(struct mirror_copier *copier,
+			       const char *module, const char *service);
+/* A copier that lives longer than an LMTP connection looks each storage
+   user up again (userdb) before a batch of copies, as LMTP looks up
+   every recipient: a user removed meanwhile gets no more copies. */
+void mirror_copier_set_revalidate(struct mirror_copier *copier);
 
 /* Save mail, with the targets' headers prepended, into the INBOX of each
    target's storage. With all_or_nothing, the copies are committed only
@@ -82,5 +95,64 @@ int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
 			  const char **error_r);
 int mirror_copier_finish(struct mirror_copy_batch **batch, bool commit,
 			 const char **error_r);
+
+/* mirror_copier_copy() (never all or nothing) for copies that
+   mirror-writer may have made before it failed: a target whose copy is
+   among the newest messages of its storage (by content) is not copied
+   again, and its chain records are appended if they are missing. */
+int mirror_copier_copy_missing(struct mirror_copier *copier,
+			       struct mail *mail,
+			       struct mirror_copy_target *targets,
+			       unsigned int count, struct event *event_parent,
+			       const char **error_r);
+
+/* Send the mirror_copy_finished events (children of event_parent) of
+   copies made elsewhere (by mirror-writer), and log the failed ones, as
+   mirror_copier_finish() does for its own. */
+void mirror_copy_targets_report(struct event *event_parent,
+				const struct mirror_copy_target *targets,
+				unsigned int count);
+
+/* Group commit, for the mirror writer (mirror-writer/): the copies of
+   many deliveries into one storage are saved into one transaction and
+   committed together, with one chain append per mirror and one count in
+   the registry for all of them. Unlike the calls above, a group sends no
+   events and logs only what goes wrong in its chain append: its caller
+   reports each copy (mirror-writer's clients do, in their own log). */
+struct mirror_copy_group;
+
+/* Start a group of copies into the INBOX of the storage user storage. */
+struct mirror_copy_group *
+mirror_copy_group_begin(struct mirror_copier *copier, const char *storage);
+/* Save one copy of the message input (read from offset 0; it is read
+   again if the group has to be saved again) with target's headers, and
+   the received date (or (time_t)-1). target and input must stay valid
+   until the group ends. Returns 0, or -1 if the copy can't be saved
+   (target->error; it is not in the group). */
+int mirror_copy_group_save(struct mirror_copy_group *group,
+			   struct mirror_copy_target *target,
+			   struct istream *input, time_t received_date,
+			   struct event *event_parent);
+/* Take the copy of target out of the group, because its delivery kept
+   nothing: the others are saved again without it when the group is
+   committed. */
+void mirror_copy_group_drop(struct mirror_copy_group *group,
+			    struct mirror_copy_target *target);
+/* The copies in the group (not dropped, not failed). */
+unsigned int mirror_copy_group_count(const struct mirror_copy_group *group);
+/* Commit the group's copies in one transaction and append their chain
+   records. Every target's error is NULL if its copy was committed; its
+   size and uid are set; the targets aren't used after this. Returns 0, or
+   -1 if some copy failed. The fault points mirror-copy-committed and
+   mirror-chain-appended are reached once per group. */
+int mirror_copy_group_commit(struct mirror_copy_group *group);
+/* Count the committed group's copies (and its failed ones) in the
+   registry, then free it (fault point mirror-copy-counted). The writer
+   answers its clients first: a count is statistics, and a crash before it
+   leaves a counter short, which `doveadm mirror verify --reconcile`
+   raises. */
+void mirror_copy_group_end(struct mirror_copy_group **group);
+/* Roll back every copy of the group and free it. */
+void mirror_copy_group_rollback(struct mirror_copy_group **group);
 
 #endif

@@ -7,11 +7,10 @@
 #include "mail-user.h"
 #include "mirror-setting.h"
 
-bool mirror_setting_bool(struct mail_user *user, struct event *event,
-			 const char *name, bool default_value)
+static bool
+mirror_setting_bool_value(const char *value, struct event *event,
+			  const char *name, bool default_value)
 {
-	const char *value = mail_user_plugin_getenv(user, name);
-
 	if (value == NULL || *value == '\0')
 		return default_value;
 	if (strcmp(value, "yes") == 0)
@@ -21,4 +20,20 @@ bool mirror_setting_bool(struct mail_user *user, struct event *event,
 	e_error(event, "Invalid %s=%s (expected yes or no): using %s", name,
 		str_sanitize(value, 40), default_value ? "yes" : "no");
 	return default_value;
+}
+
+bool mirror_setting_bool(struct mail_user *user, struct event *event,
+			 const char *name, bool default_value)
+{
+	return mirror_setting_bool_value(mail_user_plugin_getenv(user, name),
+					 event, name, default_value);
+}
+
+bool mirror_set_bool(const struct mail_user_settings *set,
+		     struct event *event, const char *name,
+		     bool default_value)
+{
+	return mirror_setting_bool_value(
+		mail_user_set_plugin_getenv(set, name), event, name,
+		default_value);
 }

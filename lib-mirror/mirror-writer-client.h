@@ -1,0 +1,61 @@
+#ifndef MIRROR_WRITER_CLIENT_H
+#define MIRROR_WRITER_CLIENT_H
+
+/* The client side of the mirror-writer protocol: LMTP hands the copies of
+   a delivery to the mirror-writer service (mirror-writer/), which saves
+   the copies of many concurrent deliveries into each storage in one
+   transaction (group commit).
+
+   Over the service's unix socket, after the VERSION handshake of
+   connection.h, one delivery at a time per connection:
+
+     SAVE <tag> <received> <count> [<storage> <ids> <naddr> <addr>...]...
+         with the message's file descriptor attached (read from offset 0)
+     SAVED <tag> [<error>]...      one field per target, empty if saved
+     COMMIT <tag>                  the delivery kept the message
+     ABORT <tag>                   it didn't: nothing is kept, no reply
+     DONE <tag> [<error> <size>]...  after COMMIT, once every copy is
+                                   committed, in its chains and counted
+
+   <ids> is a comma-separated list of mirror ids. Fields are tab-escaped. */
+
+#include "mirror-copy.h"
+
+#define MIRROR_WRITER_SOCKET_NAME "mirror-writer"
+#define MIRROR_WRITER_SERVICE_NAME "mirror-writer"
+#define MIRROR_WRITER_PROTOCOL_MAJOR 1
+#define MIRROR_WRITER_PROTOCOL_MINOR 0
+/* the most targets of one delivery, and the longest line */
+#define MIRROR_WRITER_MAX_TARGETS 256
+#define MIRROR_WRITER_LINE_MAX (1024*1024)
+
+struct mirror_writer_client;
+
+/* Connect to the writer's socket at path. Returns 0, or -1 with error_r. */
+int mirror_writer_client_connect(const char *path,
+				 unsigned int timeout_msecs,
+				 struct mirror_writer_client **client_r,
+				 const char **error_r);
+void mirror_writer_client_deinit(struct mirror_writer_client **client);
+
+/* Hand over the copies of one delivery of the message in fd (a regular
+   file, read from offset 0). With wait, wait until they are saved (or
+   not: see each target's error). Returns 0, or -1 if the writer can't be
+   reached (error_r; the connection is closed then, and every later call
+   fails). */
+int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
+			      time_t received_date,
+			      struct mirror_copy_target *targets,
+			      unsigned int count, bool wait,
+			      const char **error_r);
+/* The delivery kept the message: wait until the copies are committed.
+   Each target's error is NULL if its copy was made; its size is set.
+   Returns 0, or -1 if the writer can't be reached or didn't answer in
+   time (error_r: what happened to the copies is unknown then). */
+int mirror_writer_client_commit(struct mirror_writer_client *client,
+				struct mirror_copy_target *targets,
+				unsigned int count, const char **error_r);
+/* The delivery kept nothing: the writer drops the copies. */
+void mirror_writer_client_abort(struct mirror_writer_client *client);
+
+#endif

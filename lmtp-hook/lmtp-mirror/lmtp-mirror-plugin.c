@@ -19,6 +19,9 @@
 #include "lib.h"
 #include "array.h"
 #include "str.h"
+#include "safe-mkstemp.h"
+#include "istream.h"
+#include "ostream.h"
 #include "str-sanitize.h"
 #include "ioloop.h"
 #include "module-dir.h"
@@ -40,6 +43,7 @@
 #include "mirror-address.h"
 #include "mirror-registry.h"
 #include "mirror-copy.h"
+#include "mirror-writer-client.h"
 #include "mirror-plugin.h"
 #include "mirror-event.h"
 #include "mirror-setting.h"
@@ -49,6 +53,9 @@
 	MODULE_CONTEXT(obj, lmtp_mirror_client_module)
 #define LMTP_MIRROR_CONTEXT_REQUIRE(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, lmtp_mirror_client_module)
+
+/* How long a delivery waits for mirror-writer's reply */
+#define LMTP_MIRROR_WRITER_TIMEOUT_MSECS (60*1000)
 
 /* Pigeonhole reports each executed Sieve action with the named event
    sieve_action_finished; a redirect carries the field redirect_target. */
@@ -84,6 +91,8 @@ struct lmtp_mirror_plan {
 	ARRAY(struct lmtp_mirror_target) targets;
 	/* registry lookup failure: nothing can be mirrored */
 	const char *error;
+	/* the message in an unlinked file, for mirror-writer (-1: none) */
+	int copy_fd;
 };
 
 struct lmtp_mirror_client {
@@ -99,6 +108,10 @@ struct lmtp_mirror_client {
 	bool trusted_mta;
 	/* mirror_dsn: DSN is offered (success notifications sent) */
 	bool dsn;
+	/* mirror_writer: copies are made by the mirror-writer service,
+	   while connected to it */
+	const char *writer_path;
+	struct mirror_writer_client *writer;
 
 	struct lmtp_mirror_plan *plan;
 };
@@ -116,6 +129,8 @@ struct lmtp_mirror_delivery {
 	struct mirror_copy_batch *batch;
 	ARRAY(struct mirror_copy_target) copies;
 	ARRAY_TYPE(uint) copy_idx;
+	/* the copies were handed to mirror-writer */
+	bool via_writer;
 	bool forwarded;
 };
 
@@ -320,6 +335,7 @@ lmtp_mirror_plan_get(struct lmtp_mirror_client *mclient,
 	plan = p_new(trans->pool, struct lmtp_mirror_plan, 1);
 	plan->trans = trans;
 	plan->raw_mail = src_mail;
+	plan->copy_fd = -1;
 	p_array_init(&plan->rcpts, trans->pool, array_count(&trans->rcpt_to));
 	p_array_init(&plan->targets, trans->pool, 2);
 	mclient->plan = plan;
@@ -359,6 +375,143 @@ lmtp_mirror_plan_find_rcpt(struct lmtp_mirror_plan *plan,
 			return array_count(&mrcpt->targets) > 0 ? mrcpt : NULL;
 	}
 	return NULL;
+}
+
+/* The message for mirror-writer: a file of its own, unlinked, whose
+   descriptor goes over the writer's socket. */
+static int
+lmtp_mirror_plan_fd(struct lmtp_mirror_client *mclient,
+		    struct lmtp_mirror_plan *plan, const char **error_r)
+{
+	struct istream *input;
+	struct ostream *output;
+	string_t *path;
+	int fd;
+
+	if (plan->copy_fd != -1)
+		return plan->copy_fd;
+	if (mail_get_stream(plan->raw_mail, NULL, NULL, &input) < 0) {
+		*error_r = t_strdup_printf("Failed to read the message: %s",
+			mailbox_get_last_internal_error(plan->raw_mail->box,
+							NULL));
+		return -1;
+	}
+	path = t_str_new(128);
+	mail_user_set_get_temp_prefix(path,
+				      mclient->client->raw_mail_user->set);
+	fd = safe_mkstemp_hostpid(path, 0600, (uid_t)-1, (gid_t)-1);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("safe_mkstemp(%s) failed: %m",
+					   str_c(path));
+		return -1;
+	}
+	i_unlink(str_c(path));
+	i_stream_seek(input, 0);
+	output = o_stream_create_fd(fd, 0);
+	if (o_stream_send_istream(output, input) !=
+	    OSTREAM_SEND_ISTREAM_RESULT_FINISHED ||
+	    o_stream_finish(output) < 0) {
+		*error_r = t_strdup_printf("Failed to copy the message to "
+			"a temporary file: %s", input->stream_errno != 0 ?
+			i_stream_get_error(input) : o_stream_get_error(output));
+		o_stream_destroy(&output);
+		i_close_fd(&fd);
+		return -1;
+	}
+	o_stream_destroy(&output);
+	plan->copy_fd = fd;
+	return fd;
+}
+
+/* Connect while the process is still itself (root, before a delivery
+   drops privileges): the writer's socket is for LMTP alone. */
+static void lmtp_mirror_writer_connect(struct lmtp_mirror_client *mclient)
+{
+	const char *error;
+
+	if (mirror_writer_client_connect(mclient->writer_path,
+					 LMTP_MIRROR_WRITER_TIMEOUT_MSECS,
+					 &mclient->writer, &error) < 0) {
+		e_error(mclient->event, "Can't reach mirror-writer (%s): "
+			"copies are made in the LMTP process", error);
+	}
+}
+
+/* After a failure: the connection's later copies are made in the LMTP
+   process. */
+static void lmtp_mirror_writer_close(struct lmtp_mirror_client *mclient)
+{
+	mirror_writer_client_deinit(&mclient->writer);
+}
+
+/* Hand the delivery's copies to mirror-writer (waiting for their saves
+   if wait). Returns 0, or -1 if the writer can't be used: the caller
+   copies in this process then. */
+static int
+lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
+{
+	struct lmtp_mirror_client *mclient = delivery->mclient;
+	struct lmtp_mirror_plan *plan = mclient->plan;
+	time_t received;
+	const char *error;
+	int fd;
+
+	if (mclient->writer == NULL ||
+	    array_count(&delivery->copies) > MIRROR_WRITER_MAX_TARGETS)
+		return -1;
+	if ((fd = lmtp_mirror_plan_fd(mclient, plan, &error)) == -1) {
+		e_error(delivery->event, "mirror: %s: copying in the LMTP "
+			"process", error);
+		return -1;
+	}
+	if (mail_get_received_date(plan->raw_mail, &received) < 0)
+		received = (time_t)-1;
+	if (mirror_writer_client_save(mclient->writer, fd, received,
+				      array_front_modifiable(&delivery->copies),
+				      array_count(&delivery->copies), wait,
+				      &error) < 0) {
+		e_error(delivery->event, "mirror: %s: copying in the LMTP "
+			"process", error);
+		lmtp_mirror_writer_close(mclient);
+		return -1;
+	}
+	delivery->via_writer = TRUE;
+	return 0;
+}
+
+/* The delivery's commit is over: tell mirror-writer, and wait for the
+   copies if it kept the message. */
+static void
+lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
+{
+	struct lmtp_mirror_client *mclient = delivery->mclient;
+	struct mirror_copy_target *copies =
+		array_front_modifiable(&delivery->copies);
+	unsigned int i, count = array_count(&delivery->copies);
+	const char *error;
+
+	delivery->via_writer = FALSE;
+	if (!kept) {
+		mirror_writer_client_abort(mclient->writer);
+		for (i = 0; i < count; i++) {
+			copies[i].error = "Not copied, because the delivery "
+				"kept nothing";
+		}
+		return;
+	}
+	if (mirror_writer_client_commit(mclient->writer, copies, count,
+					&error) < 0) {
+		/* whether the writer committed them is unknown */
+		e_error(delivery->event, "mirror: %s: copying in the LMTP "
+			"process", error);
+		lmtp_mirror_writer_close(mclient);
+		(void)mirror_copier_copy_missing(mclient->copier,
+						 mclient->plan->raw_mail,
+						 copies, count,
+						 delivery->event, &error);
+		return;
+	}
+	mirror_copy_targets_report(delivery->event, copies, count);
 }
 
 /* Save the copies the delivery is responsible for: those of its targets
@@ -403,12 +556,20 @@ lmtp_mirror_copy_prepare(struct lmtp_mirror_delivery *delivery,
 			break;
 		}
 	}
-	if (array_count(&delivery->copies) > 0 &&
-	    mirror_copier_prepare(mclient->copier, plan->raw_mail,
-				  array_front_modifiable(&delivery->copies),
-				  array_count(&delivery->copies), tempfail,
-				  delivery->event, &delivery->batch,
-				  &copy_error) < 0) {
+	if (array_count(&delivery->copies) == 0)
+		;
+	else if (lmtp_mirror_writer_save(delivery, tempfail) == 0) {
+		array_foreach(&delivery->copies, copy) {
+			if (copy->error != NULL) {
+				error = copy->error;
+				ret = -1;
+			}
+		}
+	} else if (mirror_copier_prepare(mclient->copier, plan->raw_mail,
+				array_front_modifiable(&delivery->copies),
+				array_count(&delivery->copies), tempfail,
+				delivery->event, &delivery->batch,
+				&copy_error) < 0) {
 		error = copy_error;
 		ret = -1;
 	}
@@ -442,9 +603,12 @@ lmtp_mirror_copy_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 	const char *error;
 	unsigned int idx, i;
 
-	if (delivery->batch == NULL)
+	if (delivery->via_writer)
+		lmtp_mirror_writer_finish(delivery, kept);
+	else if (delivery->batch != NULL)
+		(void)mirror_copier_finish(&delivery->batch, kept, &error);
+	else
 		return;
-	(void)mirror_copier_finish(&delivery->batch, kept, &error);
 	for (i = 0; i < array_count(&delivery->copies); i++) {
 		copy = array_idx(&delivery->copies, i);
 		idx = *array_idx(&delivery->copy_idx, i);
@@ -557,7 +721,7 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 	kept = mirror_user_unwatch_delivery(lldctx->rcpt_user);
 	/* the mirror plugin's committed callback ended the batch that its
 	   delivery callback started */
-	i_assert(delivery.batch == NULL);
+	i_assert(delivery.batch == NULL && !delivery.via_writer);
 	if (ret == 0 && delivery.mrcpt != NULL && !kept &&
 	    (delivery.forwarded || !watching)) {
 		/* Forwarded without a local copy (or the mirror mail
@@ -587,8 +751,10 @@ lmtp_mirror_trans_free(struct client *client,
 {
 	struct lmtp_mirror_client *mclient = LMTP_MIRROR_CONTEXT_REQUIRE(client);
 
-	if (mclient->plan != NULL && mclient->plan->trans == trans)
+	if (mclient->plan != NULL && mclient->plan->trans == trans) {
+		i_close_fd(&mclient->plan->copy_fd);
 		mclient->plan = NULL;
+	}
 	mclient->module_ctx.super.trans_free(client, trans);
 }
 
@@ -596,6 +762,7 @@ static void lmtp_mirror_client_destroy(struct client *client)
 {
 	struct lmtp_mirror_client *mclient = LMTP_MIRROR_CONTEXT_REQUIRE(client);
 
+	lmtp_mirror_writer_close(mclient);
 	mirror_copier_deinit(&mclient->copier);
 	registry_deinit(&mclient->registry);
 	event_unref(&mclient->event);
@@ -648,6 +815,11 @@ static void lmtp_mirror_client_created(struct client **_client)
 					   TRUE);
 	if (mclient->dsn)
 		lmtp_dsn_offer(client);
+	if (mirror_setting_bool(set_user, event, "mirror_writer", FALSE)) {
+		mclient->writer_path = p_strconcat(client->pool, base_dir,
+			"/"MIRROR_WRITER_SOCKET_NAME, NULL);
+		lmtp_mirror_writer_connect(mclient);
+	}
 
 	policy = mail_user_plugin_getenv(set_user, "mirror_failure");
 	if (policy == NULL || *policy == '\0' ||

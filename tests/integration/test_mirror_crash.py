@@ -1,6 +1,8 @@
-"""Mail Mirror: LMTP killed with SIGKILL at every step of a mirrored
-delivery (the fault points of lib-mirror/mirror-copy.h, compiled only into
-test builds: configure --enable-fault-points), then the MTA's retry.
+"""Mail Mirror: LMTP (copying in its own process, mirror_writer = no) or
+mirror-writer killed with SIGKILL at every step of a mirrored delivery (the
+fault points of lib-mirror/mirror-copy.h, compiled only into test builds:
+configure --enable-fault-points), then the MTA's retry if there was no
+reply.
 
 What must hold after each: every message answered 250 is in the
 recipient's INBOX and in every mirror; a mirror never holds a message more
@@ -52,7 +54,8 @@ def subjects(sb, user):
 @needs_fault_points
 @pytest.mark.parametrize("point", sorted(POINTS))
 def test_lmtp_killed_while_mirroring(make_sandbox, faults, point):
-    sb = make_sandbox(users=[ALICE] + STORAGES, config=faults.config)
+    sb = make_sandbox(users=[ALICE] + STORAGES, config=faults.config,
+                      settings={"mirror_writer": "no"})
     mirrors = {s: sb.mirror_add(ALICE, s)["id"] for s in STORAGES}
     ok(sb.deliver([ALICE], make_message(subject="before")))
 
@@ -107,6 +110,57 @@ def test_lmtp_killed_while_mirroring(make_sandbox, faults, point):
         status = sb.doveadm("mirror", "list", json_output=True).json
         assert [int(m["copies"]) for m in status
                 if m["id"] == mirror_id] == [len(c)], status
+
+
+# point: whether the first storage's copy was committed by mirror-writer
+# before it died (LMTP finds it by its content and appends its chain
+# record if it is missing), and whether it was counted. The writer's batch
+# of each storage commits as soon as its deliveries have decided, one
+# storage after the other: the second storage's copy is never committed
+# when the writer dies at the first's, and LMTP makes it itself.
+WRITER_POINTS = {
+    "mirror-copy-saved": (False, False),
+    "mirror-delivery-committed": (False, False),
+    "mirror-copy-committed": (True, False),
+    "mirror-chain-appended": (True, False),
+    "mirror-copy-counted": (True, True),
+}
+
+
+@needs_fault_points
+@pytest.mark.parametrize("point", sorted(WRITER_POINTS))
+def test_writer_killed_while_mirroring(make_sandbox, faults, point):
+    """mirror-writer killed at each step: LMTP answers 250 all the same,
+    and every message is in the INBOX and in every mirror exactly once,
+    in its chain."""
+    sb = make_sandbox(users=[ALICE] + STORAGES, config=faults.config)
+    mirrors = {s: sb.mirror_add(ALICE, s)["id"] for s in STORAGES}
+    ok(sb.deliver([ALICE], make_message(subject="before")))
+
+    faults.arm(point)
+    ok(sb.deliver([ALICE], make_message(subject="killed")))
+    assert faults.fired, "fault point %s not reached" % point
+    sb.wait_log("Fault point %s (1): killing this process" % point)
+    log = sb.log()
+    assert "copying in the LMTP process" in log, log
+    ok(sb.deliver([ALICE], make_message(subject="after")))
+
+    committed, counted = WRITER_POINTS[point]
+    assert ("was made by mirror-writer before it failed" in log) == \
+        committed, log
+    assert subjects(sb, ALICE) == ["after", "before", "killed"]
+    for storage, mirror_id in mirrors.items():
+        c = subjects(sb, storage)
+        assert c == ["after", "before", "killed"], (storage, c)
+        code, row, err = verify(sb, mirror_id)
+        assert code == 0, (code, row, err)
+        assert (row["chain"], row["records"], row["missing"],
+                row["altered"], row["unrecorded"]) == \
+            ("ok", "3", "0", "0", "0"), row
+        # a copy the writer made and didn't count is counted by reconcile
+        assert int(row["counted"]) in (2, 3), row
+        code, row, err = verify(sb, mirror_id, "--reconcile")
+        assert int(row["counted"]) == 3, row
 
 
 def lmtp_pids(sb, min_age):

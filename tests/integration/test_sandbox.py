@@ -60,7 +60,8 @@ def test_sandbox_as_an_ordinary_user(tmp_path):
     moddir, admdir, libexecdir = module_dirs()
     shutil.copytree(moddir, os.path.join(base, "modules"), symlinks=False)
     os.mkdir(os.path.join(base, "libexec"))
-    for service in ("mirror-expire", "bag", "mirror-registry"):
+    for service in ("mirror-expire", "bag", "mirror-registry",
+                    "mirror-writer"):
         shutil.copy2(os.path.join(libexecdir, service),
                      os.path.join(base, "libexec"))
     if not os.path.isdir(os.path.join(base, "modules", "doveadm")):

@@ -1,0 +1,560 @@
+/* Copyright (c) 2026 dovecot-mirror authors, see the included COPYING file */
+
+/* mirror-writer: the Dovecot service that saves mirror copies for LMTP,
+   with group commit.
+
+   Every LMTP process hands the copies of a delivery over this service's
+   socket (protocol: lib-mirror/mirror-writer-client.h) when the delivery
+   is about to commit (SAVE), and says whether it kept the message once
+   its commit is over (COMMIT or ABORT). The copies saved into a storage
+   since its last commit form one batch: one transaction, one commit (one
+   fsync), one chain append per mirror and one count in the registry for
+   all of them, however many LMTP processes they came from. A batch is
+   closed to new copies when the first of its deliveries has decided, and
+   committed once all of them have; copies that come meanwhile start the
+   next batch. A delivery that kept nothing (ABORT, or its LMTP process
+   went away before it decided) is taken out: the batch's other copies
+   are saved again without it before the commit, so no copy is ever
+   committed for a message its recipient didn't keep.
+
+   Like LMTP, the service runs as root and writes each storage as the
+   storage's user (temporarily dropped privileges); one process serves
+   every LMTP process (process_limit = 1), so that their copies meet in
+   the same batches. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "strnum.h"
+#include "strescape.h"
+#include "str-sanitize.h"
+#include "ioloop.h"
+#include "istream.h"
+#include "istream-unix.h"
+#include "ostream.h"
+#include "connection.h"
+#include "restrict-access.h"
+#include "master-service.h"
+#include "master-service-settings.h"
+#include "mail-user.h"
+#include "mail-storage-service.h"
+#include "dict.h"
+#include "registry.h"
+#include "fault-point.h"
+#include "mirror-copy.h"
+#include "mirror-event.h"
+#include "mirror-log.h"
+#include "mirror-setting.h"
+#include "mirror-writer-client.h"
+
+struct writer_delivery;
+
+struct writer_client {
+	struct connection conn;
+	/* deliveries not yet done, in the order they came */
+	ARRAY(struct writer_delivery *) deliveries;
+};
+
+/* The copies of one delivery are in as many batches as it has targets. */
+struct writer_batch {
+	/* mirror_writer_batch_finished, from the batch's first copy on */
+	struct event *event;
+	char *storage;
+	struct mirror_copy_group *group;
+	/* copies whose delivery hasn't decided yet */
+	unsigned int undecided;
+	/* a delivery has decided: no new copies */
+	bool closed;
+	ARRAY(struct writer_copy *) copies;
+};
+
+struct writer_copy {
+	struct writer_delivery *delivery;
+	struct mirror_copy_target target;
+	/* NULL once the copy is done (or wasn't saved) */
+	struct writer_batch *batch;
+};
+
+struct writer_delivery {
+	pool_t pool;
+	/* NULL once its LMTP process is gone */
+	struct writer_client *client;
+	unsigned int tag;
+	struct istream *input;
+	struct writer_copy *copies;
+	unsigned int count;
+	/* copies still in a batch */
+	unsigned int pending;
+	bool decided, kept;
+};
+
+static struct connection_list *writer_clients;
+static struct mail_storage_service_ctx *storage_service;
+static struct registry *writer_registry;
+static struct mirror_copier *writer_copier;
+static struct event *writer_event;
+/* the open batches (at most one per storage) and the closed ones */
+static ARRAY(struct writer_batch *) writer_batches;
+
+static void writer_delivery_unref_copy(struct writer_delivery *delivery);
+
+/* Send the replies now, before the work that follows them. */
+static void writer_flush_clients(void)
+{
+	struct connection *conn;
+
+	for (conn = writer_clients->connections; conn != NULL;
+	     conn = conn->next)
+		(void)o_stream_flush(conn->output);
+}
+
+static struct writer_batch *writer_batch_get(const char *storage)
+{
+	struct writer_batch *batch;
+
+	array_foreach_elem(&writer_batches, batch) {
+		if (!batch->closed && strcmp(batch->storage, storage) == 0)
+			return batch;
+	}
+	batch = i_new(struct writer_batch, 1);
+	batch->event = event_create(writer_event);
+	batch->storage = i_strdup(storage);
+	batch->group = mirror_copy_group_begin(writer_copier, storage);
+	i_array_init(&batch->copies, 8);
+	array_push_back(&writer_batches, &batch);
+	return batch;
+}
+
+static void writer_batch_free(struct writer_batch *batch)
+{
+	struct writer_batch *const *batches;
+	unsigned int i, count;
+
+	batches = array_get(&writer_batches, &count);
+	for (i = 0; i < count; i++) {
+		if (batches[i] == batch) {
+			array_delete(&writer_batches, i, 1);
+			break;
+		}
+	}
+	if (batch->group != NULL)
+		mirror_copy_group_rollback(&batch->group);
+	event_unref(&batch->event);
+	array_free(&batch->copies);
+	i_free(batch->storage);
+	i_free(batch);
+}
+
+/* Every delivery of the batch has decided: commit what was kept. */
+static void writer_batch_commit(struct writer_batch *batch)
+{
+	struct writer_copy *copy;
+
+	struct mirror_copy_group *group;
+	unsigned int copies, failures = 0;
+
+	i_assert(batch->closed && batch->undecided == 0);
+	group = batch->group;
+	batch->group = NULL;
+	copies = mirror_copy_group_count(group);
+	if (copies == 0) {
+		mirror_copy_group_rollback(&group);
+	} else {
+		(void)mirror_copy_group_commit(group);
+		array_foreach_elem(&batch->copies, copy) {
+			if (copy->target.error != NULL &&
+			    copy->delivery->kept)
+				failures++;
+		}
+		e_debug(event_create_passthrough(batch->event)->
+			set_name("mirror_writer_batch_finished")->
+			add_str("storage", batch->storage)->
+			add_int("copies", copies - failures)->
+			add_int("failures", failures)->event(),
+			"%s: %u copies committed in one transaction%s",
+			batch->storage, copies - failures,
+			failures == 0 ? "" : t_strdup_printf(
+				", %u failed", failures));
+	}
+	/* answer first, count then */
+	array_foreach_elem(&batch->copies, copy) {
+		copy->batch = NULL;
+		writer_delivery_unref_copy(copy->delivery);
+	}
+	writer_batch_free(batch);
+	if (group != NULL) {
+		writer_flush_clients();
+		mirror_copy_group_end(&group);
+	}
+}
+
+static void writer_batch_decided(struct writer_batch *batch)
+{
+	i_assert(batch->undecided > 0);
+	batch->undecided--;
+	batch->closed = TRUE;
+	if (batch->undecided == 0)
+		writer_batch_commit(batch);
+}
+
+static void writer_delivery_free(struct writer_delivery *delivery)
+{
+	struct writer_client *client = delivery->client;
+	struct writer_delivery *const *deliveries;
+	unsigned int i, count;
+
+	if (client != NULL) {
+		deliveries = array_get(&client->deliveries, &count);
+		for (i = 0; i < count; i++) {
+			if (deliveries[i] == delivery) {
+				array_delete(&client->deliveries, i, 1);
+				break;
+			}
+		}
+	}
+	i_stream_unref(&delivery->input);
+	pool_unref(&delivery->pool);
+}
+
+static void writer_delivery_done(struct writer_delivery *delivery)
+{
+	struct writer_client *client = delivery->client;
+	string_t *reply;
+	unsigned int i;
+
+	if (client != NULL && delivery->kept) {
+		reply = t_str_new(128);
+		str_printfa(reply, "DONE\t%u", delivery->tag);
+		for (i = 0; i < delivery->count; i++) {
+			const struct mirror_copy_target *target =
+				&delivery->copies[i].target;
+
+			str_append_c(reply, '\t');
+			if (target->error != NULL)
+				str_append_tabescaped(reply, target->error);
+			str_printfa(reply, "\t%"PRIuUOFF_T, target->size);
+		}
+		str_append_c(reply, '\n');
+		o_stream_nsend(client->conn.output, str_data(reply),
+			       str_len(reply));
+	}
+	writer_delivery_free(delivery);
+}
+
+static void writer_delivery_unref_copy(struct writer_delivery *delivery)
+{
+	i_assert(delivery->pending > 0);
+	if (--delivery->pending == 0 && delivery->decided)
+		writer_delivery_done(delivery);
+}
+
+static void
+writer_delivery_decide(struct writer_delivery *delivery, bool kept)
+{
+	struct writer_copy *copy;
+	unsigned int i;
+
+	i_assert(!delivery->decided);
+	if (kept)
+		FAULT_POINT("mirror-delivery-committed");
+	delivery->decided = TRUE;
+	delivery->kept = kept;
+	if (delivery->pending == 0) {
+		writer_delivery_done(delivery);
+		return;
+	}
+	/* deciding may commit a batch and end the delivery: count it as
+	   pending until every batch has been told */
+	delivery->pending++;
+	for (i = 0; i < delivery->count; i++) {
+		copy = &delivery->copies[i];
+		if (copy->batch == NULL)
+			continue;
+		if (!kept)
+			mirror_copy_group_drop(copy->batch->group,
+					       &copy->target);
+		writer_batch_decided(copy->batch);
+	}
+	writer_delivery_unref_copy(delivery);
+}
+
+static bool
+writer_parse_target(pool_t pool, const char *const **_args,
+		    struct mirror_copy_target *target)
+{
+	const char *const *args = *_args;
+	const char *const *ids, *addr;
+	unsigned int id, naddr, i;
+
+	if (args[0] == NULL || args[1] == NULL || args[2] == NULL ||
+	    args[0][0] == '\0' || str_to_uint(args[2], &naddr) < 0 ||
+	    naddr > str_array_length(args + 3))
+		return FALSE;
+	target->storage = p_strdup(pool, args[0]);
+	p_array_init(&target->mirror_ids, pool, 2);
+	for (ids = t_strsplit(args[1], ","); *ids != NULL; ids++) {
+		if (str_to_uint(*ids, &id) < 0 || id == 0)
+			return FALSE;
+		array_push_back(&target->mirror_ids, &id);
+	}
+	if (array_count(&target->mirror_ids) == 0)
+		return FALSE;
+	p_array_init(&target->envelope_to, pool, naddr);
+	for (i = 0; i < naddr; i++) {
+		addr = p_strdup(pool, args[3 + i]);
+		array_push_back(&target->envelope_to, &addr);
+	}
+	*_args = args + 3 + naddr;
+	return TRUE;
+}
+
+static int
+writer_client_save(struct writer_client *client, const char *const *args)
+{
+	struct writer_delivery *delivery;
+	struct writer_copy *copy;
+	struct writer_batch *batch;
+	string_t *reply;
+	unsigned int tag, count, i;
+	long long received;
+	int fd;
+	pool_t pool;
+
+	fd = i_stream_unix_get_read_fd(client->conn.input);
+	i_stream_unix_set_read_fd(client->conn.input);
+	if (fd == -1) {
+		e_error(client->conn.event, "SAVE without the message's fd");
+		return -1;
+	}
+	if (str_array_length(args) < 3 || str_to_uint(args[0], &tag) < 0 ||
+	    str_to_llong(args[1], &received) < 0 ||
+	    str_to_uint(args[2], &count) < 0 || count == 0 ||
+	    count > MIRROR_WRITER_MAX_TARGETS) {
+		e_error(client->conn.event, "Invalid SAVE");
+		i_close_fd(&fd);
+		return -1;
+	}
+
+	pool = pool_alloconly_create("mirror writer delivery", 1024);
+	delivery = p_new(pool, struct writer_delivery, 1);
+	delivery->pool = pool;
+	delivery->client = client;
+	delivery->tag = tag;
+	delivery->input = i_stream_create_fd_autoclose(&fd, IO_BLOCK_SIZE);
+	delivery->count = count;
+	delivery->copies = p_new(pool, struct writer_copy, count);
+	args += 3;
+	for (i = 0; i < count; i++) {
+		if (!writer_parse_target(pool, &args,
+					 &delivery->copies[i].target)) {
+			e_error(client->conn.event, "Invalid SAVE target");
+			i_stream_unref(&delivery->input);
+			pool_unref(&pool);
+			return -1;
+		}
+	}
+	array_push_back(&client->deliveries, &delivery);
+
+	reply = t_str_new(64);
+	str_printfa(reply, "SAVED\t%u", tag);
+	for (i = 0; i < count; i++) {
+		copy = &delivery->copies[i];
+		copy->delivery = delivery;
+		batch = writer_batch_get(copy->target.storage);
+		str_append_c(reply, '\t');
+		if (mirror_copy_group_save(batch->group, &copy->target,
+					   delivery->input,
+					   (time_t)received,
+					   client->conn.event) < 0) {
+			str_append_tabescaped(reply, copy->target.error);
+			copy->target.error =
+				p_strdup(pool, copy->target.error);
+			continue;
+		}
+		copy->batch = batch;
+		array_push_back(&batch->copies, &copy);
+		batch->undecided++;
+		delivery->pending++;
+	}
+	str_append_c(reply, '\n');
+	o_stream_nsend(client->conn.output, str_data(reply), str_len(reply));
+	return 1;
+}
+
+static struct writer_delivery *
+writer_client_find(struct writer_client *client, const char *tag_str)
+{
+	struct writer_delivery *delivery;
+	unsigned int tag;
+
+	if (str_to_uint(tag_str, &tag) < 0)
+		return NULL;
+	array_foreach_elem(&client->deliveries, delivery) {
+		if (delivery->tag == tag && !delivery->decided)
+			return delivery;
+	}
+	return NULL;
+}
+
+static int
+writer_client_input_args(struct connection *conn, const char *const *args)
+{
+	struct writer_client *client =
+		container_of(conn, struct writer_client, conn);
+	struct writer_delivery *delivery;
+	bool kept;
+
+	if (args[0] == NULL) {
+		e_error(conn->event, "Empty command");
+		return -1;
+	}
+	if (strcmp(args[0], "SAVE") == 0)
+		return writer_client_save(client, args + 1);
+	if (strcmp(args[0], "COMMIT") == 0)
+		kept = TRUE;
+	else if (strcmp(args[0], "ABORT") == 0)
+		kept = FALSE;
+	else {
+		e_error(conn->event, "Unknown command: %s",
+			str_sanitize(args[0], 40));
+		return -1;
+	}
+	if (args[1] == NULL ||
+	    (delivery = writer_client_find(client, args[1])) == NULL) {
+		e_error(conn->event, "%s for an unknown delivery", args[0]);
+		return -1;
+	}
+	writer_delivery_decide(delivery, kept);
+	return 1;
+}
+
+static void writer_client_destroy(struct connection *conn)
+{
+	struct writer_client *client =
+		container_of(conn, struct writer_client, conn);
+	struct writer_delivery *delivery;
+
+	/* An LMTP process that goes away before its delivery decided didn't
+	   reply to its MTA: the message comes again, and these copies must
+	   not be kept. Decided ones still get committed. */
+	while (array_count(&client->deliveries) > 0) {
+		delivery = array_idx_elem(&client->deliveries, 0);
+		array_delete(&client->deliveries, 0, 1);
+		delivery->client = NULL;
+		if (!delivery->decided)
+			writer_delivery_decide(delivery, FALSE);
+	}
+	array_free(&client->deliveries);
+	connection_deinit(conn);
+	i_free(client);
+	master_service_client_connection_destroyed(master_service);
+}
+
+static const struct connection_settings writer_client_set = {
+	.service_name_in = MIRROR_WRITER_SERVICE_NAME,
+	.service_name_out = MIRROR_WRITER_SERVICE_NAME,
+	.major_version = MIRROR_WRITER_PROTOCOL_MAJOR,
+	.minor_version = MIRROR_WRITER_PROTOCOL_MINOR,
+	.input_max_size = MIRROR_WRITER_LINE_MAX,
+	.output_max_size = SIZE_MAX,
+	.client = FALSE,
+};
+
+static const struct connection_vfuncs writer_client_vfuncs = {
+	.destroy = writer_client_destroy,
+	.input_args = writer_client_input_args,
+};
+
+static void client_connected(struct master_service_connection *mconn)
+{
+	struct writer_client *client;
+
+	master_service_client_connection_accept(mconn);
+	client = i_new(struct writer_client, 1);
+	i_array_init(&client->deliveries, 4);
+	client->conn.unix_socket = TRUE;
+	connection_init_server(writer_clients, &client->conn, mconn->name,
+			       mconn->fd, mconn->fd);
+	/* the first SAVE brings a descriptor */
+	i_stream_unix_set_read_fd(client->conn.input);
+}
+
+static void writer_settings_init(bool *fsync_r)
+{
+	const struct mail_user_settings *user_set;
+	const char *dict_uri, *error;
+	void **sets;
+
+	mail_storage_service_init_settings(storage_service, NULL);
+	sets = master_service_settings_get_others(master_service);
+	user_set = sets[0];
+	*fsync_r = mirror_set_bool(user_set, writer_event, "mirror_fsync",
+				   TRUE);
+	dict_uri = mail_user_set_plugin_getenv(user_set, "mirror_dict");
+	if (dict_uri == NULL || *dict_uri == '\0') {
+		e_error(writer_event, "mirror_dict is not set: copies are "
+			"not counted");
+	} else if (registry_init(dict_uri,
+			master_service_settings_get(master_service)->base_dir,
+			writer_event, &writer_registry, &error) < 0) {
+		e_error(writer_event, "%s: copies are not counted", error);
+	}
+}
+
+int main(int argc, char *argv[])
+{
+	const enum mail_storage_service_flags storage_flags =
+		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
+		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
+		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT |
+		MAIL_STORAGE_SERVICE_FLAG_NO_IDLE_TIMEOUT;
+	struct mirror_log_nudge *log_nudge;
+	struct writer_batch *batch;
+	bool fsync;
+
+	master_service = master_service_init(MIRROR_WRITER_SERVICE_NAME,
+					     MASTER_SERVICE_FLAG_KEEP_CONFIG_OPEN,
+					     &argc, &argv, "");
+	if (master_getopt(master_service) > 0)
+		return FATAL_DEFAULT;
+	master_service_init_log(master_service);
+	/* root, as LMTP: each storage is written as its user */
+	restrict_access_by_env(RESTRICT_ACCESS_FLAG_ALLOW_ROOT, NULL);
+	restrict_access_allow_coredumps(TRUE);
+
+	writer_event = event_create(NULL);
+	event_add_category(writer_event, &event_category_mirror);
+	dict_drivers_register_builtin();
+	storage_service = mail_storage_service_init(master_service, NULL,
+						    storage_flags);
+	writer_settings_init(&fsync);
+	writer_copier = mirror_copier_init(storage_service, writer_registry,
+					   writer_event, fsync);
+	/* not LMTP's settings: its mail_plugins are LMTP's own */
+	mirror_copier_set_service(writer_copier, "lda",
+				  MIRROR_WRITER_SERVICE_NAME);
+	mirror_copier_set_revalidate(writer_copier);
+	i_array_init(&writer_batches, 16);
+	writer_clients = connection_list_init(&writer_client_set,
+					      &writer_client_vfuncs);
+	master_service_init_finish(master_service);
+	log_nudge = mirror_log_nudge_start();
+
+	master_service_run(master_service, client_connected);
+
+	mirror_log_nudge_stop(&log_nudge);
+	connection_list_deinit(&writer_clients);
+	/* what no delivery decided is not kept */
+	while (array_count(&writer_batches) > 0) {
+		batch = array_idx_elem(&writer_batches, 0);
+		writer_batch_free(batch);
+	}
+	array_free(&writer_batches);
+	mirror_copier_deinit(&writer_copier);
+	registry_deinit(&writer_registry);
+	mail_storage_service_deinit(&storage_service);
+	dict_drivers_unregister_builtin();
+	event_unref(&writer_event);
+	master_service_deinit(&master_service);
+	return 0;
+}

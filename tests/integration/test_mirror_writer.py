@@ -1,0 +1,102 @@
+"""mirror-writer: the copies that concurrent LMTP deliveries make into one
+storage are committed together (group commit), and LMTP copies by itself
+while the writer can't be reached."""
+
+import os
+import signal
+import threading
+
+from conftest import make_message
+from test_mirror_crash import subjects
+from test_verify import ok, verify
+
+ALICE = "alice@example.com"
+AUDIT = "audit@example.com"
+
+
+def writer_pids(sb):
+    prefix = "dovecot-mirror-sandbox-%d/mirror-writer" % sb.info["lmtp"]["port"]
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            pids.append(int(pid))
+    return pids
+
+
+def batch_stats(sb):
+    """(batches, copies, failures) of the mirror_writer_batches metric"""
+    r = sb.doveadm("stats", "dump", json_output=True)
+    rows = {m["field"]: m for m in r.json
+            if m["metric_name"] == "mirror_writer_batches"}
+    if not rows:
+        return 0, 0, 0
+    return int(rows["duration"]["count"]), int(rows["copies"]["sum"]), \
+        int(rows["failures"]["sum"])
+
+
+def test_concurrent_copies_share_a_transaction(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    sessions, per_session = 8, 6
+    errors = []
+
+    def mta(n):
+        s = sandbox.lmtp()
+        try:
+            for i in range(per_session):
+                ok(s.send([ALICE], make_message(subject="s%d-%d" % (n, i))))
+        except Exception as e:          # reported below
+            errors.append(e)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=mta, args=(n,))
+               for n in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    total = sessions * per_session
+    assert len(subjects(sandbox, AUDIT)) == total
+    batches, copies, failures = batch_stats(sandbox)
+    # every copy went through the writer, and some shared a commit
+    assert (copies, failures) == (total, 0)
+    assert batches < total, batches
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0, err
+    assert (row["records"], row["unrecorded"], row["counted"]) == \
+        (str(total), "0", str(total)), row
+
+
+def test_lmtp_copies_itself_while_the_writer_is_gone(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    s = sandbox.lmtp()
+    try:
+        ok(s.send([ALICE], make_message(subject="before")))
+        pids = writer_pids(sandbox)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        # the connection to the writer is broken: this copy is made by
+        # LMTP, and so are the next ones of this LMTP connection
+        ok(s.send([ALICE], make_message(subject="gone")))
+        ok(s.send([ALICE], make_message(subject="still gone")))
+    finally:
+        s.close()
+    sandbox.wait_log("copying in the LMTP process")
+    # a new LMTP connection reaches the writer the master started again
+    ok(sandbox.deliver([ALICE], make_message(subject="back")))
+    assert subjects(sandbox, AUDIT) == ["back", "before", "gone",
+                                        "still gone"]
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0, err
+    assert (row["records"], row["unrecorded"], row["counted"]) == \
+        ("4", "0", "4"), row
+    batches, copies, _ = batch_stats(sandbox)
+    assert copies == 2, (batches, copies)

@@ -437,9 +437,11 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 	struct mirror_storage *storage;
 
 	storage = mirror_copier_find(copier, username);
-	if (storage != NULL && copier->revalidate && storage->busy == 0 &&
+	if (storage != NULL && copier->revalidate &&
 	    mirror_copier_lookup(copier, username, error_r) < 0) {
-		mirror_copier_forget(copier, storage);
+		/* one that another group has open goes with that group */
+		if (storage->busy == 0)
+			mirror_copier_forget(copier, storage);
 		return -1;
 	}
 	if (storage != NULL && storage->copies >= MIRROR_STORAGE_MAX_COPIES &&
@@ -971,6 +973,8 @@ struct mirror_copy_member {
 	struct istream *input;
 	time_t received_date;
 	struct mirror_copy_state state;
+	/* found in the storage after a failed commit: its UID */
+	uint32_t landed_uid;
 	/* taken out of the group (or its save failed) */
 	bool dropped;
 };
@@ -985,9 +989,14 @@ struct mirror_copy_group {
 	ARRAY(struct mirror_copy_member *) members;
 	/* what mirror_copy_group_end() counts (in the group's pool) */
 	ARRAY(struct mirror_copy_result) results;
+	time_t started;
 	/* a copy left the transaction: it is saved again without it */
 	bool resave;
 };
+
+static uint32_t
+mirror_copy_find(struct mirror_storage *storage,
+		 const unsigned char hash[MIRROR_CHAIN_HASH_SIZE], time_t since);
 
 struct mirror_copy_group *
 mirror_copy_group_begin(struct mirror_copier *copier, const char *storage)
@@ -1000,6 +1009,7 @@ mirror_copy_group_begin(struct mirror_copier *copier, const char *storage)
 	group->pool = pool;
 	group->copier = copier;
 	group->storage_name = p_strdup(pool, storage);
+	group->started = ioloop_time;
 	p_array_init(&group->members, pool, 8);
 	return group;
 }
@@ -1053,7 +1063,7 @@ static void mirror_copy_group_resave(struct mirror_copy_group *group)
 		if (group->trans != NULL)
 			mailbox_transaction_rollback(&group->trans);
 		array_foreach_elem(&group->members, member) {
-			if (member->dropped)
+			if (member->dropped || member->landed_uid != 0)
 				continue;
 			if (mirror_copy_group_save_member(group, member,
 							  &error) < 0) {
@@ -1174,7 +1184,8 @@ void mirror_copy_group_drop(struct mirror_copy_group *group,
 /* Append the records of the committed copies, one append per mirror. */
 static void
 mirror_copy_group_chain_append(struct mirror_copy_group *group,
-			       const struct mail_transaction_commit_changes *changes)
+			       const struct mail_transaction_commit_changes *changes,
+			       uint32_t uid_validity)
 {
 	struct mirror_copier *copier = group->copier;
 	ARRAY(struct mirror_chain_record) recs;
@@ -1194,7 +1205,7 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 			t_strdup_printf("Control directory unknown: %s",
 				mailbox_get_last_internal_error(
 					group->storage->box, NULL));
-	} else if (changes->uid_validity == 0) {
+	} else if (uid_validity == 0) {
 		error = "The copies' UIDs are unknown";
 	}
 
@@ -1203,7 +1214,9 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 	array_foreach_elem(&group->members, member) {
 		if (member->dropped)
 			continue;
-		if (!seq_range_array_iter_nth(&iter, n++, &uid))
+		if (member->landed_uid != 0)
+			uid = member->landed_uid;
+		else if (!seq_range_array_iter_nth(&iter, n++, &uid))
 			uid = 0;
 		member->target->uid = uid;
 		if (error == NULL && (uid == 0 || !member->state.hashed)) {
@@ -1242,7 +1255,7 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 			rec = array_append_space(&recs);
 			rec->type = MIRROR_CHAIN_RECORD_COPY;
 			rec->time = ioloop_time;
-			rec->uid_validity = changes->uid_validity;
+			rec->uid_validity = uid_validity;
 			rec->uid = member->target->uid;
 			memcpy(rec->content_hash, member->state.content_hash,
 			       sizeof(rec->content_hash));
@@ -1310,19 +1323,24 @@ static void mirror_copy_group_keep_results(struct mirror_copy_group *group)
 
 /* As the storage user: commit the group's transaction. A failed commit
    is tried once more in the storage opened again (its mailbox may have
-   been changed under the open one, e.g. its index files removed), if no
-   other group has it open. */
+   been changed under the open one, e.g. its index files removed or
+   rebuilt), if no other group has it open. What the failed commit left
+   in the mailbox anyway is found by content and not saved again. Returns
+   0 with changes_r (uid_validity 0 if nothing was left to commit), or
+   -1. */
 static int
 mirror_copy_group_commit_trans(struct mirror_copy_group *group,
 			       struct mail_transaction_commit_changes *changes_r,
 			       const char **error_r)
 {
 	struct mirror_copier *copier = group->copier;
+	struct mirror_copy_member *member;
 	const char *error;
 
 	if (mailbox_transaction_commit_get_changes(&group->trans,
 						   changes_r) == 0)
 		return 0;
+
 	*error_r = p_strdup_printf(group->pool, "Commit failed: %s",
 		mailbox_get_last_internal_error(group->storage->box, NULL));
 	if (group->storage->busy != 1)
@@ -1339,9 +1357,21 @@ mirror_copy_group_commit_trans(struct mirror_copy_group *group,
 		return -1;
 	}
 	group->storage->busy++;
+	array_foreach_elem(&group->members, member) {
+		if (!member->dropped && member->state.hashed) {
+			member->landed_uid = mirror_copy_find(group->storage,
+				member->state.content_hash, group->started);
+		}
+	}
 	mirror_copy_group_resave(group);
-	if (group->trans == NULL)
-		return -1;
+	if (group->trans == NULL) {
+		/* all of them landed (or failed now) */
+		i_zero(changes_r);
+		changes_r->pool = pool_alloconly_create("mirror no changes",
+							 64);
+		p_array_init(&changes_r->saved_uids, changes_r->pool, 1);
+		return 0;
+	}
 	if (mailbox_transaction_commit_get_changes(&group->trans,
 						   changes_r) == 0)
 		return 0;
@@ -1380,9 +1410,19 @@ int mirror_copy_group_commit(struct mirror_copy_group *group)
 			}
 			failed = TRUE;
 		} else {
+			uint32_t uid_validity = changes.uid_validity;
+
 			FAULT_POINT("mirror-copy-committed");
+			if (uid_validity == 0) {
+				struct mailbox_status status;
+
+				mailbox_get_open_status(group->storage->box,
+					STATUS_UIDVALIDITY, &status);
+				uid_validity = status.uidvalidity;
+			}
 			/* still as the storage user: it owns the chains */
-			mirror_copy_group_chain_append(group, &changes);
+			mirror_copy_group_chain_append(group, &changes,
+						       uid_validity);
 			pool_unref(&changes.pool);
 			FAULT_POINT("mirror-chain-appended");
 		}
@@ -1417,6 +1457,10 @@ void mirror_copy_group_end(struct mirror_copy_group **_group)
 	*_group = NULL;
 	if (copier->registry != NULL && array_is_created(&group->results) &&
 	    array_count(&group->results) > 0) {
+		struct mirror_copy_caller caller;
+
+		mirror_privileges_get(pool_datastack_create(), &caller.privs);
+		mirror_copy_caller_leave(&caller);
 		/* the registry belongs to the mail system, not to a user */
 		if (mirror_privileges_set(&copier->privs, &error) < 0)
 			i_error("mirror: Can't count copies: %s", error);
@@ -1425,6 +1469,7 @@ void mirror_copy_group_end(struct mirror_copy_group **_group)
 				array_front(&group->results),
 				array_count(&group->results));
 		}
+		mirror_copy_caller_return(&caller);
 	}
 	FAULT_POINT("mirror-copy-counted");
 	mirror_copy_group_free(&group);
@@ -1478,28 +1523,32 @@ mirror_copy_hash_stream(struct istream *input,
 	return ret;
 }
 
-/* The UID of a message with this content among the newest ones of the
-   storage's INBOX: 0 if there is none. */
-#define MIRROR_COPY_FIND_NEWEST 32
+/* The UID of a message with this content among those the storage's INBOX
+   got since "since" (newest first): 0 if there is none. */
+#define MIRROR_COPY_FIND_MAX 10000
 static uint32_t
 mirror_copy_find(struct mirror_storage *storage,
-		 const unsigned char hash[MIRROR_CHAIN_HASH_SIZE])
+		 const unsigned char hash[MIRROR_CHAIN_HASH_SIZE], time_t since)
 {
 	unsigned char mail_hash[MIRROR_CHAIN_HASH_SIZE];
 	struct mailbox_transaction_context *t;
 	struct mailbox_status status;
 	struct istream *input;
 	struct mail *mail;
+	time_t save_date;
 	uint32_t seq, uid = 0;
 
 	if (mailbox_sync(storage->box, 0) < 0)
 		return 0;
 	mailbox_get_open_status(storage->box, STATUS_MESSAGES, &status);
 	t = mailbox_transaction_begin(storage->box, 0, "mirror copy check");
-	mail = mail_alloc(t, 0, NULL);
+	mail = mail_alloc(t, MAIL_FETCH_SAVE_DATE, NULL);
 	for (seq = status.messages; seq > 0 && uid == 0 &&
-	     seq + MIRROR_COPY_FIND_NEWEST > status.messages; seq--) {
+	     seq + MIRROR_COPY_FIND_MAX > status.messages; seq--) {
 		mail_set_seq(mail, seq);
+		if (mail_get_save_date(mail, &save_date) == 0 &&
+		    save_date < since)
+			break;
 		if (mail_get_stream(mail, NULL, NULL, &input) < 0)
 			continue;
 		if (mirror_copy_hash_stream(input, mail_hash) == 0 &&
@@ -1517,7 +1566,8 @@ mirror_copy_find(struct mirror_storage *storage,
 static bool
 mirror_copy_exists(struct mirror_copier *copier,
 		   struct mirror_storage *storage,
-		   const struct mirror_copy_target *target, struct mail *mail)
+		   const struct mirror_copy_target *target, struct mail *mail,
+		   time_t since)
 {
 	unsigned char hash[MIRROR_CHAIN_HASH_SIZE];
 	ARRAY_TYPE(mirror_chain_record) records;
@@ -1536,7 +1586,7 @@ mirror_copy_exists(struct mirror_copier *copier,
 	input = mirror_copy_input(target, mail_input, &header_size);
 	ret = mirror_copy_hash_stream(input, hash);
 	i_stream_unref(&input);
-	if (ret < 0 || (uid = mirror_copy_find(storage, hash)) == 0)
+	if (ret < 0 || (uid = mirror_copy_find(storage, hash, since)) == 0)
 		return FALSE;
 	if (mailbox_get_path_to(storage->box, MAILBOX_LIST_PATH_TYPE_CONTROL,
 				&dir) <= 0)
@@ -1571,7 +1621,7 @@ mirror_copy_exists(struct mirror_copier *copier,
 }
 
 int mirror_copier_copy_missing(struct mirror_copier *copier,
-			       struct mail *mail,
+			       struct mail *mail, time_t since,
 			       struct mirror_copy_target *targets,
 			       unsigned int count, struct event *event_parent,
 			       const char **error_r)
@@ -1592,7 +1642,7 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 				      &error) < 0)
 			continue;
 		exists[i] = mirror_copy_exists(copier, storage, &targets[i],
-					       mail);
+					       mail, since);
 		mirror_storage_deactivate(storage);
 	}
 	mirror_copy_caller_return(&caller);

@@ -97,11 +97,12 @@ int mirror_copier_finish(struct mirror_copy_batch **batch, bool commit,
 			 const char **error_r);
 
 /* mirror_copier_copy() (never all or nothing) for copies that
-   mirror-writer may have made before it failed: a target whose copy is
-   among the newest messages of its storage (by content) is not copied
-   again, and its chain records are appended if they are missing. */
+   mirror-writer may have made before it died: a target whose copy is
+   among the messages its storage got since "since" (by content) is not
+   copied again, and its chain records are appended if they are
+   missing. */
 int mirror_copier_copy_missing(struct mirror_copier *copier,
-			       struct mail *mail,
+			       struct mail *mail, time_t since,
 			       struct mirror_copy_target *targets,
 			       unsigned int count, struct event *event_parent,
 			       const char **error_r);

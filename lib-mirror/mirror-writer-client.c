@@ -36,6 +36,8 @@ struct mirror_writer_client {
 	bool replied;
 	/* the connection is gone, or a reply was wrong: error */
 	char *error;
+	/* the writer didn't answer in time (it may still do the work) */
+	bool timed_out;
 };
 
 static void
@@ -173,9 +175,28 @@ void mirror_writer_client_deinit(struct mirror_writer_client **_client)
 
 static void mirror_writer_client_timeout(struct mirror_writer_client *client)
 {
+	client->timed_out = TRUE;
 	mirror_writer_client_fail(client, t_strdup_printf(
 		"mirror-writer didn't answer in %u s",
 		client->timeout_msecs / 1000));
+}
+
+/* Move the connection's io to the current ioloop outside of any ioloop
+   context: the context active now is a delivery's, which its io must not
+   keep (and activate again) after the delivery. */
+static void mirror_writer_client_switch_ioloop(struct mirror_writer_client *client)
+{
+	struct ioloop_context *ctx = io_loop_get_current_context(current_ioloop);
+
+	if (ctx != NULL) {
+		io_loop_context_ref(ctx);
+		io_loop_context_deactivate(ctx);
+	}
+	connection_switch_ioloop(&client->conn);
+	if (ctx != NULL) {
+		io_loop_context_activate(ctx);
+		io_loop_context_unref(&ctx);
+	}
 }
 
 /* Wait for the reply cmd to the current delivery. */
@@ -193,7 +214,7 @@ mirror_writer_client_wait(struct mirror_writer_client *client,
 	client->wait_cmd = cmd;
 	client->replied = FALSE;
 	client->ioloop = io_loop_create();
-	connection_switch_ioloop(&client->conn);
+	mirror_writer_client_switch_ioloop(client);
 	to = timeout_add(client->timeout_msecs,
 			 mirror_writer_client_timeout, client);
 	/* the reply may be read already */
@@ -204,7 +225,7 @@ mirror_writer_client_wait(struct mirror_writer_client *client,
 	timeout_remove(&to);
 	io_loop_set_current(prev_ioloop);
 	if (client->conn.list != NULL)
-		connection_switch_ioloop(&client->conn);
+		mirror_writer_client_switch_ioloop(client);
 	io_loop_set_current(client->ioloop);
 	io_loop_destroy(&client->ioloop);
 	client->wait_cmd = NULL;
@@ -217,7 +238,7 @@ mirror_writer_client_wait(struct mirror_writer_client *client,
 		if (client->conn.list != NULL)
 			connection_deinit(&client->conn);
 		*error_r = t_strdup(client->error);
-		return -1;
+		return client->timed_out ? -2 : -1;
 	}
 	return 0;
 }
@@ -279,6 +300,8 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 	str_printfa(line, "SAVE\t%u\t%lld\t%u", client->tag,
 		    (long long)received_date, count);
 	for (i = 0; i < count; i++) {
+		/* the protocol carries no header of the caller's own */
+		i_assert(targets[i].header == NULL);
 		str_append_c(line, '\t');
 		str_append_tabescaped(line, targets[i].storage);
 		str_append_c(line, '\t');

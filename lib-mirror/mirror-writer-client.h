@@ -50,8 +50,10 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      const char **error_r);
 /* The delivery kept the message: wait until the copies are committed.
    Each target's error is NULL if its copy was made; its size is set.
-   Returns 0, or -1 if the writer can't be reached or didn't answer in
-   time (error_r: what happened to the copies is unknown then). */
+   Returns 0; -1 if the connection to the writer broke (the writer died:
+   some copies may be committed, none will be any more); -2 if it didn't
+   answer in time (it may still commit them). error_r says what
+   happened. The connection is closed after a failure. */
 int mirror_writer_client_commit(struct mirror_writer_client *client,
 				struct mirror_copy_target *targets,
 				unsigned int count, const char **error_r);

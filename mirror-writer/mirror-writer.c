@@ -47,6 +47,8 @@
 #include "mirror-setting.h"
 #include "mirror-writer-client.h"
 
+#include <sys/stat.h>
+
 struct writer_delivery;
 
 struct writer_client {
@@ -162,6 +164,10 @@ static void writer_batch_commit(struct writer_batch *batch)
 	} else {
 		(void)mirror_copy_group_commit(group);
 		array_foreach_elem(&batch->copies, copy) {
+			/* the group's pool goes before a delivery with
+			   copies in other batches is done */
+			copy->target.error = p_strdup(copy->delivery->pool,
+						      copy->target.error);
 			if (copy->target.error != NULL &&
 			    copy->delivery->kept)
 				failures++;
@@ -317,6 +323,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	string_t *reply;
 	unsigned int tag, count, i;
 	long long received;
+	struct stat st;
 	int fd;
 	pool_t pool;
 
@@ -324,6 +331,13 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	i_stream_unix_set_read_fd(client->conn.input);
 	if (fd == -1) {
 		e_error(client->conn.event, "SAVE without the message's fd");
+		return -1;
+	}
+	/* read from its start again for every save */
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		e_error(client->conn.event, "SAVE with a descriptor that is "
+			"not a regular file");
+		i_close_fd(&fd);
 		return -1;
 	}
 	if (str_array_length(args) < 3 || str_to_uint(args[0], &tag) < 0 ||
@@ -369,6 +383,11 @@ writer_client_save(struct writer_client *client, const char *const *args)
 			str_append_tabescaped(reply, copy->target.error);
 			copy->target.error =
 				p_strdup(pool, copy->target.error);
+			if (array_count(&batch->copies) == 0) {
+				/* nothing to wait for: the storage isn't
+				   kept open for it */
+				writer_batch_free(batch);
+			}
 			continue;
 		}
 		copy->batch = batch;

@@ -489,6 +489,7 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		array_front_modifiable(&delivery->copies);
 	unsigned int i, count = array_count(&delivery->copies);
 	const char *error;
+	int ret;
 
 	delivery->via_writer = FALSE;
 	if (!kept) {
@@ -499,17 +500,28 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		}
 		return;
 	}
-	if (mirror_writer_client_commit(mclient->writer, copies, count,
-					&error) < 0) {
-		/* whether the writer committed them is unknown */
+	ret = mirror_writer_client_commit(mclient->writer, copies, count,
+					  &error);
+	if (ret == -1) {
+		/* The writer died: what it committed before is in the
+		   storages, and nothing more will be. */
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
 			"process", error);
 		lmtp_mirror_writer_close(mclient);
 		(void)mirror_copier_copy_missing(mclient->copier,
-						 mclient->plan->raw_mail,
-						 copies, count,
-						 delivery->event, &error);
+			mclient->plan->raw_mail,
+			mclient->plan->trans->timestamp.tv_sec, copies, count,
+			delivery->event, &error);
 		return;
+	}
+	if (ret < 0) {
+		/* It may still commit them: copying here could make a
+		   copy twice. verify reports a copy that never came. */
+		lmtp_mirror_writer_close(mclient);
+		error = t_strdup_printf("%s: whether the copy is made is "
+					"unknown", error);
+		for (i = 0; i < count; i++)
+			copies[i].error = error;
 	}
 	mirror_copy_targets_report(delivery->event, copies, count);
 }

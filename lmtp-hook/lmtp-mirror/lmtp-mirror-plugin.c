@@ -516,7 +516,7 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 	}
 	if (ret < 0) {
 		/* It may still commit them: copying here could make a
-		   copy twice. verify reports a copy that never came. */
+		   copy twice. Each is logged and counted as failed. */
 		lmtp_mirror_writer_close(mclient);
 		error = t_strdup_printf("%s: whether the copy is made is "
 					"unknown", error);

@@ -148,10 +148,9 @@ unsigned int mirror_copy_group_count(const struct mirror_copy_group *group);
    mirror-chain-appended are reached once per group. */
 int mirror_copy_group_commit(struct mirror_copy_group *group);
 /* Count the committed group's copies (and its failed ones) in the
-   registry, then free it (fault point mirror-copy-counted). The writer
-   answers its clients first: a count is statistics, and a crash before it
-   leaves a counter short, which `doveadm mirror verify --reconcile`
-   raises. */
+   registry, then free it (fault point mirror-copy-counted). A crash
+   before it leaves a counter short, which `doveadm mirror verify
+   --reconcile` raises. */
 void mirror_copy_group_end(struct mirror_copy_group **group);
 /* Roll back every copy of the group and free it. */
 void mirror_copy_group_rollback(struct mirror_copy_group **group);

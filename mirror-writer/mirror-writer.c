@@ -10,9 +10,11 @@
    since its last commit form one batch: one transaction, one commit (one
    fsync), one chain append per mirror and one count in the registry for
    all of them, however many LMTP processes they came from. A batch is
-   closed to new copies when the first of its deliveries has decided, and
-   committed once all of them have; copies that come meanwhile start the
-   next batch. A delivery that kept nothing (ABORT, or its LMTP process
+   committed once all of its deliveries have decided, after the input
+   that is ready at that moment (which may bring more copies); it takes
+   new copies for WRITER_BATCH_LINGER_MSECS after its first delivery
+   decided (at most WRITER_BATCH_MAX_COPIES), later ones start the next
+   batch. A delivery that kept nothing (ABORT, or its LMTP process
    went away before it decided) is taken out: the batch's other copies
    are saved again without it before the commit, so no copy is ever
    committed for a message its recipient didn't keep.
@@ -29,6 +31,7 @@
 #include "strescape.h"
 #include "str-sanitize.h"
 #include "ioloop.h"
+#include "time-util.h"
 #include "istream.h"
 #include "istream-unix.h"
 #include "ostream.h"
@@ -49,6 +52,11 @@
 
 #include <sys/stat.h>
 
+/* How long after its first delivery decided a batch takes new copies,
+   and the most copies it takes */
+#define WRITER_BATCH_LINGER_MSECS 5
+#define WRITER_BATCH_MAX_COPIES 64
+
 struct writer_delivery;
 
 struct writer_client {
@@ -65,7 +73,13 @@ struct writer_batch {
 	struct mirror_copy_group *group;
 	/* copies whose delivery hasn't decided yet */
 	unsigned int undecided;
-	/* a delivery has decided: no new copies */
+	/* when the first of its deliveries decided */
+	struct timeval first_decided;
+	/* the commit, once every delivery has decided: after the input
+	   that is ready now, which may bring more copies */
+	struct timeout *to_commit;
+	bool decided_any;
+	/* no new copies */
 	bool closed;
 	ARRAY(struct writer_copy *) copies;
 };
@@ -100,23 +114,25 @@ static ARRAY(struct writer_batch *) writer_batches;
 
 static void writer_delivery_unref_copy(struct writer_delivery *delivery);
 
-/* Send the replies now, before the work that follows them. */
-static void writer_flush_clients(void)
-{
-	struct connection *conn;
-
-	for (conn = writer_clients->connections; conn != NULL;
-	     conn = conn->next)
-		(void)o_stream_flush(conn->output);
-}
-
 static struct writer_batch *writer_batch_get(const char *storage)
 {
 	struct writer_batch *batch;
 
 	array_foreach_elem(&writer_batches, batch) {
-		if (!batch->closed && strcmp(batch->storage, storage) == 0)
-			return batch;
+		if (batch->closed || strcmp(batch->storage, storage) != 0)
+			continue;
+		/* a batch takes new copies for a while after its first
+		   delivery decided, so that the copies of concurrent
+		   deliveries meet, but not for ever */
+		if (array_count(&batch->copies) >= WRITER_BATCH_MAX_COPIES ||
+		    (batch->decided_any &&
+		     timeval_diff_msecs(&ioloop_timeval,
+					&batch->first_decided) >=
+		     WRITER_BATCH_LINGER_MSECS)) {
+			batch->closed = TRUE;
+			continue;
+		}
+		return batch;
 	}
 	batch = i_new(struct writer_batch, 1);
 	batch->event = event_create(writer_event);
@@ -139,6 +155,7 @@ static void writer_batch_free(struct writer_batch *batch)
 			break;
 		}
 	}
+	timeout_remove(&batch->to_commit);
 	if (batch->group != NULL)
 		mirror_copy_group_rollback(&batch->group);
 	event_unref(&batch->event);
@@ -182,25 +199,40 @@ static void writer_batch_commit(struct writer_batch *batch)
 			failures == 0 ? "" : t_strdup_printf(
 				", %u failed", failures));
 	}
-	/* answer first, count then */
+	/* counted before the 250s: `mirror list` shows them then */
+	if (group != NULL)
+		mirror_copy_group_end(&group);
 	array_foreach_elem(&batch->copies, copy) {
 		copy->batch = NULL;
 		writer_delivery_unref_copy(copy->delivery);
 	}
 	writer_batch_free(batch);
-	if (group != NULL) {
-		writer_flush_clients();
-		mirror_copy_group_end(&group);
+}
+
+static void writer_batch_commit_ready(struct writer_batch *batch)
+{
+	timeout_remove(&batch->to_commit);
+	if (batch->undecided > 0) {
+		/* a copy joined meanwhile: its delivery's decision comes
+		   back here */
+		return;
 	}
+	batch->closed = TRUE;
+	writer_batch_commit(batch);
 }
 
 static void writer_batch_decided(struct writer_batch *batch)
 {
 	i_assert(batch->undecided > 0);
 	batch->undecided--;
-	batch->closed = TRUE;
-	if (batch->undecided == 0)
-		writer_batch_commit(batch);
+	if (!batch->decided_any) {
+		batch->decided_any = TRUE;
+		batch->first_decided = ioloop_timeval;
+	}
+	if (batch->undecided == 0 && batch->to_commit == NULL) {
+		batch->to_commit = timeout_add_short(0,
+			writer_batch_commit_ready, batch);
+	}
 }
 
 static void writer_delivery_free(struct writer_delivery *delivery)

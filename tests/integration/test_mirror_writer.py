@@ -4,6 +4,8 @@ while the writer can't be reached."""
 
 import os
 import signal
+import socket
+import tempfile
 import threading
 
 from conftest import make_message
@@ -100,3 +102,62 @@ def test_lmtp_copies_itself_while_the_writer_is_gone(sandbox):
         ("4", "0", "4"), row
     batches, copies, _ = batch_stats(sandbox)
     assert copies == 2, (batches, copies)
+
+
+def writer_session(sb):
+    """A raw connection to mirror-writer's socket, after the handshake."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(os.path.join(sb.dir, "run", "mirror-writer"))
+    s.sendall(b"VERSION\tmirror-writer\t1\t0\n")
+    f = s.makefile("rb")
+    assert f.readline() == b"VERSION\tmirror-writer\t1\t0\n"
+    return s, f
+
+
+def test_bad_requests_are_refused_and_change_nothing(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    target = ["SAVE", "1", "0", "1", AUDIT, m["id"], "0"]
+    with tempfile.TemporaryFile() as msg:
+        msg.write(make_message(subject="sneaked in"))
+        msg.flush()
+        r, w = os.pipe()
+        try:
+            bad = [
+                # no descriptor at all
+                ("\t".join(target) + "\n", None),
+                # a pipe, which can't be read twice
+                ("\t".join(target) + "\n", r),
+                # a mirror id that is no number
+                ("\t".join(target[:5] + ["x"] + target[6:]) + "\n",
+                 msg.fileno()),
+                # more targets than the line has
+                ("\t".join(target[:3] + ["2"] + target[4:]) + "\n",
+                 msg.fileno()),
+                # a decision for a delivery it never saw
+                ("COMMIT\t7\n", None),
+            ]
+            for line, fd in bad:
+                s, f = writer_session(sandbox)
+                try:
+                    if fd is None:
+                        s.sendall(line.encode())
+                    else:
+                        socket.send_fds(s, [line.encode()], [fd])
+                    # refused: the writer closes the connection
+                    assert f.readline() == b"", line
+                finally:
+                    s.close()
+        finally:
+            os.close(r)
+            os.close(w)
+    log = sandbox.log()
+    for text in ("SAVE without the message's fd",
+                 "not a regular file", "Invalid SAVE target",
+                 "COMMIT for an unknown delivery"):
+        assert text in log, text
+    # nothing was copied, and the writer still serves LMTP
+    ok(sandbox.deliver([ALICE], make_message(subject="after")))
+    assert subjects(sandbox, AUDIT) == ["after"]
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0 and row["records"] == "1", (row, err)

@@ -204,7 +204,11 @@ def test_lmtp_killed_at_random_during_a_burst(make_sandbox):
         sb.add_user("%s:%s:mail=mdbox:~/mdbox" % (user, PASSWORD),
                     password=None)
     mirrors = {s: sb.mirror_add(ALICE, s)["id"] for s in STORAGES}
-    acked, sent, kills = [], [], []
+    # The mailboxes exist before the burst: three first deliveries that
+    # create one mdbox INBOX at once can make Dovecot's own locks deadlock
+    # (EDEADLK from fcntl, a panic), which is not what this test is about.
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    acked, sent, kills = ["first"], ["first"], []
     enough, done = threading.Event(), threading.Event()
 
     def mta(n):
@@ -255,7 +259,7 @@ def test_lmtp_killed_at_random_during_a_burst(make_sandbox):
     assert len(kills) >= 8, kills
     # every message was answered 250 in the end (an ok() that failed
     # would have ended its thread early)
-    assert sorted(acked) == sorted(sent) and len(sent) >= 120
+    assert sorted(acked) == sorted(sent) and len(sent) >= 121
 
     inbox = subjects(sb, ALICE)
     assert set(inbox) == set(acked)

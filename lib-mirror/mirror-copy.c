@@ -111,7 +111,8 @@ struct mirror_copy_caller {
 
 static void mirror_copy_batch_free(struct mirror_copy_batch **_batch);
 
-static bool uint_array_contains(const ARRAY_TYPE(uint) *arr, unsigned int value)
+bool mirror_uint_array_contains(const ARRAY_TYPE(uint) *arr,
+				unsigned int value)
 {
 	unsigned int v;
 
@@ -122,9 +123,9 @@ static bool uint_array_contains(const ARRAY_TYPE(uint) *arr, unsigned int value)
 	return FALSE;
 }
 
-static void uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value)
+void mirror_uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value)
 {
-	if (!uint_array_contains(arr, value))
+	if (!mirror_uint_array_contains(arr, value))
 		array_push_back(arr, &value);
 }
 static void
@@ -323,15 +324,14 @@ static void mirror_copier_evict(struct mirror_copier *copier)
 		mirror_copier_forget(copier, oldest);
 }
 
-/* Set up a storage user and open its INBOX. On success the user is active,
-   with its privileges. */
+/* Look the storage user up in the userdb, with the copier's module and
+   service. */
 static int
-mirror_copier_open(struct mirror_copier *copier, const char *username,
-		   struct mirror_storage **storage_r, const char **error_r)
+mirror_copier_lookup_user(struct mirror_copier *copier, const char *username,
+			  struct mail_storage_service_user **service_user_r,
+			  const char **error_r)
 {
 	struct mail_storage_service_input input;
-	struct mirror_storage *storage;
-	struct mail_namespace *ns;
 	const char *error;
 	int ret;
 
@@ -340,17 +340,31 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	input.service = copier->service;
 	input.username = username;
 	input.event_parent = copier->event_parent;
+	ret = mail_storage_service_lookup(copier->storage_service, &input,
+					  service_user_r, &error);
+	if (ret > 0)
+		return 0;
+	*error_r = ret == 0 ?
+		t_strdup_printf("Storage user %s doesn't exist", username) :
+		t_strdup_printf("Storage user %s lookup failed: %s",
+				username, error);
+	return -1;
+}
+
+/* Set up a storage user and open its INBOX. On success the user is active,
+   with its privileges. */
+static int
+mirror_copier_open(struct mirror_copier *copier, const char *username,
+		   struct mirror_storage **storage_r, const char **error_r)
+{
+	struct mirror_storage *storage;
+	struct mail_namespace *ns;
+	const char *error;
 
 	storage = i_new(struct mirror_storage, 1);
 	storage->username = i_strdup(username);
-	ret = mail_storage_service_lookup(copier->storage_service, &input,
-					  &storage->service_user, &error);
-	if (ret <= 0) {
-		*error_r = ret == 0 ?
-			t_strdup_printf("Storage user %s doesn't exist",
-					username) :
-			t_strdup_printf("Storage user %s lookup failed: %s",
-					username, error);
+	if (mirror_copier_lookup_user(copier, username,
+				      &storage->service_user, error_r) < 0) {
 		mirror_storage_free(&storage);
 		return -1;
 	}
@@ -407,27 +421,13 @@ static int
 mirror_copier_lookup(struct mirror_copier *copier, const char *username,
 		     const char **error_r)
 {
-	struct mail_storage_service_input input;
 	struct mail_storage_service_user *service_user;
-	const char *error;
-	int ret;
 
-	i_zero(&input);
-	input.module = copier->module;
-	input.service = copier->service;
-	input.username = username;
-	input.event_parent = copier->event_parent;
-	ret = mail_storage_service_lookup(copier->storage_service, &input,
-					  &service_user, &error);
-	if (ret > 0) {
-		mail_storage_service_user_unref(&service_user);
-		return 0;
-	}
-	*error_r = ret == 0 ?
-		t_strdup_printf("Storage user %s doesn't exist", username) :
-		t_strdup_printf("Storage user %s lookup failed: %s",
-				username, error);
-	return -1;
+	if (mirror_copier_lookup_user(copier, username, &service_user,
+				      error_r) < 0)
+		return -1;
+	mail_storage_service_user_unref(&service_user);
+	return 0;
 }
 
 static int
@@ -822,6 +822,41 @@ mirror_copy_batch_end(struct mirror_copy_batch *batch, bool commit)
 	}
 }
 
+/* One result per mirror that target's copy serves, with its error. */
+static void
+mirror_copy_results_add(ARRAY_TYPE(mirror_copy_result) *results,
+			const struct mirror_copy_target *target,
+			const char *error)
+{
+	struct mirror_copy_result *result;
+	unsigned int id;
+
+	array_foreach_elem(&target->mirror_ids, id) {
+		result = array_append_space(results);
+		result->id = id;
+		result->error = error;
+	}
+}
+
+/* Count results in the registry as the copier's own identity (the
+   registry belongs to the mail system, not to a user); the caller's
+   identity is its own to restore. */
+static void
+mirror_copier_count_results(struct mirror_copier *copier,
+			    const ARRAY_TYPE(mirror_copy_result) *results)
+{
+	const char *error;
+
+	if (copier->registry == NULL || array_count(results) == 0)
+		return;
+	if (mirror_privileges_set(&copier->privs, &error) < 0) {
+		i_error("mirror: Can't count copies: %s", error);
+		return;
+	}
+	mirror_registry_status_update(copier->registry, array_front(results),
+				      array_count(results));
+}
+
 /* Count the copies made and failed per mirror, as the copier's own
    identity: the registry belongs to the mail system, not to a user. A
    rolled back batch counts only the copies whose save failed. */
@@ -829,30 +864,17 @@ static void
 mirror_copier_count(struct mirror_copier *copier,
 		    const struct mirror_copy_batch *batch, bool commit)
 {
-	ARRAY(struct mirror_copy_result) results;
-	struct mirror_copy_result *result;
-	const char *error;
-	unsigned int i, id;
+	ARRAY_TYPE(mirror_copy_result) results;
+	unsigned int i;
 
 	t_array_init(&results, batch->count);
 	for (i = 0; i < batch->count; i++) {
-		if (!commit && !batch->states[i].failed)
-			continue;
-		array_foreach_elem(&batch->targets[i].mirror_ids, id) {
-			result = array_append_space(&results);
-			result->id = id;
-			result->error = batch->states[i].error;
+		if (commit || batch->states[i].failed) {
+			mirror_copy_results_add(&results, &batch->targets[i],
+						batch->states[i].error);
 		}
 	}
-	if (array_count(&results) == 0)
-		return;
-	if (mirror_privileges_set(&copier->privs, &error) < 0) {
-		i_error("mirror: Can't count copies: %s", error);
-		return;
-	}
-	mirror_registry_status_update(copier->registry,
-				      array_front(&results),
-				      array_count(&results));
+	mirror_copier_count_results(copier, &results);
 }
 
 int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
@@ -988,7 +1010,7 @@ struct mirror_copy_group {
 	struct mailbox_transaction_context *trans;
 	ARRAY(struct mirror_copy_member *) members;
 	/* what mirror_copy_group_end() counts (in the group's pool) */
-	ARRAY(struct mirror_copy_result) results;
+	ARRAY_TYPE(mirror_copy_result) results;
 	time_t started;
 	/* a copy left the transaction: it is saved again without it */
 	bool resave;
@@ -1079,31 +1101,16 @@ static void mirror_copy_group_resave(struct mirror_copy_group *group)
 	group->resave = FALSE;
 }
 
-/* Count one copy that failed before it was in a group's transaction (as
-   the copier's own identity). */
+/* Count one copy that failed before it was in a group's transaction. */
 static void
 mirror_copy_group_count_failed(struct mirror_copier *copier,
 			       const struct mirror_copy_target *target)
 {
-	ARRAY(struct mirror_copy_result) results;
-	struct mirror_copy_result *result;
-	const char *error;
-	unsigned int id;
+	ARRAY_TYPE(mirror_copy_result) results;
 
-	if (copier->registry == NULL)
-		return;
 	t_array_init(&results, 4);
-	array_foreach_elem(&target->mirror_ids, id) {
-		result = array_append_space(&results);
-		result->id = id;
-		result->error = target->error;
-	}
-	if (mirror_privileges_set(&copier->privs, &error) < 0) {
-		i_error("mirror: Can't count copies: %s", error);
-		return;
-	}
-	mirror_registry_status_update(copier->registry, array_front(&results),
-				      array_count(&results));
+	mirror_copy_results_add(&results, target, target->error);
+	mirror_copier_count_results(copier, &results);
 }
 
 int mirror_copy_group_save(struct mirror_copy_group *group,
@@ -1235,7 +1242,7 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 		if (member->dropped)
 			continue;
 		array_foreach_elem(&member->target->mirror_ids, id)
-			uint_array_add_unique(&ids, id);
+			mirror_uint_array_add_unique(&ids, id);
 	}
 	array_foreach_elem(&ids, mid) {
 		if (error != NULL) {
@@ -1249,7 +1256,7 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 		array_foreach_elem(&group->members, member) {
 			if (member->dropped || member->target->uid == 0 ||
 			    !member->state.hashed ||
-			    !uint_array_contains(&member->target->mirror_ids,
+			    !mirror_uint_array_contains(&member->target->mirror_ids,
 						 mid))
 				continue;
 			rec = array_append_space(&recs);
@@ -1303,20 +1310,15 @@ static void mirror_copy_group_free(struct mirror_copy_group **_group)
    mirror_copy_group_end() to count: the targets may be gone by then. */
 static void mirror_copy_group_keep_results(struct mirror_copy_group *group)
 {
-	struct mirror_copy_result *result;
 	struct mirror_copy_member *member;
-	unsigned int id;
 
 	p_array_init(&group->results, group->pool,
 		     array_count(&group->members));
 	array_foreach_elem(&group->members, member) {
-		if (member->dropped && !member->state.failed)
-			continue;
-		array_foreach_elem(&member->target->mirror_ids, id) {
-			result = array_append_space(&group->results);
-			result->id = id;
-			result->error = p_strdup(group->pool,
-						 member->target->error);
+		if (!member->dropped || member->state.failed) {
+			mirror_copy_results_add(&group->results,
+				member->target, p_strdup(group->pool,
+							 member->target->error));
 		}
 	}
 }
@@ -1452,23 +1454,14 @@ void mirror_copy_group_end(struct mirror_copy_group **_group)
 {
 	struct mirror_copy_group *group = *_group;
 	struct mirror_copier *copier = group->copier;
-	const char *error;
 
 	*_group = NULL;
-	if (copier->registry != NULL && array_is_created(&group->results) &&
-	    array_count(&group->results) > 0) {
+	if (array_is_created(&group->results)) {
 		struct mirror_copy_caller caller;
 
 		mirror_privileges_get(pool_datastack_create(), &caller.privs);
 		mirror_copy_caller_leave(&caller);
-		/* the registry belongs to the mail system, not to a user */
-		if (mirror_privileges_set(&copier->privs, &error) < 0)
-			i_error("mirror: Can't count copies: %s", error);
-		else {
-			mirror_registry_status_update(copier->registry,
-				array_front(&group->results),
-				array_count(&group->results));
-		}
+		mirror_copier_count_results(copier, &group->results);
 		mirror_copy_caller_return(&caller);
 	}
 	FAULT_POINT("mirror-copy-counted");

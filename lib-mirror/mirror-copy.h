@@ -45,6 +45,11 @@ struct mirror_copy_target {
 
 struct mirror_copy_batch;
 
+/* Sets of mirror ids, kept in arrays */
+bool mirror_uint_array_contains(const ARRAY_TYPE(uint) *arr,
+				unsigned int value);
+void mirror_uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value);
+
 /* With fsync=FALSE, storages are opened with mail_fsync=never: a copy
    survives the process being killed (it is in the kernel's page cache
    before the recipient's delivery commits), but not a power loss.

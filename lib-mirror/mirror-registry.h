@@ -82,6 +82,7 @@ struct mirror_copy_result {
 	/* NULL if the copy was made */
 	const char *error;
 };
+ARRAY_DEFINE_TYPE(mirror_copy_result, struct mirror_copy_result);
 struct mirror_status {
 	uint64_t copies, failures;
 	time_t last_failure;

@@ -204,17 +204,6 @@ lmtp_mirror_queued_time(struct lmtp_mirror_client *mclient,
 	return t;
 }
 
-static void uint_array_add_unique(ARRAY_TYPE(uint) *arr, unsigned int value)
-{
-	unsigned int v;
-
-	array_foreach_elem(arr, v) {
-		if (v == value)
-			return;
-	}
-	array_push_back(arr, &value);
-}
-
 static unsigned int
 lmtp_mirror_plan_target(struct lmtp_mirror_plan *plan, pool_t pool,
 			const char *storage)
@@ -249,8 +238,8 @@ lmtp_mirror_plan_add(struct lmtp_mirror_plan *plan, pool_t pool,
 	idx = lmtp_mirror_plan_target(plan, pool, def->storage);
 	target = array_idx_modifiable(&plan->targets, idx);
 
-	uint_array_add_unique(&target->copy.mirror_ids, def->id);
-	uint_array_add_unique(&mrcpt->targets, idx);
+	mirror_uint_array_add_unique(&target->copy.mirror_ids, def->id);
+	mirror_uint_array_add_unique(&mrcpt->targets, idx);
 	array_foreach_elem(&target->copy.envelope_to, addr) {
 		if (strcmp(addr, address) == 0)
 			return;

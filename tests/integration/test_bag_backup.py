@@ -7,6 +7,7 @@ import email
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -174,7 +175,12 @@ def test_5xx_bounces_at_once(make_sandbox):
 def test_schedule_survives_a_restart(make_sandbox):
     sb = make_sandbox(users=[LOCAL], settings=dict(
         FAST, bag_backup_retry_min="3s", bag_backup_retry_max="60s"))
+    # the customer's port stays bound (not listening: a connection is
+    # refused) until the customer comes up, so that the restarted sandbox
+    # can't take it for one of its own listeners
     port = free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
     backup_add(sb, port)
     deliver(sb, ["a@" + DOMAIN])
     wait_until(lambda: int(bag_show(sb)["failed_tries"]) >= 2,
@@ -194,6 +200,7 @@ def test_schedule_survives_a_restart(make_sandbox):
     assert int(after["failed_tries"]) >= int(before["failed_tries"])
     wait_until(lambda: int(bag_show(sb)["failed_tries"]) >
                int(before["failed_tries"]), timeout=30, what="a retry")
+    holder.close()
     customer = CustomerMTA(port=port).start()
     try:
         customer.wait_for(1, timeout=90)

@@ -17,7 +17,10 @@
      DONE <tag> [<error> <size>]...  after COMMIT, once every copy is
                                    committed, in its chains and counted
 
-   <ids> is a comma-separated list of mirror ids. Fields are tab-escaped. */
+   <ids> is a comma-separated list of mirror ids. Fields are tab-escaped.
+   LMTP sends SAVE before the delivery's commit only when it must know
+   whether the copies can be saved (mirror_failure = tempfail); otherwise
+   it sends SAVE and COMMIT together once the delivery kept the message. */
 
 #include "mirror-copy.h"
 

@@ -4,9 +4,11 @@
    with group commit.
 
    Every LMTP process hands the copies of a delivery over this service's
-   socket (protocol: lib-mirror/mirror-writer-client.h) when the delivery
-   is about to commit (SAVE), and says whether it kept the message once
-   its commit is over (COMMIT or ABORT). The copies saved into a storage
+   socket (protocol: lib-mirror/mirror-writer-client.h): once the delivery
+   kept the message (SAVE and at once COMMIT), or, with mirror_failure =
+   tempfail, when it is about to commit (SAVE, whose saves it waits for),
+   saying whether it kept the message once its commit is over (COMMIT or
+   ABORT). The copies saved into a storage
    since its last commit form one batch: one transaction, one commit (one
    fsync), one chain append per mirror and one count in the registry for
    all of them, however many LMTP processes they came from. A batch is

@@ -129,8 +129,10 @@ struct lmtp_mirror_delivery {
 	struct mirror_copy_batch *batch;
 	ARRAY(struct mirror_copy_target) copies;
 	ARRAY_TYPE(uint) copy_idx;
-	/* the copies were handed to mirror-writer */
+	/* the copies go to mirror-writer: handed over before the commit
+	   (with tempfail), or once the delivery kept the message */
 	bool via_writer;
+	bool writer_deferred;
 	bool forwarded;
 };
 
@@ -433,11 +435,10 @@ static void lmtp_mirror_writer_close(struct lmtp_mirror_client *mclient)
 	mirror_writer_client_deinit(&mclient->writer);
 }
 
-/* Hand the delivery's copies to mirror-writer (waiting for their saves
-   if wait). Returns 0, or -1 if the writer can't be used: the caller
-   copies in this process then. */
+/* Send the delivery's copies to mirror-writer (waiting for their saves
+   if wait). Returns 0, or -1 if the writer can't be used. */
 static int
-lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
+lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool wait)
 {
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	struct lmtp_mirror_plan *plan = mclient->plan;
@@ -445,9 +446,12 @@ lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
 	const char *error;
 	int fd;
 
-	if (mclient->writer == NULL ||
-	    array_count(&delivery->copies) > MIRROR_WRITER_MAX_TARGETS)
+	if (mclient->writer == NULL) {
+		/* gone since the delivery began */
+		e_error(delivery->event, "mirror: mirror-writer went away: "
+			"copying in the LMTP process");
 		return -1;
+	}
 	if ((fd = lmtp_mirror_plan_fd(mclient, plan, &error)) == -1) {
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
 			"process", error);
@@ -464,6 +468,30 @@ lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
 		lmtp_mirror_writer_close(mclient);
 		return -1;
 	}
+	return 0;
+}
+
+/* Hand the delivery's copies to mirror-writer. With wait (tempfail: a
+   copy that can't be saved fails the delivery), they are sent now and
+   saved before the delivery's commit. Otherwise they are sent only once
+   the delivery kept the message (lmtp_mirror_writer_finish()): the
+   writer's batches then hold only copies of deliveries that are over,
+   and commit as soon as the writer is free, without waiting for a
+   delivery still in its commit; a message nobody kept never reaches a
+   storage. Returns 0, or -1 if the writer can't be used: the caller
+   copies in this process then. */
+static int
+lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
+{
+	struct lmtp_mirror_client *mclient = delivery->mclient;
+
+	if (mclient->writer == NULL ||
+	    array_count(&delivery->copies) > MIRROR_WRITER_MAX_TARGETS)
+		return -1;
+	if (!wait)
+		delivery->writer_deferred = TRUE;
+	else if (lmtp_mirror_writer_send(delivery, TRUE) < 0)
+		return -1;
 	delivery->via_writer = TRUE;
 	return 0;
 }
@@ -482,20 +510,30 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 
 	delivery->via_writer = FALSE;
 	if (!kept) {
-		mirror_writer_client_abort(mclient->writer);
+		if (!delivery->writer_deferred)
+			mirror_writer_client_abort(mclient->writer);
 		for (i = 0; i < count; i++) {
 			copies[i].error = "Not copied, because the delivery "
 				"kept nothing";
 		}
 		return;
 	}
-	ret = mirror_writer_client_commit(mclient->writer, copies, count,
-					  &error);
+	if (delivery->writer_deferred &&
+	    lmtp_mirror_writer_send(delivery, FALSE) < 0) {
+		/* logged; the writer is gone (it may have got the copies
+		   before its connection broke) */
+		ret = -1;
+	} else {
+		ret = mirror_writer_client_commit(mclient->writer, copies,
+						  count, &error);
+		if (ret == -1) {
+			e_error(delivery->event, "mirror: %s: copying in "
+				"the LMTP process", error);
+		}
+	}
 	if (ret == -1) {
 		/* The writer died: what it committed before is in the
 		   storages, and nothing more will be. */
-		e_error(delivery->event, "mirror: %s: copying in the LMTP "
-			"process", error);
 		lmtp_mirror_writer_close(mclient);
 		(void)mirror_copier_copy_missing(mclient->copier,
 			mclient->plan->raw_mail,

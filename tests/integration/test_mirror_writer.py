@@ -7,8 +7,10 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 
 from conftest import make_message
+from faults import needs_fault_points
 from test_mirror_crash import subjects
 from test_verify import ok, verify
 
@@ -75,6 +77,39 @@ def test_concurrent_copies_share_a_transaction(sandbox):
     assert code == 0, err
     assert (row["records"], row["unrecorded"], row["counted"]) == \
         (str(total), "0", str(total)), row
+
+
+@needs_fault_points
+def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
+        make_sandbox, faults):
+    """With mirror_failure = accept, LMTP hands the copies over only once
+    the recipient's commit is over and kept the message: for a delivery
+    whose commit fails (the recipient's maildir new/ can't be written) the
+    writer saves nothing at all (its first save kills it here), for the
+    next one it does."""
+    sb = make_sandbox(users=[ALICE, AUDIT], config=faults.config)
+    sb.mirror_add(ALICE, AUDIT)
+    new = os.path.join(sb.dir, "mail", "example.com", "alice", "Maildir",
+                       "new")
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    faults.arm("mirror-copy-saved")
+    mode = os.stat(new).st_mode
+    os.chmod(new, 0o555)
+    try:
+        rcpt, data = sb.deliver([ALICE], make_message(subject="failed"))
+        assert [c for c, _ in data] == [451], data
+    finally:
+        os.chmod(new, mode)
+    # a copy handed over before the commit would be saved by now (LMTP
+    # doesn't wait for the save, so the 451 may come first)
+    time.sleep(1)
+    assert not faults.fired, "a copy of a message nobody kept was saved"
+    ok(sb.deliver([ALICE], make_message(subject="kept")))
+    assert faults.fired
+    sb.wait_log("Fault point mirror-copy-saved (1): killing this process")
+    sb.wait_log("copying in the LMTP process")
+    assert subjects(sb, ALICE) == ["first", "kept"]
+    assert subjects(sb, AUDIT) == ["first", "kept"]
 
 
 def test_lmtp_copies_itself_while_the_writer_is_gone(sandbox):

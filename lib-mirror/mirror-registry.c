@@ -519,53 +519,71 @@ int mirror_registry_user_set(struct registry *reg, const char *user,
 
 /* Copy counters */
 
+int mirror_registry_status_add(struct registry *reg,
+			       const struct mirror_status_delta *deltas,
+			       unsigned int count, const char **error_r)
+{
+	struct dict_transaction_context *trans;
+	unsigned int i;
+
+	trans = registry_transaction_begin(reg);
+	for (i = 0; i < count; i++) {
+		const struct mirror_status_delta *d = &deltas[i];
+
+		if (d->copies > 0) {
+			dict_atomic_inc(trans, t_strdup_printf(
+				MIRROR_KEY_STATUS"%u/copies", d->id),
+				d->copies);
+		}
+		if (d->failures == 0)
+			continue;
+		dict_atomic_inc(trans, t_strdup_printf(
+			MIRROR_KEY_STATUS"%u/failures", d->id), d->failures);
+		if (d->last_failure != NULL) {
+			dict_set(trans, t_strdup_printf(
+				MIRROR_KEY_STATUS"%u/last-failure", d->id),
+				t_strdup_printf("%ld %s",
+					(long)d->last_failure_time,
+					str_sanitize(d->last_failure, 500)));
+		}
+	}
+	/* NOTFOUND: the mirror was removed meanwhile */
+	return registry_transaction_commit(reg, &trans, error_r) < 0 ? -1 : 0;
+}
+
 void mirror_registry_status_update(struct registry *reg,
 				   const struct mirror_copy_result *results,
 				   unsigned int count)
 {
-	struct dict_transaction_context *trans;
+	ARRAY(struct mirror_status_delta) deltas;
+	struct mirror_status_delta *d;
 	const char *error;
-	unsigned int i, j, copies, failures;
-	int ret;
+	unsigned int i, j;
 
-	trans = registry_transaction_begin(reg);
+	/* each mirror once, however many copies the batch made */
+	t_array_init(&deltas, count);
 	for (i = 0; i < count; i++) {
-		const struct mirror_copy_result *r = &results[i], *last = NULL;
-
-		/* each mirror once, however many copies the batch made */
-		for (j = 0; j < i; j++) {
-			if (results[j].id == r->id)
+		for (j = 0; j < array_count(&deltas); j++) {
+			d = array_idx_modifiable(&deltas, j);
+			if (d->id == results[i].id)
 				break;
 		}
-		if (j < i)
-			continue;
-		copies = failures = 0;
-		for (j = i; j < count; j++) {
-			if (results[j].id != r->id)
-				continue;
-			if (results[j].error == NULL)
-				copies++;
-			else {
-				failures++;
-				last = &results[j];
-			}
+		if (j < array_count(&deltas))
+			d = array_idx_modifiable(&deltas, j);
+		else {
+			d = array_append_space(&deltas);
+			d->id = results[i].id;
 		}
-		if (copies > 0) {
-			dict_atomic_inc(trans, t_strdup_printf(
-				MIRROR_KEY_STATUS"%u/copies", r->id), copies);
+		if (results[i].error == NULL)
+			d->copies++;
+		else {
+			d->failures++;
+			d->last_failure_time = ioloop_time;
+			d->last_failure = results[i].error;
 		}
-		if (failures == 0)
-			continue;
-		dict_atomic_inc(trans, t_strdup_printf(
-			MIRROR_KEY_STATUS"%u/failures", r->id), failures);
-		dict_set(trans, t_strdup_printf(
-			MIRROR_KEY_STATUS"%u/last-failure", r->id),
-			 t_strdup_printf("%ld %s", (long)ioloop_time,
-					 str_sanitize(last->error, 500)));
 	}
-	/* NOTFOUND: the mirror was removed meanwhile */
-	ret = registry_transaction_commit(reg, &trans, &error);
-	if (ret < 0)
+	if (mirror_registry_status_add(reg, array_front(&deltas),
+				       array_count(&deltas), &error) < 0)
 		i_error("mirror: Updating the copy counters failed: %s", error);
 }
 

@@ -88,6 +88,19 @@ struct mirror_status {
 	time_t last_failure;
 	const char *last_failure_reason;
 };
+/* What to add to one mirror's counters */
+struct mirror_status_delta {
+	unsigned int id;
+	unsigned int copies, failures;
+	/* the last failure (NULL: none to record) */
+	time_t last_failure_time;
+	const char *last_failure;
+};
+/* Add to the counters of each mirror of deltas, in one transaction (a
+   mirror removed meanwhile is skipped). Returns 0, or -1 with error_r. */
+int mirror_registry_status_add(struct registry *reg,
+			       const struct mirror_status_delta *deltas,
+			       unsigned int count, const char **error_r);
 /* Count copies made and failed. Errors are logged, never returned: a
    counter must not fail a delivery. */
 void mirror_registry_status_update(struct registry *reg,

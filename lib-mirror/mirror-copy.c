@@ -68,6 +68,9 @@ struct mirror_copier {
 	   with (LMTP's own, before any delivery drops privileges) */
 	struct registry *registry;
 	struct mirror_privileges privs;
+	/* counts the copies instead of the registry, if set */
+	mirror_copier_count_callback_t *count_callback;
+	void *count_context;
 	ARRAY(struct mirror_storage *) storages;
 	/* the copies saved and not yet committed or rolled back */
 	struct mirror_copy_batch *batch;
@@ -288,6 +291,14 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 void mirror_copier_set_revalidate(struct mirror_copier *copier)
 {
 	copier->revalidate = TRUE;
+}
+
+void mirror_copier_set_count_callback(struct mirror_copier *copier,
+				      mirror_copier_count_callback_t *callback,
+				      void *context)
+{
+	copier->count_callback = callback;
+	copier->count_context = context;
 }
 
 void mirror_copier_set_service(struct mirror_copier *copier,
@@ -851,6 +862,12 @@ mirror_copier_count_results(struct mirror_copier *copier,
 		return;
 	if (mirror_privileges_set(&copier->privs, &error) < 0) {
 		i_error("mirror: Can't count copies: %s", error);
+		return;
+	}
+	if (copier->count_callback != NULL) {
+		copier->count_callback(array_front(results),
+				       array_count(results),
+				       copier->count_context);
 		return;
 	}
 	mirror_registry_status_update(copier->registry, array_front(results),

@@ -70,6 +70,17 @@ void mirror_copier_set_service(struct mirror_copier *copier,
    every recipient: a user removed meanwhile gets no more copies. */
 void mirror_copier_set_revalidate(struct mirror_copier *copier);
 
+/* Copies made and failed are given to callback (with the copier's own
+   identity) instead of being counted in the registry at once: a copier
+   that makes many copies counts them in its own time. */
+struct mirror_copy_result;
+typedef void mirror_copier_count_callback_t(
+	const struct mirror_copy_result *results, unsigned int count,
+	void *context);
+void mirror_copier_set_count_callback(struct mirror_copier *copier,
+				      mirror_copier_count_callback_t *callback,
+				      void *context);
+
 /* Save mail, with the targets' headers prepended, into the INBOX of each
    target's storage. With all_or_nothing, the copies are committed only
    if every one of them could be saved. The caller's effective uid/gid,

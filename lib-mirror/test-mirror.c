@@ -21,6 +21,7 @@
 #include "mirror-expire.h"
 #include "mirror-account.h"
 #include "mirror-expire-index.h"
+#include "mirror-count-journal.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -829,6 +830,46 @@ static void test_mirror_expire_index(void)
 	test_end();
 }
 
+static void test_mirror_count_journal(void)
+{
+	const struct mirror_count_pending entries[] = {
+		{ .id = 7, .copies = 3, .failures = 0 },
+		{ .id = 4294967295U, .copies = 4294967295U, .failures = 1 },
+		{ .id = 7, .copies = 2, .failures = 5 },
+	};
+	ARRAY_TYPE(mirror_count_pending) pending;
+	const struct mirror_count_pending *p;
+	struct istream *input;
+	string_t *str = t_str_new(256);
+	const char *error;
+	unsigned int broken;
+
+	test_begin("mirror count journal");
+	mirror_count_journal_format(str, entries, N_ELEMENTS(entries));
+	test_assert(str_len(str) ==
+		    MIRROR_COUNT_JOURNAL_LINE_LEN * N_ELEMENTS(entries));
+	/* lines that a rewrite may leave, or that were never the writer's */
+	str_append(str, "0000000009\t0000000001\n"
+		   "0000000000\t0000000001\t0000000000\n"
+		   "000000000x\t0000000001\t0000000000\n"
+		   "0000000008\t0000000001\t00000000000\n"
+		   "00000000");
+	input = i_stream_create_from_data(str_data(str), str_len(str));
+	t_array_init(&pending, 4);
+	test_assert(mirror_count_journal_parse(input, &pending, &broken,
+					       &error) == 0);
+	i_stream_unref(&input);
+	/* the last, unfinished line is not even read */
+	test_assert(broken == 4);
+	test_assert(array_count(&pending) == 2);
+	p = mirror_count_pending_find(&pending, 7);
+	test_assert(p != NULL && p->copies == 5 && p->failures == 5);
+	p = mirror_count_pending_find(&pending, 4294967295U);
+	test_assert(p != NULL && p->copies == 4294967295U && p->failures == 1);
+	test_assert(mirror_count_pending_find(&pending, 9) == NULL);
+	test_end();
+}
+
 int main(void)
 {
 	static void (*const test_functions[])(void) = {
@@ -847,6 +888,7 @@ int main(void)
 		test_mirror_chain_file_cr_nul,
 		test_mirror_chain_append_records,
 		test_mirror_expire_index,
+		test_mirror_count_journal,
 		NULL
 	};
 	return test_run(test_functions);

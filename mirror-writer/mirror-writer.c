@@ -41,6 +41,7 @@
 #include "restrict-access.h"
 #include "master-service.h"
 #include "master-service-settings.h"
+#include "settings-parser.h"
 #include "mail-user.h"
 #include "mail-storage-service.h"
 #include "dict.h"
@@ -51,6 +52,7 @@
 #include "mirror-log.h"
 #include "mirror-setting.h"
 #include "mirror-writer-client.h"
+#include "writer-counts.h"
 
 #include <sys/stat.h>
 
@@ -58,6 +60,10 @@
    and the most copies it takes */
 #define WRITER_BATCH_LINGER_MSECS 5
 #define WRITER_BATCH_MAX_COPIES 64
+/* mirror_writer_count_interval's default */
+#define WRITER_COUNT_INTERVAL_DEFAULT_MSECS 1000
+/* the journal of copies not counted yet, in base_dir */
+#define WRITER_COUNTS_JOURNAL_NAME "mirror-writer.counts"
 
 struct writer_delivery;
 
@@ -109,6 +115,7 @@ struct writer_delivery {
 static struct connection_list *writer_clients;
 static struct mail_storage_service_ctx *storage_service;
 static struct registry *writer_registry;
+static struct writer_counts *writer_counts;
 static struct mirror_copier *writer_copier;
 static struct event *writer_event;
 /* the open batches (at most one per storage) and the closed ones */
@@ -532,10 +539,17 @@ static void client_connected(struct master_service_connection *mconn)
 	i_stream_unix_set_read_fd(client->conn.input);
 }
 
+static void writer_count(const struct mirror_copy_result *results,
+			 unsigned int count, void *context ATTR_UNUSED)
+{
+	writer_counts_add(writer_counts, results, count);
+}
+
 static void writer_settings_init(bool *fsync_r)
 {
 	const struct mail_user_settings *user_set;
-	const char *dict_uri, *error;
+	const char *base_dir, *dict_uri, *value, *error;
+	unsigned int interval = WRITER_COUNT_INTERVAL_DEFAULT_MSECS;
 	void **sets;
 
 	mail_storage_service_init_settings(storage_service, NULL);
@@ -543,14 +557,28 @@ static void writer_settings_init(bool *fsync_r)
 	user_set = sets[0];
 	*fsync_r = mirror_set_bool(user_set, writer_event, "mirror_fsync",
 				   TRUE);
+	value = mail_user_set_plugin_getenv(user_set,
+					    "mirror_writer_count_interval");
+	if (value != NULL && *value != '\0' &&
+	    settings_get_time_msecs(value, &interval, &error) < 0) {
+		e_error(writer_event, "Invalid mirror_writer_count_interval "
+			"(%s): using %u ms", error,
+			WRITER_COUNT_INTERVAL_DEFAULT_MSECS);
+		interval = WRITER_COUNT_INTERVAL_DEFAULT_MSECS;
+	}
+	base_dir = master_service_settings_get(master_service)->base_dir;
 	dict_uri = mail_user_set_plugin_getenv(user_set, "mirror_dict");
 	if (dict_uri == NULL || *dict_uri == '\0') {
 		e_error(writer_event, "mirror_dict is not set: copies are "
 			"not counted");
-	} else if (registry_init(dict_uri,
-			master_service_settings_get(master_service)->base_dir,
-			writer_event, &writer_registry, &error) < 0) {
+	} else if (registry_init(dict_uri, base_dir, writer_event,
+				 &writer_registry, &error) < 0) {
 		e_error(writer_event, "%s: copies are not counted", error);
+	} else {
+		writer_counts = writer_counts_init(writer_registry,
+			t_strconcat(base_dir, "/",
+				    WRITER_COUNTS_JOURNAL_NAME, NULL),
+			interval, writer_event);
 	}
 }
 
@@ -587,6 +615,10 @@ int main(int argc, char *argv[])
 	mirror_copier_set_service(writer_copier, "lda",
 				  MIRROR_WRITER_SERVICE_NAME);
 	mirror_copier_set_revalidate(writer_copier);
+	if (writer_counts != NULL) {
+		mirror_copier_set_count_callback(writer_copier, writer_count,
+						 NULL);
+	}
 	i_array_init(&writer_batches, 16);
 	writer_clients = connection_list_init(&writer_client_set,
 					      &writer_client_vfuncs);
@@ -604,6 +636,8 @@ int main(int argc, char *argv[])
 	}
 	array_free(&writer_batches);
 	mirror_copier_deinit(&writer_copier);
+	if (writer_counts != NULL)
+		writer_counts_deinit(&writer_counts);
 	registry_deinit(&writer_registry);
 	mail_storage_service_deinit(&storage_service);
 	dict_drivers_unregister_builtin();

@@ -334,6 +334,7 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 	ARRAY_TYPE(mirror_def) defs;
 	const struct mirror_def *def;
 	struct mirror_status status;
+	ARRAY_TYPE(mirror_count_pending) uncounted;
 	const char *source = NULL, *error;
 	enum mirror_type type;
 	int ret;
@@ -361,11 +362,21 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("last_failure_reason");
 	doveadm_print_header_simple("hold");
 	doveadm_print_header_simple("hold_reason");
+	/* the journal before the registry */
+	t_array_init(&uncounted, 8);
+	doveadm_mirror_uncounted_read(&uncounted);
 	array_foreach(&defs, def) {
+		const struct mirror_count_pending *p =
+			mirror_count_pending_find(&uncounted, def->id);
+
 		if (mirror_registry_status_get(reg, def->id, &status,
 					       &error) < 0) {
 			doveadm_mirror_fail(EX_TEMPFAIL, error);
 			i_zero(&status);
+		}
+		if (p != NULL) {
+			status.copies += p->copies;
+			status.failures += p->failures;
 		}
 		doveadm_mirror_print(def, TRUE);
 		doveadm_print(dec2str(status.copies));

@@ -144,6 +144,34 @@ static struct registry *doveadm_mirror_registry_open_as(bool unchecked)
 	return reg;
 }
 
+void doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
+{
+	const char *error;
+
+	if (!array_is_created(pending))
+		t_array_init(pending, 8);
+	if (mirror_count_journal_read(doveadm_settings->base_dir, pending,
+				      &error) < 0) {
+		/* only root reads it */
+		if (errno != EACCES)
+			i_warning("Copies not counted yet are left out: %s",
+				  error);
+	}
+}
+
+void doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
+			      unsigned int *failures_r)
+{
+	ARRAY_TYPE(mirror_count_pending) pending;
+	const struct mirror_count_pending *p;
+
+	t_array_init(&pending, 8);
+	doveadm_mirror_uncounted_read(&pending);
+	p = mirror_count_pending_find(&pending, id);
+	*copies_r = p == NULL ? 0 : p->copies;
+	*failures_r = p == NULL ? 0 : p->failures;
+}
+
 struct registry *doveadm_mirror_registry_open(void)
 {
 	return doveadm_mirror_registry_open_as(FALSE);

@@ -5,6 +5,7 @@
    (doveadm-mirror.c), and the groups of commands the module registers. */
 
 #include "mirror-chain.h"
+#include "mirror-count-journal.h"
 
 struct registry;
 struct mirror_def;
@@ -46,6 +47,17 @@ struct registry *doveadm_mirror_registry_open_unchecked(void);
 /* The registry, with its write lock (registry-lock.h) held until
    registry_deinit(): for the commands that change it. */
 struct registry *doveadm_mirror_registry_open_locked(void);
+
+/* The copies and failures that this host's mirror-writer made and has
+   not counted in the registry yet (its journal in base_dir, see
+   mirror-count-journal.h; nothing if there is none or it can't be read,
+   with a warning), appended to pending (from the data stack). Read it
+   before the registry's counters: a count moving from one to the other
+   in between is then seen twice, never missed. */
+void doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending);
+/* The same for mirror id alone. */
+void doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
+			      unsigned int *failures_r);
 
 /* A storage service for opening mirror storage users from a command, with
    a temporary privilege drop (restore the identity afterwards with

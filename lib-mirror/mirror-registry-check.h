@@ -18,7 +18,8 @@ struct registry_check;
 
 struct mirror_check_storage {
 	/* The copy records in the hash chain of def's mirror (see
-	   mirror-chain.h). 0, or -1 with error_r. */
+	   mirror-chain.h), less the copies that mirror-writer has yet to
+	   count. 0, or -1 with error_r. */
 	int (*chain_copies)(const struct mirror_def *def, void *context,
 			    uint64_t *copies_r, const char **error_r);
 	/* The oldest save date in storage's INBOX, 0 if it is empty, as

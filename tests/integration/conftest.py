@@ -83,6 +83,21 @@ def pytest_sessionfinish(session, exitstatus):
         _session_redis.cleanup()
 
 
+def eventually(get, expected, timeout=10):
+    """Assert that get() returns expected within timeout seconds.
+    mirror-writer counts the copies it makes in the registry once per
+    mirror_writer_count_interval (1 s): doveadm mirror list and verify
+    add what the local writer hasn't counted yet, but the registry's raw
+    keys, and another server's list, show them a little later."""
+    deadline = time.time() + timeout
+    value = get()
+    while value != expected and time.time() < deadline:
+        time.sleep(0.1)
+        value = get()
+    assert value == expected
+    return value
+
+
 def make_message(subject="hello", body="body line\r\n", msgid=None,
                  extra_headers=""):
     msgid = msgid or "<%s@remote.test>" % os.urandom(8).hex()

@@ -4,7 +4,7 @@ import email.utils
 import os
 import time
 
-from conftest import header_values, make_message
+from conftest import eventually, header_values, make_message
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 AUDIT, AUDIT2 = "audit@example.com", "audit2@example.com"
@@ -313,7 +313,8 @@ def test_no_copy_when_the_recipients_commit_fails(make_sandbox):
     assert sb.maildir_count(ALICE) == 2
     assert sb.maildir_count(AUDIT) == 2
     # nothing counted for the deliveries that kept nothing
-    assert sb.registry_get("mirror/status/%s/copies" % m["id"]) == "2"
+    eventually(lambda: sb.registry_get("mirror/status/%s/copies"
+                                       % m["id"]), "2")
     assert sb.registry_get("mirror/status/%s/failures" % m["id"]) == "0"
 
 

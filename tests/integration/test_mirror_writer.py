@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 
-from conftest import make_message
+from conftest import eventually, make_message
 from faults import needs_fault_points
 from test_mirror_crash import subjects
 from test_verify import ok, verify
@@ -110,6 +110,56 @@ def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
     sb.wait_log("copying in the LMTP process")
     assert subjects(sb, ALICE) == ["first", "kept"]
     assert subjects(sb, AUDIT) == ["first", "kept"]
+
+
+def mirror_copies(sb, mirror_id):
+    """(doveadm mirror list's copies, the registry's raw counter)"""
+    listed = {m["id"]: m for m in
+              sb.doveadm("mirror", "list", json_output=True).json}
+    return (listed[mirror_id]["copies"],
+            sb.registry_get("mirror/status/%s/copies" % mirror_id))
+
+
+def test_copies_not_counted_yet_survive_a_writer_kill(make_sandbox):
+    """mirror-writer counts its copies once per
+    mirror_writer_count_interval; until then they are in its journal,
+    which doveadm adds to what it shows, and which the next writer counts
+    after a kill -9 (the example configuration starts one at once). A
+    graceful stop counts them at once."""
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_writer_count_interval": "1h"})
+    m = sb.mirror_add(ALICE, AUDIT)
+    for i in range(3):
+        ok(sb.deliver([ALICE], make_message(subject="m%d" % i)))
+    assert mirror_copies(sb, m["id"]) == ("3", "0")
+    code, row, err = verify(sb, m["id"])
+    assert code == 0 and row["counted"] == "3", (row, err)
+    assert "below" not in err, err
+
+    (pid,) = writer_pids(sb)
+    os.kill(pid, signal.SIGKILL)
+    sb.wait_log("service(mirror-writer): child %d killed with signal 9" % pid)
+    # the master starts a writer again at once (process_min_avail = 1),
+    # which counts what the last one left first
+    sb.wait_log("Counting 3 copies that the writer before this one made")
+    assert mirror_copies(sb, m["id"]) == ("3", "3")
+    ok(sb.deliver([ALICE], make_message(subject="m3")))
+    assert mirror_copies(sb, m["id"]) == ("4", "3")
+
+    (pid,) = writer_pids(sb)
+    os.kill(pid, signal.SIGTERM)
+    eventually(lambda: mirror_copies(sb, m["id"]), ("4", "4"))
+    code, row, err = verify(sb, m["id"])
+    assert code == 0 and row["counted"] == "4", (row, err)
+    assert subjects(sb, AUDIT) == ["m0", "m1", "m2", "m3"]
+
+
+def test_a_count_interval_of_zero_counts_every_batch(make_sandbox):
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_writer_count_interval": "0"})
+    m = sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE]))
+    assert mirror_copies(sb, m["id"]) == ("1", "1")
 
 
 def test_lmtp_copies_itself_while_the_writer_is_gone(sandbox):

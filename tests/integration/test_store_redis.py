@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import make_message
+from conftest import eventually, make_message
 from peers import CustomerMTA, fetchmail_etrn
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -74,8 +74,8 @@ def test_a_mirror_added_on_one_server_acts_on_the_other(fleet, redis_server):
     ok(a.deliver([ALICE], make_message(subject="through a")))
     assert len(b.imap_messages(storage, password=password)) == 2
     # one counter for the fleet
-    assert listed(a)[m["id"]]["copies"] == "2"
-    assert listed(b)[m["id"]]["copies"] == "2"
+    eventually(lambda: listed(a)[m["id"]]["copies"], "2")
+    eventually(lambda: listed(b)[m["id"]]["copies"], "2")
     # a mirror removed on B stops on A
     b.doveadm("mirror", "remove", str(m["id"]))
     ok(a.deliver([ALICE], make_message(subject="after remove")))
@@ -103,7 +103,7 @@ def test_two_servers_delivering_at_once(fleet):
         t.join()
     assert not errors, errors
     # atomic increments: no update lost between the servers
-    assert listed(a)[m["id"]]["copies"] == str(2 * count)
+    eventually(lambda: listed(a)[m["id"]]["copies"], str(2 * count))
     assert listed(a)[m["id"]]["failures"] == "0"
     msgs = a.imap_messages(m["storage"], password=m["password"])
     subjects = sorted(x.split(b"Subject: ")[1].split(b"\r\n")[0]
@@ -162,7 +162,7 @@ def test_store_outage(fleet, redis_server):
     ok(b.deliver([ALICE], make_message(subject="retried")))
     assert a.maildir_count(m["storage"]) == 3
     assert len(a.imap_messages(ALICE)) == 4
-    assert listed(a)[m["id"]]["copies"] == "3"
+    eventually(lambda: listed(a)[m["id"]]["copies"], "3")
 
 
 # Mail Bagging on the fleet

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import make_message
+from conftest import eventually, make_message
 from peers import CustomerMTA, fetchmail_etrn
 
 ALICE = "alice@example.com"
@@ -57,8 +57,8 @@ def test_mirrors_and_storage_users_in_sql(sb):
     assert len(msgs) == 3
     listed = sb.doveadm("mirror", "list", json_output=True).json
     assert listed[0]["copies"] == "3"
-    assert rows(sb, "mirror", "status/")[
-        "status/%s/copies" % m["id"]] == "3"
+    eventually(lambda: rows(sb, "mirror", "status/").get(
+        "status/%s/copies" % m["id"]), "3")
     # the expiry scan reads the index rows, and removes what is due
     oldest = int(rows(sb, "mirror", "expire/")["expire/" + m["storage"]])
     r = sb.doveadm("mirror", "expire", "-T", str(oldest + 2 * DAY),
@@ -113,6 +113,10 @@ def test_check_and_repair_in_sql(sb):
     m = sb.mirror_add(ALICE)
     for i in range(2):
         ok(sb.deliver([ALICE], make_message(subject="m%d" % i)))
+    # counted by mirror-writer (what it has yet to count is left out of
+    # a reset)
+    eventually(lambda: rows(sb, "mirror", "status/").get(
+        "status/%s/copies" % m["id"]), "2")
     r = sb.doveadm("mirror", "check", json_output=True)
     assert r.json == []
 

@@ -436,7 +436,8 @@ static void lmtp_mirror_writer_close(struct lmtp_mirror_client *mclient)
 }
 
 /* Send the delivery's copies to mirror-writer (waiting for their saves
-   if wait). Returns 0, or -1 if the writer can't be used. */
+   if wait). Returns 0, -1 if the writer can't be used (it is closed), or
+   -2 if the message couldn't be written for it (the writer stays). */
 static int
 lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool wait)
 {
@@ -455,7 +456,7 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool wait)
 	if ((fd = lmtp_mirror_plan_fd(mclient, plan, &error)) == -1) {
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
 			"process", error);
-		return -1;
+		return -2;
 	}
 	if (mail_get_received_date(plan->raw_mail, &received) < 0)
 		received = (time_t)-1;
@@ -519,10 +520,16 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		return;
 	}
 	if (delivery->writer_deferred &&
-	    lmtp_mirror_writer_send(delivery, FALSE) < 0) {
-		/* logged; the writer is gone (it may have got the copies
-		   before its connection broke) */
-		ret = -1;
+	    (ret = lmtp_mirror_writer_send(delivery, FALSE)) < 0) {
+		/* logged: the writer is gone (it may have got the copies
+		   before its connection broke), or never got them */
+		if (ret == -2) {
+			(void)mirror_copier_copy_missing(mclient->copier,
+				mclient->plan->raw_mail,
+				mclient->plan->trans->timestamp.tv_sec,
+				copies, count, delivery->event, &error);
+			return;
+		}
 	} else {
 		ret = mirror_writer_client_commit(mclient->writer, copies,
 						  count, &error);

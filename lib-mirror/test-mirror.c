@@ -834,8 +834,9 @@ static void test_mirror_count_journal(void)
 {
 	const struct mirror_count_pending entries[] = {
 		{ .id = 7, .copies = 3, .failures = 0 },
-		{ .id = 4294967295U, .copies = 4294967295U, .failures = 1 },
-		{ .id = 7, .copies = 2, .failures = 5 },
+		{ .id = 4294967295U, .copies = 4294967295U, .failures = 1,
+		  .flushing_copies = 2, .flushing_failures = 4294967295U },
+		{ .id = 7, .copies = 2, .failures = 5, .flushing_copies = 1 },
 	};
 	ARRAY_TYPE(mirror_count_pending) pending;
 	const struct mirror_count_pending *p;
@@ -850,9 +851,10 @@ static void test_mirror_count_journal(void)
 		    MIRROR_COUNT_JOURNAL_LINE_LEN * N_ELEMENTS(entries));
 	/* lines that a rewrite may leave, or that were never the writer's */
 	str_append(str, "0000000009\t0000000001\n"
-		   "0000000000\t0000000001\t0000000000\n"
-		   "000000000x\t0000000001\t0000000000\n"
-		   "0000000008\t0000000001\t00000000000\n"
+		   "0000000000\t0000000001\t0000000000\t0000000000\t0000000000\n"
+		   "000000000x\t0000000001\t0000000000\t0000000000\t0000000000\n"
+		   "0000000008\t0000000001\t0000000000\t0000000000\t00000000000\n"
+		   "0000000008\t0000000001\t0000000000\t0000000000\n"
 		   "00000000");
 	input = i_stream_create_from_data(str_data(str), str_len(str));
 	t_array_init(&pending, 4);
@@ -860,12 +862,15 @@ static void test_mirror_count_journal(void)
 					       &error) == 0);
 	i_stream_unref(&input);
 	/* the last, unfinished line is not even read */
-	test_assert(broken == 4);
+	test_assert(broken == 5);
 	test_assert(array_count(&pending) == 2);
 	p = mirror_count_pending_find(&pending, 7);
-	test_assert(p != NULL && p->copies == 5 && p->failures == 5);
+	test_assert(p != NULL && p->copies == 5 && p->failures == 5 &&
+		    p->flushing_copies == 1 && p->flushing_failures == 0);
 	p = mirror_count_pending_find(&pending, 4294967295U);
-	test_assert(p != NULL && p->copies == 4294967295U && p->failures == 1);
+	test_assert(p != NULL && p->copies == 4294967295U &&
+		    p->failures == 1 && p->flushing_copies == 2 &&
+		    p->flushing_failures == 4294967295U);
 	test_assert(mirror_count_pending_find(&pending, 9) == NULL);
 	test_end();
 }

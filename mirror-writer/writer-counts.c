@@ -5,13 +5,20 @@
 
    The journal is rewritten in place after every batch, without fsync: it
    has to survive the process, not the machine (whose crash loses the
-   unsynced registry file dict as well). A flush zeroes the journal's
-   lines before the registry transaction that counts them, so a kill
-   between the two leaves a counter short, as a kill between a commit and
-   its count always did (`doveadm mirror verify --reconcile` raises it),
-   and never counts a copy twice. A batch with a failure is counted at
-   once, with the failure's reason (which the journal doesn't keep): a
-   failure shows in `doveadm mirror list` when it happens. */
+   unsynced registry file dict as well). A flush moves what waits to the
+   journal's "flushing" columns, counts it in the registry, and zeroes
+   them: readers see a count in the journal until the registry has it,
+   and a writer that starts after a crash drops what was flushing (it may
+   be counted already), so a kill leaves a counter short at worst (`doveadm
+   mirror verify --reconcile` raises it), never counts a copy twice. If
+   the journal can't be written, nothing is counted until it can. A batch
+   with a failure is counted at once, with the failure's reason (which the
+   journal doesn't keep): a failure shows in `doveadm mirror list` when it
+   happens.
+
+   Without the journal's lock (another writer has it: the one before a
+   reload, still serving its LMTP connections) each batch is counted at
+   once, and the lock is tried again at most once per second. */
 
 #include "lib.h"
 #include "array.h"
@@ -20,6 +27,7 @@
 #include "file-lock.h"
 #include "istream.h"
 #include "write-full.h"
+#include "fault-point.h"
 #include "mirror-registry.h"
 #include "mirror-count-journal.h"
 #include "writer-counts.h"
@@ -27,8 +35,10 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#define WRITER_COUNTS_LOCK_RETRY_SECS 1
+
 struct writer_count {
-	/* id, and what waits to be counted */
+	/* id, what waits to be counted, and what is being counted */
 	struct mirror_count_pending pending;
 	time_t last_failure_time;
 	char *last_failure;
@@ -38,17 +48,21 @@ struct writer_counts {
 	struct registry *reg;
 	struct event *event;
 	char *path;
+	/* the journal, locked; -1 without it */
 	int fd;
 	struct file_lock *lock;
+	time_t lock_tried;
 	unsigned int interval_msecs;
 	struct timeout *to;
-	/* one per mirror copied to since the start, in the journal's order
-	   (a counted one stays, with zeros) */
+	/* one per mirror copied to since the journal was opened, in the
+	   journal's order (a counted one stays, with zeros) */
 	ARRAY(struct writer_count) counts;
 	bool waiting;
 	/* a journal write failed: logged once */
 	bool journal_failed;
 };
+
+static void writer_counts_timeout(struct writer_counts *counts);
 
 static struct writer_count *
 writer_counts_get(struct writer_counts *counts, unsigned int id)
@@ -64,13 +78,13 @@ writer_counts_get(struct writer_counts *counts, unsigned int id)
 	return count;
 }
 
-static void writer_counts_journal_write(struct writer_counts *counts)
+/* Returns 0, or -1 if the journal couldn't be written (logged once). */
+static int writer_counts_journal_write(struct writer_counts *counts)
 {
 	const struct writer_count *count;
 	string_t *str;
 
-	if (counts->fd == -1)
-		return;
+	i_assert(counts->fd != -1);
 	str = t_str_new(MIRROR_COUNT_JOURNAL_LINE_LEN *
 			(array_count(&counts->counts) + 1));
 	array_foreach(&counts->counts, count)
@@ -78,38 +92,42 @@ static void writer_counts_journal_write(struct writer_counts *counts)
 	if (pwrite_full(counts->fd, str_data(str), str_len(str), 0) < 0) {
 		if (!counts->journal_failed) {
 			e_error(counts->event, "write(%s) failed: %m "
-				"(copies not counted yet are lost if the "
-				"process dies)", counts->path);
+				"(copies are not counted until it can be "
+				"written)", counts->path);
 		}
 		counts->journal_failed = TRUE;
-	} else {
-		counts->journal_failed = FALSE;
+		return -1;
 	}
+	counts->journal_failed = FALSE;
+	return 0;
 }
 
-static void writer_counts_timeout(struct writer_counts *counts);
-
-/* The next flush, unless one is due already (with interval 0, at the
+/* The next flush, unless one is due already (without a journal, at the
    next batch) */
 static void writer_counts_arm(struct writer_counts *counts)
 {
 	struct ioloop_context *ctx;
 
-	if (counts->to != NULL || counts->interval_msecs == 0 ||
-	    counts->fd == -1)
+	if (counts->to != NULL || counts->fd == -1)
 		return;
-	/* outside the ioloop context of the storage being written: the
-	   flush runs as the writer itself */
+	/* outside the ioloop context of a storage being written: the flush
+	   runs as the writer itself */
 	ctx = io_loop_get_current_context(current_ioloop);
-	if (ctx != NULL)
+	if (ctx != NULL) {
+		io_loop_context_ref(ctx);
 		io_loop_context_deactivate(ctx);
-	counts->to = timeout_add(counts->interval_msecs,
+	}
+	counts->to = timeout_add(counts->interval_msecs > 0 ?
+				 counts->interval_msecs : 1000,
 				 writer_counts_timeout, counts);
-	if (ctx != NULL)
+	if (ctx != NULL) {
 		io_loop_context_activate(ctx);
+		io_loop_context_unref(&ctx);
+	}
 }
 
-void writer_counts_flush(struct writer_counts *counts)
+/* Count in the registry what waits. Returns 0, or -1 if it must wait. */
+static int writer_counts_commit(struct writer_counts *counts)
 {
 	ARRAY(struct mirror_status_delta) deltas;
 	struct mirror_status_delta *delta;
@@ -117,58 +135,181 @@ void writer_counts_flush(struct writer_counts *counts)
 	const char *error;
 	int ret;
 
-	if (!counts->waiting)
-		return;
-	T_BEGIN {
-		t_array_init(&deltas, array_count(&counts->counts));
-		array_foreach_modifiable(&counts->counts, count) {
-			if (count->pending.copies == 0 &&
-			    count->pending.failures == 0)
-				continue;
-			delta = array_append_space(&deltas);
-			delta->id = count->pending.id;
-			delta->copies = count->pending.copies;
-			delta->failures = count->pending.failures;
-			delta->last_failure_time = count->last_failure_time;
-			delta->last_failure = t_strdup(count->last_failure);
-			count->pending.copies = 0;
-			count->pending.failures = 0;
-			i_free(count->last_failure);
-		}
-		counts->waiting = FALSE;
-		/* zeroed first: a kill before the commit leaves the
-		   counters short, never counts them twice */
-		writer_counts_journal_write(counts);
+	t_array_init(&deltas, array_count(&counts->counts));
+	array_foreach_modifiable(&counts->counts, count) {
+		struct mirror_count_pending *p = &count->pending;
+
+		if (p->copies == 0 && p->failures == 0)
+			continue;
+		delta = array_append_space(&deltas);
+		delta->id = p->id;
+		delta->copies = p->copies;
+		delta->failures = p->failures;
+		delta->last_failure_time = count->last_failure_time;
+		delta->last_failure = t_strdup(count->last_failure);
+		p->flushing_copies = p->copies;
+		p->flushing_failures = p->failures;
+		p->copies = p->failures = 0;
+	}
+	if (array_count(&deltas) == 0)
+		return 0;
+	/* in the journal as flushing until the registry has them */
+	if (counts->fd != -1 && writer_counts_journal_write(counts) < 0)
+		ret = -1;
+	else {
+		FAULT_POINT("mirror-count-flushing");
 		ret = mirror_registry_status_add(counts->reg,
 						 array_front(&deltas),
 						 array_count(&deltas), &error);
 		if (ret < 0) {
 			e_error(counts->event, "Updating the copy counters "
 				"failed (trying again): %s", error);
-			/* back into the journal, with what came since */
-			array_foreach_modifiable(&deltas, delta) {
-				count = writer_counts_get(counts, delta->id);
-				count->pending.copies += delta->copies;
-				count->pending.failures += delta->failures;
-				if (delta->last_failure != NULL &&
-				    count->last_failure == NULL) {
-					count->last_failure_time =
-						delta->last_failure_time;
-					count->last_failure =
-						i_strdup(delta->last_failure);
-				}
-			}
-			counts->waiting = TRUE;
-			writer_counts_journal_write(counts);
 		}
+	}
+	array_foreach_modifiable(&counts->counts, count) {
+		struct mirror_count_pending *p = &count->pending;
+
+		if (ret < 0) {
+			/* back to waiting, with what came meanwhile */
+			p->copies += p->flushing_copies;
+			p->failures += p->flushing_failures;
+		} else {
+			i_free(count->last_failure);
+		}
+		p->flushing_copies = p->flushing_failures = 0;
+	}
+	if (counts->fd != -1)
+		(void)writer_counts_journal_write(counts);
+	return ret;
+}
+
+void writer_counts_flush(struct writer_counts *counts)
+{
+	int ret;
+
+	if (!counts->waiting)
+		return;
+	T_BEGIN {
+		ret = writer_counts_commit(counts);
 	} T_END;
-	if (counts->waiting)
+	if (ret == 0)
+		counts->waiting = FALSE;
+	else
 		writer_counts_arm(counts);
 }
 
 static void writer_counts_timeout(struct writer_counts *counts)
 {
 	timeout_remove(&counts->to);
+	writer_counts_flush(counts);
+}
+
+static void writer_counts_journal_close(struct writer_counts *counts)
+{
+	file_lock_free(&counts->lock);
+	i_close_fd(&counts->fd);
+}
+
+/* Count what a writer before this one left in the journal: what waited,
+   not what was being flushed (it may be counted already). Returns 0, or
+   -1 if the journal can't be used (left as it is). */
+static int writer_counts_replay(struct writer_counts *counts)
+{
+	ARRAY_TYPE(mirror_count_pending) pending;
+	const struct mirror_count_pending *p;
+	struct istream *input;
+	struct writer_count *c;
+	const char *error;
+	unsigned int broken, copies = 0, flushing = 0;
+	int ret;
+
+	input = i_stream_create_fd(counts->fd, IO_BLOCK_SIZE);
+	t_array_init(&pending, 8);
+	ret = mirror_count_journal_parse(input, &pending, &broken, &error);
+	i_stream_destroy(&input);
+	if (ret < 0) {
+		e_error(counts->event, "read(%s) failed: %s", counts->path,
+			error);
+		return -1;
+	}
+	if (broken > 0) {
+		e_error(counts->event, "%s: %u broken lines skipped",
+			counts->path, broken);
+	}
+	/* this writer's lines only from now on */
+	if (ftruncate(counts->fd, 0) < 0) {
+		e_error(counts->event, "ftruncate(%s) failed: %m",
+			counts->path);
+		return -1;
+	}
+	array_foreach(&pending, p) {
+		flushing += p->flushing_copies;
+		if (p->copies == 0 && p->failures == 0)
+			continue;
+		c = writer_counts_get(counts, p->id);
+		c->pending.copies += p->copies;
+		c->pending.failures += p->failures;
+		copies += p->copies;
+		counts->waiting = TRUE;
+	}
+	if (flushing > 0) {
+		e_warning(counts->event, "%u copies were being counted when "
+			  "the writer before this one stopped: a counter that "
+			  "they didn't reach is short (doveadm mirror verify "
+			  "--reconcile raises it)", flushing);
+	}
+	if (counts->waiting) {
+		e_info(counts->event, "Counting %u copies that the writer "
+		       "before this one made and didn't count yet (%s)",
+		       copies, counts->path);
+	}
+	return 0;
+}
+
+/* Open and lock the journal, and count what it holds. */
+static void writer_counts_journal_open(struct writer_counts *counts)
+{
+	struct file_lock_settings lock_set = {
+		.lock_method = FILE_LOCK_METHOD_FLOCK,
+	};
+	const char *error;
+	int ret;
+
+	i_assert(counts->fd == -1);
+	counts->lock_tried = ioloop_time;
+	counts->fd = open(counts->path, O_RDWR | O_CREAT, 0600);
+	if (counts->fd == -1) {
+		e_error(counts->event, "open(%s) failed: %m: copies are "
+			"counted batch by batch", counts->path);
+		return;
+	}
+	ret = file_try_lock(counts->fd, counts->path, F_WRLCK, &lock_set,
+			    &counts->lock, &error);
+	if (ret <= 0) {
+		if (ret < 0) {
+			e_error(counts->event, "%s: copies are counted batch "
+				"by batch", error);
+		} else {
+			e_info(counts->event, "%s is locked by another "
+			       "mirror-writer: copies are counted batch by "
+			       "batch until it lets it go", counts->path);
+		}
+		i_close_fd(&counts->fd);
+		return;
+	}
+	T_BEGIN {
+		ret = writer_counts_replay(counts);
+	} T_END;
+	if (ret < 0) {
+		e_error(counts->event, "%s left as it is: copies are counted "
+			"batch by batch", counts->path);
+		writer_counts_journal_close(counts);
+	}
+	if (counts->fd != -1 && array_count(&counts->counts) > 0) {
+		T_BEGIN {
+			(void)writer_counts_journal_write(counts);
+		} T_END;
+	}
 	writer_counts_flush(counts);
 }
 
@@ -180,6 +321,9 @@ void writer_counts_add(struct writer_counts *counts,
 	unsigned int i;
 	bool failed = FALSE;
 
+	if (counts->fd == -1 && counts->interval_msecs > 0 &&
+	    ioloop_time - counts->lock_tried >= WRITER_COUNTS_LOCK_RETRY_SECS)
+		writer_counts_journal_open(counts);
 	for (i = 0; i < count; i++) {
 		c = writer_counts_get(counts, results[i].id);
 		if (results[i].error == NULL)
@@ -198,87 +342,30 @@ void writer_counts_add(struct writer_counts *counts,
 		writer_counts_flush(counts);
 		return;
 	}
-	writer_counts_journal_write(counts);
+	T_BEGIN {
+		(void)writer_counts_journal_write(counts);
+	} T_END;
 	writer_counts_arm(counts);
-}
-
-/* Count what a writer before this one left in the journal. */
-static void writer_counts_replay(struct writer_counts *counts)
-{
-	ARRAY_TYPE(mirror_count_pending) pending;
-	const struct mirror_count_pending *p;
-	struct istream *input;
-	struct writer_count *c;
-	const char *error;
-	unsigned int broken, copies = 0;
-
-	input = i_stream_create_fd(counts->fd, IO_BLOCK_SIZE);
-	t_array_init(&pending, 8);
-	if (mirror_count_journal_parse(input, &pending, &broken,
-				       &error) < 0) {
-		e_error(counts->event, "read(%s) failed: %s", counts->path,
-			error);
-	}
-	i_stream_destroy(&input);
-	if (broken > 0) {
-		e_error(counts->event, "%s: %u broken lines skipped",
-			counts->path, broken);
-	}
-	/* this writer's lines only from now on */
-	if (ftruncate(counts->fd, 0) < 0)
-		e_error(counts->event, "ftruncate(%s) failed: %m", counts->path);
-	array_foreach(&pending, p) {
-		if (p->copies == 0 && p->failures == 0)
-			continue;
-		c = writer_counts_get(counts, p->id);
-		c->pending.copies += p->copies;
-		c->pending.failures += p->failures;
-		copies += p->copies;
-		counts->waiting = TRUE;
-	}
-	if (counts->waiting) {
-		e_info(counts->event, "Counting %u copies that the writer "
-		       "before this one made and didn't count yet (%s)",
-		       copies, counts->path);
-		writer_counts_journal_write(counts);
-		writer_counts_flush(counts);
-	}
 }
 
 struct writer_counts *
 writer_counts_init(struct registry *reg, const char *path,
 		   unsigned int interval_msecs, struct event *event)
 {
-	struct file_lock_settings lock_set = {
-		.lock_method = FILE_LOCK_METHOD_FLOCK,
-	};
 	struct writer_counts *counts;
-	const char *error;
-	int ret;
 
 	counts = i_new(struct writer_counts, 1);
 	counts->reg = reg;
 	counts->event = event;
 	counts->path = i_strdup(path);
 	counts->interval_msecs = interval_msecs;
+	counts->fd = -1;
 	i_array_init(&counts->counts, 8);
-
-	counts->fd = open(path, O_RDWR | O_CREAT, 0600);
-	if (counts->fd == -1) {
-		e_error(event, "open(%s) failed: %m: copies are counted "
-			"batch by batch", path);
-		return counts;
-	}
-	ret = file_try_lock(counts->fd, path, F_WRLCK, &lock_set,
-			    &counts->lock, &error);
-	if (ret <= 0) {
-		e_error(event, "%s: copies are counted batch by batch",
-			ret < 0 ? error : t_strdup_printf(
-			"%s is locked by another mirror-writer", path));
-		i_close_fd(&counts->fd);
-		return counts;
-	}
-	writer_counts_replay(counts);
+	/* also with interval 0: what a writer before this one left is
+	   counted */
+	writer_counts_journal_open(counts);
+	if (interval_msecs == 0 && counts->fd != -1)
+		writer_counts_journal_close(counts);
 	return counts;
 }
 
@@ -292,8 +379,8 @@ void writer_counts_deinit(struct writer_counts **_counts)
 	writer_counts_flush(counts);
 	/* a failed flush left them in the journal, for the next writer */
 	timeout_remove(&counts->to);
-	file_lock_free(&counts->lock);
-	i_close_fd(&counts->fd);
+	if (counts->fd != -1)
+		writer_counts_journal_close(counts);
 	array_foreach_modifiable(&counts->counts, count)
 		i_free(count->last_failure);
 	array_free(&counts->counts);

@@ -9,7 +9,7 @@
    locked by its writer), which the next writer counts first after a
    crash, and which doveadm adds to the counters it shows. With interval
    0, or when another process holds the journal, every batch is counted
-   at once. */
+   at once, and the lock is tried again once a second. */
 
 struct registry;
 struct mirror_copy_result;

@@ -364,20 +364,20 @@ static void cmd_mirror_list(struct doveadm_cmd_context *cctx)
 	doveadm_print_header_simple("hold_reason");
 	/* the journal before the registry */
 	t_array_init(&uncounted, 8);
-	doveadm_mirror_uncounted_read(&uncounted);
+	(void)doveadm_mirror_uncounted_read(&uncounted);
 	array_foreach(&defs, def) {
 		const struct mirror_count_pending *p =
 			mirror_count_pending_find(&uncounted, def->id);
+		unsigned int copies, failures;
 
 		if (mirror_registry_status_get(reg, def->id, &status,
 					       &error) < 0) {
 			doveadm_mirror_fail(EX_TEMPFAIL, error);
 			i_zero(&status);
 		}
-		if (p != NULL) {
-			status.copies += p->copies;
-			status.failures += p->failures;
-		}
+		doveadm_mirror_uncounted_sum(p, &copies, &failures);
+		status.copies += copies;
+		status.failures += failures;
 		doveadm_mirror_print(def, TRUE);
 		doveadm_print(dec2str(status.copies));
 		doveadm_print(dec2str(status.failures));

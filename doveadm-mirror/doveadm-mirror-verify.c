@@ -477,13 +477,14 @@ static bool mirror_verify_counter(struct mirror_verify *ctx)
 	uint64_t accounted = mirror_verify_accounted(ctx);
 	unsigned int uncounted, failures;
 	const char *error;
-	bool ok = TRUE;
+	bool ok = TRUE, journal_known;
 
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return FALSE;
 	/* mirror-writer's copies not counted yet are not short: the journal
 	   first, then the registry */
-	doveadm_mirror_uncounted(ctx->mirror_id, &uncounted, &failures);
+	journal_known = doveadm_mirror_uncounted(ctx->mirror_id, &uncounted,
+						 &failures);
 	if (mirror_registry_copies_get(reg, ctx->mirror_id, &ctx->counted,
 				       &error) < 0) {
 		doveadm_mirror_fail(EX_TEMPFAIL, error);
@@ -499,6 +500,14 @@ static bool mirror_verify_counter(struct mirror_verify *ctx)
 			  "doveadm mirror verify --reconcile %u raises it",
 			  ctx->mirror_id, ctx->counted, accounted,
 			  ctx->mirror_id);
+	} else if (ctx->counted < accounted && !journal_known) {
+		/* the writer may count them yet: raising the counter could
+		   count them twice */
+		doveadm_mirror_fail(EX_TEMPFAIL, t_strdup_printf(
+			"Mirror %u: the copy counter is not raised, because "
+			"the copies mirror-writer has yet to count can't be "
+			"read (run as root)", ctx->mirror_id));
+		ok = FALSE;
 	} else if (ctx->counted < accounted) {
 		if (mirror_registry_status_add_copies(reg, ctx->mirror_id,
 				accounted - ctx->counted, &error) < 0) {

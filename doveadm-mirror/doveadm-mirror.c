@@ -144,7 +144,7 @@ static struct registry *doveadm_mirror_registry_open_as(bool unchecked)
 	return reg;
 }
 
-void doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
+bool doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
 {
 	const char *error;
 
@@ -156,20 +156,33 @@ void doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
 		if (errno != EACCES)
 			i_warning("Copies not counted yet are left out: %s",
 				  error);
+		return FALSE;
 	}
+	return TRUE;
 }
 
-void doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
+bool doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
 			      unsigned int *failures_r)
 {
 	ARRAY_TYPE(mirror_count_pending) pending;
 	const struct mirror_count_pending *p;
+	bool ret;
 
 	t_array_init(&pending, 8);
-	doveadm_mirror_uncounted_read(&pending);
+	ret = doveadm_mirror_uncounted_read(&pending);
 	p = mirror_count_pending_find(&pending, id);
-	*copies_r = p == NULL ? 0 : p->copies;
-	*failures_r = p == NULL ? 0 : p->failures;
+	doveadm_mirror_uncounted_sum(p, copies_r, failures_r);
+	return ret;
+}
+
+void doveadm_mirror_uncounted_sum(const struct mirror_count_pending *p,
+				  unsigned int *copies_r,
+				  unsigned int *failures_r)
+{
+	/* being counted now: maybe in the registry already, seen twice for
+	   a moment rather than missed */
+	*copies_r = p == NULL ? 0 : p->copies + p->flushing_copies;
+	*failures_r = p == NULL ? 0 : p->failures + p->flushing_failures;
 }
 
 struct registry *doveadm_mirror_registry_open(void)

@@ -50,14 +50,20 @@ struct registry *doveadm_mirror_registry_open_locked(void);
 
 /* The copies and failures that this host's mirror-writer made and has
    not counted in the registry yet (its journal in base_dir, see
-   mirror-count-journal.h; nothing if there is none or it can't be read,
-   with a warning), appended to pending (from the data stack). Read it
-   before the registry's counters: a count moving from one to the other
-   in between is then seen twice, never missed. */
-void doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending);
+   mirror-count-journal.h), appended to pending (from the data stack).
+   Read it before the registry's counters: a count moving from one to the
+   other in between is then seen twice, never missed. Returns FALSE
+   (with a warning, unless the journal is root's and this isn't) if it
+   can't be read: then what it holds is unknown. */
+bool doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending);
 /* The same for mirror id alone. */
-void doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
+bool doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
 			      unsigned int *failures_r);
+/* What entry p (may be NULL) adds to the counters: what waits and what
+   is being counted. */
+void doveadm_mirror_uncounted_sum(const struct mirror_count_pending *p,
+				  unsigned int *copies_r,
+				  unsigned int *failures_r);
 
 /* A storage service for opening mirror storage users from a command, with
    a temporary privilege drop (restore the identity afterwards with

@@ -154,6 +154,35 @@ def test_copies_not_counted_yet_survive_a_writer_kill(make_sandbox):
     assert subjects(sb, AUDIT) == ["m0", "m1", "m2", "m3"]
 
 
+@needs_fault_points
+def test_a_writer_killed_while_counting_never_counts_twice(make_sandbox,
+                                                           faults):
+    """Killed between marking its journal's copies as being counted and
+    the registry transaction, the writer counted nothing: the next one
+    doesn't count them again (they may have reached the registry), the
+    counter is short, and verify --reconcile raises it."""
+    sb = make_sandbox(users=[ALICE, AUDIT], config=faults.config,
+                      settings={"mirror_writer_count_interval": "1s"})
+    m = sb.mirror_add(ALICE, AUDIT)
+    faults.arm("mirror-count-flushing")
+    ok(sb.deliver([ALICE], make_message(subject="m0")))
+    sb.wait_log("Fault point mirror-count-flushing (1): killing this "
+                "process")
+    sb.wait_log("1 copies were being counted when the writer before this "
+                "one stopped")
+    assert mirror_copies(sb, m["id"]) == ("0", "0")
+    code, row, err = verify(sb, m["id"])
+    assert code == 0 and row["counted"] == "0", (row, err)
+    assert "doveadm mirror verify --reconcile %s raises it" % m["id"] \
+        in err, err
+    code, row, err = verify(sb, m["id"], "--reconcile")
+    assert code == 0 and row["counted"] == "1", (row, err)
+    assert mirror_copies(sb, m["id"]) == ("1", "1")
+    # and it counts on
+    ok(sb.deliver([ALICE], make_message(subject="m1")))
+    eventually(lambda: mirror_copies(sb, m["id"]), ("2", "2"))
+
+
 def test_a_count_interval_of_zero_counts_every_batch(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT],
                       settings={"mirror_writer_count_interval": "0"})

@@ -3,7 +3,7 @@
 /* The copy counters of mirror-writer (writer-counts.h), with their
    journal (lib-mirror/mirror-count-journal.h).
 
-   The journal is rewritten in place after every batch, without fsync: it
+   The lines a batch changed are rewritten in place, without fsync: it
    has to survive the process, not the machine (whose crash loses the
    unsynced registry file dict as well). A flush moves what waits to the
    journal's "flushing" columns, counts it in the registry, and zeroes
@@ -22,6 +22,7 @@
 
 #include "lib.h"
 #include "array.h"
+#include "hash.h"
 #include "str.h"
 #include "ioloop.h"
 #include "file-lock.h"
@@ -42,6 +43,8 @@ struct writer_count {
 	struct mirror_count_pending pending;
 	time_t last_failure_time;
 	char *last_failure;
+	/* its journal line is to be written */
+	bool dirty;
 };
 
 struct writer_counts {
@@ -55,8 +58,10 @@ struct writer_counts {
 	unsigned int interval_msecs;
 	struct timeout *to;
 	/* one per mirror copied to since the journal was opened, in the
-	   journal's order (a counted one stays, with zeros) */
+	   journal's order (a counted one stays, with zeros), and the index
+	   + 1 of each mirror id's */
 	ARRAY(struct writer_count) counts;
+	HASH_TABLE(void *, void *) ids;
 	bool waiting;
 	/* a journal write failed: logged once */
 	bool journal_failed;
@@ -68,28 +73,45 @@ static struct writer_count *
 writer_counts_get(struct writer_counts *counts, unsigned int id)
 {
 	struct writer_count *count;
+	unsigned int idx;
 
-	array_foreach_modifiable(&counts->counts, count) {
-		if (count->pending.id == id)
-			return count;
-	}
+	idx = POINTER_CAST_TO(hash_table_lookup(counts->ids,
+						POINTER_CAST(id)),
+			      unsigned int);
+	if (idx > 0)
+		return array_idx_modifiable(&counts->counts, idx - 1);
 	count = array_append_space(&counts->counts);
 	count->pending.id = id;
+	hash_table_insert(counts->ids, POINTER_CAST(id),
+			  POINTER_CAST(array_count(&counts->counts)));
 	return count;
 }
 
-/* Returns 0, or -1 if the journal couldn't be written (logged once). */
-static int writer_counts_journal_write(struct writer_counts *counts)
+/* Write the journal's lines that changed, each in its place (all of them
+   with all). Returns 0, or -1 if the journal couldn't be written (logged
+   once; the lines stay to be written). */
+static int writer_counts_journal_write(struct writer_counts *counts, bool all)
 {
-	const struct writer_count *count;
+	struct writer_count *count;
 	string_t *str;
+	unsigned int i, n;
+	int ret = 0;
 
 	i_assert(counts->fd != -1);
-	str = t_str_new(MIRROR_COUNT_JOURNAL_LINE_LEN *
-			(array_count(&counts->counts) + 1));
-	array_foreach(&counts->counts, count)
-		mirror_count_journal_format(str, &count->pending, 1);
-	if (pwrite_full(counts->fd, str_data(str), str_len(str), 0) < 0) {
+	str = t_str_new(MIRROR_COUNT_JOURNAL_LINE_LEN);
+	count = array_get_modifiable(&counts->counts, &n);
+	for (i = 0; i < n && ret == 0; i++) {
+		if (!count[i].dirty && !all)
+			continue;
+		str_truncate(str, 0);
+		mirror_count_journal_format(str, &count[i].pending, 1);
+		if (pwrite_full(counts->fd, str_data(str), str_len(str),
+				(off_t)i * MIRROR_COUNT_JOURNAL_LINE_LEN) < 0)
+			ret = -1;
+		else
+			count[i].dirty = FALSE;
+	}
+	if (ret < 0) {
 		if (!counts->journal_failed) {
 			e_error(counts->event, "write(%s) failed: %m "
 				"(copies are not counted until it can be "
@@ -150,11 +172,12 @@ static int writer_counts_commit(struct writer_counts *counts)
 		p->flushing_copies = p->copies;
 		p->flushing_failures = p->failures;
 		p->copies = p->failures = 0;
+		count->dirty = TRUE;
 	}
 	if (array_count(&deltas) == 0)
 		return 0;
 	/* in the journal as flushing until the registry has them */
-	if (counts->fd != -1 && writer_counts_journal_write(counts) < 0)
+	if (counts->fd != -1 && writer_counts_journal_write(counts, FALSE) < 0)
 		ret = -1;
 	else {
 		FAULT_POINT("mirror-count-flushing");
@@ -169,6 +192,8 @@ static int writer_counts_commit(struct writer_counts *counts)
 	array_foreach_modifiable(&counts->counts, count) {
 		struct mirror_count_pending *p = &count->pending;
 
+		if (p->flushing_copies == 0 && p->flushing_failures == 0)
+			continue;
 		if (ret < 0) {
 			/* back to waiting, with what came meanwhile */
 			p->copies += p->flushing_copies;
@@ -177,9 +202,10 @@ static int writer_counts_commit(struct writer_counts *counts)
 			i_free(count->last_failure);
 		}
 		p->flushing_copies = p->flushing_failures = 0;
+		count->dirty = TRUE;
 	}
 	if (counts->fd != -1)
-		(void)writer_counts_journal_write(counts);
+		(void)writer_counts_journal_write(counts, FALSE);
 	return ret;
 }
 
@@ -307,7 +333,7 @@ static void writer_counts_journal_open(struct writer_counts *counts)
 	}
 	if (counts->fd != -1 && array_count(&counts->counts) > 0) {
 		T_BEGIN {
-			(void)writer_counts_journal_write(counts);
+			(void)writer_counts_journal_write(counts, TRUE);
 		} T_END;
 	}
 	writer_counts_flush(counts);
@@ -326,6 +352,7 @@ void writer_counts_add(struct writer_counts *counts,
 		writer_counts_journal_open(counts);
 	for (i = 0; i < count; i++) {
 		c = writer_counts_get(counts, results[i].id);
+		c->dirty = TRUE;
 		if (results[i].error == NULL)
 			c->pending.copies++;
 		else {
@@ -343,7 +370,7 @@ void writer_counts_add(struct writer_counts *counts,
 		return;
 	}
 	T_BEGIN {
-		(void)writer_counts_journal_write(counts);
+		(void)writer_counts_journal_write(counts, FALSE);
 	} T_END;
 	writer_counts_arm(counts);
 }
@@ -361,6 +388,7 @@ writer_counts_init(struct registry *reg, const char *path,
 	counts->interval_msecs = interval_msecs;
 	counts->fd = -1;
 	i_array_init(&counts->counts, 8);
+	hash_table_create_direct(&counts->ids, default_pool, 0);
 	/* also with interval 0: what a writer before this one left is
 	   counted */
 	writer_counts_journal_open(counts);
@@ -384,6 +412,7 @@ void writer_counts_deinit(struct writer_counts **_counts)
 	array_foreach_modifiable(&counts->counts, count)
 		i_free(count->last_failure);
 	array_free(&counts->counts);
+	hash_table_destroy(&counts->ids);
 	i_free(counts->path);
 	i_free(counts);
 }

@@ -148,8 +148,6 @@ bool doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
 {
 	const char *error;
 
-	if (!array_is_created(pending))
-		t_array_init(pending, 8);
 	if (mirror_count_journal_read(doveadm_settings->base_dir, pending,
 				      &error) < 0) {
 		/* only root reads it */

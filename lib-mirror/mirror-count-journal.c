@@ -16,6 +16,11 @@
 /* the largest journal a reader takes: a line per mirror */
 #define MIRROR_COUNT_JOURNAL_MAX_SIZE (64*1024*1024)
 
+const char *mirror_count_journal_path(const char *base_dir)
+{
+	return t_strconcat(base_dir, "/", MIRROR_COUNT_JOURNAL_NAME, NULL);
+}
+
 void mirror_count_journal_format(string_t *dest,
 				 const struct mirror_count_pending *pending,
 				 unsigned int count)
@@ -117,7 +122,7 @@ int mirror_count_journal_read(const char *base_dir,
 	unsigned int i, broken;
 	int fd, ret = 0;
 
-	path = t_strconcat(base_dir, "/", MIRROR_COUNT_JOURNAL_NAME, NULL);
+	path = mirror_count_journal_path(base_dir);
 	fd = open(path, O_RDONLY);
 	if (fd == -1) {
 		int open_errno = errno;

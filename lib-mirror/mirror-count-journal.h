@@ -32,6 +32,8 @@ struct mirror_count_pending {
 };
 ARRAY_DEFINE_TYPE(mirror_count_pending, struct mirror_count_pending);
 
+/* The journal's path in base_dir */
+const char *mirror_count_journal_path(const char *base_dir);
 /* Append the journal's text for count entries to dest. */
 void mirror_count_journal_format(string_t *dest,
 				 const struct mirror_count_pending *pending,

@@ -52,6 +52,7 @@
 #include "mirror-log.h"
 #include "mirror-setting.h"
 #include "mirror-writer-client.h"
+#include "mirror-count-journal.h"
 #include "writer-counts.h"
 
 #include <sys/stat.h>
@@ -62,8 +63,6 @@
 #define WRITER_BATCH_MAX_COPIES 64
 /* mirror_writer_count_interval's default */
 #define WRITER_COUNT_INTERVAL_DEFAULT_MSECS 1000
-/* the journal of copies not counted yet, in base_dir */
-#define WRITER_COUNTS_JOURNAL_NAME "mirror-writer.counts"
 
 struct writer_delivery;
 
@@ -576,8 +575,7 @@ static void writer_settings_init(bool *fsync_r)
 		e_error(writer_event, "%s: copies are not counted", error);
 	} else {
 		writer_counts = writer_counts_init(writer_registry,
-			t_strconcat(base_dir, "/",
-				    WRITER_COUNTS_JOURNAL_NAME, NULL),
+			mirror_count_journal_path(base_dir),
 			interval, writer_event);
 	}
 }

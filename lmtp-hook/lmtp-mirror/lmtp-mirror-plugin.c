@@ -507,6 +507,7 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		array_front_modifiable(&delivery->copies);
 	unsigned int i, count = array_count(&delivery->copies);
 	const char *error;
+	bool copy_here = FALSE;
 	int ret;
 
 	delivery->via_writer = FALSE;
@@ -519,29 +520,27 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		}
 		return;
 	}
-	if (delivery->writer_deferred &&
-	    (ret = lmtp_mirror_writer_send(delivery, FALSE)) < 0) {
-		/* logged: the writer is gone (it may have got the copies
-		   before its connection broke), or never got them */
-		if (ret == -2) {
-			(void)mirror_copier_copy_missing(mclient->copier,
-				mclient->plan->raw_mail,
-				mclient->plan->trans->timestamp.tv_sec,
-				copies, count, delivery->event, &error);
-			return;
-		}
-	} else {
+	/* a failed send is logged: the writer is gone (-1: it may have got
+	   the copies before its connection broke), or never got them (-2:
+	   it stays) */
+	ret = !delivery->writer_deferred ? 0 :
+		lmtp_mirror_writer_send(delivery, FALSE);
+	if (ret == 0) {
 		ret = mirror_writer_client_commit(mclient->writer, copies,
 						  count, &error);
 		if (ret == -1) {
 			e_error(delivery->event, "mirror: %s: copying in "
 				"the LMTP process", error);
 		}
+	} else if (ret == -2) {
+		ret = -1;
+		copy_here = TRUE;
 	}
 	if (ret == -1) {
-		/* The writer died: what it committed before is in the
-		   storages, and nothing more will be. */
-		lmtp_mirror_writer_close(mclient);
+		/* The writer died (what it committed before is in the
+		   storages, and nothing more will be), or never got them */
+		if (!copy_here)
+			lmtp_mirror_writer_close(mclient);
 		(void)mirror_copier_copy_missing(mclient->copier,
 			mclient->plan->raw_mail,
 			mclient->plan->trans->timestamp.tv_sec, copies, count,

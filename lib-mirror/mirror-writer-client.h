@@ -20,7 +20,8 @@
    <ids> is a comma-separated list of mirror ids. Fields are tab-escaped.
    LMTP sends SAVE before the delivery's commit only when it must know
    whether the copies can be saved (mirror_failure = tempfail); otherwise
-   it sends SAVE and COMMIT together once the delivery kept the message. */
+   it sends SAVE and COMMIT together once the delivery kept the
+   message. */
 
 #include "mirror-copy.h"
 
@@ -42,14 +43,20 @@ int mirror_writer_client_connect(const char *path,
 void mirror_writer_client_deinit(struct mirror_writer_client **client);
 
 /* Hand over the copies of one delivery of the message in fd (a regular
-   file, read from offset 0). With wait, wait until they are saved (or
-   not: see each target's error). Returns 0, or -1 if the writer can't be
-   reached (error_r; the connection is closed then, and every later call
-   fails). */
+   file, read from offset 0).
+
+   Without commit, wait until they are saved (or not: see each target's
+   error); mirror_writer_client_commit() or _abort() follows. Returns 0,
+   or -1 if the writer can't be reached (error_r; the connection is
+   closed then, and every later call fails).
+
+   With commit, the delivery kept the message already: SAVE and COMMIT
+   are sent at once, and the call returns as mirror_writer_client_commit()
+   does. */
 int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      time_t received_date,
 			      struct mirror_copy_target *targets,
-			      unsigned int count, bool wait,
+			      unsigned int count, bool commit,
 			      const char **error_r);
 /* The delivery kept the message: wait until the copies are committed.
    Each target's error is NULL if its copy was made; its size is set.

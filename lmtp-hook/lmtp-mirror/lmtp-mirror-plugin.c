@@ -435,17 +435,26 @@ static void lmtp_mirror_writer_close(struct lmtp_mirror_client *mclient)
 	mirror_writer_client_deinit(&mclient->writer);
 }
 
-/* Send the delivery's copies to mirror-writer (waiting for their saves
-   if wait). Returns 0, -1 if the writer can't be used (it is closed), or
-   -2 if the message couldn't be written for it (the writer stays). */
+/* lmtp_mirror_writer_send() couldn't write the message for the writer
+   (which stays) */
+#define LMTP_MIRROR_WRITER_NO_FILE -3
+
+/* Send the delivery's copies to mirror-writer: without commit, wait for
+   their saves; with commit (the delivery kept the message), for their
+   commit. Returns 0; -1 if the writer can't be used (some copies may be
+   committed, none will be any more; logged); -2 if it didn't answer in
+   time (it may still commit them; error_r, logged only without commit);
+   or LMTP_MIRROR_WRITER_NO_FILE (logged). After -1 and -2 the connection
+   is closed. */
 static int
-lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool wait)
+lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
+			const char **error_r)
 {
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	struct lmtp_mirror_plan *plan = mclient->plan;
 	time_t received;
 	const char *error;
-	int fd;
+	int fd, ret;
 
 	if (mclient->writer == NULL) {
 		/* gone since the delivery began */
@@ -456,20 +465,23 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool wait)
 	if ((fd = lmtp_mirror_plan_fd(mclient, plan, &error)) == -1) {
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
 			"process", error);
-		return -2;
+		return LMTP_MIRROR_WRITER_NO_FILE;
 	}
 	if (mail_get_received_date(plan->raw_mail, &received) < 0)
 		received = (time_t)-1;
-	if (mirror_writer_client_save(mclient->writer, fd, received,
-				      array_front_modifiable(&delivery->copies),
-				      array_count(&delivery->copies), wait,
-				      &error) < 0) {
+	ret = mirror_writer_client_save(mclient->writer, fd, received,
+				array_front_modifiable(&delivery->copies),
+				array_count(&delivery->copies), commit,
+				&error);
+	if (ret == -1 || (ret == -2 && !commit)) {
+		/* (nothing is committed without COMMIT) */
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
 			"process", error);
-		lmtp_mirror_writer_close(mclient);
-		return -1;
 	}
-	return 0;
+	if (ret < 0)
+		lmtp_mirror_writer_close(mclient);
+	*error_r = error;
+	return ret;
 }
 
 /* Hand the delivery's copies to mirror-writer. With wait (tempfail: a
@@ -485,13 +497,14 @@ static int
 lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
 {
 	struct lmtp_mirror_client *mclient = delivery->mclient;
+	const char *error;
 
 	if (mclient->writer == NULL ||
 	    array_count(&delivery->copies) > MIRROR_WRITER_MAX_TARGETS)
 		return -1;
 	if (!wait)
 		delivery->writer_deferred = TRUE;
-	else if (lmtp_mirror_writer_send(delivery, TRUE) < 0)
+	else if (lmtp_mirror_writer_send(delivery, FALSE, &error) < 0)
 		return -1;
 	delivery->via_writer = TRUE;
 	return 0;
@@ -507,7 +520,6 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		array_front_modifiable(&delivery->copies);
 	unsigned int i, count = array_count(&delivery->copies);
 	const char *error;
-	bool copy_here = FALSE;
 	int ret;
 
 	delivery->via_writer = FALSE;
@@ -520,27 +532,21 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		}
 		return;
 	}
-	/* a failed send is logged: the writer is gone (-1: it may have got
-	   the copies before its connection broke), or never got them (-2:
-	   it stays) */
-	ret = !delivery->writer_deferred ? 0 :
-		lmtp_mirror_writer_send(delivery, FALSE);
-	if (ret == 0) {
+	if (delivery->writer_deferred)
+		ret = lmtp_mirror_writer_send(delivery, TRUE, &error);
+	else {
 		ret = mirror_writer_client_commit(mclient->writer, copies,
 						  count, &error);
 		if (ret == -1) {
 			e_error(delivery->event, "mirror: %s: copying in "
 				"the LMTP process", error);
 		}
-	} else if (ret == -2) {
-		ret = -1;
-		copy_here = TRUE;
+		if (ret < 0)
+			lmtp_mirror_writer_close(mclient);
 	}
-	if (ret == -1) {
+	if (ret == -1 || ret == LMTP_MIRROR_WRITER_NO_FILE) {
 		/* The writer died (what it committed before is in the
 		   storages, and nothing more will be), or never got them */
-		if (!copy_here)
-			lmtp_mirror_writer_close(mclient);
 		(void)mirror_copier_copy_missing(mclient->copier,
 			mclient->plan->raw_mail,
 			mclient->plan->trans->timestamp.tv_sec, copies, count,
@@ -550,7 +556,6 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 	if (ret < 0) {
 		/* It may still commit them: copying here could make a
 		   copy twice. Each is logged and counted as failed. */
-		lmtp_mirror_writer_close(mclient);
 		error = t_strdup_printf("%s: whether the copy is made is "
 					"unknown", error);
 		for (i = 0; i < count; i++)

@@ -49,6 +49,8 @@
 #include "mirror-setting.h"
 #include "lmtp-dsn.h"
 
+#include <sys/mman.h>
+
 #define LMTP_MIRROR_CONTEXT(obj) \
 	MODULE_CONTEXT(obj, lmtp_mirror_client_module)
 #define LMTP_MIRROR_CONTEXT_REQUIRE(obj) \
@@ -56,6 +58,9 @@
 
 /* How long a delivery waits for mirror-writer's reply */
 #define LMTP_MIRROR_WRITER_TIMEOUT_MSECS (60*1000)
+/* the largest message handed to mirror-writer in a memory file (LMTP's
+   own LMTP_MAIL_DATA_MAX_INMEMORY_SIZE) */
+#define LMTP_MIRROR_MEMORY_FILE_MAX_SIZE (1024*128)
 
 /* Pigeonhole reports each executed Sieve action with the named event
    sieve_action_finished; a redirect carries the field redirect_target. */
@@ -368,25 +373,32 @@ lmtp_mirror_plan_find_rcpt(struct lmtp_mirror_plan *plan,
 	return NULL;
 }
 
-/* The message for mirror-writer: a file of its own, unlinked, whose
-   descriptor goes over the writer's socket. */
+/* A file for the message, unlinked. Up to the size LMTP keeps a message
+   in memory, a memory file: no directory entry to create and remove on
+   the disk of mail_temp_dir for every delivery. */
 static int
-lmtp_mirror_plan_fd(struct lmtp_mirror_client *mclient,
-		    struct lmtp_mirror_plan *plan, const char **error_r)
+lmtp_mirror_plan_tempfile(struct lmtp_mirror_client *mclient,
+			  struct istream *input, const char **error_r)
 {
-	struct istream *input;
-	struct ostream *output;
 	string_t *path;
+	uoff_t size;
 	int fd;
 
-	if (plan->copy_fd != -1)
-		return plan->copy_fd;
-	if (mail_get_stream(plan->raw_mail, NULL, NULL, &input) < 0) {
-		*error_r = t_strdup_printf("Failed to read the message: %s",
-			mailbox_get_last_internal_error(plan->raw_mail->box,
-							NULL));
-		return -1;
+#ifdef MFD_CLOEXEC
+	if (i_stream_get_size(input, TRUE, &size) > 0 &&
+	    size <= LMTP_MIRROR_MEMORY_FILE_MAX_SIZE) {
+		fd = memfd_create("mirror-copy", MFD_CLOEXEC);
+		if (fd != -1)
+			return fd;
+		if (errno != ENOSYS) {
+			*error_r = t_strdup_printf("memfd_create() failed: %m");
+			return -1;
+		}
 	}
+#else
+	(void)input;
+	(void)size;
+#endif
 	path = t_str_new(128);
 	mail_user_set_get_temp_prefix(path,
 				      mclient->client->raw_mail_user->set);
@@ -397,6 +409,29 @@ lmtp_mirror_plan_fd(struct lmtp_mirror_client *mclient,
 		return -1;
 	}
 	i_unlink(str_c(path));
+	return fd;
+}
+
+/* The message for mirror-writer: a file of its own, whose descriptor goes
+   over the writer's socket. */
+static int
+lmtp_mirror_plan_fd(struct lmtp_mirror_client *mclient,
+		    struct lmtp_mirror_plan *plan, const char **error_r)
+{
+	struct istream *input;
+	struct ostream *output;
+	int fd;
+
+	if (plan->copy_fd != -1)
+		return plan->copy_fd;
+	if (mail_get_stream(plan->raw_mail, NULL, NULL, &input) < 0) {
+		*error_r = t_strdup_printf("Failed to read the message: %s",
+			mailbox_get_last_internal_error(plan->raw_mail->box,
+							NULL));
+		return -1;
+	}
+	if ((fd = lmtp_mirror_plan_tempfile(mclient, input, error_r)) == -1)
+		return -1;
 	i_stream_seek(input, 0);
 	output = o_stream_create_fd(fd, 0);
 	if (o_stream_send_istream(output, input) !=

@@ -56,11 +56,14 @@
 #include "writer-counts.h"
 
 #include <sys/stat.h>
+#include <poll.h>
 
 /* How long after its first delivery decided a batch takes new copies,
    and the most copies it takes */
 #define WRITER_BATCH_LINGER_MSECS 5
 #define WRITER_BATCH_MAX_COPIES 64
+/* the most LMTP connections whose pending input a commit looks for */
+#define WRITER_POLL_MAX_CLIENTS 64
 /* mirror_writer_count_interval's default */
 #define WRITER_COUNT_INTERVAL_DEFAULT_MSECS 1000
 
@@ -217,12 +220,42 @@ static void writer_batch_commit(struct writer_batch *batch)
 	writer_batch_free(batch);
 }
 
+/* Whether an LMTP process has sent something not read yet (what was
+   read is handled already: a line at a time, as it came). */
+static bool writer_input_pending(void)
+{
+	struct pollfd fds[WRITER_POLL_MAX_CLIENTS];
+	struct connection *conn;
+	unsigned int count = 0;
+
+	for (conn = writer_clients->connections; conn != NULL;
+	     conn = conn->next) {
+		if (count == N_ELEMENTS(fds))
+			break;
+		fds[count].fd = conn->fd_in;
+		fds[count].events = POLLIN;
+		fds[count].revents = 0;
+		count++;
+	}
+	return count > 0 && poll(fds, count, 0) > 0;
+}
+
 static void writer_batch_commit_ready(struct writer_batch *batch)
 {
 	timeout_remove(&batch->to_commit);
 	if (batch->undecided > 0) {
 		/* a copy joined meanwhile: its delivery's decision comes
 		   back here */
+		return;
+	}
+	/* Copies that came while this one was read join it first: under
+	   load a batch is then what came while the writer was busy, not
+	   the first copy alone. Never longer than the batch lingers. */
+	if (array_count(&batch->copies) < WRITER_BATCH_MAX_COPIES &&
+	    timeval_diff_msecs(&ioloop_timeval, &batch->first_decided) <
+	    WRITER_BATCH_LINGER_MSECS && writer_input_pending()) {
+		batch->to_commit = timeout_add_short(0,
+			writer_batch_commit_ready, batch);
 		return;
 	}
 	batch->closed = TRUE;

@@ -16,6 +16,7 @@
    the message's: no sender can keep a message out of its recipient's
    mirror, or put it into someone else's. */
 
+#define _GNU_SOURCE /* memfd_create() */
 #include "lib.h"
 #include "array.h"
 #include "str.h"
@@ -385,16 +386,12 @@ lmtp_mirror_plan_tempfile(struct lmtp_mirror_client *mclient,
 	int fd;
 
 #ifdef MFD_CLOEXEC
+	/* where memory files can't be made (an old kernel, a seccomp
+	   filter), the file in mail_temp_dir serves */
 	if (i_stream_get_size(input, TRUE, &size) > 0 &&
-	    size <= LMTP_MIRROR_MEMORY_FILE_MAX_SIZE) {
-		fd = memfd_create("mirror-copy", MFD_CLOEXEC);
-		if (fd != -1)
-			return fd;
-		if (errno != ENOSYS) {
-			*error_r = t_strdup_printf("memfd_create() failed: %m");
-			return -1;
-		}
-	}
+	    size <= LMTP_MIRROR_MEMORY_FILE_MAX_SIZE &&
+	    (fd = memfd_create("mirror-copy", MFD_CLOEXEC)) != -1)
+		return fd;
 #else
 	(void)input;
 	(void)size;
@@ -488,7 +485,7 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	struct lmtp_mirror_plan *plan = mclient->plan;
 	time_t received;
-	const char *error;
+	const char *error = NULL;
 	int fd, ret;
 
 	if (mclient->writer == NULL) {

@@ -80,6 +80,26 @@ def test_concurrent_copies_share_a_transaction(sandbox):
 
 
 @needs_fault_points
+def test_small_and_large_messages_reach_the_writer_whole(sandbox):
+    # LMTP hands a message of up to 128 KB over in a memory file, a larger
+    # one in a file in mail_temp_dir: both copies are the whole message
+    sandbox.mirror_add(ALICE, AUDIT)
+    line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmn\r\n"
+    bodies = {"small": line * 10, "large": line * 5000}
+    for subject, body in sorted(bodies.items()):
+        ok(sandbox.deliver([ALICE], make_message(subject=subject,
+                                                 body=body)))
+    copies = sandbox.imap_messages(AUDIT)
+    assert len(copies) == 2
+    for copy in copies:
+        head, _, body = copy.partition(b"\r\n\r\n")
+        subject = [h for h in head.split(b"\r\n")
+                   if h.startswith(b"Subject: ")][0][9:].decode()
+        assert body == bodies[subject].encode(), subject
+    assert len(bodies["large"]) > 128 * 1024
+    assert batch_stats(sandbox)[1:] == (2, 0)
+
+
 def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
         make_sandbox, faults):
     """With mirror_failure = accept, LMTP hands the copies over only once

@@ -91,6 +91,8 @@ struct writer_batch {
 	bool decided_any;
 	/* no new copies */
 	bool closed;
+	/* its commit waits until the LMTP input that was ready is read */
+	bool await_input;
 	ARRAY(struct writer_copy *) copies;
 };
 
@@ -125,6 +127,18 @@ static ARRAY(struct writer_batch *) writer_batches;
 
 static void writer_delivery_unref_copy(struct writer_delivery *delivery);
 
+/* Whether the batch has taken new copies for long enough since its first
+   delivery decided (also if the clock went back meanwhile). */
+static bool writer_batch_lingered(const struct writer_batch *batch)
+{
+	long long diff;
+
+	if (!batch->decided_any)
+		return FALSE;
+	diff = timeval_diff_msecs(&ioloop_timeval, &batch->first_decided);
+	return diff < 0 || diff >= WRITER_BATCH_LINGER_MSECS;
+}
+
 static struct writer_batch *writer_batch_get(const char *storage)
 {
 	struct writer_batch *batch;
@@ -136,10 +150,7 @@ static struct writer_batch *writer_batch_get(const char *storage)
 		   delivery decided, so that the copies of concurrent
 		   deliveries meet, but not for ever */
 		if (array_count(&batch->copies) >= WRITER_BATCH_MAX_COPIES ||
-		    (batch->decided_any &&
-		     timeval_diff_msecs(&ioloop_timeval,
-					&batch->first_decided) >=
-		     WRITER_BATCH_LINGER_MSECS)) {
+		    writer_batch_lingered(batch)) {
 			batch->closed = TRUE;
 			continue;
 		}
@@ -243,6 +254,7 @@ static bool writer_input_pending(void)
 static void writer_batch_commit_ready(struct writer_batch *batch)
 {
 	timeout_remove(&batch->to_commit);
+	batch->await_input = FALSE;
 	if (batch->undecided > 0) {
 		/* a copy joined meanwhile: its delivery's decision comes
 		   back here */
@@ -250,16 +262,35 @@ static void writer_batch_commit_ready(struct writer_batch *batch)
 	}
 	/* Copies that came while this one was read join it first: under
 	   load a batch is then what came while the writer was busy, not
-	   the first copy alone. Never longer than the batch lingers. */
+	   the first copy alone. Never longer than the batch lingers. The
+	   commit comes back here once that input is read
+	   (writer_client_input()); the 1 ms timeout is only a safety net:
+	   a 0 ms one would run again before any input is read. */
 	if (array_count(&batch->copies) < WRITER_BATCH_MAX_COPIES &&
-	    timeval_diff_msecs(&ioloop_timeval, &batch->first_decided) <
-	    WRITER_BATCH_LINGER_MSECS && writer_input_pending()) {
-		batch->to_commit = timeout_add_short(0,
+	    !writer_batch_lingered(batch) && writer_input_pending()) {
+		batch->await_input = TRUE;
+		batch->to_commit = timeout_add_short(1,
 			writer_batch_commit_ready, batch);
 		return;
 	}
 	batch->closed = TRUE;
 	writer_batch_commit(batch);
+}
+
+/* Input is about to be read: the batches that wait for it commit right
+   after it. */
+static void writer_batches_input_read(void)
+{
+	struct writer_batch *batch;
+
+	array_foreach_elem(&writer_batches, batch) {
+		if (!batch->await_input)
+			continue;
+		batch->await_input = FALSE;
+		timeout_remove(&batch->to_commit);
+		batch->to_commit = timeout_add_short(0,
+			writer_batch_commit_ready, batch);
+	}
 }
 
 static void writer_batch_decided(struct writer_batch *batch)
@@ -552,8 +583,16 @@ static const struct connection_settings writer_client_set = {
 	.client = FALSE,
 };
 
+static void writer_client_input(struct connection *conn)
+{
+	/* before the input: it may end the connection */
+	writer_batches_input_read();
+	connection_input_default(conn);
+}
+
 static const struct connection_vfuncs writer_client_vfuncs = {
 	.destroy = writer_client_destroy,
+	.input = writer_client_input,
 	.input_args = writer_client_input_args,
 };
 

@@ -157,10 +157,12 @@ int mirror_writer_client_connect(const char *path,
 	client->ioloop = io_loop_create();
 	connection_init_client_unix(client->list, &client->conn, path);
 	ret = connection_client_connect(&client->conn);
-	io_loop_set_current(prev_ioloop);
 	if (ret < 0) {
 		*error_r = t_strdup_printf("net_connect_unix(%s) failed: %m",
 					   path);
+	}
+	io_loop_set_current(prev_ioloop);
+	if (ret < 0) {
 		mirror_writer_client_deinit(&client);
 		return -1;
 	}

@@ -47,8 +47,9 @@ void mirror_writer_client_deinit(struct mirror_writer_client **client);
 
    Without commit, wait until they are saved (or not: see each target's
    error); mirror_writer_client_commit() or _abort() follows. Returns 0,
-   or -1 if the writer can't be reached (error_r; the connection is
-   closed then, and every later call fails).
+   -1 if the writer can't be reached, or -2 if it didn't answer in time
+   (error_r; the connection is closed then, and every later call
+   fails).
 
    With commit, the delivery kept the message already: SAVE and COMMIT
    are sent at once, and the call returns as mirror_writer_client_commit()

@@ -59,11 +59,22 @@ struct expire_mirror_user {
 	/* What the index is known to hold: the oldest save date, 0 for no
 	   entry. Valid only if oldest_known. */
 	time_t oldest;
+	/* The entry as this session last read or wrote it (0: none), and
+	   when: a save in the same second trusts it without a lookup, and
+	   to_verify checks it a second later against the earliest of those
+	   saves (unverified). mirror-writer commits many batches a second
+	   into a storage it keeps open. */
+	time_t recent_oldest, recent_at, unverified;
+	struct timeout *to_verify;
 	bool oldest_known:1;
 	/* An index write failed: no more tries in this session, so that an
 	   unwritable registry costs each copy nothing and logs one error. */
 	bool failed:1;
 };
+
+/* How long after reading the index a later transaction's save trusts
+   what it read: its save is checked against the index that much later */
+#define EXPIRE_MIRROR_RECHECK_SECS 1
 
 /* How much later than the index a message's save date may be when the
    index was set from the delivery of that message */
@@ -155,6 +166,8 @@ static int expire_mirror_oldest(struct mail_user *user,
 				       &euser->oldest, error_r) < 0)
 		return -1;
 	euser->oldest_known = TRUE;
+	euser->recent_oldest = euser->oldest;
+	euser->recent_at = ioloop_time;
 	return 0;
 }
 
@@ -173,19 +186,18 @@ static void expire_mirror_set(struct mail_user *user,
 	}
 	euser->oldest = oldest;
 	euser->oldest_known = TRUE;
+	euser->recent_oldest = oldest;
+	euser->recent_at = ioloop_time;
 	e_debug(euser->event, "Expire index set to %ld", (long)oldest);
 }
 
+/* Make the index hold save_date or an earlier one. */
 static void
-expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
+expire_mirror_lower(struct mail_user *user, struct expire_mirror_user *euser,
 		    time_t save_date)
 {
 	const char *error;
 
-	/* most copies are younger than what the index holds: no write */
-	if (euser->oldest_known && euser->oldest != 0 &&
-	    euser->oldest <= save_date)
-		return;
 	if (expire_mirror_oldest(user, euser, &error) < 0) {
 		e_error(euser->event, "Expire index lookup failed: %s", error);
 		return;
@@ -193,6 +205,48 @@ expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
 	if (euser->oldest != 0 && euser->oldest <= save_date)
 		return;
 	expire_mirror_set(user, euser, save_date);
+}
+
+static void expire_mirror_verify(struct mail_user *user)
+{
+	struct expire_mirror_user *euser =
+		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
+	time_t save_date = euser->unverified;
+
+	timeout_remove(&euser->to_verify);
+	euser->unverified = 0;
+	if (euser->failed)
+		return;
+	/* the scan, or an expunge elsewhere, may have raised or removed
+	   the entry since it was read */
+	euser->oldest_known = FALSE;
+	T_BEGIN {
+		expire_mirror_lower(user, euser, save_date);
+	} T_END;
+}
+
+static void
+expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
+		    time_t save_date)
+{
+	/* most copies are younger than what the index holds: no write */
+	if (euser->oldest_known && euser->oldest != 0 &&
+	    euser->oldest <= save_date)
+		return;
+	if (!euser->oldest_known && euser->recent_oldest != 0 &&
+	    euser->recent_oldest <= save_date &&
+	    ioloop_time < euser->recent_at + EXPIRE_MIRROR_RECHECK_SECS) {
+		/* read in this second: trusted now, checked later */
+		if (euser->unverified == 0 || save_date < euser->unverified)
+			euser->unverified = save_date;
+		if (euser->to_verify == NULL) {
+			euser->to_verify = timeout_add(
+				EXPIRE_MIRROR_RECHECK_SECS * 1000,
+				expire_mirror_verify, user);
+		}
+		return;
+	}
+	expire_mirror_lower(user, euser, save_date);
 }
 
 /* The earliest save date of INBOX's mails other than the UIDs just
@@ -284,7 +338,8 @@ expire_mirror_transaction_begin(struct mailbox *box,
 	t = mbox->super.transaction_begin(box, flags, reason);
 	/* The scan may have changed the index since the last transaction
 	   (mirror-writer and a cached LMTP connection keep a storage open
-	   for long): look it up again once per transaction. */
+	   for long): look it up again once per transaction, unless a save
+	   may trust what was read in this second (expire_mirror_saved()). */
 	euser->oldest_known = FALSE;
 	et = i_new(struct expire_mirror_transaction, 1);
 	MODULE_CONTEXT_SET(t, expire_mirror_storage_module, et);
@@ -434,6 +489,8 @@ static void expire_mirror_user_deinit(struct mail_user *user)
 	struct expire_mirror_user *euser =
 		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
 
+	if (euser->to_verify != NULL)
+		expire_mirror_verify(user);
 	registry_deinit(&euser->registry);
 	event_unref(&euser->event);
 	euser->module_ctx.super.deinit(user);

@@ -212,17 +212,35 @@ static void expire_mirror_verify(struct mail_user *user)
 	struct expire_mirror_user *euser =
 		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
 	time_t save_date = euser->unverified;
+	const char *error;
 
 	timeout_remove(&euser->to_verify);
-	euser->unverified = 0;
-	if (euser->failed)
+	if (euser->failed) {
+		euser->unverified = 0;
 		return;
+	}
 	/* the scan, or an expunge elsewhere, may have raised or removed
 	   the entry since it was read */
 	euser->oldest_known = FALSE;
-	T_BEGIN {
-		expire_mirror_lower(user, euser, save_date);
-	} T_END;
+	if (expire_mirror_oldest(user, euser, &error) < 0) {
+		if (user->deinitializing) {
+			e_error(euser->event, "Expire index lookup failed, "
+				"mail saved since %ld may not be in it: %s",
+				(long)save_date, error);
+			euser->unverified = 0;
+			return;
+		}
+		e_error(euser->event, "Expire index lookup failed (trying "
+			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
+			error);
+		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
+					       1000, expire_mirror_verify,
+					       user);
+		return;
+	}
+	euser->unverified = 0;
+	if (euser->oldest == 0 || euser->oldest > save_date)
+		expire_mirror_set(user, euser, save_date);
 }
 
 static void
@@ -234,17 +252,23 @@ expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
 	    euser->oldest <= save_date)
 		return;
 	if (!euser->oldest_known && euser->recent_oldest != 0 &&
-	    euser->recent_oldest <= save_date &&
-	    ioloop_time < euser->recent_at + EXPIRE_MIRROR_RECHECK_SECS) {
-		/* read in this second: trusted now, checked later */
-		if (euser->unverified == 0 || save_date < euser->unverified)
-			euser->unverified = save_date;
-		if (euser->to_verify == NULL) {
-			euser->to_verify = timeout_add(
-				EXPIRE_MIRROR_RECHECK_SECS * 1000,
-				expire_mirror_verify, user);
+	    euser->recent_oldest <= save_date && !user->deinitializing) {
+		/* the clock, not the ioloop's: a process may save many
+		   times without returning to its ioloop */
+		io_loop_time_refresh();
+		if (ioloop_time <
+		    euser->recent_at + EXPIRE_MIRROR_RECHECK_SECS) {
+			/* read in this second: trusted now, checked later */
+			if (euser->unverified == 0 ||
+			    save_date < euser->unverified)
+				euser->unverified = save_date;
+			if (euser->to_verify == NULL) {
+				euser->to_verify = timeout_add(
+					EXPIRE_MIRROR_RECHECK_SECS * 1000,
+					expire_mirror_verify, user);
+			}
+			return;
 		}
-		return;
 	}
 	expire_mirror_lower(user, euser, save_date);
 }
@@ -330,17 +354,10 @@ expire_mirror_transaction_begin(struct mailbox *box,
 				const char *reason)
 {
 	union mailbox_module_context *mbox = EXPIRE_MIRROR_CONTEXT_REQUIRE(box);
-	struct expire_mirror_user *euser =
-		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(box->storage->user);
 	struct mailbox_transaction_context *t;
 	struct expire_mirror_transaction *et;
 
 	t = mbox->super.transaction_begin(box, flags, reason);
-	/* The scan may have changed the index since the last transaction
-	   (mirror-writer and a cached LMTP connection keep a storage open
-	   for long): look it up again once per transaction, unless a save
-	   may trust what was read in this second (expire_mirror_saved()). */
-	euser->oldest_known = FALSE;
 	et = i_new(struct expire_mirror_transaction, 1);
 	MODULE_CONTEXT_SET(t, expire_mirror_storage_module, et);
 	return t;
@@ -369,6 +386,13 @@ expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 	ret = mbox->super.transaction_commit(t, changes_r);
 	if (ret == 0 && (et->saved || et->expunged) && !euser->failed &&
 	    expire_mirror_is_storage(user, euser)) T_BEGIN {
+		/* The scan, or an expunge elsewhere, may have changed the
+		   index since it was read, even while this transaction was
+		   open (mirror-writer and a cached LMTP connection keep a
+		   storage open for long): read it again after every commit,
+		   unless a save may trust what was read in this second
+		   (expire_mirror_saved()). */
+		euser->oldest_known = FALSE;
 		if (et->saved)
 			expire_mirror_saved(user, euser, et->min_saved);
 		if (et->expunged)

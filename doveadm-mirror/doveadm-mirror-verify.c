@@ -13,6 +13,7 @@
 #include "str.h"
 #include "str-sanitize.h"
 #include "strnum.h"
+#include "sleep.h"
 #include "hex-binary.h"
 #include "hash-method.h"
 #include "sort.h"
@@ -35,6 +36,11 @@
 /* the most X-Mirror-Id headers that start a copy (one per mirror of its
    storage); a copy with more is not looked at further */
 #define MIRROR_VERIFY_MAX_ID_HEADERS 1000
+/* How often, and how long apart, the counter is read again while
+   mirror-writer moves copies from its journal to the registry (a count
+   takes milliseconds) */
+#define MIRROR_VERIFY_JOURNAL_TRIES 200
+#define MIRROR_VERIFY_JOURNAL_WAIT_MSECS 10
 
 struct mirror_verify_suspect {
 	const struct mirror_chain_record *rec;
@@ -475,21 +481,36 @@ static bool mirror_verify_counter(struct mirror_verify *ctx)
 {
 	struct registry *reg;
 	uint64_t accounted = mirror_verify_accounted(ctx);
-	unsigned int uncounted, failures;
+	unsigned int uncounted, failures, uncounted2, failures2, tries;
 	const char *error;
-	bool ok = TRUE, journal_known;
+	bool ok = TRUE, journal_known, settled;
 
 	if ((reg = doveadm_mirror_registry_open()) == NULL)
 		return FALSE;
 	/* mirror-writer's copies not counted yet are not short: the journal
-	   first, then the registry */
-	journal_known = doveadm_mirror_uncounted(ctx->mirror_id, &uncounted,
-						 &failures);
-	if (mirror_registry_copies_get(reg, ctx->mirror_id, &ctx->counted,
-				       &error) < 0) {
-		doveadm_mirror_fail(EX_TEMPFAIL, error);
-		registry_deinit(&reg);
-		return FALSE;
+	   first, then the registry; and the journal again, until no count
+	   moved from one to the other in between (then a count would be
+	   seen twice). If they don't settle, seen twice rather than
+	   missed. */
+	for (tries = 0;; tries++) {
+		journal_known = doveadm_mirror_uncounted_settled(
+			ctx->mirror_id, &uncounted, &failures, &settled);
+		if (mirror_registry_copies_get(reg, ctx->mirror_id,
+					       &ctx->counted, &error) < 0) {
+			doveadm_mirror_fail(EX_TEMPFAIL, error);
+			registry_deinit(&reg);
+			return FALSE;
+		}
+		if (!journal_known || tries == MIRROR_VERIFY_JOURNAL_TRIES)
+			break;
+		if (settled) {
+			(void)doveadm_mirror_uncounted_settled(ctx->mirror_id,
+				&uncounted2, &failures2, &settled);
+			if (settled && uncounted2 == uncounted &&
+			    failures2 == failures)
+				break;
+		}
+		i_sleep_msecs(MIRROR_VERIFY_JOURNAL_WAIT_MSECS);
 	}
 	ctx->counted += uncounted;
 	ctx->counted_known = TRUE;

@@ -173,6 +173,23 @@ bool doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
 	return ret;
 }
 
+bool doveadm_mirror_uncounted_settled(unsigned int id, unsigned int *copies_r,
+				      unsigned int *failures_r,
+				      bool *settled_r)
+{
+	ARRAY_TYPE(mirror_count_pending) pending;
+	const struct mirror_count_pending *p;
+	bool ret;
+
+	t_array_init(&pending, 8);
+	ret = doveadm_mirror_uncounted_read(&pending);
+	p = mirror_count_pending_find(&pending, id);
+	doveadm_mirror_uncounted_sum(p, copies_r, failures_r);
+	*settled_r = p == NULL ||
+		(p->flushing_copies == 0 && p->flushing_failures == 0);
+	return ret;
+}
+
 void doveadm_mirror_uncounted_sum(const struct mirror_count_pending *p,
 				  unsigned int *copies_r,
 				  unsigned int *failures_r)

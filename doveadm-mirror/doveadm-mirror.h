@@ -59,6 +59,11 @@ bool doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending);
 /* The same for mirror id alone. */
 bool doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
 			      unsigned int *failures_r);
+/* The same, and settled_r is FALSE while mirror-writer is counting some
+   of them (they may be in the registry already). */
+bool doveadm_mirror_uncounted_settled(unsigned int id, unsigned int *copies_r,
+				      unsigned int *failures_r,
+				      bool *settled_r);
 /* What entry p (may be NULL) adds to the counters: what waits and what
    is being counted. */
 void doveadm_mirror_uncounted_sum(const struct mirror_count_pending *p,

@@ -174,6 +174,46 @@ def test_copies_not_counted_yet_survive_a_writer_kill(make_sandbox):
     assert subjects(sb, AUDIT) == ["m0", "m1", "m2", "m3"]
 
 
+def test_verify_never_counts_a_count_in_flight_twice(make_sandbox):
+    """While mirror-writer counts, a count is in its journal (being
+    counted) and may be in the registry already: verify reads the journal
+    before and after the registry until nothing is being counted, so its
+    counter is never the same copies twice."""
+    sb = make_sandbox(users=[ALICE, AUDIT],
+                      settings={"mirror_writer_count_interval": "1h"})
+    m = sb.mirror_add(ALICE, AUDIT)
+    for i in range(3):
+        ok(sb.deliver([ALICE], make_message(subject="m%d" % i)))
+    journal = os.path.join(sb.dir, "run", "mirror-writer.counts")
+    with open(journal) as f:
+        lines = f.read().splitlines()
+    line = "%010d\t%010d\t%010d\t%010d\t%010d"
+    assert line % (int(m["id"]), 3, 0, 0, 0) in lines, lines
+    (pid,) = writer_pids(sb)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # the writer's count, stopped between its registry transaction
+        # and clearing the journal's "being counted" columns
+        def write(copies, flushing):
+            with open(journal, "w") as f:
+                f.write(line % (int(m["id"]), copies, 0, flushing, 0) +
+                        "\n")
+        write(0, 3)
+        sb.registry_set("mirror/status/%s/copies" % m["id"], "3")
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            zip(("code", "row", "err"), verify(sb, m["id"]))))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive()
+        write(0, 0)
+        t.join()
+        assert result["code"] == 0, result
+        assert result["row"]["counted"] == "3", result
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @needs_fault_points
 def test_a_writer_killed_while_counting_never_counts_twice(make_sandbox,
                                                            faults):

@@ -34,6 +34,11 @@
    took this many copies is closed and opened again at its next copy, so
    that the LMTP process of a long connection stays small. */
 #define MIRROR_STORAGE_MAX_COPIES 256
+/* A copier that revalidates (mirror-writer) looks a storage user up again
+   for a batch once this many seconds have passed since the userdb last
+   said it exists: a removed user gets no copies a second later, without
+   a userdb round trip for each of the many batches a second. */
+#define MIRROR_REVALIDATE_SECS 1
 
 struct mirror_storage {
 	char *username;
@@ -42,6 +47,8 @@ struct mirror_storage {
 	struct mailbox *box;
 	struct mirror_privileges privs;
 	time_t last_used;
+	/* when the userdb last said the user exists (revalidate) */
+	time_t validated;
 	/* copies since the mailbox was opened */
 	unsigned int copies;
 	/* groups with an open transaction in the mailbox: it stays open */
@@ -449,11 +456,15 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 
 	storage = mirror_copier_find(copier, username);
 	if (storage != NULL && copier->revalidate &&
-	    mirror_copier_lookup(copier, username, error_r) < 0) {
-		/* one that another group has open goes with that group */
-		if (storage->busy == 0)
-			mirror_copier_forget(copier, storage);
-		return -1;
+	    ioloop_time >= storage->validated + MIRROR_REVALIDATE_SECS) {
+		if (mirror_copier_lookup(copier, username, error_r) < 0) {
+			/* one that another group has open goes with that
+			   group */
+			if (storage->busy == 0)
+				mirror_copier_forget(copier, storage);
+			return -1;
+		}
+		storage->validated = ioloop_time;
 	}
 	if (storage != NULL && storage->copies >= MIRROR_STORAGE_MAX_COPIES &&
 	    storage->busy == 0) {
@@ -468,6 +479,7 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 		if (mirror_copier_open(copier, username, &storage,
 				       error_r) < 0)
 			return -1;
+		storage->validated = ioloop_time;
 		array_push_back(&copier->storages, &storage);
 	}
 	storage->last_used = ioloop_time;

@@ -67,7 +67,8 @@ void mirror_copier_set_service(struct mirror_copier *copier,
 			       const char *module, const char *service);
 /* A copier that lives longer than an LMTP connection looks each storage
    user up again (userdb) before a batch of copies, as LMTP looks up
-   every recipient: a user removed meanwhile gets no more copies. */
+   every recipient, at most once a second: a user removed meanwhile gets
+   no more copies from a second later on. */
 void mirror_copier_set_revalidate(struct mirror_copier *copier);
 
 /* Copies made and failed are given to callback (with the copier's own

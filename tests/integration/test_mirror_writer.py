@@ -100,6 +100,20 @@ def test_small_and_large_messages_reach_the_writer_whole(sandbox):
     assert batch_stats(sandbox)[1:] == (2, 0)
 
 
+def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):
+    # the writer keeps the storage open, and asks the userdb again for a
+    # batch at most once a second
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    ok(sandbox.deliver([ALICE], make_message(subject="kept")))
+    assert sandbox.maildir_count(AUDIT) == 1
+    sandbox.remove_user(AUDIT)
+    time.sleep(1.1)
+    ok(sandbox.deliver([ALICE], make_message(subject="not copied")))
+    sandbox.wait_log("Mirror %s: copy to %s failed" % (m["id"], AUDIT))
+    assert sandbox.maildir_count(AUDIT) == 1
+    assert sandbox.maildir_count(ALICE) == 2
+
+
 def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
         make_sandbox, faults):
     """With mirror_failure = accept, LMTP hands the copies over only once

@@ -280,8 +280,6 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      unsigned int count, bool commit,
 			      const char **error_r)
 {
-	int ret;
-
 	string_t *line = t_str_new(256);
 	const char *addr;
 	unsigned int i, id;
@@ -323,14 +321,11 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 	/* Two writes: one would commit sooner and so make smaller batches,
 	   which cost the writer more CPU per copy than it saves (measured
 	   with scripts/bench) */
-	if (mirror_writer_client_send(client, str_c(line), fd, error_r) < 0 ||
-	    mirror_writer_client_send(client, t_strdup_printf(
-			"COMMIT\t%u\n", client->tag), -1, error_r) < 0)
-		ret = -1;
-	else
-		ret = mirror_writer_client_wait(client, "DONE", error_r);
-	client->tag = 0;
-	return ret;
+	if (mirror_writer_client_send(client, str_c(line), fd, error_r) < 0) {
+		client->tag = 0;
+		return -1;
+	}
+	return mirror_writer_client_commit(client, targets, count, error_r);
 }
 
 int mirror_writer_client_commit(struct mirror_writer_client *client,

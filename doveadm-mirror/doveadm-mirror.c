@@ -162,15 +162,10 @@ bool doveadm_mirror_uncounted_read(ARRAY_TYPE(mirror_count_pending) *pending)
 bool doveadm_mirror_uncounted(unsigned int id, unsigned int *copies_r,
 			      unsigned int *failures_r)
 {
-	ARRAY_TYPE(mirror_count_pending) pending;
-	const struct mirror_count_pending *p;
-	bool ret;
+	bool settled;
 
-	t_array_init(&pending, 8);
-	ret = doveadm_mirror_uncounted_read(&pending);
-	p = mirror_count_pending_find(&pending, id);
-	doveadm_mirror_uncounted_sum(p, copies_r, failures_r);
-	return ret;
+	return doveadm_mirror_uncounted_settled(id, copies_r, failures_r,
+						&settled);
 }
 
 bool doveadm_mirror_uncounted_settled(unsigned int id, unsigned int *copies_r,

@@ -4,6 +4,7 @@
    storages, bag users, POP3 boxes) as those users, keeping each storage
    open for the LMTP connection (mirror-copy.h). */
 
+#define _GNU_SOURCE /* syncfs() */
 #include "lib.h"
 #include "array.h"
 #include "str.h"
@@ -26,6 +27,10 @@
 #include "mirror-copy.h"
 #include "mirror-event.h"
 
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
 /* Open storages kept per connection; the least recently used goes first. */
 #define MIRROR_COPIER_MAX_STORAGES 16
 /* An open mailbox keeps what its commits appended to its index: the
@@ -39,6 +44,15 @@
    said it exists: a removed user gets no copies a second later, without
    a userdb round trip for each of the many batches a second. */
 #define MIRROR_REVALIDATE_SECS 1
+
+/* A filesystem that a storage writes to, for mirror_copier_sync() */
+struct mirror_sync_fs {
+	dev_t dev;
+	int fd;
+	/* a directory on it, for errors */
+	char *path;
+};
+ARRAY_DEFINE_TYPE(mirror_sync_fs, struct mirror_sync_fs);
 
 struct mirror_storage {
 	char *username;
@@ -58,6 +72,9 @@ struct mirror_storage {
 	   whose deactivation back to the copier's (home_privs) */
 	struct ioloop_context *ioloop_ctx;
 	const struct mirror_privileges *home_privs;
+	/* with a deferred sync: the filesystems of its mail, index and
+	   control directories (opened with it) */
+	ARRAY_TYPE(mirror_sync_fs) sync_fs;
 };
 
 struct mirror_copier {
@@ -65,6 +82,13 @@ struct mirror_copier {
 	/* parent of the storage users' events */
 	struct event *event_parent;
 	bool fsync;
+	/* fsync, but by mirror_copier_sync() for all groups at once */
+	bool defer_sync;
+	/* the filesystems committed groups wrote to since the last sync
+	   (descriptors of their own) */
+	ARRAY_TYPE(mirror_sync_fs) sync_pending;
+	/* a sync made early failed (for the next mirror_copier_sync()) */
+	char *sync_error;
 	struct mail_storage_service_ctx *storage_service;
 	/* the module and service whose settings storage users get
 	   (default "lmtp" and "lmtp") */
@@ -161,7 +185,154 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	mirror_privileges_get(pool, &copier->privs);
 	event_ref(event_parent);
 	i_array_init(&copier->storages, 4);
+	i_array_init(&copier->sync_pending, 4);
 	return copier;
+}
+
+/* Whether each commit and chain append syncs what it wrote itself. */
+static bool mirror_copier_fsyncs(const struct mirror_copier *copier)
+{
+	return copier->fsync && !copier->defer_sync;
+}
+
+static void mirror_sync_fs_free(ARRAY_TYPE(mirror_sync_fs) *fss)
+{
+	struct mirror_sync_fs *fs;
+
+	array_foreach_modifiable(fss, fs) {
+		i_close_fd(&fs->fd);
+		i_free(fs->path);
+	}
+	array_clear(fss);
+}
+
+static bool mirror_sync_fs_find(const ARRAY_TYPE(mirror_sync_fs) *fss,
+				dev_t dev)
+{
+	const struct mirror_sync_fs *fs;
+
+	array_foreach(fss, fs) {
+		if (fs->dev == dev)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+/* Add the filesystem of path, or of its nearest ancestor that can be
+   opened (a directory not created yet will be on that one's), if it
+   isn't there yet. */
+static void
+mirror_sync_fs_add_path(ARRAY_TYPE(mirror_sync_fs) *fss, const char *path,
+			struct event *event)
+{
+	struct mirror_sync_fs *fs;
+	struct stat st;
+	const char *p;
+	int fd;
+
+	while ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		if (errno != ENOENT) {
+			e_warning(event, "mirror: open(%s) failed: %m: "
+				  "syncing the filesystem of its parent", path);
+		}
+		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0') {
+			e_error(event, "mirror: open(%s) failed: %m: "
+				"its filesystem is not synced", path);
+			return;
+		}
+		path = p == path ? "/" : t_strdup_until(path, p);
+	}
+	if (fstat(fd, &st) < 0) {
+		e_error(event, "mirror: fstat(%s) failed: %m: "
+			"its filesystem may not be synced", path);
+		i_close_fd(&fd);
+		return;
+	}
+	if (mirror_sync_fs_find(fss, st.st_dev)) {
+		i_close_fd(&fd);
+		return;
+	}
+	fs = array_append_space(fss);
+	fs->dev = st.st_dev;
+	fs->fd = fd;
+	fs->path = i_strdup(path);
+}
+
+/* As the storage user: the filesystems of the storage's mail, index and
+   control (chain) directories. */
+static void mirror_storage_sync_fs_init(struct mirror_storage *storage,
+					struct event *event)
+{
+	static const enum mailbox_list_path_type types[] = {
+		MAILBOX_LIST_PATH_TYPE_MAILBOX,
+		MAILBOX_LIST_PATH_TYPE_CONTROL,
+		MAILBOX_LIST_PATH_TYPE_INDEX,
+	};
+	const char *path;
+	unsigned int i;
+
+	i_array_init(&storage->sync_fs, 2);
+	/* mdbox keeps the mail files under the root, not the mailbox */
+	if (mailbox_list_get_root_path(storage->box->list,
+				       MAILBOX_LIST_PATH_TYPE_DIR, &path))
+		mirror_sync_fs_add_path(&storage->sync_fs, path, event);
+	for (i = 0; i < N_ELEMENTS(types); i++) {
+		if (mailbox_get_path_to(storage->box, types[i], &path) > 0)
+			mirror_sync_fs_add_path(&storage->sync_fs, path, event);
+	}
+}
+
+/* A group committed into storage: its filesystems are synced next. */
+static void mirror_copier_sync_add(struct mirror_copier *copier,
+				   const struct mirror_storage *storage)
+{
+	const struct mirror_sync_fs *fs;
+	struct mirror_sync_fs *pending;
+	int fd;
+
+	array_foreach(&storage->sync_fs, fs) {
+		if (mirror_sync_fs_find(&copier->sync_pending, fs->dev))
+			continue;
+		if ((fd = fcntl(fs->fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+			/* the storage may be closed before the sync: sync
+			   it now */
+			if (syncfs(fs->fd) < 0 && copier->sync_error == NULL) {
+				copier->sync_error = i_strdup_printf(
+					"syncfs(%s) failed: %m", fs->path);
+			}
+			continue;
+		}
+		pending = array_append_space(&copier->sync_pending);
+		pending->dev = fs->dev;
+		pending->fd = fd;
+		pending->path = i_strdup(fs->path);
+	}
+}
+
+void mirror_copier_set_deferred_sync(struct mirror_copier *copier)
+{
+	i_assert(array_count(&copier->storages) == 0);
+	copier->defer_sync = copier->fsync;
+}
+
+int mirror_copier_sync(struct mirror_copier *copier, const char **error_r)
+{
+	const struct mirror_sync_fs *fs;
+	const char *error = NULL;
+
+	if (copier->sync_error != NULL) {
+		error = t_strdup(copier->sync_error);
+		i_free(copier->sync_error);
+	}
+	array_foreach(&copier->sync_pending, fs) {
+		if (syncfs(fs->fd) < 0 && error == NULL) {
+			error = t_strdup_printf("syncfs(%s) failed: %m",
+						fs->path);
+		}
+	}
+	mirror_sync_fs_free(&copier->sync_pending);
+	*error_r = error;
+	return error == NULL ? 0 : -1;
 }
 
 static bool mirror_storage_activate(struct mirror_storage *storage,
@@ -222,6 +393,10 @@ static void mirror_storage_free(struct mirror_storage **_storage)
 	}
 	if (storage->service_user != NULL)
 		mail_storage_service_user_unref(&storage->service_user);
+	if (array_is_created(&storage->sync_fs)) {
+		mirror_sync_fs_free(&storage->sync_fs);
+		array_free(&storage->sync_fs);
+	}
 	i_free(storage->privs.groups);
 	i_free(storage->username);
 	i_free(storage);
@@ -291,6 +466,10 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 		}
 	} T_END;
 	array_free(&copier->storages);
+	/* what was never synced is the caller's loss: it didn't wait */
+	mirror_sync_fs_free(&copier->sync_pending);
+	array_free(&copier->sync_pending);
+	i_free(copier->sync_error);
 	event_unref(&copier->event_parent);
 	pool_unref(&copier->pool);
 }
@@ -386,7 +565,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		mirror_storage_free(&storage);
 		return -1;
 	}
-	if (!copier->fsync &&
+	if (!mirror_copier_fsyncs(copier) &&
 	    mail_storage_service_user_set_setting(storage->service_user,
 						  "mail_fsync", "never",
 						  &error) <= 0)
@@ -430,6 +609,8 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		mirror_storage_free(&storage);
 		return -1;
 	}
+	if (copier->defer_sync)
+		mirror_storage_sync_fs_init(storage, copier->event_parent);
 	*storage_r = storage;
 	return 0;
 }
@@ -675,7 +856,8 @@ mirror_copy_chain_append(struct mirror_copier *copier,
 		if (mirror_chain_append(path, id, MIRROR_CHAIN_RECORD_COPY,
 					ioloop_time, changes->uid_validity,
 					range->seq1, state->content_hash,
-					copier->fsync, NULL, &error) < 0) {
+					mirror_copier_fsyncs(copier), NULL,
+					&error) < 0) {
 			e_error(state->event, "Mirror %u: chain append for "
 				"the copy to %s failed: %s", id,
 				target->storage, error);
@@ -1302,7 +1484,8 @@ mirror_copy_group_chain_append(struct mirror_copy_group *group,
 				       mirror_chain_file_name(mid));
 		if (mirror_chain_append_records(path, mid,
 				array_front_modifiable(&recs),
-				array_count(&recs), copier->fsync,
+				array_count(&recs),
+				mirror_copier_fsyncs(copier),
 				&error) < 0) {
 			e_error(copier->event_parent, "mirror: Mirror %u: "
 				"chain append for %u copies to %s failed: %s",
@@ -1455,6 +1638,9 @@ int mirror_copy_group_commit(struct mirror_copy_group *group)
 			mirror_copy_group_chain_append(group, &changes,
 						       uid_validity);
 			pool_unref(&changes.pool);
+			if (group->copier->defer_sync)
+				mirror_copier_sync_add(group->copier,
+						       group->storage);
 			FAULT_POINT("mirror-chain-appended");
 		}
 		if (group->storage != NULL)
@@ -1632,7 +1818,7 @@ mirror_copy_exists(struct mirror_copier *copier,
 			continue;
 		if (mirror_chain_append(path, id, MIRROR_CHAIN_RECORD_COPY,
 					ioloop_time, status.uidvalidity, uid,
-					hash, copier->fsync, NULL,
+					hash, mirror_copier_fsyncs(copier), NULL,
 					&error) < 0) {
 			e_error(copier->event_parent, "mirror: Mirror %u: "
 				"chain append for the copy to %s failed: %s",

@@ -172,4 +172,17 @@ void mirror_copy_group_end(struct mirror_copy_group **group);
 /* Roll back every copy of the group and free it. */
 void mirror_copy_group_rollback(struct mirror_copy_group **group);
 
+/* With fsync=TRUE, a group commit doesn't sync what it wrote (storages
+   are opened with mail_fsync=never, chains appended without fdatasync):
+   the caller makes the groups it committed durable at once with
+   mirror_copier_sync() before it says any of them is, one syncfs() per
+   filesystem instead of Dovecot's fsyncs (three or four) and the chain's
+   per group. Call it before any storage is opened. */
+void mirror_copier_set_deferred_sync(struct mirror_copier *copier);
+/* syncfs() every filesystem that a group committed since the last call
+   wrote to (mail, index and control directories). Returns 0, or -1 with
+   the first error if a sync failed: what those groups committed may not
+   survive a power loss. */
+int mirror_copier_sync(struct mirror_copier *copier, const char **error_r);
+
 #endif

@@ -81,6 +81,8 @@ struct writer_batch {
 	struct event *event;
 	char *storage;
 	struct mirror_copy_group *group;
+	/* the group once committed, until it is counted */
+	struct mirror_copy_group *committed;
 	/* copies whose delivery hasn't decided yet */
 	unsigned int undecided;
 	/* when the first of its deliveries decided */
@@ -124,8 +126,14 @@ static struct mirror_copier *writer_copier;
 static struct event *writer_event;
 /* the open batches (at most one per storage) and the closed ones */
 static ARRAY(struct writer_batch *) writer_batches;
+/* with mirror_writer_syncfs: the committed batches not synced yet, and
+   the sync that answers them */
+static bool writer_syncs;
+static ARRAY(struct writer_batch *) writer_unsynced;
+static struct timeout *writer_to_sync;
 
 static void writer_delivery_unref_copy(struct writer_delivery *delivery);
+static void writer_batch_commit_ready(struct writer_batch *batch);
 
 /* Whether the batch has taken new copies for long enough since its first
    delivery decided (also if the clock went back meanwhile). */
@@ -177,6 +185,7 @@ static void writer_batch_free(struct writer_batch *batch)
 			break;
 		}
 	}
+	i_assert(batch->committed == NULL);
 	timeout_remove(&batch->to_commit);
 	if (batch->group != NULL)
 		mirror_copy_group_rollback(&batch->group);
@@ -186,22 +195,89 @@ static void writer_batch_free(struct writer_batch *batch)
 	i_free(batch);
 }
 
+/* The batch's copies are done (committed and, if the copier defers
+   syncs, synced): count them, and answer the deliveries that have no
+   other copy pending. */
+static void writer_batch_finish(struct writer_batch *batch)
+{
+	struct writer_copy *copy;
+
+	/* counted before the 250s: `mirror list` shows them then */
+	if (batch->committed != NULL)
+		mirror_copy_group_end(&batch->committed);
+	array_foreach_elem(&batch->copies, copy) {
+		copy->batch = NULL;
+		writer_delivery_unref_copy(copy->delivery);
+	}
+	writer_batch_free(batch);
+}
+
+/* Sync what the committed batches wrote, once for all of them, then
+   finish them. */
+static void writer_sync_unsynced(void)
+{
+	struct writer_batch *batch;
+	struct writer_copy *copy;
+	const char *error;
+	unsigned int count;
+
+	timeout_remove(&writer_to_sync);
+	count = array_count(&writer_unsynced);
+	if (count == 0)
+		return;
+	if (mirror_copier_sync(writer_copier, &error) < 0) {
+		e_error(writer_event, "%s: %u batches may not survive a "
+			"power loss", error, count);
+		error = t_strdup_printf("Committed, but not synced: %s",
+					error);
+		array_foreach_elem(&writer_unsynced, batch) {
+			array_foreach_elem(&batch->copies, copy) {
+				if (copy->target.error == NULL) {
+					copy->target.error = p_strdup(
+						copy->delivery->pool, error);
+				}
+			}
+		}
+	}
+	FAULT_POINT("mirror-writer-synced");
+	while (array_count(&writer_unsynced) > 0) {
+		batch = array_idx_elem(&writer_unsynced, 0);
+		array_delete(&writer_unsynced, 0, 1);
+		writer_batch_finish(batch);
+	}
+}
+
+static void writer_sync(void *context ATTR_UNUSED)
+{
+	ARRAY(struct writer_batch *) due;
+	struct writer_batch *batch;
+
+	/* the batches whose commit is due now join this sync */
+	t_array_init(&due, 8);
+	array_foreach_elem(&writer_batches, batch) {
+		if (batch->to_commit != NULL && !batch->await_input &&
+		    batch->undecided == 0)
+			array_push_back(&due, &batch);
+	}
+	array_foreach_elem(&due, batch)
+		writer_batch_commit_ready(batch);
+	writer_sync_unsynced();
+}
+
 /* Every delivery of the batch has decided: commit what was kept. */
 static void writer_batch_commit(struct writer_batch *batch)
 {
 	struct writer_copy *copy;
-
-	struct mirror_copy_group *group;
 	unsigned int copies, failures = 0;
 
 	i_assert(batch->closed && batch->undecided == 0);
-	group = batch->group;
+	batch->committed = batch->group;
 	batch->group = NULL;
-	copies = mirror_copy_group_count(group);
+	copies = mirror_copy_group_count(batch->committed);
 	if (copies == 0) {
-		mirror_copy_group_rollback(&group);
+		mirror_copy_group_rollback(&batch->committed);
 	} else {
-		(void)mirror_copy_group_commit(group);
+		(void)mirror_copy_group_commit(batch->committed);
 		array_foreach_elem(&batch->copies, copy) {
 			/* the group's pool goes before a delivery with
 			   copies in other batches is done */
@@ -221,14 +297,15 @@ static void writer_batch_commit(struct writer_batch *batch)
 			failures == 0 ? "" : t_strdup_printf(
 				", %u failed", failures));
 	}
-	/* counted before the 250s: `mirror list` shows them then */
-	if (group != NULL)
-		mirror_copy_group_end(&group);
-	array_foreach_elem(&batch->copies, copy) {
-		copy->batch = NULL;
-		writer_delivery_unref_copy(copy->delivery);
+	if (copies > failures && writer_syncs) {
+		/* answered once the filesystems are synced, with the other
+		   batches committed by then */
+		array_push_back(&writer_unsynced, &batch);
+		if (writer_to_sync == NULL)
+			writer_to_sync = timeout_add_short(0, writer_sync, NULL);
+		return;
 	}
-	writer_batch_free(batch);
+	writer_batch_finish(batch);
 }
 
 /* Whether an LMTP process has sent something not read yet (what was
@@ -616,7 +693,7 @@ static void writer_count(const struct mirror_copy_result *results,
 	writer_counts_add(writer_counts, results, count);
 }
 
-static void writer_settings_init(bool *fsync_r)
+static void writer_settings_init(bool *fsync_r, bool *syncfs_r)
 {
 	const struct mail_user_settings *user_set;
 	const char *base_dir, *dict_uri, *value, *error;
@@ -628,6 +705,8 @@ static void writer_settings_init(bool *fsync_r)
 	user_set = sets[0];
 	*fsync_r = mirror_set_bool(user_set, writer_event, "mirror_fsync",
 				   TRUE);
+	*syncfs_r = mirror_set_bool(user_set, writer_event,
+				    "mirror_writer_syncfs", TRUE);
 	value = mail_user_set_plugin_getenv(user_set,
 					    "mirror_writer_count_interval");
 	if (value != NULL && *value != '\0' &&
@@ -661,7 +740,7 @@ int main(int argc, char *argv[])
 		MAIL_STORAGE_SERVICE_FLAG_NO_IDLE_TIMEOUT;
 	struct mirror_log_nudge *log_nudge;
 	struct writer_batch *batch;
-	bool fsync;
+	bool fsync, syncfs;
 
 	master_service = master_service_init(MIRROR_WRITER_SERVICE_NAME,
 					     MASTER_SERVICE_FLAG_KEEP_CONFIG_OPEN,
@@ -678,9 +757,15 @@ int main(int argc, char *argv[])
 	dict_drivers_register_builtin();
 	storage_service = mail_storage_service_init(master_service, NULL,
 						    storage_flags);
-	writer_settings_init(&fsync);
+	writer_settings_init(&fsync, &syncfs);
 	writer_copier = mirror_copier_init(storage_service, writer_registry,
 					   writer_event, fsync);
+	if (fsync && syncfs) {
+		/* one syncfs() per filesystem for the batches committed
+		   together, not Dovecot's fsyncs for each */
+		mirror_copier_set_deferred_sync(writer_copier);
+		writer_syncs = TRUE;
+	}
 	/* not LMTP's settings: its mail_plugins are LMTP's own */
 	mirror_copier_set_service(writer_copier, "lda",
 				  MIRROR_WRITER_SERVICE_NAME);
@@ -690,6 +775,7 @@ int main(int argc, char *argv[])
 						 NULL);
 	}
 	i_array_init(&writer_batches, 16);
+	i_array_init(&writer_unsynced, 16);
 	writer_clients = connection_list_init(&writer_client_set,
 					      &writer_client_vfuncs);
 	master_service_init_finish(master_service);
@@ -698,6 +784,8 @@ int main(int argc, char *argv[])
 	master_service_run(master_service, client_connected);
 
 	mirror_log_nudge_stop(&log_nudge);
+	/* what is committed is answered */
+	writer_sync_unsynced();
 	connection_list_deinit(&writer_clients);
 	/* what no delivery decided is not kept */
 	while (array_count(&writer_batches) > 0) {
@@ -705,6 +793,7 @@ int main(int argc, char *argv[])
 		writer_batch_free(batch);
 	}
 	array_free(&writer_batches);
+	array_free(&writer_unsynced);
 	mirror_copier_deinit(&writer_copier);
 	if (writer_counts != NULL)
 		writer_counts_deinit(&writer_counts);

@@ -3,13 +3,17 @@ storage are committed together (group commit), and LMTP copies by itself
 while the writer can't be reached."""
 
 import os
+import re
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 
-from conftest import eventually, make_message
+import pytest
+
+from conftest import PASSWORD, eventually, make_message
 from faults import needs_fault_points
 from test_mirror_crash import subjects
 from test_verify import ok, verify
@@ -98,6 +102,80 @@ def test_small_and_large_messages_reach_the_writer_whole(sandbox):
         assert body == bodies[subject].encode(), subject
     assert len(bodies["large"]) > 128 * 1024
     assert batch_stats(sandbox)[1:] == (2, 0)
+
+
+def writer_syscalls(sb, action):
+    """The writer's calls of fsync(), fdatasync() and syncfs(), and its
+    answers to LMTP (DONE), in order, while action runs (strace)."""
+    out = os.path.join(sb.dir, "writer.strace")
+    tracer = subprocess.Popen(
+        ["strace", "-e", "signal=none", "-e", "status=successful",
+         "-e", "trace=fsync,fdatasync,syncfs,write", "-s", "8",
+         "-o", out, "-p", str(writer_pids(sb)[0])],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        # "strace: Process N attached"
+        line = tracer.stderr.readline()
+        assert "attached" in line, line
+        action()
+    finally:
+        tracer.terminate()
+        tracer.wait()
+        tracer.stderr.close()
+    calls = []
+    with open(out) as f:
+        for line in f:
+            m = re.match(r"(\w+)\((\d+)(, \"(\w*))?", line)
+            if m is None:
+                continue
+            if m.group(1) == "write":
+                if m.group(4) == "DONE":
+                    calls.append("DONE")
+            else:
+                calls.append(m.group(1))
+    return calls
+
+
+def three_storages(sb):
+    """Mirrors of alice into a maildir storage and two mdbox ones, their
+    storages opened by a first delivery."""
+    for user in ["audit2@example.com", "audit3@example.com"]:
+        sb.add_user("%s:%s:mail=mdbox:~/mdbox" % (user, PASSWORD),
+                    password=None)
+    for user in [AUDIT, "audit2@example.com", "audit3@example.com"]:
+        sb.mirror_add(ALICE, user)
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+
+
+def test_copies_committed_together_are_synced_once_before_the_answer(
+        make_sandbox):
+    """The writer commits a delivery's copies into three storages without
+    Dovecot's fsyncs, makes them durable with one syncfs() of their
+    filesystem, and answers LMTP only then."""
+    sb = make_sandbox(users=[ALICE, AUDIT])
+    three_storages(sb)
+    calls = writer_syscalls(sb, lambda: ok(
+        sb.deliver([ALICE], make_message(subject="synced"))))
+    assert calls == ["syncfs", "DONE"], calls
+    for user in [AUDIT, "audit2@example.com", "audit3@example.com"]:
+        assert subjects(sb, user) == ["first", "synced"], user
+
+
+@pytest.mark.parametrize("setting", ["mirror_writer_syncfs", "mirror_fsync"])
+def test_the_writer_syncs_as_its_settings_say(make_sandbox, setting):
+    """mirror_writer_syncfs = no: each commit fsyncs its own files, as
+    Dovecot does, before the answer; mirror_fsync = no: nothing does."""
+    sb = make_sandbox(users=[ALICE, AUDIT], settings={setting: "no"})
+    three_storages(sb)
+    calls = writer_syscalls(sb, lambda: ok(
+        sb.deliver([ALICE], make_message(subject="synced"))))
+    assert "syncfs" not in calls and calls[-1] == "DONE", calls
+    fsyncs = len(calls) - 1
+    if setting == "mirror_fsync":
+        assert fsyncs == 0, calls
+    else:
+        # the mail file, its index and the chain, at least, per storage
+        assert fsyncs >= 3 * 3, calls
 
 
 def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):

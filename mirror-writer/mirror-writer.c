@@ -9,9 +9,12 @@
    tempfail, when it is about to commit (SAVE, whose saves it waits for),
    saying whether it kept the message once its commit is over (COMMIT or
    ABORT). The copies saved into a storage
-   since its last commit form one batch: one transaction, one commit (one
-   fsync), one chain append per mirror and one count in the registry for
-   all of them, however many LMTP processes they came from. A batch is
+   since its last commit form one batch: one transaction, one commit, one
+   chain append per mirror and one count in the registry for all of them,
+   however many LMTP processes they came from. With mirror_fsync and
+   mirror_writer_syncfs, the batches committed at one moment are made
+   durable together, by one syncfs() per filesystem, before any of their
+   deliveries is answered. A batch is
    committed once all of its deliveries have decided, after the input
    that is ready at that moment (which may bring more copies); it takes
    new copies for WRITER_BATCH_LINGER_MSECS after its first delivery

@@ -45,14 +45,16 @@
    a userdb round trip for each of the many batches a second. */
 #define MIRROR_REVALIDATE_SECS 1
 
-/* A filesystem that a storage writes to, for mirror_copier_sync() */
+/* A filesystem that storages write to, for mirror_copier_sync(): one
+   descriptor for the copier's life, so that syncfs() reports each
+   writeback error on it once, at the first sync after it */
 struct mirror_sync_fs {
 	dev_t dev;
 	int fd;
-	/* a directory on it, for errors */
+	/* the first directory it was opened for, for errors */
 	char *path;
 };
-ARRAY_DEFINE_TYPE(mirror_sync_fs, struct mirror_sync_fs);
+ARRAY_DEFINE_TYPE(mirror_dev, dev_t);
 
 struct mirror_storage {
 	char *username;
@@ -72,9 +74,10 @@ struct mirror_storage {
 	   whose deactivation back to the copier's (home_privs) */
 	struct ioloop_context *ioloop_ctx;
 	const struct mirror_privileges *home_privs;
-	/* with a deferred sync: the filesystems of its mail, index and
-	   control directories (opened with it) */
-	ARRAY_TYPE(mirror_sync_fs) sync_fs;
+	/* the filesystems of its mail, index, control and attachment
+	   directories (once needed), and whether one of them is unknown */
+	ARRAY_TYPE(mirror_dev) sync_devs;
+	bool sync_devs_incomplete;
 };
 
 struct mirror_copier {
@@ -84,10 +87,11 @@ struct mirror_copier {
 	bool fsync;
 	/* fsync, but by mirror_copier_sync() for all groups at once */
 	bool defer_sync;
-	/* the filesystems committed groups wrote to since the last sync
-	   (descriptors of their own) */
-	ARRAY_TYPE(mirror_sync_fs) sync_pending;
-	/* a sync made early failed (for the next mirror_copier_sync()) */
+	/* every filesystem a storage was found on */
+	ARRAY(struct mirror_sync_fs) filesystems;
+	/* those that committed groups wrote to since the last sync */
+	ARRAY_TYPE(mirror_dev) sync_pending;
+	/* a storage whose filesystems are not all known was written to */
 	char *sync_error;
 	struct mail_storage_service_ctx *storage_service;
 	/* the module and service whose settings storage users get
@@ -185,6 +189,7 @@ mirror_copier_init(struct mail_storage_service_ctx *storage_service,
 	mirror_privileges_get(pool, &copier->privs);
 	event_ref(event_parent);
 	i_array_init(&copier->storages, 4);
+	i_array_init(&copier->filesystems, 4);
 	i_array_init(&copier->sync_pending, 4);
 	return copier;
 }
@@ -195,73 +200,76 @@ static bool mirror_copier_fsyncs(const struct mirror_copier *copier)
 	return copier->fsync && !copier->defer_sync;
 }
 
-static void mirror_sync_fs_free(ARRAY_TYPE(mirror_sync_fs) *fss)
+static void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
 {
-	struct mirror_sync_fs *fs;
+	const dev_t *d;
 
-	array_foreach_modifiable(fss, fs) {
-		i_close_fd(&fs->fd);
-		i_free(fs->path);
+	array_foreach(devs, d) {
+		if (*d == dev)
+			return;
 	}
-	array_clear(fss);
+	array_push_back(devs, &dev);
 }
 
-static bool mirror_sync_fs_find(const ARRAY_TYPE(mirror_sync_fs) *fss,
-				dev_t dev)
+static const struct mirror_sync_fs *
+mirror_copier_filesystem(const struct mirror_copier *copier, dev_t dev)
 {
 	const struct mirror_sync_fs *fs;
 
-	array_foreach(fss, fs) {
+	array_foreach(&copier->filesystems, fs) {
 		if (fs->dev == dev)
-			return TRUE;
+			return fs;
 	}
-	return FALSE;
+	return NULL;
 }
 
-/* Add the filesystem of path, or of its nearest ancestor that can be
-   opened (a directory not created yet will be on that one's), if it
-   isn't there yet. */
-static void
-mirror_sync_fs_add_path(ARRAY_TYPE(mirror_sync_fs) *fss, const char *path,
-			struct event *event)
+/* The filesystem of path, or of its nearest ancestor that can be opened
+   (a directory not created yet will be on that one's): added to the
+   copier's, its device to devs. Returns FALSE if none can be found. */
+static bool
+mirror_copier_add_path(struct mirror_copier *copier,
+		       ARRAY_TYPE(mirror_dev) *devs, const char *path)
 {
 	struct mirror_sync_fs *fs;
 	struct stat st;
 	const char *p;
 	int fd;
 
-	while ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
 		if (errno != ENOENT) {
-			e_warning(event, "mirror: open(%s) failed: %m: "
-				  "syncing the filesystem of its parent", path);
+			e_warning(copier->event_parent, "mirror: open(%s) "
+				  "failed: %m: syncing the filesystem of its "
+				  "parent", path);
 		}
 		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0') {
-			e_error(event, "mirror: open(%s) failed: %m: "
-				"its filesystem is not synced", path);
-			return;
+			e_error(copier->event_parent, "mirror: open(%s) "
+				"failed: %m: its filesystem is unknown", path);
+			return FALSE;
 		}
 		path = p == path ? "/" : t_strdup_until(path, p);
 	}
 	if (fstat(fd, &st) < 0) {
-		e_error(event, "mirror: fstat(%s) failed: %m: "
-			"its filesystem may not be synced", path);
+		e_error(copier->event_parent, "mirror: fstat(%s) failed: %m: "
+			"its filesystem is unknown", path);
 		i_close_fd(&fd);
-		return;
+		return FALSE;
 	}
-	if (mirror_sync_fs_find(fss, st.st_dev)) {
+	if (mirror_copier_filesystem(copier, st.st_dev) != NULL)
 		i_close_fd(&fd);
-		return;
+	else {
+		fs = array_append_space(&copier->filesystems);
+		fs->dev = st.st_dev;
+		fs->fd = fd;
+		fs->path = i_strdup(path);
 	}
-	fs = array_append_space(fss);
-	fs->dev = st.st_dev;
-	fs->fd = fd;
-	fs->path = i_strdup(path);
+	mirror_dev_add(devs, st.st_dev);
+	return TRUE;
 }
 
-/* As the storage user: the filesystems of the storage's mail, index and
-   control (chain) directories. */
-static void mirror_storage_sync_fs_init(struct mirror_storage *storage,
-					struct event *event)
+/* As the storage user: the filesystems of the storage's mail, index,
+   control (chain) and attachment directories. */
+static void mirror_storage_sync_devs_init(struct mirror_copier *copier,
+					  struct mirror_storage *storage)
 {
 	static const enum mailbox_list_path_type types[] = {
 		MAILBOX_LIST_PATH_TYPE_MAILBOX,
@@ -270,43 +278,64 @@ static void mirror_storage_sync_fs_init(struct mirror_storage *storage,
 	};
 	const char *path;
 	unsigned int i;
+	bool ok = TRUE;
 
-	i_array_init(&storage->sync_fs, 2);
+	if (array_is_created(&storage->sync_devs))
+		return;
+	i_array_init(&storage->sync_devs, 2);
 	/* mdbox keeps the mail files under the root, not the mailbox */
 	if (mailbox_list_get_root_path(storage->box->list,
 				       MAILBOX_LIST_PATH_TYPE_DIR, &path))
-		mirror_sync_fs_add_path(&storage->sync_fs, path, event);
+		ok = mirror_copier_add_path(copier, &storage->sync_devs, path);
 	for (i = 0; i < N_ELEMENTS(types); i++) {
-		if (mailbox_get_path_to(storage->box, types[i], &path) > 0)
-			mirror_sync_fs_add_path(&storage->sync_fs, path, event);
+		if (mailbox_get_path_to(storage->box, types[i], &path) > 0 &&
+		    !mirror_copier_add_path(copier, &storage->sync_devs, path))
+			ok = FALSE;
 	}
+	/* sdbox and mdbox keep attachments there (mail_fsync=never leaves
+	   them unsynced too) */
+	path = storage->box->storage->set->mail_attachment_dir;
+	if (path != NULL && path[0] == '/' &&
+	    !mirror_copier_add_path(copier, &storage->sync_devs, path))
+		ok = FALSE;
+	storage->sync_devs_incomplete = !ok;
 }
 
-/* A group committed into storage: its filesystems are synced next. */
+/* A group committed into storage (or the storage is closed, which may
+   write its index): its filesystems are synced next. */
 static void mirror_copier_sync_add(struct mirror_copier *copier,
-				   const struct mirror_storage *storage)
+				   struct mirror_storage *storage)
+{
+	const dev_t *dev;
+
+	mirror_storage_sync_devs_init(copier, storage);
+	if (storage->sync_devs_incomplete && copier->sync_error == NULL) {
+		copier->sync_error = i_strdup_printf(
+			"Not all filesystems of storage %s are known: not "
+			"synced", storage->username);
+	}
+	array_foreach(&storage->sync_devs, dev)
+		mirror_dev_add(&copier->sync_pending, *dev);
+}
+
+static int
+mirror_copier_syncfs(struct mirror_copier *copier,
+		     const ARRAY_TYPE(mirror_dev) *devs, const char **error_r)
 {
 	const struct mirror_sync_fs *fs;
-	struct mirror_sync_fs *pending;
-	int fd;
+	const dev_t *dev;
+	int ret = 0;
 
-	array_foreach(&storage->sync_fs, fs) {
-		if (mirror_sync_fs_find(&copier->sync_pending, fs->dev))
-			continue;
-		if ((fd = fcntl(fs->fd, F_DUPFD_CLOEXEC, 0)) < 0) {
-			/* the storage may be closed before the sync: sync
-			   it now */
-			if (syncfs(fs->fd) < 0 && copier->sync_error == NULL) {
-				copier->sync_error = i_strdup_printf(
-					"syncfs(%s) failed: %m", fs->path);
-			}
-			continue;
+	array_foreach(devs, dev) {
+		fs = mirror_copier_filesystem(copier, *dev);
+		i_assert(fs != NULL);
+		if (syncfs(fs->fd) < 0 && ret == 0) {
+			*error_r = t_strdup_printf("syncfs(%s) failed: %m",
+						   fs->path);
+			ret = -1;
 		}
-		pending = array_append_space(&copier->sync_pending);
-		pending->dev = fs->dev;
-		pending->fd = fd;
-		pending->path = i_strdup(fs->path);
 	}
+	return ret;
 }
 
 void mirror_copier_set_deferred_sync(struct mirror_copier *copier)
@@ -317,22 +346,20 @@ void mirror_copier_set_deferred_sync(struct mirror_copier *copier)
 
 int mirror_copier_sync(struct mirror_copier *copier, const char **error_r)
 {
-	const struct mirror_sync_fs *fs;
-	const char *error = NULL;
+	const char *error = NULL, *sync_error;
+	int ret;
 
+	ret = mirror_copier_syncfs(copier, &copier->sync_pending, &error);
+	array_clear(&copier->sync_pending);
 	if (copier->sync_error != NULL) {
-		error = t_strdup(copier->sync_error);
+		/* a storage of those groups can't be synced: first */
+		sync_error = t_strdup(copier->sync_error);
 		i_free(copier->sync_error);
+		error = sync_error;
+		ret = -1;
 	}
-	array_foreach(&copier->sync_pending, fs) {
-		if (syncfs(fs->fd) < 0 && error == NULL) {
-			error = t_strdup_printf("syncfs(%s) failed: %m",
-						fs->path);
-		}
-	}
-	mirror_sync_fs_free(&copier->sync_pending);
 	*error_r = error;
-	return error == NULL ? 0 : -1;
+	return ret;
 }
 
 static bool mirror_storage_activate(struct mirror_storage *storage,
@@ -393,10 +420,8 @@ static void mirror_storage_free(struct mirror_storage **_storage)
 	}
 	if (storage->service_user != NULL)
 		mail_storage_service_user_unref(&storage->service_user);
-	if (array_is_created(&storage->sync_fs)) {
-		mirror_sync_fs_free(&storage->sync_fs);
-		array_free(&storage->sync_fs);
-	}
+	if (array_is_created(&storage->sync_devs))
+		array_free(&storage->sync_devs);
 	i_free(storage->privs.groups);
 	i_free(storage->username);
 	i_free(storage);
@@ -415,6 +440,9 @@ static void mirror_copier_forget(struct mirror_copier *copier,
 			break;
 		}
 	}
+	/* closing it may write its index: synced with the next groups */
+	if (copier->defer_sync)
+		mirror_copier_sync_add(copier, storage);
 	mirror_storage_free(&storage);
 }
 
@@ -436,6 +464,7 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 {
 	struct mirror_copier *copier = *_copier;
 	struct mirror_storage *storage;
+	struct mirror_sync_fs *fs;
 	struct ioloop_context *orig_ctx;
 	struct mirror_privileges orig;
 	const char *error;
@@ -456,8 +485,11 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 			mirror_copy_batch_end(copier->batch, FALSE);
 			mirror_copy_batch_free(&copier->batch);
 		}
-		array_foreach_elem(&copier->storages, storage)
+		array_foreach_elem(&copier->storages, storage) {
+			if (copier->defer_sync)
+				mirror_copier_sync_add(copier, storage);
 			mirror_storage_free(&storage);
+		}
 		if (mirror_privileges_set(&orig, &error) < 0)
 			i_fatal("mirror: %s", error);
 		if (orig_ctx != NULL) {
@@ -466,8 +498,14 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 		}
 	} T_END;
 	array_free(&copier->storages);
-	/* what was never synced is the caller's loss: it didn't wait */
-	mirror_sync_fs_free(&copier->sync_pending);
+	/* closing the storages may have written their indexes */
+	if (copier->defer_sync && mirror_copier_sync(copier, &error) < 0)
+		e_error(copier->event_parent, "mirror: %s", error);
+	array_foreach_modifiable(&copier->filesystems, fs) {
+		i_close_fd(&fs->fd);
+		i_free(fs->path);
+	}
+	array_free(&copier->filesystems);
 	array_free(&copier->sync_pending);
 	i_free(copier->sync_error);
 	event_unref(&copier->event_parent);
@@ -610,7 +648,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		return -1;
 	}
 	if (copier->defer_sync)
-		mirror_storage_sync_fs_init(storage, copier->event_parent);
+		mirror_storage_sync_devs_init(copier, storage);
 	*storage_r = storage;
 	return 0;
 }
@@ -1097,6 +1135,9 @@ int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
 {
 	struct mirror_copy_batch *batch;
 	struct mirror_copy_caller caller;
+
+	/* its commits sync what they wrote themselves */
+	i_assert(!copier->defer_sync);
 	unsigned int i;
 	pool_t pool;
 
@@ -1837,12 +1878,13 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 	struct mirror_copy_caller caller;
 	struct mirror_storage *storage;
 	ARRAY(struct mirror_copy_target) missing;
-	const char *error;
+	const char *error, **sync_errors;
 	unsigned int i, j;
 	bool *exists;
 	int ret = 0;
 
 	exists = t_new(bool, count);
+	sync_errors = t_new(const char *, count);
 	mirror_privileges_get(pool_datastack_create(), &caller.privs);
 	mirror_copy_caller_leave(&caller);
 	for (i = 0; i < count; i++) {
@@ -1851,6 +1893,17 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 			continue;
 		exists[i] = mirror_copy_exists(copier, storage, &targets[i],
 					       mail, since);
+		if (exists[i] && copier->fsync) {
+			/* the writer may have died before it synced it */
+			mirror_storage_sync_devs_init(copier, storage);
+			if (storage->sync_devs_incomplete) {
+				sync_errors[i] = "Not all filesystems of the "
+					"storage are known: not synced";
+			} else if (mirror_copier_syncfs(copier,
+					&storage->sync_devs, &error) < 0) {
+				sync_errors[i] = error;
+			}
+		}
 		mirror_storage_deactivate(storage);
 	}
 	mirror_copy_caller_return(&caller);
@@ -1861,7 +1914,10 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 			e_warning(event_parent, "mirror: The copy to %s was "
 				  "made by mirror-writer before it failed",
 				  targets[i].storage);
-			targets[i].error = NULL;
+			targets[i].error = sync_errors[i] == NULL ? NULL :
+				t_strdup_printf("The copy made by mirror-writer "
+						"is not synced: %s",
+						sync_errors[i]);
 		} else {
 			array_push_back(&missing, &targets[i]);
 		}

@@ -117,7 +117,9 @@ int mirror_copier_finish(struct mirror_copy_batch **batch, bool commit,
    mirror-writer may have made before it died: a target whose copy is
    among the messages its storage got since "since" (by content) is not
    copied again, and its chain records are appended if they are
-   missing. */
+   missing. With fsync, the storage's filesystems are synced then (the
+   writer may have died before it synced them): if that fails, the
+   target's error says so. */
 int mirror_copier_copy_missing(struct mirror_copier *copier,
 			       struct mail *mail, time_t since,
 			       struct mirror_copy_target *targets,
@@ -177,12 +179,16 @@ void mirror_copy_group_rollback(struct mirror_copy_group **group);
    the caller makes the groups it committed durable at once with
    mirror_copier_sync() before it says any of them is, one syncfs() per
    filesystem instead of Dovecot's fsyncs (three or four) and the chain's
-   per group. Call it before any storage is opened. */
+   per group. The filesystems are those of each storage's mail, index,
+   control and attachment directories; a storage that is closed (which
+   may write its index) is synced with the next groups, and at
+   mirror_copier_deinit(). Only groups may be used with it. Call it
+   before any storage is opened. */
 void mirror_copier_set_deferred_sync(struct mirror_copier *copier);
 /* syncfs() every filesystem that a group committed since the last call
-   wrote to (mail, index and control directories). Returns 0, or -1 with
-   the first error if a sync failed: what those groups committed may not
-   survive a power loss. */
+   wrote to. Returns 0, or -1 with the first error if a sync failed or a
+   storage's filesystems are not all known: what those groups committed
+   may not survive a power loss. */
 int mirror_copier_sync(struct mirror_copier *copier, const char **error_r);
 
 #endif

@@ -117,9 +117,10 @@ def test_lmtp_killed_while_mirroring(make_sandbox, faults, point):
 # record if it is missing), and whether it was counted. The writer's batch
 # of each storage commits as soon as its deliveries have decided, one
 # storage after the other: the second storage's copy is never committed
-# when the writer dies at the first's, and LMTP makes it itself. Then one
-# syncfs() makes the committed batches durable (mirror-writer-synced),
-# and each is counted.
+# when the writer dies at the first's commit, and LMTP makes it itself.
+# Then one syncfs() makes the committed batches durable
+# (mirror-writer-synced: both storages' copies are committed), and each
+# is counted.
 WRITER_POINTS = {
     "mirror-copy-saved": (False, False),
     "mirror-delivery-committed": (False, False),

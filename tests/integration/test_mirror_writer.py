@@ -4,6 +4,7 @@ while the writer can't be reached."""
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import PASSWORD, eventually, make_message
 from faults import needs_fault_points
-from test_mirror_crash import subjects
+from test_mirror_crash import lmtp_pids, subjects
 from test_verify import ok, verify
 
 ALICE = "alice@example.com"
@@ -104,44 +105,71 @@ def test_small_and_large_messages_reach_the_writer_whole(sandbox):
     assert batch_stats(sandbox)[1:] == (2, 0)
 
 
-def writer_syscalls(sb, action):
-    """The writer's calls of fsync(), fdatasync() and syncfs(), and its
-    answers to LMTP (DONE), in order, while action runs (strace)."""
-    out = os.path.join(sb.dir, "writer.strace")
-    tracer = subprocess.Popen(
-        ["strace", "-e", "signal=none", "-e", "status=successful",
-         "-e", "trace=fsync,fdatasync,syncfs,write", "-s", "8",
-         "-o", out, "-p", str(writer_pids(sb)[0])],
-        stderr=subprocess.PIPE, text=True)
+def traced_syscalls(pids, action, done=None):
+    """The calls of fsync(), fdatasync() and syncfs() of the processes
+    pids, and their answers to LMTP (DONE: mirror-writer's), in order,
+    while action runs (strace). done(calls): whether all that is awaited
+    has been seen (strace may still be writing it when action returns)."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    fd, out = tempfile.mkstemp(prefix="strace.")
+    os.close(fd)
+    args = ["strace", "-e", "signal=none", "-e", "status=successful",
+            "-e", "trace=fsync,fdatasync,syncfs,write", "-s", "8",
+            "-o", out]
+    for pid in pids:
+        args += ["-p", str(pid)]
+    tracer = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+
+    def calls():
+        found = []
+        with open(out) as f:
+            for line in f:
+                m = re.match(r"(\d+ +)?(\w+)\((\d+)(, \"(\w*))?", line)
+                if m is None:
+                    continue
+                if m.group(2) != "write":
+                    found.append(m.group(2))
+                elif m.group(5) == "DONE":
+                    found.append("DONE")
+        return found
+
     try:
-        # "strace: Process N attached"
-        line = tracer.stderr.readline()
-        assert "attached" in line, line
+        # "strace: Process N attached", once per process
+        for _ in pids:
+            line = tracer.stderr.readline()
+            if "Operation not permitted" in line:
+                pytest.skip("strace can't attach: %s" % line.strip())
+            assert "attached" in line, line
         action()
+        deadline = time.time() + 5
+        while done is not None and not done(calls()) and \
+                time.time() < deadline:
+            time.sleep(0.05)
     finally:
         tracer.terminate()
         tracer.wait()
         tracer.stderr.close()
-    calls = []
-    with open(out) as f:
-        for line in f:
-            m = re.match(r"(\w+)\((\d+)(, \"(\w*))?", line)
-            if m is None:
-                continue
-            if m.group(1) == "write":
-                if m.group(4) == "DONE":
-                    calls.append("DONE")
-            else:
-                calls.append(m.group(1))
-    return calls
+    try:
+        return calls()
+    finally:
+        os.unlink(out)
 
 
-def three_storages(sb):
-    """Mirrors of alice into a maildir storage and two mdbox ones, their
-    storages opened by a first delivery."""
-    for user in ["audit2@example.com", "audit3@example.com"]:
-        sb.add_user("%s:%s:mail=mdbox:~/mdbox" % (user, PASSWORD),
-                    password=None)
+def writer_syscalls(sb, action):
+    return traced_syscalls([writer_pids(sb)[0]], action,
+                           lambda calls: "DONE" in calls)
+
+
+def three_storages(sb, index=None):
+    """Mirrors of alice into a maildir storage and two mdbox ones (the
+    second with its index files in index, if given), their storages
+    opened by a first delivery."""
+    sb.add_user("audit2@example.com:%s:mail=mdbox:~/mdbox" % PASSWORD,
+                password=None)
+    sb.add_user("audit3@example.com:%s:mail=mdbox:~/mdbox%s"
+                % (PASSWORD, "" if index is None else ":INDEX=" + index),
+                password=None)
     for user in [AUDIT, "audit2@example.com", "audit3@example.com"]:
         sb.mirror_add(ALICE, user)
     ok(sb.deliver([ALICE], make_message(subject="first")))
@@ -161,6 +189,28 @@ def test_copies_committed_together_are_synced_once_before_the_answer(
         assert subjects(sb, user) == ["first", "synced"], user
 
 
+def test_every_filesystem_of_a_storage_is_synced(make_sandbox):
+    """A storage whose index files are on another filesystem (a tmpfs)
+    gets that one synced too, before the answer."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm):
+        pytest.skip("no /dev/shm")
+    index = tempfile.mkdtemp(prefix="mirror-test-index.", dir=shm)
+    try:
+        sb = make_sandbox(users=[ALICE, AUDIT])
+        if os.stat(index).st_dev == os.stat(sb.dir).st_dev:
+            pytest.skip("/dev/shm is on the sandbox's filesystem")
+        os.chmod(index, 0o777)
+        three_storages(sb, index=index + "/%u")
+        assert os.listdir(index) == ["audit3@example.com"]
+        calls = writer_syscalls(sb, lambda: ok(
+            sb.deliver([ALICE], make_message(subject="synced"))))
+        assert calls == ["syncfs", "syncfs", "DONE"], calls
+        assert subjects(sb, "audit3@example.com") == ["first", "synced"]
+    finally:
+        shutil.rmtree(index)
+
+
 @pytest.mark.parametrize("setting", ["mirror_writer_syncfs", "mirror_fsync"])
 def test_the_writer_syncs_as_its_settings_say(make_sandbox, setting):
     """mirror_writer_syncfs = no: each commit fsyncs its own files, as
@@ -176,6 +226,27 @@ def test_the_writer_syncs_as_its_settings_say(make_sandbox, setting):
     else:
         # the mail file, its index and the chain, at least, per storage
         assert fsyncs >= 3 * 3, calls
+
+
+@needs_fault_points
+def test_lmtp_syncs_what_a_killed_writer_committed(make_sandbox, faults):
+    """The writer dies after its commit and before its sync: LMTP finds
+    the copy, and syncs the storage's filesystem before its 250."""
+    sb = make_sandbox(users=[ALICE, AUDIT], config=faults.config)
+    sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    session = sb.lmtp()
+    try:
+        # one of them serves the connection
+        faults.arm("mirror-chain-appended")
+        calls = traced_syscalls(lmtp_pids(sb, 0), lambda: ok(session.send(
+            [ALICE], make_message(subject="killed"))))
+    finally:
+        session.close()
+    assert faults.fired
+    sb.wait_log("was made by mirror-writer before it failed")
+    assert "syncfs" in calls, calls
+    assert subjects(sb, AUDIT) == ["first", "killed"]
 
 
 def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):

@@ -46,8 +46,8 @@
 #define MIRROR_REVALIDATE_SECS 1
 
 /* A filesystem that storages write to, for mirror_copier_sync(): one
-   descriptor for the copier's life, so that syncfs() reports each
-   writeback error on it once, at the first sync after it */
+   descriptor while any open storage is on it, so that syncfs() reports
+   each writeback error on it once, at the first sync after it */
 struct mirror_sync_fs {
 	dev_t dev;
 	int fd;
@@ -87,7 +87,7 @@ struct mirror_copier {
 	bool fsync;
 	/* fsync, but by mirror_copier_sync() for all groups at once */
 	bool defer_sync;
-	/* every filesystem a storage was found on */
+	/* the filesystems the open storages are on */
 	ARRAY(struct mirror_sync_fs) filesystems;
 	/* those that committed groups wrote to since the last sync */
 	ARRAY_TYPE(mirror_dev) sync_pending;
@@ -200,15 +200,21 @@ static bool mirror_copier_fsyncs(const struct mirror_copier *copier)
 	return copier->fsync && !copier->defer_sync;
 }
 
-static void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
+static bool mirror_dev_find(const ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
 {
 	const dev_t *d;
 
 	array_foreach(devs, d) {
 		if (*d == dev)
-			return;
+			return TRUE;
 	}
-	array_push_back(devs, &dev);
+	return FALSE;
+}
+
+static void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
+{
+	if (!mirror_dev_find(devs, dev))
+		array_push_back(devs, &dev);
 }
 
 static const struct mirror_sync_fs *
@@ -223,9 +229,11 @@ mirror_copier_filesystem(const struct mirror_copier *copier, dev_t dev)
 	return NULL;
 }
 
-/* The filesystem of path, or of its nearest ancestor that can be opened
-   (a directory not created yet will be on that one's): added to the
-   copier's, its device to devs. Returns FALSE if none can be found. */
+/* The filesystem of path, or of its nearest existing ancestor if it
+   doesn't exist (a directory not created yet will be on that one's):
+   added to the copier's, its device to devs. Returns FALSE if it can't
+   be opened (a directory that can't be read is synced only if another
+   directory of its filesystem was opened). */
 static bool
 mirror_copier_add_path(struct mirror_copier *copier,
 		       ARRAY_TYPE(mirror_dev) *devs, const char *path)
@@ -237,9 +245,15 @@ mirror_copier_add_path(struct mirror_copier *copier,
 
 	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
 		if (errno != ENOENT) {
-			e_warning(copier->event_parent, "mirror: open(%s) "
-				  "failed: %m: syncing the filesystem of its "
-				  "parent", path);
+			if (stat(path, &st) == 0 &&
+			    mirror_copier_filesystem(copier, st.st_dev) != NULL) {
+				mirror_dev_add(devs, st.st_dev);
+				return TRUE;
+			}
+			e_error(copier->event_parent, "mirror: open(%s) "
+				"failed: %m: its filesystem can't be synced",
+				path);
+			return FALSE;
 		}
 		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0') {
 			e_error(copier->event_parent, "mirror: open(%s) "
@@ -344,6 +358,34 @@ void mirror_copier_set_deferred_sync(struct mirror_copier *copier)
 	copier->defer_sync = copier->fsync;
 }
 
+/* Close the filesystems that no open storage is on (nor a pending sync):
+   one that is unmounted isn't held busy. */
+static void mirror_copier_filesystems_release(struct mirror_copier *copier)
+{
+	struct mirror_sync_fs *fs;
+	struct mirror_storage *storage;
+	unsigned int i = 0;
+	bool used;
+
+	while (i < array_count(&copier->filesystems)) {
+		fs = array_idx_modifiable(&copier->filesystems, i);
+		used = mirror_dev_find(&copier->sync_pending, fs->dev);
+		array_foreach_elem(&copier->storages, storage) {
+			if (used)
+				break;
+			used = array_is_created(&storage->sync_devs) &&
+				mirror_dev_find(&storage->sync_devs, fs->dev);
+		}
+		if (used) {
+			i++;
+			continue;
+		}
+		i_close_fd(&fs->fd);
+		i_free(fs->path);
+		array_delete(&copier->filesystems, i, 1);
+	}
+}
+
 int mirror_copier_sync(struct mirror_copier *copier, const char **error_r)
 {
 	const char *error = NULL, *sync_error;
@@ -351,6 +393,7 @@ int mirror_copier_sync(struct mirror_copier *copier, const char **error_r)
 
 	ret = mirror_copier_syncfs(copier, &copier->sync_pending, &error);
 	array_clear(&copier->sync_pending);
+	mirror_copier_filesystems_release(copier);
 	if (copier->sync_error != NULL) {
 		/* a storage of those groups can't be synced: first */
 		sync_error = t_strdup(copier->sync_error);
@@ -497,10 +540,12 @@ void mirror_copier_deinit(struct mirror_copier **_copier)
 			io_loop_context_unref(&orig_ctx);
 		}
 	} T_END;
-	array_free(&copier->storages);
+	/* freed above */
+	array_clear(&copier->storages);
 	/* closing the storages may have written their indexes */
 	if (copier->defer_sync && mirror_copier_sync(copier, &error) < 0)
 		e_error(copier->event_parent, "mirror: %s", error);
+	array_free(&copier->storages);
 	array_foreach_modifiable(&copier->filesystems, fs) {
 		i_close_fd(&fs->fd);
 		i_free(fs->path);
@@ -1135,13 +1180,12 @@ int mirror_copier_prepare(struct mirror_copier *copier, struct mail *mail,
 {
 	struct mirror_copy_batch *batch;
 	struct mirror_copy_caller caller;
-
-	/* its commits sync what they wrote themselves */
-	i_assert(!copier->defer_sync);
 	unsigned int i;
 	pool_t pool;
 
 	i_assert(copier->batch == NULL);
+	/* its commits sync what they wrote themselves */
+	i_assert(!copier->defer_sync);
 
 	pool = pool_alloconly_create("mirror copy batch", 1024);
 	batch = p_new(pool, struct mirror_copy_batch, 1);
@@ -1902,6 +1946,12 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 			} else if (mirror_copier_syncfs(copier,
 					&storage->sync_devs, &error) < 0) {
 				sync_errors[i] = error;
+			}
+			if (sync_errors[i] != NULL) {
+				e_error(event_parent, "mirror: The copy to %s "
+					"made by mirror-writer is not synced: "
+					"%s", targets[i].storage,
+					sync_errors[i]);
 			}
 		}
 		mirror_storage_deactivate(storage);

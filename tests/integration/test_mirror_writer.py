@@ -2,6 +2,7 @@
 storage are committed together (group commit), and LMTP copies by itself
 while the writer can't be reached."""
 
+import base64
 import os
 import re
 import shutil
@@ -107,15 +108,16 @@ def test_small_and_large_messages_reach_the_writer_whole(sandbox):
 
 def traced_syscalls(pids, action, done=None):
     """The calls of fsync(), fdatasync() and syncfs() of the processes
-    pids, and their answers to LMTP (DONE: mirror-writer's), in order,
-    while action runs (strace). done(calls): whether all that is awaited
-    has been seen (strace may still be writing it when action returns)."""
+    pids, and their answers (mirror-writer's DONE, LMTP's 250), in order,
+    while action runs (strace). A process that is gone before strace
+    attaches is left out. done(calls): whether all that is awaited has
+    been seen (strace may still be writing it when action returns)."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     fd, out = tempfile.mkstemp(prefix="strace.")
     os.close(fd)
     args = ["strace", "-e", "signal=none", "-e", "status=successful",
-            "-e", "trace=fsync,fdatasync,syncfs,write", "-s", "8",
+            "-e", "trace=fsync,fdatasync,syncfs,write,writev", "-s", "8",
             "-o", out]
     for pid in pids:
         args += ["-p", str(pid)]
@@ -125,22 +127,31 @@ def traced_syscalls(pids, action, done=None):
         found = []
         with open(out) as f:
             for line in f:
-                m = re.match(r"(\d+ +)?(\w+)\((\d+)(, \"(\w*))?", line)
+                m = re.match(r'(\d+ +)?(\w+)\(\d+(, (\[\{iov_base=)?"'
+                             r'([^"]*))?', line)
                 if m is None:
                     continue
-                if m.group(2) != "write":
+                if not m.group(2).startswith("write"):
                     found.append(m.group(2))
-                elif m.group(5) == "DONE":
+                elif (m.group(5) or "").startswith("DONE"):
                     found.append("DONE")
+                elif (m.group(5) or "").startswith("250 2.0"):
+                    # a delivery's reply (MAIL and RCPT get 250 2.1)
+                    found.append("250")
         return found
 
     try:
-        # "strace: Process N attached", once per process
+        # "strace: Process N attached", or why not, once per process
+        attached = 0
         for _ in pids:
             line = tracer.stderr.readline()
             if "Operation not permitted" in line:
                 pytest.skip("strace can't attach: %s" % line.strip())
-            assert "attached" in line, line
+            if "attached" in line:
+                attached += 1
+            else:
+                assert "No such process" in line, line
+        assert attached > 0
         action()
         deadline = time.time() + 5
         while done is not None and not done(calls()) and \
@@ -161,18 +172,31 @@ def writer_syscalls(sb, action):
                            lambda calls: "DONE" in calls)
 
 
-def three_storages(sb, index=None):
+def three_storages(sb, fields=""):
     """Mirrors of alice into a maildir storage and two mdbox ones (the
-    second with its index files in index, if given), their storages
-    opened by a first delivery."""
+    second with these extra userdb fields), their storages opened by a
+    first delivery."""
     sb.add_user("audit2@example.com:%s:mail=mdbox:~/mdbox" % PASSWORD,
                 password=None)
     sb.add_user("audit3@example.com:%s:mail=mdbox:~/mdbox%s"
-                % (PASSWORD, "" if index is None else ":INDEX=" + index),
-                password=None)
+                % (PASSWORD, fields), password=None)
     for user in [AUDIT, "audit2@example.com", "audit3@example.com"]:
         sb.mirror_add(ALICE, user)
     ok(sb.deliver([ALICE], make_message(subject="first")))
+
+
+def attachment_message(subject):
+    """A message with an attachment that mdbox stores apart (larger than
+    mail_attachment_min_size)."""
+    data = base64.encodebytes(os.urandom(200 * 1024)).replace(b"\n", b"\r\n")
+    body = ("--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--b\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Transfer-Encoding: base64\r\n"
+            "Content-Disposition: attachment; filename=a.bin\r\n\r\n"
+            + data.decode() + "--b--\r\n")
+    return make_message(subject=subject, body=body, extra_headers=(
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=\"b\"\r\n"))
 
 
 def test_copies_committed_together_are_synced_once_before_the_answer(
@@ -189,26 +213,33 @@ def test_copies_committed_together_are_synced_once_before_the_answer(
         assert subjects(sb, user) == ["first", "synced"], user
 
 
-def test_every_filesystem_of_a_storage_is_synced(make_sandbox):
-    """A storage whose index files are on another filesystem (a tmpfs)
-    gets that one synced too, before the answer."""
+@pytest.mark.parametrize("where", ["index", "attachments"])
+def test_every_filesystem_of_a_storage_is_synced(make_sandbox, where):
+    """A storage whose index files, or attachments, are on another
+    filesystem (a tmpfs) gets that one synced too, before the answer."""
     shm = "/dev/shm"
     if not os.path.isdir(shm):
         pytest.skip("no /dev/shm")
-    index = tempfile.mkdtemp(prefix="mirror-test-index.", dir=shm)
+    other = tempfile.mkdtemp(prefix="mirror-test-%s." % where, dir=shm)
     try:
         sb = make_sandbox(users=[ALICE, AUDIT])
-        if os.stat(index).st_dev == os.stat(sb.dir).st_dev:
+        if os.stat(other).st_dev == os.stat(sb.dir).st_dev:
             pytest.skip("/dev/shm is on the sandbox's filesystem")
-        os.chmod(index, 0o777)
-        three_storages(sb, index=index + "/%u")
-        assert os.listdir(index) == ["audit3@example.com"]
-        calls = writer_syscalls(sb, lambda: ok(
-            sb.deliver([ALICE], make_message(subject="synced"))))
+        os.chmod(other, 0o777)
+        if where == "index":
+            three_storages(sb, ":INDEX=" + other)
+            message = make_message(subject="synced")
+        else:
+            three_storages(sb, " mail_attachment_dir=" + other)
+            message = attachment_message("synced")
+        calls = writer_syscalls(sb, lambda: ok(sb.deliver([ALICE],
+                                                          message)))
         assert calls == ["syncfs", "syncfs", "DONE"], calls
+        # the other filesystem did get the storage's files
+        assert os.listdir(other)
         assert subjects(sb, "audit3@example.com") == ["first", "synced"]
     finally:
-        shutil.rmtree(index)
+        shutil.rmtree(other)
 
 
 @pytest.mark.parametrize("setting", ["mirror_writer_syncfs", "mirror_fsync"])
@@ -239,13 +270,17 @@ def test_lmtp_syncs_what_a_killed_writer_committed(make_sandbox, faults):
     try:
         # one of them serves the connection
         faults.arm("mirror-chain-appended")
-        calls = traced_syscalls(lmtp_pids(sb, 0), lambda: ok(session.send(
-            [ALICE], make_message(subject="killed"))))
+        calls = traced_syscalls(
+            lmtp_pids(sb, 0), lambda: ok(session.send(
+                [ALICE], make_message(subject="killed"))),
+            lambda calls: "250" in calls)
     finally:
         session.close()
     assert faults.fired
     sb.wait_log("was made by mirror-writer before it failed")
-    assert "syncfs" in calls, calls
+    # LMTP's own delivery syncs with fsync() and fdatasync()
+    calls = [c for c in calls if c in ("syncfs", "250")]
+    assert calls == ["syncfs", "250"], calls
     assert subjects(sb, AUDIT) == ["first", "killed"]
 
 

@@ -229,42 +229,68 @@ mirror_copier_filesystem(const struct mirror_copier *copier, dev_t dev)
 	return NULL;
 }
 
-/* The filesystem of path, or of its nearest existing ancestor if it
-   doesn't exist (a directory not created yet will be on that one's):
-   added to the copier's, its device to devs. Returns FALSE if it can't
-   be opened (a directory that can't be read is synced only if another
-   directory of its filesystem was opened). */
+/* The filesystem of path, added to the copier's, its device to devs.
+   A directory not created yet will be on its nearest existing ancestor's
+   filesystem; one that exists but can't be opened (e.g. search-only) is
+   synced through its nearest ancestor on the same filesystem that can.
+   Returns FALSE if neither is found. */
 static bool
 mirror_copier_add_path(struct mirror_copier *copier,
 		       ARRAY_TYPE(mirror_dev) *devs, const char *path)
 {
 	struct mirror_sync_fs *fs;
 	struct stat st;
-	const char *p;
+	const char *p, *unreadable = NULL, *open_error = NULL;
+	dev_t dev = 0;
 	int fd;
 
 	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		if (errno != ENOENT) {
-			if (stat(path, &st) == 0 &&
-			    mirror_copier_filesystem(copier, st.st_dev) != NULL) {
-				mirror_dev_add(devs, st.st_dev);
+		if (errno != ENOENT || unreadable != NULL) {
+			if (unreadable == NULL) {
+				unreadable = path;
+				open_error = t_strdup(strerror(errno));
+			}
+			if (stat(path, &st) < 0) {
+				e_error(copier->event_parent, "mirror: "
+					"stat(%s) failed: %m: the filesystem "
+					"of %s is unknown", path, unreadable);
+				return FALSE;
+			}
+			if (path == unreadable)
+				dev = st.st_dev;
+			else if (st.st_dev != dev)
+				break;
+			if (mirror_copier_filesystem(copier, dev) != NULL) {
+				mirror_dev_add(devs, dev);
 				return TRUE;
 			}
-			e_error(copier->event_parent, "mirror: open(%s) "
-				"failed: %m: its filesystem can't be synced",
-				path);
-			return FALSE;
 		}
-		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0') {
+		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0')
+			break;
+		path = p == path ? "/" : t_strdup_until(path, p);
+	}
+	if (fd < 0) {
+		if (unreadable == NULL) {
 			e_error(copier->event_parent, "mirror: open(%s) "
 				"failed: %m: its filesystem is unknown", path);
-			return FALSE;
+		} else {
+			e_error(copier->event_parent, "mirror: open(%s) "
+				"failed: %s, nor can a directory above it on "
+				"its filesystem be opened: it can't be synced",
+				unreadable, open_error);
 		}
-		path = p == path ? "/" : t_strdup_until(path, p);
+		return FALSE;
 	}
 	if (fstat(fd, &st) < 0) {
 		e_error(copier->event_parent, "mirror: fstat(%s) failed: %m: "
 			"its filesystem is unknown", path);
+		i_close_fd(&fd);
+		return FALSE;
+	}
+	if (unreadable != NULL && st.st_dev != dev) {
+		e_error(copier->event_parent, "mirror: open(%s) failed: %s, "
+			"and %s is on another filesystem: it can't be synced",
+			unreadable, open_error, path);
 		i_close_fd(&fd);
 		return FALSE;
 	}

@@ -213,33 +213,92 @@ def test_copies_committed_together_are_synced_once_before_the_answer(
         assert subjects(sb, user) == ["first", "synced"], user
 
 
-@pytest.mark.parametrize("where", ["index", "attachments"])
-def test_every_filesystem_of_a_storage_is_synced(make_sandbox, where):
-    """A storage whose index files, or attachments, are on another
-    filesystem (a tmpfs) gets that one synced too, before the answer."""
+@pytest.fixture
+def other_fs(make_sandbox):
+    """(sandbox, directory on another filesystem than its own: a tmpfs)"""
     shm = "/dev/shm"
     if not os.path.isdir(shm):
         pytest.skip("no /dev/shm")
-    other = tempfile.mkdtemp(prefix="mirror-test-%s." % where, dir=shm)
+    other = tempfile.mkdtemp(prefix="mirror-test-fs.", dir=shm)
     try:
         sb = make_sandbox(users=[ALICE, AUDIT])
         if os.stat(other).st_dev == os.stat(sb.dir).st_dev:
             pytest.skip("/dev/shm is on the sandbox's filesystem")
         os.chmod(other, 0o777)
-        if where == "index":
-            three_storages(sb, ":INDEX=" + other)
-            message = make_message(subject="synced")
-        else:
-            three_storages(sb, " mail_attachment_dir=" + other)
-            message = attachment_message("synced")
-        calls = writer_syscalls(sb, lambda: ok(sb.deliver([ALICE],
-                                                          message)))
-        assert calls == ["syncfs", "syncfs", "DONE"], calls
-        # the other filesystem did get the storage's files
-        assert os.listdir(other)
-        assert subjects(sb, "audit3@example.com") == ["first", "synced"]
+        yield sb, other
     finally:
         shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("where", ["index", "attachments"])
+def test_every_filesystem_of_a_storage_is_synced(other_fs, where):
+    """A storage whose index files, or attachments, are on another
+    filesystem (a tmpfs) gets that one synced too, before the answer."""
+    sb, other = other_fs
+    if where == "index":
+        three_storages(sb, ":INDEX=" + other)
+        message = make_message(subject="synced")
+    else:
+        three_storages(sb, " mail_attachment_dir=" + other)
+        message = attachment_message("synced")
+    calls = writer_syscalls(sb, lambda: ok(sb.deliver([ALICE], message)))
+    assert calls == ["syncfs", "syncfs", "DONE"], calls
+    # the other filesystem did get the storage's files
+    assert os.listdir(other)
+    assert subjects(sb, "audit3@example.com") == ["first", "synced"]
+
+
+def test_a_filesystem_no_open_storage_is_on_is_let_go(other_fs):
+    """The writer keeps a descriptor of each filesystem its open storages
+    are on, and closes it once it has closed the last storage on it (and
+    synced what closing it wrote): it doesn't hold it busy for umount."""
+    sb, other = other_fs
+
+    def held():
+        found = []
+        for pid in writer_pids(sb):
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+                except FileNotFoundError:
+                    continue  # closed meanwhile
+                if target.startswith(other):
+                    found.append(target)
+        return found
+
+    three_storages(sb, ":INDEX=" + other)
+    assert held()
+    # the writer asks the userdb again a second later, finds the user
+    # gone and closes the storage
+    sb.remove_user("audit3@example.com")
+    time.sleep(1.1)
+    ok(sb.deliver([ALICE], make_message(subject="without audit3")))
+    eventually(held, [])
+    assert subjects(sb, AUDIT) == ["first", "without audit3"]
+
+
+def test_a_directory_the_writer_cant_read_is_synced_through_its_parent(
+        make_sandbox):
+    """A storage whose mail root the storage user may only search (mode
+    0300): the writer can't open it for syncfs(), so it syncs its
+    filesystem through its parent (the home), which is on the same one."""
+    sb = make_sandbox(users=[ALICE, AUDIT])
+    sb.add_user("audit3@example.com:%s:mail=mdbox:~/mdbox" % PASSWORD,
+                password=None)
+    ok(sb.deliver(["audit3@example.com"], make_message(subject="own")))
+    root = os.path.join(sb.dir, "mail", "example.com", "audit3", "mdbox")
+    if os.stat(root).st_uid == 0:
+        pytest.skip("the storage user is root, which may read anything")
+    os.chmod(root, 0o300)
+    sb.mirror_add(ALICE, "audit3@example.com")
+    calls = writer_syscalls(sb, lambda: ok(
+        sb.deliver([ALICE], make_message(subject="synced"))))
+    assert calls == ["syncfs", "DONE"], calls
+    # neither an error nor a warning about it
+    assert "mirror: open(" not in sb.log()
+    assert "not synced" not in sb.log()
+    os.chmod(root, 0o700)
+    assert subjects(sb, "audit3@example.com") == ["own", "synced"]
 
 
 @pytest.mark.parametrize("setting", ["mirror_writer_syncfs", "mirror_fsync"])

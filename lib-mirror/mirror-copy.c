@@ -1973,12 +1973,6 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 					&storage->sync_devs, &error) < 0) {
 				sync_errors[i] = error;
 			}
-			if (sync_errors[i] != NULL) {
-				e_error(event_parent, "mirror: The copy to %s "
-					"made by mirror-writer is not synced: "
-					"%s", targets[i].storage,
-					sync_errors[i]);
-			}
 		}
 		mirror_storage_deactivate(storage);
 	}
@@ -1990,10 +1984,16 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 			e_warning(event_parent, "mirror: The copy to %s was "
 				  "made by mirror-writer before it failed",
 				  targets[i].storage);
-			targets[i].error = sync_errors[i] == NULL ? NULL :
-				t_strdup_printf("The copy made by mirror-writer "
-						"is not synced: %s",
-						sync_errors[i]);
+			targets[i].error = NULL;
+			if (sync_errors[i] != NULL) {
+				/* logged and sent as failed, as the writer's
+				   own are */
+				targets[i].error = t_strdup_printf(
+					"The copy made by mirror-writer is not "
+					"synced: %s", sync_errors[i]);
+				mirror_copy_targets_report(event_parent,
+							   &targets[i], 1);
+			}
 		} else {
 			array_push_back(&missing, &targets[i]);
 		}

@@ -240,7 +240,7 @@ mirror_copier_add_path(struct mirror_copier *copier,
 {
 	struct mirror_sync_fs *fs;
 	struct stat st;
-	const char *p, *unreadable = NULL, *open_error = NULL;
+	const char *p, *dir = path, *unreadable = NULL, *open_error = NULL;
 	dev_t dev = 0;
 	int fd;
 
@@ -261,6 +261,10 @@ mirror_copier_add_path(struct mirror_copier *copier,
 			else if (st.st_dev != dev)
 				break;
 			if (mirror_copier_filesystem(copier, dev) != NULL) {
+				e_debug(copier->event_parent, "mirror: "
+					"open(%s) failed: %s: its filesystem "
+					"is synced through another directory",
+					unreadable, open_error);
 				mirror_dev_add(devs, dev);
 				return TRUE;
 			}
@@ -272,7 +276,8 @@ mirror_copier_add_path(struct mirror_copier *copier,
 	if (fd < 0) {
 		if (unreadable == NULL) {
 			e_error(copier->event_parent, "mirror: open(%s) "
-				"failed: %m: its filesystem is unknown", path);
+				"failed: %m: the filesystem of %s is unknown",
+				path, dir);
 		} else {
 			e_error(copier->event_parent, "mirror: open(%s) "
 				"failed: %s, nor can a directory above it on "
@@ -283,7 +288,7 @@ mirror_copier_add_path(struct mirror_copier *copier,
 	}
 	if (fstat(fd, &st) < 0) {
 		e_error(copier->event_parent, "mirror: fstat(%s) failed: %m: "
-			"its filesystem is unknown", path);
+			"the filesystem of %s is unknown", path, dir);
 		i_close_fd(&fd);
 		return FALSE;
 	}
@@ -293,6 +298,11 @@ mirror_copier_add_path(struct mirror_copier *copier,
 			unreadable, open_error, path);
 		i_close_fd(&fd);
 		return FALSE;
+	}
+	if (unreadable != NULL) {
+		e_debug(copier->event_parent, "mirror: open(%s) failed: %s: "
+			"its filesystem is synced through %s",
+			unreadable, open_error, path);
 	}
 	if (mirror_copier_filesystem(copier, st.st_dev) != NULL)
 		i_close_fd(&fd);

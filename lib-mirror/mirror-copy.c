@@ -394,8 +394,8 @@ void mirror_copier_set_deferred_sync(struct mirror_copier *copier)
 	copier->defer_sync = copier->fsync;
 }
 
-/* Close the filesystems that no open storage is on (nor a pending sync):
-   one that is unmounted isn't held busy. */
+/* After a sync: close the filesystems that no open storage is on, so
+   that one that is unmounted isn't held busy. */
 static void mirror_copier_filesystems_release(struct mirror_copier *copier)
 {
 	struct mirror_sync_fs *fs;
@@ -403,9 +403,10 @@ static void mirror_copier_filesystems_release(struct mirror_copier *copier)
 	unsigned int i = 0;
 	bool used;
 
+	i_assert(array_count(&copier->sync_pending) == 0);
 	while (i < array_count(&copier->filesystems)) {
 		fs = array_idx_modifiable(&copier->filesystems, i);
-		used = mirror_dev_find(&copier->sync_pending, fs->dev);
+		used = FALSE;
 		array_foreach_elem(&copier->storages, storage) {
 			if (used)
 				break;
@@ -420,6 +421,12 @@ static void mirror_copier_filesystems_release(struct mirror_copier *copier)
 		i_free(fs->path);
 		array_delete(&copier->filesystems, i, 1);
 	}
+}
+
+bool mirror_copier_sync_pending(const struct mirror_copier *copier)
+{
+	return array_count(&copier->sync_pending) > 0 ||
+		copier->sync_error != NULL;
 }
 
 int mirror_copier_sync(struct mirror_copier *copier, const char **error_r)

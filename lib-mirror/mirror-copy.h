@@ -190,5 +190,8 @@ void mirror_copier_set_deferred_sync(struct mirror_copier *copier);
    storage's filesystems are not all known: what those groups committed
    may not survive a power loss. */
 int mirror_copier_sync(struct mirror_copier *copier, const char **error_r);
+/* Whether something waits for mirror_copier_sync(): a committed group, or
+   a storage closed since the last one. */
+bool mirror_copier_sync_pending(const struct mirror_copier *copier);
 
 #endif

@@ -226,8 +226,15 @@ static void writer_sync_unsynced(void)
 
 	timeout_remove(&writer_to_sync);
 	count = array_count(&writer_unsynced);
-	if (count == 0)
+	if (count == 0) {
+		/* only storages closed since the last sync, which may have
+		   written their indexes (no copy waits for it) */
+		if (mirror_copier_sync_pending(writer_copier) &&
+		    mirror_copier_sync(writer_copier, &error) < 0)
+			e_error(writer_event, "%s: what closed storages "
+				"wrote may not survive a power loss", error);
 		return;
+	}
 	if (mirror_copier_sync(writer_copier, &error) < 0) {
 		e_error(writer_event, "%s: %u batches may not survive a "
 			"power loss", error, count);
@@ -265,6 +272,16 @@ static void writer_sync(void *context ATTR_UNUSED)
 	array_foreach_elem(&due, batch)
 		writer_batch_commit_ready(batch);
 	writer_sync_unsynced();
+}
+
+/* A storage closed with no copy committed after it (its user is gone,
+   say) may have written its index: it is synced, and its filesystem let
+   go, without waiting for the next copy. */
+static void writer_sync_closed(void)
+{
+	if (writer_syncs && writer_to_sync == NULL &&
+	    mirror_copier_sync_pending(writer_copier))
+		writer_to_sync = timeout_add_short(0, writer_sync, NULL);
 }
 
 /* Every delivery of the batch has decided: commit what was kept. */
@@ -308,6 +325,7 @@ static void writer_batch_commit(struct writer_batch *batch)
 			writer_to_sync = timeout_add_short(0, writer_sync, NULL);
 		return;
 	}
+	writer_sync_closed();
 	writer_batch_finish(batch);
 }
 
@@ -572,6 +590,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 				   kept open for it */
 				writer_batch_free(batch);
 			}
+			writer_sync_closed();
 			continue;
 		}
 		copy->batch = batch;

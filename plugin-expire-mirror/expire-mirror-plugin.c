@@ -25,6 +25,7 @@
 #include "seq-range-array.h"
 #include "module-dir.h"
 #include "mail-user.h"
+#include "mail-namespace.h"
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
 #include "mirror-registry.h"
@@ -207,72 +208,6 @@ expire_mirror_lower(struct mail_user *user, struct expire_mirror_user *euser,
 	expire_mirror_set(user, euser, save_date);
 }
 
-static void expire_mirror_verify(struct mail_user *user)
-{
-	struct expire_mirror_user *euser =
-		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
-	time_t save_date = euser->unverified;
-	const char *error;
-
-	timeout_remove(&euser->to_verify);
-	if (euser->failed) {
-		euser->unverified = 0;
-		return;
-	}
-	/* the scan, or an expunge elsewhere, may have raised or removed
-	   the entry since it was read */
-	euser->oldest_known = FALSE;
-	if (expire_mirror_oldest(user, euser, &error) < 0) {
-		if (user->deinitializing) {
-			e_error(euser->event, "Expire index lookup failed, "
-				"mail saved since %ld may not be in it: %s",
-				(long)save_date, error);
-			euser->unverified = 0;
-			return;
-		}
-		e_error(euser->event, "Expire index lookup failed (trying "
-			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
-			error);
-		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
-					       1000, expire_mirror_verify,
-					       user);
-		return;
-	}
-	euser->unverified = 0;
-	if (euser->oldest == 0 || euser->oldest > save_date)
-		expire_mirror_set(user, euser, save_date);
-}
-
-static void
-expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
-		    time_t save_date)
-{
-	/* most copies are younger than what the index holds: no write */
-	if (euser->oldest_known && euser->oldest != 0 &&
-	    euser->oldest <= save_date)
-		return;
-	if (!euser->oldest_known && euser->recent_oldest != 0 &&
-	    euser->recent_oldest <= save_date && !user->deinitializing) {
-		/* the clock, not the ioloop's: a process may save many
-		   times without returning to its ioloop */
-		io_loop_time_refresh();
-		if (ioloop_time <
-		    euser->recent_at + EXPIRE_MIRROR_RECHECK_SECS) {
-			/* read in this second: trusted now, checked later */
-			if (euser->unverified == 0 ||
-			    save_date < euser->unverified)
-				euser->unverified = save_date;
-			if (euser->to_verify == NULL) {
-				euser->to_verify = timeout_add(
-					EXPIRE_MIRROR_RECHECK_SECS * 1000,
-					expire_mirror_verify, user);
-			}
-			return;
-		}
-	}
-	expire_mirror_lower(user, euser, save_date);
-}
-
 /* The earliest save date of INBOX's mails other than the UIDs just
    expunged. Returns 1 with it, 0 if there are none, -1 on error. */
 static int
@@ -313,6 +248,113 @@ expire_mirror_find_oldest(struct mailbox *box,
 		return -1;
 	*oldest_r = oldest;
 	return oldest == 0 ? 0 : 1;
+}
+
+/* The earliest save date of the storage's INBOX as it is now, opened
+   apart from any that this session has open. */
+static int
+expire_mirror_inbox_oldest(struct mail_user *user, time_t *oldest_r,
+			   const char **error_r)
+{
+	struct mail_namespace *ns;
+	struct mailbox *box;
+	ARRAY_TYPE(seq_range) none;
+	int ret;
+
+	ns = mail_namespace_find_inbox(user->namespaces);
+	box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_IGNORE_ACLS);
+	if (mailbox_open(box) < 0 || mailbox_sync(box, 0) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	} else {
+		t_array_init(&none, 1);
+		ret = expire_mirror_find_oldest(box, &none, oldest_r, error_r);
+	}
+	mailbox_free(&box);
+	return ret;
+}
+
+static void expire_mirror_verify(struct mail_user *user)
+{
+	struct expire_mirror_user *euser =
+		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
+	time_t save_date = euser->unverified, oldest;
+	const char *error;
+	int ret;
+
+	timeout_remove(&euser->to_verify);
+	if (euser->failed) {
+		euser->unverified = 0;
+		return;
+	}
+	/* the scan, or an expunge elsewhere, may have raised or removed
+	   the entry since it was read */
+	euser->oldest_known = FALSE;
+	if (expire_mirror_oldest(user, euser, &error) < 0) {
+		if (user->deinitializing) {
+			e_error(euser->event, "Expire index lookup failed, "
+				"mail saved since %ld may not be in it: %s",
+				(long)save_date, error);
+			euser->unverified = 0;
+			return;
+		}
+		e_error(euser->event, "Expire index lookup failed (trying "
+			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
+			error);
+		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
+					       1000, expire_mirror_verify,
+					       user);
+		return;
+	}
+	euser->unverified = 0;
+	if (euser->oldest != 0 && euser->oldest <= save_date)
+		return;
+	if (user->deinitializing) {
+		/* no mailbox is opened now */
+		expire_mirror_set(user, euser, save_date);
+		return;
+	}
+	/* Removed or raised: the scan or an expunge elsewhere may have
+	   taken those saves' mail with it, so the entry is set from what
+	   the storage holds (none: no entry), not from the saves. */
+	ret = expire_mirror_inbox_oldest(user, &oldest, &error);
+	if (ret < 0) {
+		e_error(euser->event, "Can't recompute the expire index, "
+			"setting it to %ld: %s", (long)save_date, error);
+		expire_mirror_set(user, euser, save_date);
+	} else if (oldest != euser->oldest) {
+		expire_mirror_set(user, euser, oldest);
+	}
+}
+
+static void
+expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
+		    time_t save_date)
+{
+	/* most copies are younger than what the index holds: no write */
+	if (euser->oldest_known && euser->oldest != 0 &&
+	    euser->oldest <= save_date)
+		return;
+	if (!euser->oldest_known && euser->recent_oldest != 0 &&
+	    euser->recent_oldest <= save_date && !user->deinitializing) {
+		/* the clock, not the ioloop's: a process may save many
+		   times without returning to its ioloop */
+		io_loop_time_refresh();
+		if (ioloop_time <
+		    euser->recent_at + EXPIRE_MIRROR_RECHECK_SECS) {
+			/* read in this second: trusted now, checked later */
+			if (euser->unverified == 0 ||
+			    save_date < euser->unverified)
+				euser->unverified = save_date;
+			if (euser->to_verify == NULL) {
+				euser->to_verify = timeout_add(
+					EXPIRE_MIRROR_RECHECK_SECS * 1000,
+					expire_mirror_verify, user);
+			}
+			return;
+		}
+	}
+	expire_mirror_lower(user, euser, save_date);
 }
 
 static void

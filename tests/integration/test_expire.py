@@ -244,6 +244,21 @@ def test_index_removed_under_a_busy_storage_comes_back(sb):
         assert index(sb, AUDIT) <= max(save_dates(sb, AUDIT).values())
 
 
+def test_copies_the_scan_removed_leave_no_entry_behind(sb):
+    # The scan removes a busy storage's copies, and its entry, before the
+    # check of a copy that trusted the entry: the check finds the storage
+    # empty and leaves no entry (one would send the next scans to an
+    # empty storage).
+    sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    deliver(sb, ALICE, 3)
+    rows, _ = expire(sb, "-T", str(int(time.time()) + 2 * DAY))
+    assert [r["removed"] for r in rows] == ["3"]
+    assert index(sb, AUDIT) is None
+    # past the check
+    time.sleep(1.5)
+    assert index(sb, AUDIT) is None
+
+
 def imap_expunge(sb, user, seqs):
     imap = imaplib.IMAP4(sb.info["imap"]["host"], sb.info["imap"]["port"])
     try:
@@ -300,6 +315,9 @@ def test_rebuild_index(sb):
     sb.mirror_add(BOB, storage=AUDIT2, days=1)
     deliver(sb, ALICE, 2)
     deliver(sb, BOB)
+    # past the writer's check of the second copy, which would set the
+    # entry again from the storage
+    time.sleep(1.5)
     want = {AUDIT: index(sb, AUDIT), AUDIT2: index(sb, AUDIT2)}
     assert None not in want.values()
     for storage in want:

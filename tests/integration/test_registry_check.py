@@ -60,6 +60,10 @@ def populated(make_sandbox):
     for rcpts in ([ALICE, BOB, "x@" + BAGGED], [ALICE, "y@" + BAGGED]):
         rcpt, data = sb.deliver(rcpts)
         assert [c for c, _ in rcpt + data] == [250] * 2 * len(rcpts)
+    # mirror-writer counts the copies in the registry a little later
+    for m, copies in ((m1, "2"), (m2, "1")):
+        eventually(lambda: sb.registry_get(
+            "mirror/status/%s/copies" % m["id"]), copies)
     return sb, m1, m2
 
 

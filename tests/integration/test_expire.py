@@ -223,7 +223,10 @@ def test_index_kept_through_deliveries(sb):
                str(future))
     deliver(sb, ALICE)
     eventually(lambda: index(sb, AUDIT) < future, True)
-    assert_index_at_save(sb, AUDIT, max(save_dates(sb, AUDIT).values()))
+    # by the copy, to its save date, or, if it trusted the entry, by the
+    # check a second later, to the oldest save date the storage holds
+    dates = save_dates(sb, AUDIT).values()
+    assert min(dates) - 1 <= index(sb, AUDIT) <= max(dates)
     # a user that is no storage gets no entry
     assert index(sb, ALICE) is None
 

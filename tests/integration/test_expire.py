@@ -353,15 +353,18 @@ def test_bad_time(sb, arg):
 
 
 def deleted_files_open(directory):
-    """Files under directory that a process holds open after their last
-    name is gone."""
+    """Message files under directory that a process holds open after their
+    last name is gone. A process with the mailbox open may still hold the
+    dovecot-uidlist the removal replaced until its next sync, as Dovecot
+    does; that is not a removed message."""
     held = []
     for fd in glob.glob("/proc/[0-9]*/fd/*"):
         try:
             target = os.readlink(fd)
         except OSError:
             continue
-        if target.startswith(directory) and target.endswith(" (deleted)"):
+        if target.startswith(directory) and target.endswith(" (deleted)") \
+                and not os.path.basename(target).startswith("dovecot"):
             held.append((fd, target))
     return held
 

@@ -425,7 +425,7 @@ def test_copies_not_counted_yet_survive_a_writer_kill(make_sandbox):
     # the master starts a writer again at once (process_min_avail = 1),
     # which counts what the last one left first
     sb.wait_log("Counting 3 copies that the writer before this one made")
-    assert mirror_copies(sb, m["id"]) == ("3", "3")
+    eventually(lambda: mirror_copies(sb, m["id"]), ("3", "3"))
     ok(sb.deliver([ALICE], make_message(subject="m3")))
     assert mirror_copies(sb, m["id"]) == ("4", "3")
 

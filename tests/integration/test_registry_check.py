@@ -7,6 +7,7 @@ test says so. The registry is damaged through the dict proxy, as a lost
 write or a hand edit would."""
 
 import json
+import time
 
 from conftest import REGISTRY, eventually
 
@@ -232,6 +233,8 @@ def oldest_saved(sb, user):
 
 def test_a_broken_expire_index_is_rebuilt_from_the_storage(make_sandbox):
     sb, m1, m2 = populated(make_sandbox)
+    # the writer checks each entry it raised a second later
+    time.sleep(1.5)
     e1 = "mirror/expire/" + AUDIT
     e2 = "mirror/expire/" + m2["storage"]
     assert int(sb.registry_get(e1)) > 0 and int(sb.registry_get(e2)) > 0

@@ -333,8 +333,15 @@ def set_expected_id(sb, registry_id):
         lines.append("id = %s\n" % registry_id)
     with open(path, "w") as f:
         f.writelines(lines)
-    # the service's processes read it when they start
+    # the service's processes read it when they start: wait for the
+    # master to have reloaded, then for its idle processes to go
+    reloads = sb.log().count("SIGHUP received - reloading configuration")
     sb.doveadm("reload")
+    deadline = time.time() + 10
+    while sb.log().count("SIGHUP received - reloading configuration") \
+            == reloads:
+        assert time.time() < deadline, "no reload logged"
+        time.sleep(0.05)
     time.sleep(0.5)
 
 

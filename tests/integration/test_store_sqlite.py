@@ -55,8 +55,8 @@ def test_mirrors_and_storage_users_in_sql(sb):
     # Dovecot's dict passdb and userdb read the storage user from SQL
     msgs = sb.imap_messages(m["storage"], password=m["password"])
     assert len(msgs) == 3
-    listed = sb.doveadm("mirror", "list", json_output=True).json
-    assert listed[0]["copies"] == "3"
+    eventually(lambda: sb.doveadm("mirror", "list", json_output=True)
+               .json[0]["copies"], "3")
     eventually(lambda: rows(sb, "mirror", "status/").get(
         "status/%s/copies" % m["id"]), "3")
     # the expiry scan reads the index rows, and removes what is due

@@ -232,7 +232,8 @@ expire_mirror_find_oldest(struct mailbox *box,
 		if (mail_get_save_date(mail, &date) < 0) {
 			if (mail->expunged)
 				continue;
-			*error_r = mailbox_get_last_internal_error(box, NULL);
+			*error_r = t_strdup(
+				mailbox_get_last_internal_error(box, NULL));
 			ret = -1;
 			break;
 		}
@@ -264,7 +265,7 @@ expire_mirror_inbox_oldest(struct mail_user *user, time_t *oldest_r,
 	ns = mail_namespace_find_inbox(user->namespaces);
 	box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_IGNORE_ACLS);
 	if (mailbox_open(box) < 0 || mailbox_sync(box, 0) < 0) {
-		*error_r = mailbox_get_last_internal_error(box, NULL);
+		*error_r = t_strdup(mailbox_get_last_internal_error(box, NULL));
 		ret = -1;
 	} else {
 		t_array_init(&none, 1);
@@ -279,6 +280,7 @@ static void expire_mirror_verify(struct mail_user *user)
 	struct expire_mirror_user *euser =
 		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
 	time_t save_date = euser->unverified, oldest;
+	time_t read_value;
 	const char *error;
 	int ret;
 
@@ -317,14 +319,30 @@ static void expire_mirror_verify(struct mail_user *user)
 	/* Removed or raised: the scan or an expunge elsewhere may have
 	   taken those saves' mail with it, so the entry is set from what
 	   the storage holds (none: no entry), not from the saves. */
+	read_value = euser->oldest;
 	ret = expire_mirror_inbox_oldest(user, &oldest, &error);
 	if (ret < 0) {
 		e_error(euser->event, "Can't recompute the expire index, "
 			"setting it to %ld: %s", (long)save_date, error);
 		expire_mirror_set(user, euser, save_date);
-	} else if (oldest != euser->oldest) {
-		expire_mirror_set(user, euser, oldest);
+		return;
 	}
+	/* A save elsewhere while the INBOX was read lowered or set the
+	   entry for mail this reading may not have seen (or a scan set it):
+	   that value stands, never one from before it. */
+	euser->oldest_known = FALSE;
+	if (expire_mirror_oldest(user, euser, &error) < 0) {
+		e_error(euser->event, "Expire index lookup failed (trying "
+			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
+			error);
+		euser->unverified = save_date;
+		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
+					       1000, expire_mirror_verify,
+					       user);
+		return;
+	}
+	if (euser->oldest == read_value && oldest != read_value)
+		expire_mirror_set(user, euser, oldest);
 }
 
 static void

@@ -2015,16 +2015,21 @@ int mirror_copier_copy_missing(struct mirror_copier *copier,
 			array_push_back(&missing, &targets[i]);
 		}
 	}
-	if (array_count(&missing) == 0) {
-		*error_r = NULL;
-		return 0;
+	*error_r = NULL;
+	ret = 0;
+	if (array_count(&missing) > 0) {
+		ret = mirror_copier_copy(copier, mail,
+					 array_front_modifiable(&missing),
+					 array_count(&missing), FALSE,
+					 event_parent, error_r);
 	}
-	ret = mirror_copier_copy(copier, mail, array_front_modifiable(&missing),
-				 array_count(&missing), FALSE, event_parent,
-				 error_r);
 	for (i = j = 0; i < count; i++) {
 		if (!exists[i])
 			targets[i] = *array_idx(&missing, j++);
+		else if (targets[i].error != NULL && ret == 0) {
+			*error_r = targets[i].error;
+			ret = -1;
+		}
 	}
 	return ret;
 }

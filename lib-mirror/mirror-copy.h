@@ -119,7 +119,8 @@ int mirror_copier_finish(struct mirror_copy_batch **batch, bool commit,
    copied again, and its chain records are appended if they are
    missing. With fsync, the storage's filesystems are synced then (the
    writer may have died before it synced them): if that fails, the
-   target's error says so. */
+   target's error says so. Returns as mirror_copier_copy() does: -1 if
+   any target failed, such a sync included. */
 int mirror_copier_copy_missing(struct mirror_copier *copier,
 			       struct mail *mail, time_t since,
 			       struct mirror_copy_target *targets,

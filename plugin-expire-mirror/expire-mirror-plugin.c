@@ -275,6 +275,22 @@ expire_mirror_inbox_oldest(struct mail_user *user, time_t *oldest_r,
 	return ret;
 }
 
+static void expire_mirror_verify(struct mail_user *user);
+
+/* The index couldn't be read: check the saves since save_date again
+   later. */
+static void
+expire_mirror_verify_later(struct mail_user *user,
+			   struct expire_mirror_user *euser, time_t save_date,
+			   const char *error)
+{
+	e_error(euser->event, "Expire index lookup failed (trying again in "
+		"%d s): %s", EXPIRE_MIRROR_RECHECK_SECS, error);
+	euser->unverified = save_date;
+	euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS * 1000,
+				       expire_mirror_verify, user);
+}
+
 static void expire_mirror_verify(struct mail_user *user)
 {
 	struct expire_mirror_user *euser =
@@ -300,12 +316,7 @@ static void expire_mirror_verify(struct mail_user *user)
 			euser->unverified = 0;
 			return;
 		}
-		e_error(euser->event, "Expire index lookup failed (trying "
-			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
-			error);
-		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
-					       1000, expire_mirror_verify,
-					       user);
+		expire_mirror_verify_later(user, euser, save_date, error);
 		return;
 	}
 	euser->unverified = 0;
@@ -332,13 +343,7 @@ static void expire_mirror_verify(struct mail_user *user)
 	   that value stands, never one from before it. */
 	euser->oldest_known = FALSE;
 	if (expire_mirror_oldest(user, euser, &error) < 0) {
-		e_error(euser->event, "Expire index lookup failed (trying "
-			"again in %d s): %s", EXPIRE_MIRROR_RECHECK_SECS,
-			error);
-		euser->unverified = save_date;
-		euser->to_verify = timeout_add(EXPIRE_MIRROR_RECHECK_SECS *
-					       1000, expire_mirror_verify,
-					       user);
+		expire_mirror_verify_later(user, euser, save_date, error);
 		return;
 	}
 	if (euser->oldest == read_value && oldest != read_value)

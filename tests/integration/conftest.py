@@ -446,6 +446,29 @@ def reaper():
             for test, p in _reaper.problems)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test (rep_setup, rep_call,
+    rep_teardown): make_sandbox keeps a failed test's sandboxes."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+def print_warnings(d, limit=40):
+    """What Dovecot warned of in a failed test's sandbox, and where it is
+    kept: the evidence of a failure that CI alone saw."""
+    print("sandbox kept in %s; its warnings and errors:" % d)
+    try:
+        with open(os.path.join(d, "dovecot.log"), errors="replace") as f:
+            lines = [l.rstrip("\n") for l in f
+                     if re.search(r": (Warning|Error|Panic|Fatal): ", l)]
+    except OSError as e:
+        lines = ["(no log: %s)" % e]
+    for line in lines[-limit:]:
+        print("  " + line[:300])
+
+
 @pytest.fixture
 def make_sandbox(request, reaper):
     started = []
@@ -484,11 +507,16 @@ def make_sandbox(request, reaper):
 
     yield start
 
+    report = getattr(request.node, "rep_call", None)
+    failed = report is not None and report.failed
     problems = []
     for d in started:
         found, size = sandbox_problems(d)
         problems += found
-        reaper.stop(request.node.nodeid, d, size, keep=bool(found))
+        if failed:
+            # the failure's report shows this (captured at teardown)
+            print_warnings(d)
+        reaper.stop(request.node.nodeid, d, size, keep=bool(found) or failed)
     reaper.collect(wait=False)
     assert not problems, "Dovecot reported problems:\n" + "\n".join(problems)
 

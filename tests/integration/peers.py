@@ -244,6 +244,7 @@ class SmtpSink:
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_fetchmail(args=(), rc_text=None, timeout=60):

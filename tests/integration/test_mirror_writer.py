@@ -363,6 +363,7 @@ def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):
     assert sandbox.maildir_count(ALICE) == 2
 
 
+@needs_fault_points
 def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
         make_sandbox, faults):
     """With mirror_failure = accept, LMTP hands the copies over only once

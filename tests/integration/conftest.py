@@ -76,6 +76,11 @@ def pytest_configure(config):
         "markers", "nosan: runs no C path of the suite that other tests "
         "don't (argument refusals, the sandbox script): left out of the "
         "sanitizer pass (-m 'not nosan')")
+    config.addinivalue_line(
+        "markers", "own_registry: brings its own registry (a Redis or SQLite "
+        "of its own), whatever MIRROR_TEST_STORE says: the pass with the "
+        "registry in Redis leaves it to the sanitizer pass (-m 'not "
+        "own_registry')")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -23,6 +23,9 @@ import pytest
 from conftest import eventually, make_message
 from peers import CustomerMTA, fetchmail_etrn
 
+# the registry is the test's own: run it once, in the sanitizer pass
+pytestmark = pytest.mark.own_registry
+
 ALICE, BOB = "alice@example.com", "bob@example.com"
 USERS = [ALICE, BOB]
 DAY = 86400

@@ -423,6 +423,14 @@ static void mirror_copier_filesystems_release(struct mirror_copier *copier)
 	}
 }
 
+bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev)
+{
+	if (mirror_copier_filesystem(copier, dev) == NULL)
+		return FALSE;
+	mirror_dev_add(&copier->sync_pending, dev);
+	return TRUE;
+}
+
 bool mirror_copier_sync_pending(const struct mirror_copier *copier)
 {
 	return array_count(&copier->sync_pending) > 0 ||

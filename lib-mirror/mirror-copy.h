@@ -194,5 +194,9 @@ int mirror_copier_sync(struct mirror_copier *copier, const char **error_r);
 /* Whether something waits for mirror_copier_sync(): a committed group, or
    a storage closed since the last one. */
 bool mirror_copier_sync_pending(const struct mirror_copier *copier);
+/* Have the next mirror_copier_sync() sync the filesystem dev too (what a
+   delivery wrote without syncing it). Returns FALSE if no open storage
+   is on that filesystem: the copier has no descriptor to sync it by. */
+bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev);
 
 #endif

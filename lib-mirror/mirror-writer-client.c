@@ -33,6 +33,8 @@ struct mirror_writer_client {
 	unsigned int tag, last_tag;
 	struct mirror_copy_target *targets;
 	unsigned int count;
+	/* DONE's synced */
+	bool synced;
 
 	/* the connection's own, run while a call waits for its reply */
 	struct ioloop *ioloop;
@@ -74,6 +76,13 @@ mirror_writer_client_parse(struct mirror_writer_client *client,
 	unsigned int i, fields = done ? 2 : 1;
 	uoff_t size;
 
+	if (done) {
+		if (args[0] == NULL ||
+		    (strcmp(args[0], "0") != 0 && strcmp(args[0], "1") != 0))
+			return -1;
+		client->synced = args[0][0] == '1';
+		args++;
+	}
 	if (str_array_length(args) != client->count * fields)
 		return -1;
 	for (i = 0; i < client->count; i++) {
@@ -278,6 +287,7 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      time_t received_date,
 			      struct mirror_copy_target *targets,
 			      unsigned int count, bool commit,
+			      struct mirror_writer_sync *sync,
 			      const char **error_r)
 {
 	string_t *line = t_str_new(256);
@@ -325,23 +335,34 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 		client->tag = 0;
 		return -1;
 	}
-	return mirror_writer_client_commit(client, targets, count, error_r);
+	return mirror_writer_client_commit(client, targets, count, sync,
+					   error_r);
 }
 
 int mirror_writer_client_commit(struct mirror_writer_client *client,
 				struct mirror_copy_target *targets,
-				unsigned int count, const char **error_r)
+				unsigned int count,
+				struct mirror_writer_sync *sync,
+				const char **error_r)
 {
+	string_t *line = t_str_new(64);
+	unsigned int i;
 	int ret;
 
 	i_assert(client->tag != 0 && client->count == count);
 	client->targets = targets;
-	if (mirror_writer_client_send(client, t_strdup_printf(
-			"COMMIT\t%u\n", client->tag), -1, error_r) < 0)
+	client->synced = FALSE;
+	str_printfa(line, "COMMIT\t%u", client->tag);
+	for (i = 0; sync != NULL && i < sync->count; i++)
+		str_printfa(line, "\t%llu", (unsigned long long)sync->devs[i]);
+	str_append_c(line, '\n');
+	if (mirror_writer_client_send(client, str_c(line), -1, error_r) < 0)
 		ret = -1;
 	else
 		ret = mirror_writer_client_wait(client, "DONE", error_r);
 	client->tag = 0;
+	if (sync != NULL)
+		sync->synced = ret == 0 && sync->count > 0 && client->synced;
 	return ret;
 }
 

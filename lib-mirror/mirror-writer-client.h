@@ -12,12 +12,21 @@
      SAVE <tag> <received> <count> [<storage> <ids> <naddr> <addr>...]...
          with the message's file descriptor attached (read from offset 0)
      SAVED <tag> [<error>]...      one field per target, empty if saved
-     COMMIT <tag>                  the delivery kept the message
+     COMMIT <tag> [<dev>...]       the delivery kept the message; the
+                                   devices of the filesystems it wrote
+                                   to without syncing them
      ABORT <tag>                   it didn't: nothing is kept, no reply
-     DONE <tag> [<error> <size>]...  after COMMIT, once every copy is
-                                   committed, in its chains and counted
+     DONE <tag> <synced> [<error> <size>]...
+                                   after COMMIT, once every copy is
+                                   committed, in its chains and counted;
+                                   synced is 1 if every <dev> of the
+                                   COMMIT was synced after it came, else 0
 
    <ids> is a comma-separated list of mirror ids. Fields are tab-escaped.
+   A <dev> is a filesystem's st_dev, in decimal: the writer syncs it with
+   the copies' own filesystems when one of the storages it committed to
+   is on it (one syncfs() for the delivery's writes and the copies), and
+   says synced 0 otherwise, when the delivery must sync it itself.
    LMTP sends SAVE before the delivery's commit only when it must know
    whether the copies can be saved (mirror_failure = tempfail); otherwise
    it sends SAVE and COMMIT together once the delivery kept the
@@ -27,13 +36,22 @@
 
 #define MIRROR_WRITER_SOCKET_NAME "mirror-writer"
 #define MIRROR_WRITER_SERVICE_NAME "mirror-writer"
-#define MIRROR_WRITER_PROTOCOL_MAJOR 1
+#define MIRROR_WRITER_PROTOCOL_MAJOR 2
 #define MIRROR_WRITER_PROTOCOL_MINOR 0
 /* the most targets of one delivery, and the longest line */
 #define MIRROR_WRITER_MAX_TARGETS 256
 #define MIRROR_WRITER_LINE_MAX (1024*1024)
 
 struct mirror_writer_client;
+
+/* What a delivery wrote without syncing it, for the writer to sync with
+   the copies (COMMIT's devices) */
+struct mirror_writer_sync {
+	const dev_t *devs;
+	unsigned int count;
+	/* from DONE: every one of them was synced after the COMMIT */
+	bool synced;
+};
 
 /* Connect to the writer's socket at path. Returns 0, or -1 with error_r. */
 int mirror_writer_client_connect(const char *path,
@@ -52,22 +70,26 @@ void mirror_writer_client_deinit(struct mirror_writer_client **client);
    fails).
 
    With commit, the delivery kept the message already: SAVE and COMMIT
-   are sent at once, and the call returns as mirror_writer_client_commit()
-   does. */
+   (with sync, which may be NULL) are sent at once, and the call returns
+   as mirror_writer_client_commit() does. */
 int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      time_t received_date,
 			      struct mirror_copy_target *targets,
 			      unsigned int count, bool commit,
+			      struct mirror_writer_sync *sync,
 			      const char **error_r);
 /* The delivery kept the message: wait until the copies are committed.
    Each target's error is NULL if its copy was made; its size is set.
-   Returns 0; -1 if the connection to the writer broke (the writer died:
+   sync (may be NULL) lists what the delivery wrote without syncing it;
+   its synced says whether the writer synced it. Returns 0; -1 if the connection to the writer broke (the writer died:
    some copies may be committed, none will be any more); -2 if it didn't
    answer in time (it may still commit them). error_r says what
    happened. The connection is closed after a failure. */
 int mirror_writer_client_commit(struct mirror_writer_client *client,
 				struct mirror_copy_target *targets,
-				unsigned int count, const char **error_r);
+				unsigned int count,
+				struct mirror_writer_sync *sync,
+				const char **error_r);
 /* The delivery kept nothing: the writer drops the copies. */
 void mirror_writer_client_abort(struct mirror_writer_client *client);
 

@@ -108,6 +108,17 @@ struct writer_copy {
 	struct writer_batch *batch;
 };
 
+/* What the delivery wrote without syncing it (COMMIT's devices) */
+enum writer_sync_state {
+	/* nothing, or what the writer can't sync: DONE says synced 0 */
+	WRITER_SYNC_NONE = 0,
+	/* asked for, not yet added to a sync */
+	WRITER_SYNC_ASKED,
+	/* in the next mirror_copier_sync() */
+	WRITER_SYNC_PENDING,
+	WRITER_SYNC_DONE,
+};
+
 struct writer_delivery {
 	pool_t pool;
 	/* NULL once its LMTP process is gone */
@@ -118,6 +129,9 @@ struct writer_delivery {
 	unsigned int count;
 	/* copies still in a batch */
 	unsigned int pending;
+	dev_t *sync_devs;
+	unsigned int sync_dev_count;
+	enum writer_sync_state sync_state;
 	bool decided, kept;
 };
 
@@ -215,6 +229,48 @@ static void writer_batch_finish(struct writer_batch *batch)
 	writer_batch_free(batch);
 }
 
+/* The next sync also syncs what the batch's deliveries wrote themselves
+   without syncing it, where a storage of this writer is on the same
+   filesystem. */
+static void writer_batch_sync_deliveries(struct writer_batch *batch)
+{
+	struct writer_delivery *delivery;
+	struct writer_copy *copy;
+	unsigned int i;
+
+	array_foreach_elem(&batch->copies, copy) {
+		delivery = copy->delivery;
+		if (delivery->sync_state != WRITER_SYNC_ASKED)
+			continue;
+		delivery->sync_state = WRITER_SYNC_PENDING;
+		for (i = 0; i < delivery->sync_dev_count; i++) {
+			if (!mirror_copier_sync_add_dev(writer_copier,
+						delivery->sync_devs[i]))
+				delivery->sync_state = WRITER_SYNC_NONE;
+		}
+		if (delivery->sync_state == WRITER_SYNC_NONE) {
+			e_debug(writer_event, "A delivery wrote to a "
+				"filesystem that no storage is on: it syncs "
+				"what it wrote itself");
+		}
+	}
+}
+
+static void writer_unsynced_sync_result(bool success)
+{
+	struct writer_batch *batch;
+	struct writer_copy *copy;
+
+	array_foreach_elem(&writer_unsynced, batch) {
+		array_foreach_elem(&batch->copies, copy) {
+			if (copy->delivery->sync_state != WRITER_SYNC_PENDING)
+				continue;
+			copy->delivery->sync_state = success ?
+				WRITER_SYNC_DONE : WRITER_SYNC_NONE;
+		}
+	}
+}
+
 /* Sync what the committed batches wrote, once for all of them, then
    finish them. */
 static void writer_sync_unsynced(void)
@@ -236,6 +292,7 @@ static void writer_sync_unsynced(void)
 		return;
 	}
 	if (mirror_copier_sync(writer_copier, &error) < 0) {
+		writer_unsynced_sync_result(FALSE);
 		e_error(writer_event, "%s: %u batches may not survive a "
 			"power loss", error, count);
 		error = t_strdup_printf("Committed, but not synced: %s",
@@ -248,6 +305,8 @@ static void writer_sync_unsynced(void)
 				}
 			}
 		}
+	} else {
+		writer_unsynced_sync_result(TRUE);
 	}
 	FAULT_POINT("mirror-writer-synced");
 	while (array_count(&writer_unsynced) > 0) {
@@ -321,6 +380,7 @@ static void writer_batch_commit(struct writer_batch *batch)
 		/* answered once the filesystems are synced, with the other
 		   batches committed by then */
 		array_push_back(&writer_unsynced, &batch);
+		writer_batch_sync_deliveries(batch);
 		if (writer_to_sync == NULL)
 			writer_to_sync = timeout_add_short(0, writer_sync, NULL);
 		return;
@@ -432,7 +492,9 @@ static void writer_delivery_done(struct writer_delivery *delivery)
 
 	if (client != NULL && delivery->kept) {
 		reply = t_str_new(128);
-		str_printfa(reply, "DONE\t%u", delivery->tag);
+		str_printfa(reply, "DONE\t%u\t%c", delivery->tag,
+			    delivery->sync_state == WRITER_SYNC_DONE ?
+			    '1' : '0');
 		for (i = 0; i < delivery->count; i++) {
 			const struct mirror_copy_target *target =
 				&delivery->copies[i].target;
@@ -624,6 +686,8 @@ writer_client_input_args(struct connection *conn, const char *const *args)
 	struct writer_client *client =
 		container_of(conn, struct writer_client, conn);
 	struct writer_delivery *delivery;
+	unsigned long long dev;
+	unsigned int i, count;
 	bool kept;
 
 	if (args[0] == NULL) {
@@ -645,6 +709,24 @@ writer_client_input_args(struct connection *conn, const char *const *args)
 	    (delivery = writer_client_find(client, args[1])) == NULL) {
 		e_error(conn->event, "%s for an unknown delivery", args[0]);
 		return -1;
+	}
+	count = str_array_length(args + 2);
+	if (count > 0 && !kept) {
+		e_error(conn->event, "ABORT with devices");
+		return -1;
+	}
+	if (count > 0) {
+		delivery->sync_devs = p_new(delivery->pool, dev_t, count);
+		for (i = 0; i < count; i++) {
+			if (str_to_ullong(args[2 + i], &dev) < 0 ||
+			    (unsigned long long)(dev_t)dev != dev) {
+				e_error(conn->event, "Invalid COMMIT device");
+				return -1;
+			}
+			delivery->sync_devs[i] = (dev_t)dev;
+		}
+		delivery->sync_dev_count = count;
+		delivery->sync_state = WRITER_SYNC_ASKED;
 	}
 	writer_delivery_decide(delivery, kept);
 	return 1;

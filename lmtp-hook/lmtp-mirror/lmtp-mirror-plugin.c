@@ -118,6 +118,9 @@ struct lmtp_mirror_client {
 	   while connected to it */
 	const char *writer_path;
 	struct mirror_writer_client *writer;
+	/* mirror_fsync and mirror_writer_syncfs: the writer syncs with one
+	   syncfs() what a delivery wrote without syncing it too */
+	bool writer_syncs;
 
 	struct lmtp_mirror_plan *plan;
 };
@@ -140,6 +143,8 @@ struct lmtp_mirror_delivery {
 	bool via_writer;
 	bool writer_deferred;
 	bool forwarded;
+	/* what the delivery's first commit wrote without syncing it */
+	struct mirror_writer_sync sync;
 };
 
 const char *lmtp_mirror_plugin_version = DOVECOT_ABI_VERSION;
@@ -504,7 +509,7 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
 	ret = mirror_writer_client_save(mclient->writer, fd, received,
 				array_front_modifiable(&delivery->copies),
 				array_count(&delivery->copies), commit,
-				&error);
+				&delivery->sync, &error);
 	if (ret == -1 || (ret == -2 && !commit)) {
 		/* (nothing is committed without COMMIT) */
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
@@ -568,7 +573,8 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		ret = lmtp_mirror_writer_send(delivery, TRUE, &error);
 	else {
 		ret = mirror_writer_client_commit(mclient->writer, copies,
-						  count, &error);
+						  count, &delivery->sync,
+						  &error);
 		if (ret == -1) {
 			e_error(delivery->event, "mirror: %s: copying in "
 				"the LMTP process", error);
@@ -727,13 +733,46 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 	return ret;
 }
 
-static void lmtp_mirror_delivery_committed(void *context, bool kept)
+static bool
+lmtp_mirror_delivery_committed(void *context, bool kept,
+			       const dev_t *unsynced_devs,
+			       unsigned int unsynced_count)
 {
 	struct lmtp_mirror_delivery *delivery = context;
 
+	delivery->sync.devs = unsynced_devs;
+	delivery->sync.count = unsynced_count;
+	delivery->sync.synced = FALSE;
 	T_BEGIN {
 		lmtp_mirror_copy_finish(delivery, kept);
 	} T_END;
+	if (delivery->sync.synced) {
+		e_debug(delivery->event, "mirror: mirror-writer synced the "
+			"delivery with its copies");
+	}
+	return delivery->sync.synced;
+}
+
+/* Whether the delivery hands copies to a writer that syncs them with
+   syncfs(): that sync can make the delivery's own writes durable too,
+   so they are not synced one by one before it (mirror-plugin.h). */
+static bool lmtp_mirror_delivery_defers_sync(struct lmtp_mirror_delivery *delivery)
+{
+	struct lmtp_mirror_client *mclient = delivery->mclient;
+	struct lmtp_mirror_plan *plan = mclient->plan;
+	const struct lmtp_mirror_target *target;
+	unsigned int idx;
+
+	if (!mclient->writer_syncs || mclient->writer == NULL ||
+	    delivery->mrcpt == NULL || plan->error != NULL)
+		return FALSE;
+	array_foreach_elem(&delivery->mrcpt->targets, idx) {
+		target = array_idx(&plan->targets, idx);
+		if (target->state == LMTP_MIRROR_TARGET_PENDING &&
+		    strcmp(target->copy.storage, delivery->username) != 0)
+			return TRUE;
+	}
+	return FALSE;
 }
 
 static bool
@@ -793,6 +832,8 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 					      lmtp_mirror_delivery_kept,
 					      lmtp_mirror_delivery_committed,
 					      &delivery);
+	if (watching && lmtp_mirror_delivery_defers_sync(&delivery))
+		mirror_user_defer_delivery_sync(lldctx->rcpt_user);
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
 
@@ -901,6 +942,11 @@ static void lmtp_mirror_client_created(struct client **_client)
 		mclient->writer_path = p_strconcat(client->pool, base_dir,
 			"/"MIRROR_WRITER_SOCKET_NAME, NULL);
 		lmtp_mirror_writer_connect(mclient);
+		mclient->writer_syncs =
+			mirror_setting_bool(set_user, event, "mirror_fsync",
+					    TRUE) &&
+			mirror_setting_bool(set_user, event,
+					    "mirror_writer_syncfs", TRUE);
 	}
 
 	policy = mail_user_plugin_getenv(set_user, "mirror_failure");

@@ -343,10 +343,78 @@ def test_lmtp_syncs_what_a_killed_writer_committed(make_sandbox, faults):
         session.close()
     assert faults.fired
     sb.wait_log("was made by mirror-writer before it failed")
-    # LMTP's own delivery syncs with fsync() and fdatasync()
+    # LMTP syncs the copy it found (and with it the delivery), then the
+    # delivery, which the writer didn't answer for
     calls = [c for c in calls if c in ("syncfs", "250")]
-    assert calls == ["syncfs", "250"], calls
+    assert calls == ["syncfs", "syncfs", "250"], calls
     assert subjects(sb, AUDIT) == ["first", "killed"]
+
+
+def delivery_syscalls(sb, rcpts, message):
+    """The syncs of LMTP and mirror-writer, the writer's DONE and LMTP's
+    250, while one message is delivered to rcpts."""
+    session = sb.lmtp()
+    try:
+        return traced_syscalls(
+            lmtp_pids(sb, 0) + writer_pids(sb),
+            lambda: ok(session.send(rcpts, message)),
+            lambda calls: "250" in calls)
+    finally:
+        session.close()
+
+
+def test_a_mirrored_delivery_is_synced_with_its_copies(make_sandbox):
+    """A delivery whose copies go to the writer doesn't sync its own files
+    (mail_fsync=optimized): the writer's one syncfs() after the delivery's
+    commit makes the delivery and its copy durable together, and the 250
+    comes after it. A delivery without mirrors syncs as Dovecot does."""
+    sb = make_sandbox(users=[ALICE, AUDIT, "bob@example.com"])
+    sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE, "bob@example.com"], make_message(subject="first")))
+    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"))
+    assert calls == ["syncfs", "DONE", "250"], calls
+    # the same delivery without a mirror: the message file, then new/
+    # (and the uidlist, when maildir rewrites it)
+    calls = delivery_syscalls(sb, ["bob@example.com"],
+                              make_message(subject="plain"))
+    assert calls[:2] == ["fsync", "fdatasync"] and calls[-1] == "250" and \
+        set(calls[2:-1]) <= {"fdatasync"}, calls
+    assert subjects(sb, ALICE) == ["first", "synced"]
+    assert subjects(sb, AUDIT) == ["first", "synced"]
+
+
+def test_a_delivery_the_writer_cant_sync_syncs_itself(other_fs):
+    """The recipient's mail is on a filesystem that no storage of the
+    writer is on: the writer says so in its DONE, and LMTP syncs that
+    filesystem itself before the 250."""
+    sb, other = other_fs
+    sb.add_user("bob@example.com:%s:mail=maildir:%s/bob"
+                % (PASSWORD, other), password=None)
+    sb.mirror_add("bob@example.com", AUDIT)
+    ok(sb.deliver(["bob@example.com"], make_message(subject="first")))
+    calls = delivery_syscalls(sb, ["bob@example.com"],
+                              make_message(subject="synced"))
+    assert calls == ["syncfs", "DONE", "syncfs", "250"], calls
+    assert len(os.listdir(os.path.join(other, "bob", "new"))) == 2
+    assert subjects(sb, AUDIT) == ["first", "synced"]
+
+
+def test_sieve_saves_of_a_mirrored_delivery_are_synced(make_sandbox):
+    """Sieve saves the message into two mailboxes: both are written
+    before the writer's sync, and the second commit, after it, syncs its
+    directory as Dovecot does."""
+    sb = make_sandbox(users=[ALICE, AUDIT], sieve_before=(
+        'require ["fileinto", "mailbox"];\nfileinto :create "Archive";\nkeep;\n'))
+    sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"))
+    # Archive's commit (the first) wrote both files unsynced; INBOX's
+    # commit syncs its directories once the writer has synced
+    assert calls[:2] == ["syncfs", "DONE"] and calls[-1] == "250" and \
+        set(calls[2:-1]) == {"fdatasync"}, calls
+    assert sb.maildir_count(ALICE) == 2
+    assert sb.maildir_count(ALICE, ".Archive") == 2
+    assert subjects(sb, AUDIT) == ["first", "synced"]
 
 
 def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):
@@ -547,10 +615,40 @@ def writer_session(sb):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(os.path.join(sb.dir, "run", "mirror-writer"))
-    s.sendall(b"VERSION\tmirror-writer\t1\t0\n")
+    s.sendall(b"VERSION\tmirror-writer\t2\t0\n")
     f = s.makefile("rb")
-    assert f.readline() == b"VERSION\tmirror-writer\t1\t0\n"
+    assert f.readline() == b"VERSION\tmirror-writer\t2\t0\n"
     return s, f
+
+
+def test_commit_says_whether_the_writer_synced_its_devices(sandbox):
+    """COMMIT names the filesystems that the delivery wrote to without
+    syncing them: DONE says 1 if the writer synced them all after it (a
+    storage is on each), 0 if not."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    ok(sandbox.deliver([ALICE], make_message(subject="first")))
+    here = os.stat(sandbox.dir).st_dev
+    target = [AUDIT, m["id"], "0"]
+    s, f = writer_session(sandbox)
+    try:
+        with tempfile.TemporaryFile() as msg:
+            msg.write(make_message(subject="raw"))
+            msg.flush()
+            for tag, devs, synced in [(1, [here], b"1"),
+                                      (2, [here, 4242], b"0"),
+                                      (3, [], b"0")]:
+                line = "\t".join(["SAVE", str(tag), "0", "1"] + target)
+                socket.send_fds(s, [line.encode() + b"\n"], [msg.fileno()])
+                s.sendall(("\t".join(["COMMIT", str(tag)] +
+                                     [str(d) for d in devs]) +
+                           "\n").encode())
+                assert f.readline() == b"SAVED\t%d\t\n" % tag
+                reply = f.readline().rstrip(b"\n").split(b"\t")
+                assert reply[:4] == [b"DONE", b"%d" % tag, synced, b""], \
+                    reply
+    finally:
+        s.close()
+    assert len(subjects(sandbox, AUDIT)) == 4
 
 
 def test_bad_requests_are_refused_and_change_nothing(sandbox):
@@ -594,6 +692,22 @@ def test_bad_requests_are_refused_and_change_nothing(sandbox):
                  "not a regular file", "Invalid SAVE target",
                  "COMMIT for an unknown delivery"):
         sandbox.wait_log(text)
+    # a COMMIT's devices are numbers, and an ABORT has none
+    for decision, error in [("COMMIT\t1\tx", "Invalid COMMIT device"),
+                            ("ABORT\t1\t5", "ABORT with devices")]:
+        s, f = writer_session(sandbox)
+        try:
+            with tempfile.TemporaryFile() as msg:
+                msg.write(make_message(subject="sneaked in"))
+                msg.flush()
+                socket.send_fds(s, [("\t".join(target) + "\n").encode()],
+                                [msg.fileno()])
+            assert f.readline() == b"SAVED\t1\t\n"
+            s.sendall(decision.encode() + b"\n")
+            assert f.readline() == b"", decision
+        finally:
+            s.close()
+        sandbox.wait_log(error)
     # nothing was copied, and the writer still serves LMTP
     ok(sandbox.deliver([ALICE], make_message(subject="after")))
     assert subjects(sandbox, AUDIT) == ["after"]

@@ -29,6 +29,7 @@
 
 #include <unistd.h>
 #include <fcntl.h>
+#include <time.h>
 #include <sys/stat.h>
 
 /* Open storages kept per connection; the least recently used goes first. */
@@ -53,6 +54,11 @@ struct mirror_sync_fs {
 	int fd;
 	/* the first directory it was opened for, for errors */
 	char *path;
+	/* when fd was opened, and when a syncfs() of it last failed
+	   (mirror_monotonic_usecs(); 0: never): syncfs() reports a
+	   writeback error to each descriptor once, and only if it was open
+	   before the error */
+	long long opened_usecs, failed_usecs;
 };
 ARRAY_DEFINE_TYPE(mirror_dev, dev_t);
 
@@ -311,6 +317,7 @@ mirror_copier_add_path(struct mirror_copier *copier,
 		fs->dev = st.st_dev;
 		fs->fd = fd;
 		fs->path = i_strdup(path);
+		fs->opened_usecs = mirror_monotonic_usecs();
 	}
 	mirror_dev_add(devs, st.st_dev);
 	return TRUE;
@@ -372,16 +379,25 @@ static int
 mirror_copier_syncfs(struct mirror_copier *copier,
 		     const ARRAY_TYPE(mirror_dev) *devs, const char **error_r)
 {
-	const struct mirror_sync_fs *fs;
+	struct mirror_sync_fs *fs;
 	const dev_t *dev;
+	unsigned int i;
 	int ret = 0;
 
 	array_foreach(devs, dev) {
-		fs = mirror_copier_filesystem(copier, *dev);
-		i_assert(fs != NULL);
-		if (syncfs(fs->fd) < 0 && ret == 0) {
-			*error_r = t_strdup_printf("syncfs(%s) failed: %m",
-						   fs->path);
+		fs = NULL;
+		for (i = 0; i < array_count(&copier->filesystems); i++) {
+			fs = array_idx_modifiable(&copier->filesystems, i);
+			if (fs->dev == *dev)
+				break;
+		}
+		i_assert(i < array_count(&copier->filesystems));
+		if (syncfs(fs->fd) < 0) {
+			fs->failed_usecs = mirror_monotonic_usecs();
+			if (ret == 0) {
+				*error_r = t_strdup_printf(
+					"syncfs(%s) failed: %m", fs->path);
+			}
 			ret = -1;
 		}
 	}
@@ -423,9 +439,23 @@ static void mirror_copier_filesystems_release(struct mirror_copier *copier)
 	}
 }
 
-bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev)
+long long mirror_monotonic_usecs(void)
 {
-	if (mirror_copier_filesystem(copier, dev) == NULL)
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+		i_fatal("clock_gettime(CLOCK_MONOTONIC) failed: %m");
+	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev,
+				long long since_usecs)
+{
+	const struct mirror_sync_fs *fs;
+
+	fs = mirror_copier_filesystem(copier, dev);
+	if (fs == NULL || fs->opened_usecs > since_usecs ||
+	    fs->failed_usecs >= since_usecs)
 		return FALSE;
 	mirror_dev_add(&copier->sync_pending, dev);
 	return TRUE;

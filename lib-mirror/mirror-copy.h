@@ -194,9 +194,16 @@ int mirror_copier_sync(struct mirror_copier *copier, const char **error_r);
 /* Whether something waits for mirror_copier_sync(): a committed group, or
    a storage closed since the last one. */
 bool mirror_copier_sync_pending(const struct mirror_copier *copier);
-/* Have the next mirror_copier_sync() sync the filesystem dev too (what a
-   delivery wrote without syncing it). Returns FALSE if no open storage
-   is on that filesystem: the copier has no descriptor to sync it by. */
-bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev);
+/* Have the next mirror_copier_sync() sync the filesystem dev too: what a
+   delivery wrote since since_usecs (mirror_monotonic_usecs()) without
+   syncing it. Returns FALSE if the copier can't tell that sync's errors
+   for it: no open storage is on that filesystem (the copier has no
+   descriptor of it), its descriptor was opened after since_usecs (an
+   error before would not be reported to it), or a sync of it failed
+   since (the error was reported already). */
+bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev,
+				long long since_usecs);
+/* CLOCK_MONOTONIC in microseconds: the same clock in every process */
+long long mirror_monotonic_usecs(void);
 
 #endif

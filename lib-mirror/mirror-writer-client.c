@@ -353,6 +353,8 @@ int mirror_writer_client_commit(struct mirror_writer_client *client,
 	client->targets = targets;
 	client->synced = FALSE;
 	str_printfa(line, "COMMIT\t%u", client->tag);
+	if (sync != NULL && sync->count > 0)
+		str_printfa(line, "\t%lld", sync->since_usecs);
 	for (i = 0; sync != NULL && i < sync->count; i++)
 		str_printfa(line, "\t%llu", (unsigned long long)sync->devs[i]);
 	str_append_c(line, '\n');
@@ -361,8 +363,10 @@ int mirror_writer_client_commit(struct mirror_writer_client *client,
 	else
 		ret = mirror_writer_client_wait(client, "DONE", error_r);
 	client->tag = 0;
-	if (sync != NULL)
+	if (sync != NULL) {
+		sync->answered = ret == 0;
 		sync->synced = ret == 0 && sync->count > 0 && client->synced;
+	}
 	return ret;
 }
 

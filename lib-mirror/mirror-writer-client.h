@@ -12,9 +12,11 @@
      SAVE <tag> <received> <count> [<storage> <ids> <naddr> <addr>...]...
          with the message's file descriptor attached (read from offset 0)
      SAVED <tag> [<error>]...      one field per target, empty if saved
-     COMMIT <tag> [<dev>...]       the delivery kept the message; the
+     COMMIT <tag> [<since> <dev>...]
+                                   the delivery kept the message; the
                                    devices of the filesystems it wrote
-                                   to without syncing them
+                                   to without syncing them, since
+                                   <since>
      ABORT <tag>                   it didn't: nothing is kept, no reply
      DONE <tag> <synced> [<error> <size>]...
                                    after COMMIT, once every copy is
@@ -23,10 +25,13 @@
                                    COMMIT was synced after it came, else 0
 
    <ids> is a comma-separated list of mirror ids. Fields are tab-escaped.
-   A <dev> is a filesystem's st_dev, in decimal: the writer syncs it with
-   the copies' own filesystems when one of the storages it committed to
-   is on it (one syncfs() for the delivery's writes and the copies), and
-   says synced 0 otherwise, when the delivery must sync it itself.
+   A <dev> is a filesystem's st_dev, in decimal, and <since> the time
+   (CLOCK_MONOTONIC, microseconds) before the delivery's first write to
+   them: the writer syncs each with the copies' own filesystems when one
+   of the storages it committed to is on it (one syncfs() for the
+   delivery's writes and the copies), and says synced 0 otherwise, or if
+   it can't be sure its sync saw every writeback error since <since>
+   (mirror_copier_sync_add_dev()), when the delivery must sync itself.
    LMTP sends SAVE before the delivery's commit only when it must know
    whether the copies can be saved (mirror_failure = tempfail); otherwise
    it sends SAVE and COMMIT together once the delivery kept the
@@ -49,8 +54,11 @@ struct mirror_writer_client;
 struct mirror_writer_sync {
 	const dev_t *devs;
 	unsigned int count;
-	/* from DONE: every one of them was synced after the COMMIT */
-	bool synced;
+	/* mirror_monotonic_usecs() before the delivery wrote to them */
+	long long since_usecs;
+	/* DONE came, and says every one of them was synced after the
+	   COMMIT */
+	bool answered, synced;
 };
 
 /* Connect to the writer's socket at path. Returns 0, or -1 with error_r. */

@@ -14,7 +14,9 @@
    however many LMTP processes they came from. With mirror_fsync and
    mirror_writer_syncfs, the batches committed at one moment are made
    durable together, by one syncfs() per filesystem, before any of their
-   deliveries is answered. A batch is
+   deliveries is answered; that sync also covers what the deliveries
+   themselves wrote without syncing it (COMMIT's devices) where a storage
+   is on the same filesystem, and DONE says whether it did. A batch is
    committed once all of its deliveries have decided, after the input
    that is ready at that moment (which may bring more copies); it takes
    new copies for WRITER_BATCH_LINGER_MSECS after its first delivery
@@ -131,6 +133,7 @@ struct writer_delivery {
 	unsigned int pending;
 	dev_t *sync_devs;
 	unsigned int sync_dev_count;
+	long long sync_since_usecs;
 	enum writer_sync_state sync_state;
 	bool decided, kept;
 };
@@ -245,13 +248,15 @@ static void writer_batch_sync_deliveries(struct writer_batch *batch)
 		delivery->sync_state = WRITER_SYNC_PENDING;
 		for (i = 0; i < delivery->sync_dev_count; i++) {
 			if (!mirror_copier_sync_add_dev(writer_copier,
-						delivery->sync_devs[i]))
+					delivery->sync_devs[i],
+					delivery->sync_since_usecs))
 				delivery->sync_state = WRITER_SYNC_NONE;
 		}
 		if (delivery->sync_state == WRITER_SYNC_NONE) {
 			e_debug(writer_event, "A delivery wrote to a "
-				"filesystem that no storage is on: it syncs "
-				"what it wrote itself");
+				"filesystem that no storage is on, or whose "
+				"errors since then this sync may not see: it "
+				"syncs what it wrote itself");
 		}
 	}
 }
@@ -687,6 +692,7 @@ writer_client_input_args(struct connection *conn, const char *const *args)
 		container_of(conn, struct writer_client, conn);
 	struct writer_delivery *delivery;
 	unsigned long long dev;
+	long long since;
 	unsigned int i, count;
 	bool kept;
 
@@ -716,11 +722,18 @@ writer_client_input_args(struct connection *conn, const char *const *args)
 		return -1;
 	}
 	if (count > 0) {
+		/* <since> <dev>... */
+		if (count < 2 || str_to_llong(args[2], &since) < 0) {
+			e_error(conn->event, "Invalid COMMIT devices");
+			return -1;
+		}
+		count--;
+		delivery->sync_since_usecs = since;
 		delivery->sync_devs = p_new(delivery->pool, dev_t, count);
 		for (i = 0; i < count; i++) {
-			if (str_to_ullong(args[2 + i], &dev) < 0 ||
+			if (str_to_ullong(args[3 + i], &dev) < 0 ||
 			    (unsigned long long)(dev_t)dev != dev) {
-				e_error(conn->event, "Invalid COMMIT device");
+				e_error(conn->event, "Invalid COMMIT devices");
 				return -1;
 			}
 			delivery->sync_devs[i] = (dev_t)dev;

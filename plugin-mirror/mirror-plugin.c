@@ -12,6 +12,7 @@
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
 #include "mirror-registry.h"
+#include "mirror-copy.h"
 #include "mirror-readonly.h"
 #include "mirror-access-log.h"
 #include "mirror-search.h"
@@ -27,10 +28,26 @@
 #define MIRROR_CONTEXT_REQUIRE(obj) \
 	MODULE_CONTEXT_REQUIRE(obj, mirror_storage_module)
 
-/* A filesystem a deferred-sync delivery wrote to, and a directory on it */
-struct mirror_unsynced_fs {
+/* A filesystem that a watched delivery writes to, with a descriptor
+   opened before its first write there: a syncfs() of it reports any
+   writeback error since. */
+struct mirror_delivery_fs {
 	dev_t dev;
+	int fd;
 	const char *path;
+	/* written without syncs */
+	bool deferred;
+};
+
+enum mirror_box_sync {
+	MIRROR_BOX_SYNC_UNKNOWN = 0,
+	/* Dovecot's own syncs */
+	MIRROR_BOX_SYNC_NORMAL,
+	/* Dovecot's own syncs, and its filesystems are reported too (to
+	   learn whether they can be synced by someone else) */
+	MIRROR_BOX_SYNC_PROBE,
+	/* written without syncs until the first commit is over */
+	MIRROR_BOX_SYNC_DEFER,
 };
 
 struct mirror_delivery_watch {
@@ -38,10 +55,12 @@ struct mirror_delivery_watch {
 	mirror_delivery_committed_callback_t *committed;
 	void *context;
 	const char *error;
-	/* mirror_user_defer_delivery_sync(): what was written unsynced */
-	ARRAY(struct mirror_unsynced_fs) unsynced;
-	/* a directory written to whose filesystem is unknown */
-	const char *unsynced_error;
+	/* mirror_user_defer_delivery_sync(): the filesystems the committed
+	   callback can have synced, and those written to (since_usecs:
+	   before the first write) */
+	ARRAY(dev_t) covered;
+	ARRAY(struct mirror_delivery_fs) fss;
+	long long since_usecs;
 	bool called:1;
 	bool failed:1;
 	bool defer_sync:1;
@@ -51,8 +70,7 @@ struct mirror_mailbox {
 	union mailbox_module_context module_ctx;
 	/* the storage's settings with mail_fsync=never (deferred sync) */
 	struct mail_storage_settings *nosync_set;
-	/* its directories are in the watch's unsynced */
-	bool unsynced_added;
+	enum mirror_box_sync sync;
 };
 
 struct mirror_user {
@@ -88,14 +106,30 @@ bool mirror_user_watch_delivery(struct mail_user *user,
 	return TRUE;
 }
 
-void mirror_user_defer_delivery_sync(struct mail_user *user)
+void mirror_user_defer_delivery_sync(struct mail_user *user,
+				     const dev_t *covered,
+				     unsigned int covered_count)
 {
 	struct mirror_user *muser = MIRROR_USER_CONTEXT(user);
 
 	i_assert(muser != NULL && muser->watch.callback != NULL &&
 		 !muser->watch.called);
 	muser->watch.defer_sync = TRUE;
-	p_array_init(&muser->watch.unsynced, user->pool, 2);
+	p_array_init(&muser->watch.covered, user->pool, covered_count + 1);
+	if (covered_count > 0)
+		array_append(&muser->watch.covered, covered, covered_count);
+	p_array_init(&muser->watch.fss, user->pool, 2);
+}
+
+static void mirror_delivery_fss_close(struct mirror_delivery_watch *watch)
+{
+	struct mirror_delivery_fs *fs;
+
+	if (!array_is_created(&watch->fss))
+		return;
+	array_foreach_modifiable(&watch->fss, fs)
+		i_close_fd(&fs->fd);
+	array_clear(&watch->fss);
 }
 
 bool mirror_user_unwatch_delivery(struct mail_user *user)
@@ -106,6 +140,7 @@ bool mirror_user_unwatch_delivery(struct mail_user *user)
 	if (muser == NULL)
 		return FALSE;
 	called = muser->watch.called;
+	mirror_delivery_fss_close(&muser->watch);
 	i_zero(&muser->watch);
 	return called;
 }
@@ -117,78 +152,165 @@ enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user)
 	return muser == NULL ? MIRROR_READONLY_NONE : muser->readonly;
 }
 
-static void
-mirror_unsynced_add_path(struct mirror_delivery_watch *watch, pool_t pool,
-			 const char *path)
+/* A descriptor of path's filesystem: of path, or of its nearest ancestor
+   (one not created yet is created on its parent's filesystem; one that
+   can't be opened, e.g. search-only, is synced through an ancestor on
+   the same filesystem). Returns 0, or -1 with error_r. */
+static int
+mirror_delivery_fs_open(const char *path, int *fd_r, dev_t *dev_r,
+			const char **error_r)
 {
-	const struct mirror_unsynced_fs *fs;
-	struct mirror_unsynced_fs *new_fs;
 	struct stat st;
-	const char *p;
+	const char *p, *unopened = NULL;
+	dev_t dev = 0;
+	int fd;
 
-	/* a directory not created (e.g. a control directory that is the
-	   mailbox's own): its nearest existing ancestor */
-	while (stat(path, &st) < 0) {
-		if (errno != ENOENT || (p = strrchr(path, '/')) == NULL ||
-		    path[1] == '\0') {
-			if (watch->unsynced_error == NULL) {
-				watch->unsynced_error = p_strdup_printf(pool,
+	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		if (errno != ENOENT) {
+			if (stat(path, &st) < 0) {
+				*error_r = t_strdup_printf(
 					"stat(%s) failed: %m", path);
+				return -1;
 			}
-			return;
+			if (unopened == NULL) {
+				unopened = path;
+				dev = st.st_dev;
+			} else if (st.st_dev != dev) {
+				break;
+			}
+		} else if (unopened != NULL) {
+			break;
 		}
+		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0')
+			break;
 		path = p == path ? "/" : t_strdup_until(path, p);
 	}
-	array_foreach(&watch->unsynced, fs) {
-		if (fs->dev == st.st_dev)
-			return;
+	if (fd < 0) {
+		*error_r = t_strdup_printf("open(%s) failed: %m",
+					   unopened != NULL ? unopened : path);
+		return -1;
 	}
-	new_fs = array_append_space(&watch->unsynced);
-	new_fs->dev = st.st_dev;
-	new_fs->path = p_strdup(pool, path);
+	if (fstat(fd, &st) < 0 || (unopened != NULL && st.st_dev != dev)) {
+		*error_r = t_strdup_printf("%s can't be opened, nor a "
+					   "directory above it on its "
+					   "filesystem", unopened != NULL ?
+					   unopened : path);
+		i_close_fd(&fd);
+		return -1;
+	}
+	*fd_r = fd;
+	*dev_r = st.st_dev;
+	return 0;
 }
 
-/* The directories that the mailbox's saves and commits write to. */
-static void
-mirror_unsynced_add_box(struct mirror_delivery_watch *watch,
-			struct mailbox *box)
+static bool
+mirror_delivery_covered(const struct mirror_delivery_watch *watch, dev_t dev)
+{
+	dev_t covered;
+
+	array_foreach_elem(&watch->covered, covered) {
+		if (covered == dev)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+/* Before the delivery's first write into box: the filesystems of the
+   directories its saves and commits write to (mail, control, index, the
+   mail root for mdbox's files, attachments), whether it is written
+   without syncs, and descriptors to sync them by. */
+static enum mirror_box_sync
+mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 {
 	static const enum mailbox_list_path_type types[] = {
 		MAILBOX_LIST_PATH_TYPE_MAILBOX,
 		MAILBOX_LIST_PATH_TYPE_CONTROL,
 		MAILBOX_LIST_PATH_TYPE_INDEX,
 	};
-	struct mirror_mailbox *mbox = MIRROR_CONTEXT_REQUIRE(box);
-	pool_t pool = box->storage->user->pool;
-	const char *path;
+	ARRAY_TYPE(const_string) paths;
+	ARRAY(struct mirror_delivery_fs) found;
+	struct mirror_delivery_fs *fs, *old;
+	const char *path, *error = NULL;
 	unsigned int i;
+	bool covered = TRUE, dup;
 
-	if (mbox->unsynced_added)
-		return;
-	mbox->unsynced_added = TRUE;
-	/* mdbox keeps the mail files under the root, not the mailbox */
+	if (watch->since_usecs == 0)
+		watch->since_usecs = mirror_monotonic_usecs();
+	t_array_init(&paths, 8);
 	if (mailbox_list_get_root_path(box->list, MAILBOX_LIST_PATH_TYPE_DIR,
 				       &path))
-		mirror_unsynced_add_path(watch, pool, path);
+		array_push_back(&paths, &path);
 	for (i = 0; i < N_ELEMENTS(types); i++) {
-		if (mailbox_get_path_to(box, types[i], &path) > 0)
-			mirror_unsynced_add_path(watch, pool, path);
+		switch (mailbox_get_path_to(box, types[i], &path)) {
+		case 1:
+			array_push_back(&paths, &path);
+			break;
+		case 0:
+			break;
+		default:
+			error = mailbox_get_last_internal_error(box, NULL);
+			break;
+		}
 	}
 	path = box->storage->set->mail_attachment_dir;
 	if (path != NULL && path[0] == '/')
-		mirror_unsynced_add_path(watch, pool, path);
+		array_push_back(&paths, &path);
+
+	t_array_init(&found, 4);
+	array_foreach_elem(&paths, path) {
+		if (error != NULL)
+			break;
+		fs = array_append_space(&found);
+		fs->fd = -1;
+		if (mirror_delivery_fs_open(path, &fs->fd, &fs->dev,
+					    &error) < 0)
+			break;
+		fs->path = p_strdup(box->storage->user->pool, path);
+		if (!mirror_delivery_covered(watch, fs->dev))
+			covered = FALSE;
+	}
+	if (error != NULL) {
+		e_debug(box->event, "mirror: Synced as usual: %s", error);
+		array_foreach_modifiable(&found, fs)
+			i_close_fd(&fs->fd);
+		return MIRROR_BOX_SYNC_NORMAL;
+	}
+	array_foreach_modifiable(&found, fs) {
+		dup = FALSE;
+		array_foreach_modifiable(&watch->fss, old) {
+			if (old->dev == fs->dev) {
+				old->deferred = old->deferred || covered;
+				dup = TRUE;
+			}
+		}
+		if (dup) {
+			i_close_fd(&fs->fd);
+			continue;
+		}
+		fs->deferred = covered;
+		array_push_back(&watch->fss, fs);
+	}
+	return covered ? MIRROR_BOX_SYNC_DEFER : MIRROR_BOX_SYNC_PROBE;
 }
 
-/* Whether the delivery's writes into box skip their syncs now: before the
-   end of the first commit, in a storage that syncs only as Dovecot's
-   default does (with mail_fsync=always, e.g. on NFS, it syncs itself). */
-static bool mirror_box_defers_sync(struct mailbox *box)
+/* How the watched delivery's writes into box are synced now: without
+   syncs (until the end of the first commit) only in a storage that syncs
+   as Dovecot's default does (with mail_fsync=always, e.g. on NFS, it
+   syncs itself), and on filesystems the committed callback can have
+   synced. */
+static enum mirror_box_sync mirror_box_sync_get(struct mailbox *box)
 {
 	struct mirror_user *muser = MIRROR_USER_CONTEXT(box->storage->user);
+	struct mirror_mailbox *mbox = MIRROR_CONTEXT_REQUIRE(box);
 
-	return muser != NULL && muser->watch.defer_sync &&
-		!muser->watch.called &&
-		box->storage->set->parsed_fsync_mode == FSYNC_MODE_OPTIMIZED;
+	if (muser == NULL || !muser->watch.defer_sync ||
+	    muser->watch.called ||
+	    box->storage->set->parsed_fsync_mode != FSYNC_MODE_OPTIMIZED)
+		return MIRROR_BOX_SYNC_NORMAL;
+	if (mbox->sync == MIRROR_BOX_SYNC_UNKNOWN) T_BEGIN {
+		mbox->sync = mirror_box_sync_init(&muser->watch, box);
+	} T_END;
+	return mbox->sync;
 }
 
 /* Switch box's storage to mail_fsync=never while the delivery writes. */
@@ -206,16 +328,15 @@ mirror_box_nosync_begin(struct mailbox *box)
 	return set;
 }
 
-static void
-mirror_box_nosync_end(struct mailbox *box,
-		      const struct mail_storage_settings *set)
+static int
+mirror_save_begin(struct mail_save_context *ctx, struct istream *input)
 {
-	struct mirror_user *muser = MIRROR_USER_CONTEXT(box->storage->user);
+	struct mailbox *box = ctx->transaction->box;
+	struct mirror_mailbox *mbox = MIRROR_CONTEXT_REQUIRE(box);
 
-	box->storage->set = set;
-	T_BEGIN {
-		mirror_unsynced_add_box(&muser->watch, box);
-	} T_END;
+	/* before it writes */
+	(void)mirror_box_sync_get(box);
+	return mbox->module_ctx.super.save_begin(ctx, input);
 }
 
 static int mirror_save_finish(struct mail_save_context *ctx)
@@ -225,11 +346,11 @@ static int mirror_save_finish(struct mail_save_context *ctx)
 	const struct mail_storage_settings *set;
 	int ret;
 
-	if (!mirror_box_defers_sync(box))
+	if (mirror_box_sync_get(box) != MIRROR_BOX_SYNC_DEFER)
 		return mbox->module_ctx.super.save_finish(ctx);
 	set = mirror_box_nosync_begin(box);
 	ret = mbox->module_ctx.super.save_finish(ctx);
-	mirror_box_nosync_end(box, set);
+	box->storage->set = set;
 	return ret;
 }
 
@@ -240,38 +361,82 @@ static int mirror_copy(struct mail_save_context *ctx, struct mail *mail)
 	const struct mail_storage_settings *set;
 	int ret;
 
-	if (!mirror_box_defers_sync(box))
+	if (mirror_box_sync_get(box) != MIRROR_BOX_SYNC_DEFER)
 		return mbox->module_ctx.super.copy(ctx, mail);
 	set = mirror_box_nosync_begin(box);
 	ret = mbox->module_ctx.super.copy(ctx, mail);
-	mirror_box_nosync_end(box, set);
+	box->storage->set = set;
 	return ret;
 }
 
 /* The delivery's first commit is over and the committed callback didn't
-   sync what its deferred syncs left unsynced: sync it here. */
+   sync what it wrote without syncs: sync it here, through descriptors
+   opened before those writes. */
 static int
-mirror_unsynced_sync(struct mirror_delivery_watch *watch, const char **error_r)
+mirror_delivery_fss_sync(struct mirror_delivery_watch *watch,
+			 struct mailbox *box, const char **error_r)
 {
-	const struct mirror_unsynced_fs *fs;
-	int fd, ret = 0;
+	const struct mirror_delivery_fs *fs;
+	int ret = 0;
 
-	if (watch->unsynced_error != NULL) {
-		*error_r = watch->unsynced_error;
-		ret = -1;
-	}
-	array_foreach(&watch->unsynced, fs) {
-		fd = open(fs->path, O_RDONLY | O_CLOEXEC);
-		if (fd == -1 || syncfs(fd) < 0) {
+	array_foreach(&watch->fss, fs) {
+		if (!fs->deferred)
+			continue;
+		if (syncfs(fs->fd) < 0) {
 			if (ret == 0) {
-				*error_r = t_strdup_printf("%s(%s) failed: %m",
-					fd == -1 ? "open" : "syncfs",
-					fs->path);
+				*error_r = t_strdup_printf(
+					"syncfs(%s) failed: %m", fs->path);
 			}
 			ret = -1;
+		} else {
+			e_debug(box->event, "mirror: Synced the delivery "
+				"(syncfs(%s))", fs->path);
 		}
-		i_close_fd(&fd);
 	}
+	return ret;
+}
+
+/* After the first commit: the committed callback, told what the delivery
+   wrote, and the delivery's own sync if it didn't have it synced.
+   Returns ret, or -1 if that sync failed. */
+static int
+mirror_delivery_committed(struct mirror_delivery_watch *watch,
+			  struct mailbox *box, int ret)
+{
+	struct mirror_delivery_sync sync;
+	const struct mirror_delivery_fs *fs;
+	ARRAY(dev_t) devs;
+	const char *error = NULL;
+	bool synced = FALSE;
+
+	i_zero(&sync);
+	t_array_init(&devs, 4);
+	if (watch->defer_sync) {
+		array_foreach(&watch->fss, fs) {
+			array_push_back(&devs, &fs->dev);
+			sync.deferred = sync.deferred || fs->deferred;
+		}
+		sync.devs = array_get(&devs, &sync.count);
+		/* with nothing deferred only whether they can be synced is
+		   asked: not whether a sync would see errors of the past */
+		sync.since_usecs = sync.deferred ? watch->since_usecs :
+			LLONG_MAX;
+	}
+	if (watch->committed != NULL)
+		synced = watch->committed(watch->context, ret == 0, &sync);
+	/* nothing is kept after a failed callback */
+	if (sync.deferred && !synced && !watch->failed &&
+	    mirror_delivery_fss_sync(watch, box, &error) < 0) {
+		/* kept, but not durable: the sender sends it again, and
+		   the delivery's later commits fail too */
+		mailbox_set_critical(box, "mirror: Can't sync what the "
+				     "delivery wrote: %s", error);
+		watch->failed = TRUE;
+		watch->error = p_strdup(box->storage->user->pool,
+			"Can't sync what the delivery wrote");
+		ret = -1;
+	}
+	mirror_delivery_fss_close(watch);
 	return ret;
 }
 
@@ -283,17 +448,16 @@ mirror_transaction_commit(struct mailbox_transaction_context *t,
 	struct mirror_mailbox *mbox = MIRROR_CONTEXT_REQUIRE(box);
 	struct mirror_user *muser = MIRROR_USER_CONTEXT(box->storage->user);
 	struct mirror_delivery_watch *watch = &muser->watch;
-	const struct mail_storage_settings *set = NULL;
-	const struct mirror_unsynced_fs *fs;
+	const struct mail_storage_settings *set;
 	const char *error;
-	bool first, defer, synced = FALSE;
+	bool first, defer;
 	int ret;
 
 	if (watch->callback == NULL || t->save_count == 0)
 		return mbox->module_ctx.super.transaction_commit(t, changes_r);
 
 	first = !watch->called;
-	defer = first && mirror_box_defers_sync(box);
+	defer = first && mirror_box_sync_get(box) == MIRROR_BOX_SYNC_DEFER;
 	if (first) {
 		watch->called = TRUE;
 		if (watch->callback(watch->context, &error) < 0) {
@@ -309,46 +473,14 @@ mirror_transaction_commit(struct mailbox_transaction_context *t,
 		mbox->module_ctx.super.transaction_rollback(t);
 		ret = -1;
 	} else if (defer) {
-		/* (watch->called is set: its saves are over) */
 		set = mirror_box_nosync_begin(box);
 		ret = mbox->module_ctx.super.transaction_commit(t, changes_r);
-		mirror_box_nosync_end(box, set);
+		box->storage->set = set;
 	} else {
 		ret = mbox->module_ctx.super.transaction_commit(t, changes_r);
 	}
-	if (!first)
-		return ret;
-	if (watch->committed != NULL) {
-		const struct mirror_unsynced_fs *fss = NULL;
-		unsigned int i, count = 0;
-		dev_t *devs = NULL;
-
-		if (watch->defer_sync)
-			fss = array_get(&watch->unsynced, &count);
-		if (count > 0)
-			devs = t_new(dev_t, count);
-		for (i = 0; i < count; i++)
-			devs[i] = fss[i].dev;
-		synced = watch->committed(watch->context, ret == 0,
-					  devs, count);
-	}
-	if (!watch->defer_sync || synced ||
-	    (array_count(&watch->unsynced) == 0 &&
-	     watch->unsynced_error == NULL))
-		return ret;
-	T_BEGIN {
-		if (mirror_unsynced_sync(watch, &error) < 0) {
-			/* kept, but not durable: the sender retries */
-			mailbox_set_critical(box, "mirror: Can't sync what "
-				"the delivery wrote: %s", error);
-			ret = -1;
-		} else {
-			array_foreach(&watch->unsynced, fs) {
-				e_debug(box->event, "mirror: Synced "
-					"the delivery (syncfs(%s))",
-					fs->path);
-			}
-		}
+	if (first) T_BEGIN {
+		ret = mirror_delivery_committed(watch, box, ret);
 	} T_END;
 	return ret;
 }
@@ -460,6 +592,7 @@ static void mirror_mailbox_allocated(struct mailbox *box)
 	mbox->module_ctx.super = *v;
 	box->vlast = &mbox->module_ctx.super;
 	v->transaction_commit = mirror_transaction_commit;
+	v->save_begin = mirror_save_begin;
 	v->save_finish = mirror_save_finish;
 	v->copy = mirror_copy;
 	MODULE_CONTEXT_SET_SELF(box, mirror_storage_module, &mbox->module_ctx);

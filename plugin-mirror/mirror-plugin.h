@@ -13,35 +13,53 @@
    first commit is over, the committed callback says whether it kept the
    message (it runs whenever the callback did, also after its failure).
 
-   With mirror_user_defer_delivery_sync(), the delivery's saves and its
-   first commit don't sync what they write in storages with
-   mail_fsync=optimized (Dovecot's default): the committed callback gets
-   the devices of the filesystems they wrote to, to have them synced with
-   something else, and returns TRUE if they were (after the commit). If
-   not, the plugin syncs each of them (syncfs()) before that commit
-   returns, and fails it if a sync fails. Either way nothing the delivery
-   kept is acknowledged before it is as durable as Dovecot's own syncs
-   would have made it: a syncfs() after the commit also covers what
-   mail_fsync=optimized leaves unsynced (e.g. a maildir rename). Saves
-   after the first commit sync as usual. */
+   With mirror_user_defer_delivery_sync(), the committed callback is
+   told the filesystems (devices) of the mailboxes the delivery wrote to,
+   and the time before its first write to them. The delivery's saves and
+   its first commit into a mailbox of a storage with mail_fsync=optimized
+   (Dovecot's default) whose filesystems are all "covered" don't sync
+   what they write ("deferred"): the callback is to have them synced
+   after the commit and return TRUE if it did. If not, the plugin syncs
+   each of them (syncfs(), through a descriptor opened before the
+   delivery wrote, so that it reports any writeback error since) before
+   that commit returns, and fails it (and the delivery's later commits)
+   if a sync fails. Either way nothing the delivery kept is acknowledged
+   before it is on disk: a syncfs() after the commit also covers what
+   mail_fsync=optimized leaves unsynced (e.g. a maildir rename). Other
+   mailboxes sync as usual; their filesystems are reported too, so that
+   the caller can learn which are covered. Saves after the first commit
+   sync as usual. */
 
 struct mail_user;
 struct module;
 
 typedef int mirror_delivery_callback_t(void *context, const char **error_r);
+/* What a watched delivery wrote (mirror_user_defer_delivery_sync()) */
+struct mirror_delivery_sync {
+	/* the filesystems of the mailboxes it wrote to */
+	const dev_t *devs;
+	unsigned int count;
+	/* mirror_monotonic_usecs() before its first write to them (if
+	   deferred; LLONG_MAX if not) */
+	long long since_usecs;
+	/* some of them were written without syncs */
+	bool deferred;
+};
+
 typedef bool
 mirror_delivery_committed_callback_t(void *context, bool kept,
-				     const dev_t *unsynced_devs,
-				     unsigned int unsynced_count);
+				     const struct mirror_delivery_sync *sync);
 
 /* Returns FALSE if the plugin is not enabled for the user. */
 bool mirror_user_watch_delivery(struct mail_user *user,
 				mirror_delivery_callback_t *callback,
 				mirror_delivery_committed_callback_t *committed,
 				void *context);
-/* The watched delivery's writes are synced after its first commit (see
-   above). */
-void mirror_user_defer_delivery_sync(struct mail_user *user);
+/* The watched delivery's writes to covered filesystems are synced after
+   its first commit (see above). */
+void mirror_user_defer_delivery_sync(struct mail_user *user,
+				     const dev_t *covered,
+				     unsigned int covered_count);
 /* Returns TRUE if the watch's callback ran (successfully or not). */
 bool mirror_user_unwatch_delivery(struct mail_user *user);
 

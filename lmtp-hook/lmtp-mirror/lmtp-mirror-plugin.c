@@ -59,6 +59,8 @@
 
 /* How long a delivery waits for mirror-writer's reply */
 #define LMTP_MIRROR_WRITER_TIMEOUT_MSECS (60*1000)
+/* the most filesystems remembered as synced by mirror-writer */
+#define LMTP_MIRROR_COVERED_DEVS_MAX 16
 /* the largest message handed to mirror-writer in a memory file (LMTP's
    own LMTP_MAIL_DATA_MAX_INMEMORY_SIZE) */
 #define LMTP_MIRROR_MEMORY_FILE_MAX_SIZE (1024*128)
@@ -733,23 +735,54 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 	return ret;
 }
 
+/* The filesystems that mirror-writer synced for a delivery: later
+   deliveries to them leave their syncs to it (mirror-plugin.h) */
+static ARRAY(dev_t) lmtp_mirror_covered_devs;
+
+static void lmtp_mirror_covered_update(const struct mirror_writer_sync *sync)
+{
+	unsigned int i, j;
+	bool found;
+
+	for (i = 0; i < sync->count; i++) {
+		found = FALSE;
+		for (j = 0; j < array_count(&lmtp_mirror_covered_devs); j++) {
+			if (array_idx_elem(&lmtp_mirror_covered_devs, j) ==
+			    sync->devs[i]) {
+				found = TRUE;
+				break;
+			}
+		}
+		if (sync->synced && !found &&
+		    array_count(&lmtp_mirror_covered_devs) <
+		    LMTP_MIRROR_COVERED_DEVS_MAX)
+			array_push_back(&lmtp_mirror_covered_devs,
+					&sync->devs[i]);
+		else if (!sync->synced && found)
+			array_delete(&lmtp_mirror_covered_devs, j, 1);
+	}
+}
+
 static bool
 lmtp_mirror_delivery_committed(void *context, bool kept,
-			       const dev_t *unsynced_devs,
-			       unsigned int unsynced_count)
+			       const struct mirror_delivery_sync *sync)
 {
 	struct lmtp_mirror_delivery *delivery = context;
 
-	delivery->sync.devs = unsynced_devs;
-	delivery->sync.count = unsynced_count;
-	delivery->sync.synced = FALSE;
+	i_zero(&delivery->sync);
+	delivery->sync.devs = sync->devs;
+	delivery->sync.count = sync->count;
+	delivery->sync.since_usecs = sync->since_usecs;
 	T_BEGIN {
 		lmtp_mirror_copy_finish(delivery, kept);
 	} T_END;
-	if (delivery->sync.synced) {
+	if (delivery->sync.answered)
+		lmtp_mirror_covered_update(&delivery->sync);
+	if (sync->deferred && delivery->sync.synced) {
 		e_debug(delivery->event, "mirror: mirror-writer synced the "
 			"delivery with its copies");
 	}
+	delivery->sync.devs = NULL;
 	return delivery->sync.synced;
 }
 
@@ -832,8 +865,12 @@ lmtp_mirror_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 					      lmtp_mirror_delivery_kept,
 					      lmtp_mirror_delivery_committed,
 					      &delivery);
-	if (watching && lmtp_mirror_delivery_defers_sync(&delivery))
-		mirror_user_defer_delivery_sync(lldctx->rcpt_user);
+	if (watching && lmtp_mirror_delivery_defers_sync(&delivery)) {
+		mirror_user_defer_delivery_sync(lldctx->rcpt_user,
+			array_count(&lmtp_mirror_covered_devs) == 0 ? NULL :
+			array_front(&lmtp_mirror_covered_devs),
+			array_count(&lmtp_mirror_covered_devs));
+	}
 	i_assert(lmtp_mirror_active_delivery == NULL);
 	lmtp_mirror_active_delivery = &delivery;
 
@@ -977,6 +1014,7 @@ void lmtp_mirror_plugin_init(struct module *module ATTR_UNUSED)
 {
 	const char *error;
 
+	i_array_init(&lmtp_mirror_covered_devs, 4);
 	lmtp_mirror_redirect_filter = event_filter_create();
 	if (event_filter_parse(SIEVE_REDIRECT_FILTER,
 			       lmtp_mirror_redirect_filter, &error) < 0)
@@ -989,6 +1027,7 @@ void lmtp_mirror_plugin_init(struct module *module ATTR_UNUSED)
 
 void lmtp_mirror_plugin_deinit(void)
 {
+	array_free(&lmtp_mirror_covered_devs);
 	event_unregister_callback(lmtp_mirror_event_callback);
 	event_filter_unref(&lmtp_mirror_redirect_filter);
 	lmtp_client_created_hook_set(next_hook_client_created);

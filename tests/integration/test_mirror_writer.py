@@ -330,9 +330,10 @@ def test_lmtp_syncs_what_a_killed_writer_committed(make_sandbox, faults):
     the copy, and syncs the storage's filesystem before its 250."""
     sb = make_sandbox(users=[ALICE, AUDIT], config=faults.config)
     sb.mirror_add(ALICE, AUDIT)
-    ok(sb.deliver([ALICE], make_message(subject="first")))
     session = sb.lmtp()
     try:
+        # (its LMTP process learns that the writer syncs the delivery)
+        ok(session.send([ALICE], make_message(subject="first")))
         # one of them serves the connection
         faults.arm("mirror-chain-appended")
         calls = traced_syscalls(
@@ -350,11 +351,16 @@ def test_lmtp_syncs_what_a_killed_writer_committed(make_sandbox, faults):
     assert subjects(sb, AUDIT) == ["first", "killed"]
 
 
-def delivery_syscalls(sb, rcpts, message):
+def delivery_syscalls(sb, rcpts, message, first=None):
     """The syncs of LMTP and mirror-writer, the writer's DONE and LMTP's
-    250, while one message is delivered to rcpts."""
+    250, while one message is delivered to rcpts; after a first message,
+    unless None, delivered on the same LMTP connection untraced (by the
+    same LMTP process, which learns from it which filesystems the writer
+    syncs)."""
     session = sb.lmtp()
     try:
+        if first is not None:
+            ok(session.send(rcpts, first))
         return traced_syscalls(
             lmtp_pids(sb, 0) + writer_pids(sb),
             lambda: ok(session.send(rcpts, message)),
@@ -365,38 +371,67 @@ def delivery_syscalls(sb, rcpts, message):
 
 def test_a_mirrored_delivery_is_synced_with_its_copies(make_sandbox):
     """A delivery whose copies go to the writer doesn't sync its own files
-    (mail_fsync=optimized): the writer's one syncfs() after the delivery's
-    commit makes the delivery and its copy durable together, and the 250
-    comes after it. A delivery without mirrors syncs as Dovecot does."""
+    (mail_fsync=optimized) once its LMTP process has seen the writer sync
+    that filesystem: the writer's one syncfs() after the delivery's commit
+    makes the delivery and its copy durable together, and the 250 comes
+    after it. A delivery without mirrors syncs as Dovecot does."""
     sb = make_sandbox(users=[ALICE, AUDIT, "bob@example.com"])
     sb.mirror_add(ALICE, AUDIT)
-    ok(sb.deliver([ALICE, "bob@example.com"], make_message(subject="first")))
-    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"))
+    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"),
+                              first=make_message(subject="first"))
     assert calls == ["syncfs", "DONE", "250"], calls
     # the same delivery without a mirror: the message file, then new/
     # (and the uidlist, when maildir rewrites it)
     calls = delivery_syscalls(sb, ["bob@example.com"],
-                              make_message(subject="plain"))
+                              make_message(subject="plain"),
+                              first=make_message(subject="plain first"))
     assert calls[:2] == ["fsync", "fdatasync"] and calls[-1] == "250" and \
         set(calls[2:-1]) <= {"fdatasync"}, calls
     assert subjects(sb, ALICE) == ["first", "synced"]
     assert subjects(sb, AUDIT) == ["first", "synced"]
 
 
-def test_a_delivery_the_writer_cant_sync_syncs_itself(other_fs):
+def test_a_delivery_the_writer_cant_sync_syncs_as_usual(other_fs):
     """The recipient's mail is on a filesystem that no storage of the
-    writer is on: the writer says so in its DONE, and LMTP syncs that
-    filesystem itself before the 250."""
+    writer is on: the writer says so in its DONE, and LMTP's deliveries
+    there go on syncing as Dovecot does, before the writer syncs the
+    copy."""
     sb, other = other_fs
     sb.add_user("bob@example.com:%s:mail=maildir:%s/bob"
                 % (PASSWORD, other), password=None)
     sb.mirror_add("bob@example.com", AUDIT)
-    ok(sb.deliver(["bob@example.com"], make_message(subject="first")))
     calls = delivery_syscalls(sb, ["bob@example.com"],
-                              make_message(subject="synced"))
-    assert calls == ["syncfs", "DONE", "syncfs", "250"], calls
+                              make_message(subject="synced"),
+                              first=make_message(subject="first"))
+    assert calls[:2] == ["fsync", "fdatasync"] and \
+        calls[-3:] == ["syncfs", "DONE", "250"] and \
+        set(calls[2:-3]) <= {"fdatasync"}, calls
     assert len(os.listdir(os.path.join(other, "bob", "new"))) == 2
     assert subjects(sb, AUDIT) == ["first", "synced"]
+
+
+def test_a_delivery_whose_copy_failed_syncs_itself(sandbox):
+    """The delivery left its syncs to the writer, whose copy then failed
+    (the storage user is gone): the writer syncs nothing and says so, and
+    LMTP syncs the delivery's filesystem itself before the 250."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    session = sandbox.lmtp()
+    try:
+        ok(session.send([ALICE], make_message(subject="first")))
+        sandbox.remove_user(AUDIT)
+        # the writer asks the userdb again a second later
+        time.sleep(1.1)
+        calls = traced_syscalls(
+            lmtp_pids(sandbox, 0),
+            lambda: ok(session.send([ALICE],
+                                    make_message(subject="kept"))),
+            lambda calls: "250" in calls)
+    finally:
+        session.close()
+    # LMTP's own (the writer's DONE isn't traced here)
+    assert calls == ["syncfs", "250"], calls
+    sandbox.wait_log("doesn't exist")
+    assert sandbox.maildir_count(ALICE) == 2
 
 
 def test_sieve_saves_of_a_mirrored_delivery_are_synced(make_sandbox):
@@ -406,8 +441,8 @@ def test_sieve_saves_of_a_mirrored_delivery_are_synced(make_sandbox):
     sb = make_sandbox(users=[ALICE, AUDIT], sieve_before=(
         'require ["fileinto", "mailbox"];\nfileinto :create "Archive";\nkeep;\n'))
     sb.mirror_add(ALICE, AUDIT)
-    ok(sb.deliver([ALICE], make_message(subject="first")))
-    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"))
+    calls = delivery_syscalls(sb, [ALICE], make_message(subject="synced"),
+                              first=make_message(subject="first"))
     # Archive's commit (the first) wrote both files unsynced; INBOX's
     # commit syncs its directories once the writer has synced
     assert calls[:2] == ["syncfs", "DONE"] and calls[-1] == "250" and \
@@ -623,8 +658,9 @@ def writer_session(sb):
 
 def test_commit_says_whether_the_writer_synced_its_devices(sandbox):
     """COMMIT names the filesystems that the delivery wrote to without
-    syncing them: DONE says 1 if the writer synced them all after it (a
-    storage is on each), 0 if not."""
+    syncing them, and when it began: DONE says 1 if the writer synced
+    them all after it (a storage is on each, whose descriptor the writer
+    had opened before that time), 0 if not."""
     m = sandbox.mirror_add(ALICE, AUDIT)
     ok(sandbox.deliver([ALICE], make_message(subject="first")))
     here = os.stat(sandbox.dir).st_dev
@@ -634,12 +670,17 @@ def test_commit_says_whether_the_writer_synced_its_devices(sandbox):
         with tempfile.TemporaryFile() as msg:
             msg.write(make_message(subject="raw"))
             msg.flush()
-            for tag, devs, synced in [(1, [here], b"1"),
-                                      (2, [here, 4242], b"0"),
-                                      (3, [], b"0")]:
+            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            for tag, since, devs, synced in [(1, now, [here], b"1"),
+                                             (2, now, [here, 4242], b"0"),
+                                             (3, now, [], b"0"),
+                                             # before the writer opened
+                                             # that filesystem
+                                             (4, 0, [here], b"0")]:
                 line = "\t".join(["SAVE", str(tag), "0", "1"] + target)
                 socket.send_fds(s, [line.encode() + b"\n"], [msg.fileno()])
                 s.sendall(("\t".join(["COMMIT", str(tag)] +
+                                     ([str(since)] if devs else []) +
                                      [str(d) for d in devs]) +
                            "\n").encode())
                 assert f.readline() == b"SAVED\t%d\t\n" % tag
@@ -648,7 +689,7 @@ def test_commit_says_whether_the_writer_synced_its_devices(sandbox):
                     reply
     finally:
         s.close()
-    assert len(subjects(sandbox, AUDIT)) == 4
+    assert len(subjects(sandbox, AUDIT)) == 5
 
 
 def test_bad_requests_are_refused_and_change_nothing(sandbox):
@@ -693,8 +734,9 @@ def test_bad_requests_are_refused_and_change_nothing(sandbox):
                  "COMMIT for an unknown delivery"):
         sandbox.wait_log(text)
     # a COMMIT's devices are numbers, and an ABORT has none
-    for decision, error in [("COMMIT\t1\tx", "Invalid COMMIT device"),
-                            ("ABORT\t1\t5", "ABORT with devices")]:
+    for decision, error in [("COMMIT\t1\t5", "Invalid COMMIT devices"),
+                            ("COMMIT\t1\t5\tx", "Invalid COMMIT devices"),
+                            ("ABORT\t1\t5\t6", "ABORT with devices")]:
         s, f = writer_session(sandbox)
         try:
             with tempfile.TemporaryFile() as msg:

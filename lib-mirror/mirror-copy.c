@@ -250,7 +250,9 @@ mirror_copier_add_path(struct mirror_copier *copier,
 	dev_t dev = 0;
 	int fd;
 
-	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+	/* (O_NONBLOCK: a FIFO the storage user put there doesn't block) */
+	while ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY |
+			  O_CLOEXEC)) < 0) {
 		if (errno != ENOENT || unreadable != NULL) {
 			if (unreadable == NULL) {
 				unreadable = path;

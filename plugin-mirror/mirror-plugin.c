@@ -165,7 +165,9 @@ mirror_delivery_fs_open(const char *path, int *fd_r, dev_t *dev_r,
 	dev_t dev = 0;
 	int fd;
 
-	while ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+	/* (O_NONBLOCK: a FIFO the user put there doesn't block) */
+	while ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY |
+			  O_CLOEXEC)) < 0) {
 		if (errno != ENOENT) {
 			if (stat(path, &st) < 0) {
 				*error_r = t_strdup_printf(
@@ -206,10 +208,10 @@ mirror_delivery_fs_open(const char *path, int *fd_r, dev_t *dev_r,
 static bool
 mirror_delivery_covered(const struct mirror_delivery_watch *watch, dev_t dev)
 {
-	dev_t covered;
+	const dev_t *covered;
 
-	array_foreach_elem(&watch->covered, covered) {
-		if (covered == dev)
+	array_foreach(&watch->covered, covered) {
+		if (*covered == dev)
 			return TRUE;
 	}
 	return FALSE;
@@ -425,16 +427,24 @@ mirror_delivery_committed(struct mirror_delivery_watch *watch,
 	if (watch->committed != NULL)
 		synced = watch->committed(watch->context, ret == 0, &sync);
 	/* nothing is kept after a failed callback */
+	/* (also after a failed commit: Sieve's later commits may keep what
+	   it wrote) */
 	if (sync.deferred && !synced && !watch->failed &&
 	    mirror_delivery_fss_sync(watch, box, &error) < 0) {
-		/* kept, but not durable: the sender sends it again, and
-		   the delivery's later commits fail too */
-		mailbox_set_critical(box, "mirror: Can't sync what the "
-				     "delivery wrote: %s", error);
+		/* not durable: the sender sends it again, and the
+		   delivery's later commits fail too */
+		if (ret == 0) {
+			mailbox_set_critical(box, "mirror: Can't sync what "
+					     "the delivery wrote: %s", error);
+			ret = -1;
+		} else {
+			/* the commit's own error stays */
+			e_error(box->event, "mirror: Can't sync what the "
+				"delivery wrote: %s", error);
+		}
 		watch->failed = TRUE;
 		watch->error = p_strdup(box->storage->user->pool,
 			"Can't sync what the delivery wrote");
-		ret = -1;
 	}
 	mirror_delivery_fss_close(watch);
 	return ret;

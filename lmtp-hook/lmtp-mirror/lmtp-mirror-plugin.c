@@ -747,7 +747,7 @@ static void lmtp_mirror_covered_update(const struct mirror_writer_sync *sync)
 	for (i = 0; i < sync->count; i++) {
 		found = FALSE;
 		for (j = 0; j < array_count(&lmtp_mirror_covered_devs); j++) {
-			if (array_idx_elem(&lmtp_mirror_covered_devs, j) ==
+			if (*array_idx(&lmtp_mirror_covered_devs, j) ==
 			    sync->devs[i]) {
 				found = TRUE;
 				break;

@@ -235,22 +235,18 @@ mirror_copier_filesystem(const struct mirror_copier *copier, dev_t dev)
 	return NULL;
 }
 
-/* The filesystem of path, added to the copier's, its device to devs.
-   A directory not created yet will be on its nearest existing ancestor's
-   filesystem; one that exists but can't be opened (e.g. search-only) is
-   synced through its nearest ancestor on the same filesystem that can.
-   Returns FALSE if neither is found. */
-static bool
-mirror_copier_add_path(struct mirror_copier *copier,
-		       ARRAY_TYPE(mirror_dev) *devs, const char *path)
+int mirror_fs_open(const char *path,
+		   bool (*known)(dev_t dev, void *context), void *context,
+		   int *fd_r, dev_t *dev_r, const char **opened_r,
+		   const char **open_error_r, const char **error_r)
 {
-	struct mirror_sync_fs *fs;
 	struct stat st;
 	const char *p, *dir = path, *unreadable = NULL, *open_error = NULL;
 	dev_t dev = 0;
 	int fd;
 
-	/* (O_NONBLOCK: a FIFO the storage user put there doesn't block) */
+	*open_error_r = NULL;
+	/* (O_NONBLOCK: a FIFO the user put there doesn't block) */
 	while ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY |
 			  O_CLOEXEC)) < 0) {
 		if (errno != ENOENT || unreadable != NULL) {
@@ -259,22 +255,21 @@ mirror_copier_add_path(struct mirror_copier *copier,
 				open_error = t_strdup(strerror(errno));
 			}
 			if (stat(path, &st) < 0) {
-				e_error(copier->event_parent, "mirror: "
+				*error_r = t_strdup_printf(
 					"stat(%s) failed: %m: the filesystem "
 					"of %s is unknown", path, unreadable);
-				return FALSE;
+				return -1;
 			}
 			if (path == unreadable)
 				dev = st.st_dev;
 			else if (st.st_dev != dev)
 				break;
-			if (mirror_copier_filesystem(copier, dev) != NULL) {
-				e_debug(copier->event_parent, "mirror: "
-					"open(%s) failed: %s: its filesystem "
-					"is synced through another directory",
-					unreadable, open_error);
-				mirror_dev_add(devs, dev);
-				return TRUE;
+			if (known != NULL && known(dev, context)) {
+				*fd_r = -1;
+				*dev_r = dev;
+				*opened_r = unreadable;
+				*open_error_r = open_error;
+				return 1;
 			}
 		}
 		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0')
@@ -283,45 +278,74 @@ mirror_copier_add_path(struct mirror_copier *copier,
 	}
 	if (fd < 0) {
 		if (unreadable == NULL) {
-			e_error(copier->event_parent, "mirror: open(%s) "
-				"failed: %m: the filesystem of %s is unknown",
-				path, dir);
+			*error_r = t_strdup_printf("open(%s) failed: %m: the "
+				"filesystem of %s is unknown", path, dir);
 		} else {
-			e_error(copier->event_parent, "mirror: open(%s) "
-				"failed: %s, nor can a directory above it on "
-				"its filesystem be opened: it can't be synced",
-				unreadable, open_error);
+			*error_r = t_strdup_printf("open(%s) failed: %s, nor "
+				"can a directory above it on its filesystem "
+				"be opened", unreadable, open_error);
 		}
-		return FALSE;
+		return -1;
 	}
 	if (fstat(fd, &st) < 0) {
-		e_error(copier->event_parent, "mirror: fstat(%s) failed: %m: "
-			"the filesystem of %s is unknown", path, dir);
+		*error_r = t_strdup_printf("fstat(%s) failed: %m: the "
+			"filesystem of %s is unknown", path, dir);
 		i_close_fd(&fd);
-		return FALSE;
+		return -1;
 	}
 	if (unreadable != NULL && st.st_dev != dev) {
-		e_error(copier->event_parent, "mirror: open(%s) failed: %s, "
-			"and %s is on another filesystem: it can't be synced",
-			unreadable, open_error, path);
+		*error_r = t_strdup_printf("open(%s) failed: %s, and %s is "
+			"on another filesystem", unreadable, open_error, path);
 		i_close_fd(&fd);
+		return -1;
+	}
+	*fd_r = fd;
+	*dev_r = st.st_dev;
+	*opened_r = path;
+	*open_error_r = unreadable == NULL ? NULL :
+		t_strdup_printf("open(%s) failed: %s", unreadable, open_error);
+	return 1;
+}
+
+static bool mirror_copier_fs_known(dev_t dev, void *context)
+{
+	struct mirror_copier *copier = context;
+
+	return mirror_copier_filesystem(copier, dev) != NULL;
+}
+
+/* The filesystem of path, added to the copier's, its device to devs.
+   Returns FALSE if it can't be found (mirror_fs_open()). */
+static bool
+mirror_copier_add_path(struct mirror_copier *copier,
+		       ARRAY_TYPE(mirror_dev) *devs, const char *path)
+{
+	struct mirror_sync_fs *fs;
+	const char *opened, *open_error, *error;
+	dev_t dev;
+	int fd;
+
+	if (mirror_fs_open(path, mirror_copier_fs_known, copier, &fd, &dev,
+			   &opened, &open_error, &error) < 0) {
+		e_error(copier->event_parent, "mirror: %s: it can't be "
+			"synced", error);
 		return FALSE;
 	}
-	if (unreadable != NULL) {
-		e_debug(copier->event_parent, "mirror: open(%s) failed: %s: "
-			"its filesystem is synced through %s",
-			unreadable, open_error, path);
+	if (open_error != NULL) {
+		e_debug(copier->event_parent, "mirror: %s: its filesystem "
+			"is synced through %s", open_error,
+			fd == -1 ? "another directory" : opened);
 	}
-	if (mirror_copier_filesystem(copier, st.st_dev) != NULL)
+	if (mirror_copier_filesystem(copier, dev) != NULL)
 		i_close_fd(&fd);
 	else {
 		fs = array_append_space(&copier->filesystems);
-		fs->dev = st.st_dev;
+		fs->dev = dev;
 		fs->fd = fd;
-		fs->path = i_strdup(path);
+		fs->path = i_strdup(opened);
 		fs->opened_usecs = mirror_monotonic_usecs();
 	}
-	mirror_dev_add(devs, st.st_dev);
+	mirror_dev_add(devs, dev);
 	return TRUE;
 }
 

@@ -203,6 +203,18 @@ bool mirror_copier_sync_pending(const struct mirror_copier *copier);
    since (the error was reported already). */
 bool mirror_copier_sync_add_dev(struct mirror_copier *copier, dev_t dev,
 				long long since_usecs);
+/* A descriptor to syncfs() path's filesystem by: of path, of its nearest
+   existing ancestor if it isn't created yet (it will be on that
+   filesystem), or if it can't be opened (e.g. search-only) of its nearest
+   ancestor on the same filesystem that can. known (may be NULL) ends the
+   search when it says a filesystem is synced by other means: fd_r is -1
+   then. opened_r is the directory opened (or the unreadable one), and
+   open_error_r why path couldn't be opened itself (NULL if it could, or
+   it doesn't exist yet). Returns 1, or -1 with error_r. */
+int mirror_fs_open(const char *path,
+		   bool (*known)(dev_t dev, void *context), void *context,
+		   int *fd_r, dev_t *dev_r, const char **opened_r,
+		   const char **open_error_r, const char **error_r);
 /* CLOCK_MONOTONIC in microseconds: the same clock in every process */
 long long mirror_monotonic_usecs(void);
 

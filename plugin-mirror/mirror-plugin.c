@@ -20,7 +20,6 @@
 #include "mirror-event.h"
 
 #include <unistd.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 
 #define MIRROR_USER_CONTEXT(obj) \
@@ -38,6 +37,7 @@ struct mirror_delivery_fs {
 	/* written without syncs */
 	bool deferred;
 };
+ARRAY_DEFINE_TYPE(mirror_delivery_fs, struct mirror_delivery_fs);
 
 enum mirror_box_sync {
 	MIRROR_BOX_SYNC_UNKNOWN = 0,
@@ -59,7 +59,7 @@ struct mirror_delivery_watch {
 	   callback can have synced, and those written to (since_usecs:
 	   before the first write) */
 	ARRAY(dev_t) covered;
-	ARRAY(struct mirror_delivery_fs) fss;
+	ARRAY_TYPE(mirror_delivery_fs) fss;
 	long long since_usecs;
 	bool called:1;
 	bool failed:1;
@@ -152,57 +152,16 @@ enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user)
 	return muser == NULL ? MIRROR_READONLY_NONE : muser->readonly;
 }
 
-/* A descriptor of path's filesystem: of path, or of its nearest ancestor
-   (one not created yet is created on its parent's filesystem; one that
-   can't be opened, e.g. search-only, is synced through an ancestor on
-   the same filesystem). Returns 0, or -1 with error_r. */
-static int
-mirror_delivery_fs_open(const char *path, int *fd_r, dev_t *dev_r,
-			const char **error_r)
+static bool
+mirror_delivery_fs_find(const ARRAY_TYPE(mirror_delivery_fs) *fss, dev_t dev)
 {
-	struct stat st;
-	const char *p, *unopened = NULL;
-	dev_t dev = 0;
-	int fd;
+	const struct mirror_delivery_fs *fs;
 
-	/* (O_NONBLOCK: a FIFO the user put there doesn't block) */
-	while ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY |
-			  O_CLOEXEC)) < 0) {
-		if (errno != ENOENT) {
-			if (stat(path, &st) < 0) {
-				*error_r = t_strdup_printf(
-					"stat(%s) failed: %m", path);
-				return -1;
-			}
-			if (unopened == NULL) {
-				unopened = path;
-				dev = st.st_dev;
-			} else if (st.st_dev != dev) {
-				break;
-			}
-		} else if (unopened != NULL) {
-			break;
-		}
-		if ((p = strrchr(path, '/')) == NULL || path[1] == '\0')
-			break;
-		path = p == path ? "/" : t_strdup_until(path, p);
+	array_foreach(fss, fs) {
+		if (fs->dev == dev)
+			return TRUE;
 	}
-	if (fd < 0) {
-		*error_r = t_strdup_printf("open(%s) failed: %m",
-					   unopened != NULL ? unopened : path);
-		return -1;
-	}
-	if (fstat(fd, &st) < 0 || (unopened != NULL && st.st_dev != dev)) {
-		*error_r = t_strdup_printf("%s can't be opened, nor a "
-					   "directory above it on its "
-					   "filesystem", unopened != NULL ?
-					   unopened : path);
-		i_close_fd(&fd);
-		return -1;
-	}
-	*fd_r = fd;
-	*dev_r = st.st_dev;
-	return 0;
+	return FALSE;
 }
 
 static bool
@@ -230,9 +189,10 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 		MAILBOX_LIST_PATH_TYPE_INDEX,
 	};
 	ARRAY_TYPE(const_string) paths;
-	ARRAY(struct mirror_delivery_fs) found;
+	ARRAY_TYPE(mirror_delivery_fs) found;
 	struct mirror_delivery_fs *fs, *old;
-	const char *path, *error = NULL;
+	const char *path, *opened, *open_error, *error = NULL;
+	struct stat st;
 	unsigned int i;
 	bool covered = TRUE, dup;
 
@@ -262,10 +222,15 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 	array_foreach_elem(&paths, path) {
 		if (error != NULL)
 			break;
+		/* one descriptor per filesystem (they are usually all on
+		   one) */
+		if (stat(path, &st) == 0 &&
+		    mirror_delivery_fs_find(&found, st.st_dev))
+			continue;
 		fs = array_append_space(&found);
 		fs->fd = -1;
-		if (mirror_delivery_fs_open(path, &fs->fd, &fs->dev,
-					    &error) < 0)
+		if (mirror_fs_open(path, NULL, NULL, &fs->fd, &fs->dev,
+				   &opened, &open_error, &error) < 0)
 			break;
 		fs->path = p_strdup(box->storage->user->pool, path);
 		if (!mirror_delivery_covered(watch, fs->dev))

@@ -10,17 +10,39 @@
 #include <unistd.h>
 #include <grp.h>
 
-void mirror_privileges_get(pool_t pool, struct mirror_privileges *p)
+/* Supplementary groups read with one getgroups() call into this many
+   entries; more take a second call for the count */
+#define MIRROR_PRIVILEGES_GROUPS_GUESS 32
+
+static void mirror_privileges_get_ids(struct mirror_privileges *p)
 {
 	p->uid = geteuid();
 	if (getresgid(&p->rgid, &p->gid, &p->sgid) < 0)
 		i_fatal("getresgid() failed: %m");
-	p->ngroups = getgroups(0, NULL);
+}
+
+static void mirror_privileges_get_groups(pool_t pool, struct mirror_privileges *p)
+{
+	gid_t guess[MIRROR_PRIVILEGES_GROUPS_GUESS];
+
+	/* this runs around every save as another user: one call, unless
+	   the process has more groups than the guess */
+	p->ngroups = getgroups(N_ELEMENTS(guess), guess);
+	if (p->ngroups < 0 && errno == EINVAL)
+		p->ngroups = getgroups(0, NULL);
 	if (p->ngroups < 0)
 		i_fatal("getgroups() failed: %m");
 	p->groups = p_new(pool, gid_t, p->ngroups + 1);
-	if (getgroups(p->ngroups, p->groups) < 0)
+	if (p->ngroups <= (int)N_ELEMENTS(guess))
+		memcpy(p->groups, guess, sizeof(gid_t) * p->ngroups);
+	else if (getgroups(p->ngroups, p->groups) != p->ngroups)
 		i_fatal("getgroups() failed: %m");
+}
+
+void mirror_privileges_get(pool_t pool, struct mirror_privileges *p)
+{
+	mirror_privileges_get_ids(p);
+	mirror_privileges_get_groups(pool, p);
 }
 
 static bool mirror_privileges_equal(const struct mirror_privileges *p1,
@@ -38,13 +60,20 @@ int mirror_privileges_set(const struct mirror_privileges *p,
 {
 	struct mirror_privileges cur;
 
-	T_BEGIN {
-		mirror_privileges_get(pool_datastack_create(), &cur);
-		if (mirror_privileges_equal(&cur, p))
-			cur.ngroups = -1;
-	} T_END;
-	if (cur.ngroups == -1)
-		return 0;
+	mirror_privileges_get_ids(&cur);
+	if (cur.uid == p->uid && cur.rgid == p->rgid && cur.gid == p->gid &&
+	    cur.sgid == p->sgid) {
+		bool same;
+
+		/* the groups only decide when the ids are the same */
+		T_BEGIN {
+			mirror_privileges_get_groups(pool_datastack_create(),
+						     &cur);
+			same = mirror_privileges_equal(&cur, p);
+		} T_END;
+		if (same)
+			return 0;
+	}
 
 	if (cur.uid != 0 && seteuid(0) < 0) {
 		*error_r = t_strdup_printf(

@@ -589,6 +589,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	struct writer_delivery *delivery;
 	struct writer_copy *copy;
 	struct writer_batch *batch;
+	struct istream *input;
 	string_t *reply;
 	unsigned int tag, count, i;
 	long long received;
@@ -623,7 +624,11 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	delivery->pool = pool;
 	delivery->client = client;
 	delivery->tag = tag;
-	delivery->input = i_stream_create_fd_autoclose(&fd, IO_BLOCK_SIZE);
+	/* LMTP wrote the whole message before sending the descriptor: its
+	   end is known, and is not read() again at every save's end */
+	input = i_stream_create_fd_autoclose(&fd, IO_BLOCK_SIZE);
+	delivery->input = i_stream_create_limit(input, st.st_size);
+	i_stream_unref(&input);
 	delivery->count = count;
 	delivery->copies = p_new(pool, struct writer_copy, count);
 	args += 3;

@@ -60,7 +60,6 @@ struct mirror_sync_fs {
 	   before the error */
 	long long opened_usecs, failed_usecs;
 };
-ARRAY_DEFINE_TYPE(mirror_dev, dev_t);
 
 struct mirror_storage {
 	char *username;
@@ -206,29 +205,42 @@ static bool mirror_copier_fsyncs(const struct mirror_copier *copier)
 	return copier->fsync && !copier->defer_sync;
 }
 
-static bool mirror_dev_find(const ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
+static int mirror_dev_idx(const ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
 {
-	const dev_t *d;
+	unsigned int i;
 
-	array_foreach(devs, d) {
-		if (*d == dev)
-			return TRUE;
+	for (i = 0; i < array_count(devs); i++) {
+		if (*array_idx(devs, i) == dev)
+			return (int)i;
 	}
-	return FALSE;
+	return -1;
 }
 
-static void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
+bool mirror_dev_find(const ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
+{
+	return mirror_dev_idx(devs, dev) >= 0;
+}
+
+void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
 {
 	if (!mirror_dev_find(devs, dev))
 		array_push_back(devs, &dev);
 }
 
-static const struct mirror_sync_fs *
-mirror_copier_filesystem(const struct mirror_copier *copier, dev_t dev)
+void mirror_dev_remove(ARRAY_TYPE(mirror_dev) *devs, dev_t dev)
 {
-	const struct mirror_sync_fs *fs;
+	int idx = mirror_dev_idx(devs, dev);
 
-	array_foreach(&copier->filesystems, fs) {
+	if (idx >= 0)
+		array_delete(devs, idx, 1);
+}
+
+static struct mirror_sync_fs *
+mirror_copier_filesystem(struct mirror_copier *copier, dev_t dev)
+{
+	struct mirror_sync_fs *fs;
+
+	array_foreach_modifiable(&copier->filesystems, fs) {
 		if (fs->dev == dev)
 			return fs;
 	}
@@ -407,17 +419,11 @@ mirror_copier_syncfs(struct mirror_copier *copier,
 {
 	struct mirror_sync_fs *fs;
 	const dev_t *dev;
-	unsigned int i;
 	int ret = 0;
 
 	array_foreach(devs, dev) {
-		fs = NULL;
-		for (i = 0; i < array_count(&copier->filesystems); i++) {
-			fs = array_idx_modifiable(&copier->filesystems, i);
-			if (fs->dev == *dev)
-				break;
-		}
-		i_assert(i < array_count(&copier->filesystems));
+		fs = mirror_copier_filesystem(copier, *dev);
+		i_assert(fs != NULL);
 		if (syncfs(fs->fd) < 0) {
 			fs->failed_usecs = mirror_monotonic_usecs();
 			if (ret == 0) {

@@ -218,4 +218,11 @@ int mirror_fs_open(const char *path,
 /* CLOCK_MONOTONIC in microseconds: the same clock in every process */
 long long mirror_monotonic_usecs(void);
 
+/* Sets of filesystems, by device */
+ARRAY_DEFINE_TYPE(mirror_dev, dev_t);
+bool mirror_dev_find(const ARRAY_TYPE(mirror_dev) *devs, dev_t dev);
+/* Add dev unless it is there already */
+void mirror_dev_add(ARRAY_TYPE(mirror_dev) *devs, dev_t dev);
+void mirror_dev_remove(ARRAY_TYPE(mirror_dev) *devs, dev_t dev);
+
 #endif

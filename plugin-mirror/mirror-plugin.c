@@ -58,7 +58,7 @@ struct mirror_delivery_watch {
 	/* mirror_user_defer_delivery_sync(): the filesystems the committed
 	   callback can have synced, and those written to (since_usecs:
 	   before the first write) */
-	ARRAY(dev_t) covered;
+	ARRAY_TYPE(mirror_dev) covered;
 	ARRAY_TYPE(mirror_delivery_fs) fss;
 	long long since_usecs;
 	bool called:1;
@@ -164,18 +164,6 @@ mirror_delivery_fs_find(const ARRAY_TYPE(mirror_delivery_fs) *fss, dev_t dev)
 	return FALSE;
 }
 
-static bool
-mirror_delivery_covered(const struct mirror_delivery_watch *watch, dev_t dev)
-{
-	const dev_t *covered;
-
-	array_foreach(&watch->covered, covered) {
-		if (*covered == dev)
-			return TRUE;
-	}
-	return FALSE;
-}
-
 /* Before the delivery's first write into box: the filesystems of the
    directories its saves and commits write to (mail, control, index, the
    mail root for mdbox's files, attachments), whether it is written
@@ -233,7 +221,7 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 				   &opened, &open_error, &error) < 0)
 			break;
 		fs->path = p_strdup(box->storage->user->pool, path);
-		if (!mirror_delivery_covered(watch, fs->dev))
+		if (!mirror_dev_find(&watch->covered, fs->dev))
 			covered = FALSE;
 	}
 	if (error != NULL) {

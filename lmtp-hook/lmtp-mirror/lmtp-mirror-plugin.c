@@ -737,29 +737,20 @@ static int lmtp_mirror_delivery_kept(void *context, const char **error_r)
 
 /* The filesystems that mirror-writer synced for a delivery: later
    deliveries to them leave their syncs to it (mirror-plugin.h) */
-static ARRAY(dev_t) lmtp_mirror_covered_devs;
+static ARRAY_TYPE(mirror_dev) lmtp_mirror_covered_devs;
 
 static void lmtp_mirror_covered_update(const struct mirror_writer_sync *sync)
 {
-	unsigned int i, j;
-	bool found;
+	unsigned int i;
 
 	for (i = 0; i < sync->count; i++) {
-		found = FALSE;
-		for (j = 0; j < array_count(&lmtp_mirror_covered_devs); j++) {
-			if (*array_idx(&lmtp_mirror_covered_devs, j) ==
-			    sync->devs[i]) {
-				found = TRUE;
-				break;
-			}
-		}
-		if (sync->synced && !found &&
-		    array_count(&lmtp_mirror_covered_devs) <
-		    LMTP_MIRROR_COVERED_DEVS_MAX)
-			array_push_back(&lmtp_mirror_covered_devs,
-					&sync->devs[i]);
-		else if (!sync->synced && found)
-			array_delete(&lmtp_mirror_covered_devs, j, 1);
+		if (!sync->synced)
+			mirror_dev_remove(&lmtp_mirror_covered_devs,
+					  sync->devs[i]);
+		else if (array_count(&lmtp_mirror_covered_devs) <
+			 LMTP_MIRROR_COVERED_DEVS_MAX)
+			mirror_dev_add(&lmtp_mirror_covered_devs,
+				       sync->devs[i]);
 	}
 }
 

@@ -350,8 +350,9 @@ def test_a_silent_lease_holder_is_taken_over(fleet, redis_server):
 
 def test_two_servers_lose_no_administrator_change(fleet):
     """Two administrators at once, one on each server: 50 mirror adds and
-    50 bag recipient adds each (20 under the sanitizers), all kept, every id once (the registry's
-    lock among servers, test_registry_integrity.py)."""
+    50 bag recipient adds each (20 under the sanitizers), all kept, every
+    id once (the registry's lock among servers,
+    test_registry_integrity.py)."""
     from test_registry_integrity import lose_nothing
     a = fleet()
     b = fleet()

@@ -83,6 +83,9 @@ struct mirror_storage {
 	   directories (once needed), and whether one of them is unknown */
 	ARRAY_TYPE(mirror_dev) sync_devs;
 	bool sync_devs_incomplete;
+	/* a save never committed leaves nothing the format restores: a
+	   copy may be saved before its delivery decided */
+	bool early_save;
 };
 
 struct mirror_copier {
@@ -746,6 +749,19 @@ mirror_copier_lookup_user(struct mirror_copier *copier, const char *username,
 
 /* Set up a storage user and open its INBOX. On success the user is active,
    with its privileges. */
+/* Whether a save that is never committed (its process killed before the
+   commit) leaves nothing behind that the mailbox's format brings back:
+   maildir writes it to tmp/ and sdbox to a .temp. file, which no index
+   rebuild reads and Dovecot deletes after 36 hours. mdbox appends it to
+   a shared mail file, and puts it into the mailbox when it rebuilds its
+   indexes (as mbox does with what is in its file). */
+static bool mirror_storage_saves_leave_nothing(struct mailbox *box)
+{
+	const char *name = mailbox_get_storage(box)->name;
+
+	return strcmp(name, "maildir") == 0 || strcmp(name, "sdbox") == 0;
+}
+
 static int
 mirror_copier_open(struct mirror_copier *copier, const char *username,
 		   struct mirror_storage **storage_r, const char **error_r)
@@ -807,6 +823,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	}
 	if (copier->defer_sync)
 		mirror_storage_sync_devs_init(copier, storage);
+	storage->early_save = mirror_storage_saves_leave_nothing(storage->box);
 	*storage_r = storage;
 	return 0;
 }
@@ -1408,6 +1425,9 @@ struct mirror_copy_member {
 	uint32_t landed_uid;
 	/* taken out of the group (or its save failed) */
 	bool dropped;
+	/* not saved yet: its delivery hasn't decided, and the storage's
+	   format would keep a save that is never committed */
+	bool deferred;
 };
 
 struct mirror_copy_group {
@@ -1423,6 +1443,8 @@ struct mirror_copy_group {
 	time_t started;
 	/* a copy left the transaction: it is saved again without it */
 	bool resave;
+	/* members wait for their save until the commit */
+	bool deferred;
 };
 
 static uint32_t
@@ -1496,6 +1518,7 @@ static void mirror_copy_group_resave(struct mirror_copy_group *group)
 		array_foreach_elem(&group->members, member) {
 			if (member->dropped || member->landed_uid != 0)
 				continue;
+			member->deferred = FALSE;
 			if (mirror_copy_group_save_member(group, member,
 							  &error) < 0) {
 				member->target->error =
@@ -1508,6 +1531,32 @@ static void mirror_copy_group_resave(struct mirror_copy_group *group)
 		}
 	}
 	group->resave = FALSE;
+	group->deferred = FALSE;
+}
+
+/* Save the deferred members, whose deliveries kept the message, into the
+   transaction. As the storage user. */
+static void mirror_copy_group_save_deferred(struct mirror_copy_group *group)
+{
+	struct mirror_copy_member *member;
+	const char *error;
+
+	group->deferred = FALSE;
+	array_foreach_elem(&group->members, member) {
+		if (!member->deferred || member->dropped)
+			continue;
+		member->deferred = FALSE;
+		if (mirror_copy_group_save_member(group, member, &error) < 0) {
+			member->target->error = p_strdup(group->pool, error);
+			member->state.failed = TRUE;
+			member->dropped = TRUE;
+			/* the transaction may not take more after a failed
+			   save: the others are saved again */
+			group->resave = TRUE;
+			break;
+		}
+		FAULT_POINT("mirror-copy-saved");
+	}
 }
 
 /* Count one copy that failed before it was in a group's transaction. */
@@ -1525,7 +1574,7 @@ mirror_copy_group_count_failed(struct mirror_copier *copier,
 int mirror_copy_group_save(struct mirror_copy_group *group,
 			   struct mirror_copy_target *target,
 			   struct istream *input, time_t received_date,
-			   struct event *event_parent)
+			   bool undecided, struct event *event_parent)
 {
 	struct mirror_copier *copier = group->copier;
 	struct mirror_copy_member *member;
@@ -1556,7 +1605,12 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 		group->storage->last_used = ioloop_time;
 		group->storage->copies++;
 	}
-	if (ret == 0) {
+	if (ret == 0 && undecided && !group->storage->early_save) {
+		/* saved at the commit, if its delivery keeps it */
+		member->deferred = TRUE;
+		group->deferred = TRUE;
+		mirror_storage_deactivate(group->storage);
+	} else if (ret == 0) {
 		if (mirror_copy_group_save_member(group, member, &error) < 0) {
 			/* the transaction may not take more after a failed
 			   save: the others are saved again */
@@ -1577,7 +1631,7 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 		array_push_back(&group->members, &member);
 	}
 	mirror_copy_caller_return(&caller);
-	if (ret == 0)
+	if (ret == 0 && !member->deferred)
 		FAULT_POINT("mirror-copy-saved");
 	return ret;
 }
@@ -1590,7 +1644,9 @@ void mirror_copy_group_drop(struct mirror_copy_group *group,
 	array_foreach_elem(&group->members, member) {
 		if (member->target == target && !member->dropped) {
 			member->dropped = TRUE;
-			group->resave = TRUE;
+			/* one never saved leaves the transaction as it is */
+			if (!member->deferred)
+				group->resave = TRUE;
 			target->error = "Not copied, because the delivery "
 				"kept nothing";
 		}
@@ -1805,6 +1861,8 @@ int mirror_copy_group_commit(struct mirror_copy_group *group)
 	if (group->storage != NULL) {
 		if (!mirror_storage_activate(group->storage, &error))
 			i_panic("mirror: %s", error);
+		if (group->deferred && !group->resave)
+			mirror_copy_group_save_deferred(group);
 		if (group->resave)
 			mirror_copy_group_resave(group);
 		if (group->trans == NULL) {

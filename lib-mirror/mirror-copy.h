@@ -149,14 +149,21 @@ mirror_copy_group_begin(struct mirror_copier *copier, const char *storage);
    again if the group has to be saved again) with target's headers, and
    the received date (or (time_t)-1). target and input must stay valid
    until the group ends. Returns 0, or -1 if the copy can't be saved
-   (target->error; it is not in the group). */
+   (target->error; it is not in the group).
+
+   undecided: the copy's delivery hasn't kept the message yet. It is
+   saved now only if the storage's format leaves nothing behind of a
+   save that is never committed (maildir, sdbox); otherwise (mdbox) only
+   the storage is opened now, and the copy is saved at the commit, unless
+   it was dropped by then: a process killed in between must not leave a
+   copy that an index rebuild would bring back. */
 int mirror_copy_group_save(struct mirror_copy_group *group,
 			   struct mirror_copy_target *target,
 			   struct istream *input, time_t received_date,
-			   struct event *event_parent);
+			   bool undecided, struct event *event_parent);
 /* Take the copy of target out of the group, because its delivery kept
    nothing: the others are saved again without it when the group is
-   committed. */
+   committed (unless it was never saved). */
 void mirror_copy_group_drop(struct mirror_copy_group *group,
 			    struct mirror_copy_target *target);
 /* The copies in the group (not dropped, not failed). */

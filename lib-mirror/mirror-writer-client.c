@@ -283,12 +283,12 @@ mirror_writer_client_send(struct mirror_writer_client *client,
 	return 0;
 }
 
-int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
-			      time_t received_date,
-			      struct mirror_copy_target *targets,
-			      unsigned int count, bool commit,
-			      struct mirror_writer_sync *sync,
-			      const char **error_r)
+/* Start a delivery: its SAVE or PREPARE line. */
+static const char *
+mirror_writer_client_save_line(struct mirror_writer_client *client,
+			       const char *cmd, time_t received_date,
+			       struct mirror_copy_target *targets,
+			       unsigned int count)
 {
 	string_t *line = t_str_new(256);
 	const char *addr;
@@ -303,7 +303,7 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 	client->targets = targets;
 	client->count = count;
 
-	str_printfa(line, "SAVE\t%u\t%lld\t%u", client->tag,
+	str_printfa(line, "%s\t%u\t%lld\t%u", cmd, client->tag,
 		    (long long)received_date, count);
 	for (i = 0; i < count; i++) {
 		/* the protocol carries no header of the caller's own */
@@ -322,21 +322,50 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 		targets[i].error = NULL;
 	}
 	str_append_c(line, '\n');
+	return str_c(line);
+}
+
+int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
+			      time_t received_date,
+			      struct mirror_copy_target *targets,
+			      unsigned int count, bool commit,
+			      struct mirror_writer_sync *sync,
+			      const char **error_r)
+{
+	const char *line;
+
+	line = mirror_writer_client_save_line(client, "SAVE", received_date,
+					      targets, count);
 	if (!commit) {
-		if (mirror_writer_client_send(client, str_c(line), fd,
-					      error_r) < 0)
+		if (mirror_writer_client_send(client, line, fd, error_r) < 0)
 			return -1;
 		return mirror_writer_client_wait(client, "SAVED", error_r);
 	}
 	/* Two writes: one would commit sooner and so make smaller batches,
 	   which cost the writer more CPU per copy than it saves (measured
 	   with scripts/bench) */
-	if (mirror_writer_client_send(client, str_c(line), fd, error_r) < 0) {
+	if (mirror_writer_client_send(client, line, fd, error_r) < 0) {
 		client->tag = 0;
 		return -1;
 	}
 	return mirror_writer_client_commit(client, targets, count, sync,
 					   error_r);
+}
+
+int mirror_writer_client_prepare(struct mirror_writer_client *client, int fd,
+				 time_t received_date,
+				 struct mirror_copy_target *targets,
+				 unsigned int count, const char **error_r)
+{
+	const char *line;
+
+	line = mirror_writer_client_save_line(client, "PREPARE",
+					      received_date, targets, count);
+	if (mirror_writer_client_send(client, line, fd, error_r) < 0) {
+		client->tag = 0;
+		return -1;
+	}
+	return 0;
 }
 
 int mirror_writer_client_commit(struct mirror_writer_client *client,

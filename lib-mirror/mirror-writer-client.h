@@ -12,6 +12,12 @@
      SAVE <tag> <received> <count> [<storage> <ids> <naddr> <addr>...]...
          with the message's file descriptor attached (read from offset 0)
      SAVED <tag> [<error>]...      one field per target, empty if saved
+     PREPARE <tag> <received> <count> [<storage> <ids> <naddr> <addr>...]...
+                                   as SAVE, but no reply: the writer saves
+                                   the copies now where a save that is
+                                   never committed leaves nothing behind
+                                   (maildir, sdbox), else (mdbox) once
+                                   COMMIT came
      COMMIT <tag> [<since> <dev>...]
                                    the delivery kept the message; the
                                    devices of the filesystems it wrote
@@ -32,17 +38,18 @@
    delivery's writes and the copies), and says synced 0 otherwise, or if
    it can't be sure its sync saw every writeback error since <since>
    (mirror_copier_sync_add_dev()), when the delivery must sync itself.
-   LMTP sends SAVE before the delivery's commit only when it must know
+   LMTP sends SAVE before the delivery's commit when it must know
    whether the copies can be saved (mirror_failure = tempfail); otherwise
-   it sends SAVE and COMMIT together once the delivery kept the
-   message. */
+   it sends PREPARE then, so that the copies are saved while the delivery
+   commits, and SAVE and COMMIT together when it couldn't (a delivery
+   kept by a Sieve redirect alone). */
 
 #include "mirror-copy.h"
 
 #define MIRROR_WRITER_SOCKET_NAME "mirror-writer"
 #define MIRROR_WRITER_SERVICE_NAME "mirror-writer"
 #define MIRROR_WRITER_PROTOCOL_MAJOR 2
-#define MIRROR_WRITER_PROTOCOL_MINOR 0
+#define MIRROR_WRITER_PROTOCOL_MINOR 1
 /* the most targets of one delivery, and the longest line */
 #define MIRROR_WRITER_MAX_TARGETS 256
 #define MIRROR_WRITER_LINE_MAX (1024*1024)
@@ -86,6 +93,14 @@ int mirror_writer_client_save(struct mirror_writer_client *client, int fd,
 			      unsigned int count, bool commit,
 			      struct mirror_writer_sync *sync,
 			      const char **error_r);
+/* Hand over the copies of a delivery that is about to commit, as
+   mirror_writer_client_save() without commit, but wait for nothing:
+   mirror_writer_client_commit() or _abort() follows. Returns 0, or -1 if
+   the writer can't be reached (error_r; the connection is closed). */
+int mirror_writer_client_prepare(struct mirror_writer_client *client, int fd,
+				 time_t received_date,
+				 struct mirror_copy_target *targets,
+				 unsigned int count, const char **error_r);
 /* The delivery kept the message: wait until the copies are committed.
    Each target's error is NULL if its copy was made; its size is set.
    sync (may be NULL) lists what the delivery wrote without syncing it;

@@ -4,27 +4,31 @@
    with group commit.
 
    Every LMTP process hands the copies of a delivery over this service's
-   socket (protocol: lib-mirror/mirror-writer-client.h): once the delivery
-   kept the message (SAVE and at once COMMIT), or, with mirror_failure =
-   tempfail, when it is about to commit (SAVE, whose saves it waits for),
-   saying whether it kept the message once its commit is over (COMMIT or
-   ABORT). The copies saved into a storage
-   since its last commit form one batch: one transaction, one commit, one
-   chain append per mirror and one count in the registry for all of them,
-   however many LMTP processes they came from. With mirror_fsync and
-   mirror_writer_syncfs, the batches committed at one moment are made
-   durable together, by one syncfs() per filesystem, before any of their
-   deliveries is answered; that sync also covers what the deliveries
-   themselves wrote without syncing it (COMMIT's devices) where a storage
-   is on the same filesystem, and DONE says whether it did. A batch is
-   committed once all of its deliveries have decided, after the input
-   that is ready at that moment (which may bring more copies); it takes
-   new copies for WRITER_BATCH_LINGER_MSECS after its first delivery
-   decided (at most WRITER_BATCH_MAX_COPIES), later ones start the next
-   batch. A delivery that kept nothing (ABORT, or its LMTP process
-   went away before it decided) is taken out: the batch's other copies
-   are saved again without it before the commit, so no copy is ever
-   committed for a message its recipient didn't keep.
+   socket (protocol: lib-mirror/mirror-writer-client.h) when the delivery
+   is about to commit (PREPARE; with mirror_failure = tempfail SAVE, whose
+   saves it waits for), and says whether it kept the message once its
+   commit is over (COMMIT or ABORT). Meanwhile the writer saves the
+   copies into storages where a save that is never committed leaves
+   nothing behind (maildir, sdbox), so that the two commits overlap; into
+   mdbox, whose index rebuild would restore such a save, once the
+   delivery kept the message.
+
+   The copies saved into a storage since its last commit form one batch:
+   one transaction, one commit, one chain append per mirror and one count
+   in the registry for all of them, however many LMTP processes they came
+   from. With mirror_fsync and mirror_writer_syncfs, the batches
+   committed at one moment are made durable together, by one syncfs() per
+   filesystem, before any of their deliveries is answered; that sync also
+   covers what the deliveries themselves wrote without syncing it
+   (COMMIT's devices) where a storage is on the same filesystem, and DONE
+   says whether it did. A batch is committed once all of its deliveries
+   have decided, after the input that is ready at that moment (which may
+   bring more copies); it takes new copies for WRITER_BATCH_LINGER_MSECS
+   after its first delivery decided (at most WRITER_BATCH_MAX_COPIES),
+   later ones start the next batch. A delivery that kept nothing (ABORT,
+   or its LMTP process went away before it decided) is taken out: the
+   batch's other copies are saved again without it before the commit, so
+   no copy is ever committed for a message its recipient didn't keep.
 
    Like LMTP, the service runs as root and writes each storage as the
    storage's user (temporarily dropped privileges); one process serves
@@ -583,9 +587,15 @@ writer_parse_target(pool_t pool, const char *const **_args,
 	return TRUE;
 }
 
+/* SAVE, or with prepare PREPARE: the delivery is about to commit, and
+   waits for no reply. Its copies are saved now where a save that is
+   never committed leaves nothing behind, else once it kept the message
+   (mirror_copy_group_save()). */
 static int
-writer_client_save(struct writer_client *client, const char *const *args)
+writer_client_save(struct writer_client *client, const char *const *args,
+		   bool prepare)
 {
+	const char *cmd = prepare ? "PREPARE" : "SAVE";
 	struct writer_delivery *delivery;
 	struct writer_copy *copy;
 	struct writer_batch *batch;
@@ -600,13 +610,14 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	fd = i_stream_unix_get_read_fd(client->conn.input);
 	i_stream_unix_set_read_fd(client->conn.input);
 	if (fd == -1) {
-		e_error(client->conn.event, "SAVE without the message's fd");
+		e_error(client->conn.event, "%s without the message's fd",
+			cmd);
 		return -1;
 	}
 	/* read from its start again for every save */
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		e_error(client->conn.event, "SAVE with a descriptor that is "
-			"not a regular file");
+		e_error(client->conn.event, "%s with a descriptor that is "
+			"not a regular file", cmd);
 		i_close_fd(&fd);
 		return -1;
 	}
@@ -614,7 +625,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	    str_to_llong(args[1], &received) < 0 ||
 	    str_to_uint(args[2], &count) < 0 || count == 0 ||
 	    count > MIRROR_WRITER_MAX_TARGETS) {
-		e_error(client->conn.event, "Invalid SAVE");
+		e_error(client->conn.event, "Invalid %s", cmd);
 		i_close_fd(&fd);
 		return -1;
 	}
@@ -635,7 +646,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 	for (i = 0; i < count; i++) {
 		if (!writer_parse_target(pool, &args,
 					 &delivery->copies[i].target)) {
-			e_error(client->conn.event, "Invalid SAVE target");
+			e_error(client->conn.event, "Invalid %s target", cmd);
 			i_stream_unref(&delivery->input);
 			pool_unref(&pool);
 			return -1;
@@ -652,7 +663,7 @@ writer_client_save(struct writer_client *client, const char *const *args)
 		str_append_c(reply, '\t');
 		if (mirror_copy_group_save(batch->group, &copy->target,
 					   delivery->input,
-					   (time_t)received,
+					   (time_t)received, prepare,
 					   client->conn.event) < 0) {
 			str_append_tabescaped(reply, copy->target.error);
 			copy->target.error =
@@ -670,8 +681,11 @@ writer_client_save(struct writer_client *client, const char *const *args)
 		batch->undecided++;
 		delivery->pending++;
 	}
-	str_append_c(reply, '\n');
-	o_stream_nsend(client->conn.output, str_data(reply), str_len(reply));
+	if (!prepare) {
+		str_append_c(reply, '\n');
+		o_stream_nsend(client->conn.output, str_data(reply),
+			       str_len(reply));
+	}
 	return 1;
 }
 
@@ -706,7 +720,13 @@ writer_client_input_args(struct connection *conn, const char *const *args)
 		return -1;
 	}
 	if (strcmp(args[0], "SAVE") == 0)
-		return writer_client_save(client, args + 1);
+		return writer_client_save(client, args + 1, FALSE);
+	if (strcmp(args[0], "PREPARE") == 0) {
+		if (writer_client_save(client, args + 1, TRUE) < 0)
+			return -1;
+		FAULT_POINT("mirror-writer-prepared");
+		return 1;
+	}
 	if (strcmp(args[0], "COMMIT") == 0)
 		kept = TRUE;
 	else if (strcmp(args[0], "ABORT") == 0)

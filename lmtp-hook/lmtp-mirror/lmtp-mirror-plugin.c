@@ -478,17 +478,27 @@ static void lmtp_mirror_writer_close(struct lmtp_mirror_client *mclient)
    (which stays) */
 #define LMTP_MIRROR_WRITER_NO_FILE -3
 
-/* Send the delivery's copies to mirror-writer: without commit, wait for
-   their saves; with commit (the delivery kept the message), for their
-   commit. Returns 0; -1 if the writer can't be used (some copies may be
-   committed, none will be any more; logged); -2 if it didn't answer in
-   time (it may still commit them; error_r, logged only without commit);
-   or LMTP_MIRROR_WRITER_NO_FILE (logged). After -1 and -2 the connection
-   is closed. */
+enum lmtp_mirror_writer_send {
+	/* SAVE, and wait for the saves */
+	LMTP_MIRROR_WRITER_SEND_SAVE,
+	/* PREPARE: wait for nothing */
+	LMTP_MIRROR_WRITER_SEND_PREPARE,
+	/* SAVE and COMMIT (the delivery kept the message), and wait for
+	   the commit */
+	LMTP_MIRROR_WRITER_SEND_COMMIT,
+};
+
+/* Send the delivery's copies to mirror-writer. Returns 0; -1 if the
+   writer can't be used (some copies may be committed, none will be any
+   more; logged); -2 if it didn't answer in time (it may still commit
+   them; error_r, logged only for SAVE); or LMTP_MIRROR_WRITER_NO_FILE
+   (logged). After -1 and -2 the connection is closed. */
 static int
-lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
+lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery,
+			enum lmtp_mirror_writer_send send,
 			const char **error_r)
 {
+	bool commit = send == LMTP_MIRROR_WRITER_SEND_COMMIT;
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	struct lmtp_mirror_plan *plan = mclient->plan;
 	time_t received;
@@ -508,10 +518,17 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
 	}
 	if (mail_get_received_date(plan->raw_mail, &received) < 0)
 		received = (time_t)-1;
-	ret = mirror_writer_client_save(mclient->writer, fd, received,
+	if (send == LMTP_MIRROR_WRITER_SEND_PREPARE) {
+		ret = mirror_writer_client_prepare(mclient->writer, fd,
+				received,
+				array_front_modifiable(&delivery->copies),
+				array_count(&delivery->copies), &error);
+	} else {
+		ret = mirror_writer_client_save(mclient->writer, fd, received,
 				array_front_modifiable(&delivery->copies),
 				array_count(&delivery->copies), commit,
 				&delivery->sync, &error);
+	}
 	if (ret == -1 || (ret == -2 && !commit)) {
 		/* (nothing is committed without COMMIT) */
 		e_error(delivery->event, "mirror: %s: copying in the LMTP "
@@ -523,17 +540,20 @@ lmtp_mirror_writer_send(struct lmtp_mirror_delivery *delivery, bool commit,
 	return ret;
 }
 
-/* Hand the delivery's copies to mirror-writer. With wait (tempfail: a
-   copy that can't be saved fails the delivery), they are sent now and
-   saved before the delivery's commit. Otherwise they are sent only once
-   the delivery kept the message (lmtp_mirror_writer_finish()): the
-   writer's batches then hold only copies of deliveries that are over,
-   and commit as soon as the writer is free, without waiting for a
-   delivery still in its commit; a message nobody kept never reaches a
-   storage. Returns 0, or -1 if the writer can't be used: the caller
+/* Hand the delivery's copies to mirror-writer, when the delivery is
+   about to commit (before_commit) or has kept the message already (a
+   Sieve redirect). With wait (tempfail: a copy that can't be saved
+   fails the delivery), they are sent now and saved before the
+   delivery's commit. Otherwise, before a commit, they are sent now
+   without waiting (PREPARE), so that the writer saves them while the
+   delivery commits, where a save that is never committed leaves nothing
+   behind, and opens their storages; lmtp_mirror_writer_finish() then
+   commits or drops them. After the delivery they are sent with their
+   commit. Returns 0, or -1 if the writer can't be used: the caller
    copies in this process then. */
 static int
-lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
+lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait,
+			bool before_commit)
 {
 	struct lmtp_mirror_client *mclient = delivery->mclient;
 	const char *error;
@@ -541,10 +561,17 @@ lmtp_mirror_writer_save(struct lmtp_mirror_delivery *delivery, bool wait)
 	if (mclient->writer == NULL ||
 	    array_count(&delivery->copies) > MIRROR_WRITER_MAX_TARGETS)
 		return -1;
-	if (!wait)
+	if (wait) {
+		if (lmtp_mirror_writer_send(delivery,
+				LMTP_MIRROR_WRITER_SEND_SAVE, &error) < 0)
+			return -1;
+	} else if (before_commit) {
+		if (lmtp_mirror_writer_send(delivery,
+				LMTP_MIRROR_WRITER_SEND_PREPARE, &error) < 0)
+			return -1;
+	} else {
 		delivery->writer_deferred = TRUE;
-	else if (lmtp_mirror_writer_send(delivery, FALSE, &error) < 0)
-		return -1;
+	}
 	delivery->via_writer = TRUE;
 	return 0;
 }
@@ -571,8 +598,10 @@ lmtp_mirror_writer_finish(struct lmtp_mirror_delivery *delivery, bool kept)
 		}
 		return;
 	}
-	if (delivery->writer_deferred)
-		ret = lmtp_mirror_writer_send(delivery, TRUE, &error);
+	if (delivery->writer_deferred) {
+		ret = lmtp_mirror_writer_send(delivery,
+				LMTP_MIRROR_WRITER_SEND_COMMIT, &error);
+	}
 	else {
 		ret = mirror_writer_client_commit(mclient->writer, copies,
 						  count, &delivery->sync,
@@ -648,7 +677,8 @@ lmtp_mirror_copy_prepare(struct lmtp_mirror_delivery *delivery,
 	}
 	if (array_count(&delivery->copies) == 0)
 		;
-	else if (lmtp_mirror_writer_save(delivery, tempfail) == 0) {
+	else if (lmtp_mirror_writer_save(delivery, tempfail,
+					 can_tempfail) == 0) {
 		array_foreach(&delivery->copies, copy) {
 			if (copy->error != NULL) {
 				error = copy->error;

@@ -466,37 +466,91 @@ def test_a_removed_storage_user_gets_no_copies_a_second_later(sandbox):
     assert sandbox.maildir_count(ALICE) == 2
 
 
-@needs_fault_points
-def test_a_delivery_that_keeps_nothing_never_reaches_the_writer(
-        make_sandbox, faults):
-    """With mirror_failure = accept, LMTP hands the copies over only once
-    the recipient's commit is over and kept the message: for a delivery
-    whose commit fails (the recipient's maildir new/ can't be written) the
-    writer saves nothing at all (its first save kills it here), for the
-    next one it does."""
-    sb = make_sandbox(users=[ALICE, AUDIT], config=faults.config)
-    sb.mirror_add(ALICE, AUDIT)
+LOCATIONS = {"maildir": None, "sdbox": "sdbox:~/sdbox",
+             "mdbox": "mdbox:~/mdbox"}
+
+
+def storage_sandbox(make_sandbox, faults, fmt):
+    """alice, and a storage AUDIT in the mail format fmt mirroring her"""
+    sb = make_sandbox(users=[ALICE], config=faults.config)
+    if LOCATIONS[fmt] is None:
+        sb.add_user(AUDIT)
+    else:
+        sb.add_user("%s:%s:mail=%s" % (AUDIT, PASSWORD, LOCATIONS[fmt]),
+                    password=None)
+    m = sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    return sb, m
+
+
+def deliver_failing(sb, subject):
+    """A delivery to alice whose own commit fails (her maildir new/ can't
+    be written): 451, and nothing kept."""
     new = os.path.join(sb.dir, "mail", "example.com", "alice", "Maildir",
                        "new")
-    ok(sb.deliver([ALICE], make_message(subject="first")))
-    faults.arm("mirror-copy-saved")
     mode = os.stat(new).st_mode
     os.chmod(new, 0o555)
     try:
-        rcpt, data = sb.deliver([ALICE], make_message(subject="failed"))
+        rcpt, data = sb.deliver([ALICE], make_message(subject=subject))
         assert [c for c, _ in data] == [451], data
     finally:
         os.chmod(new, mode)
-    # a copy handed over before the commit would be saved by now (LMTP
-    # doesn't wait for the save, so the 451 may come first)
-    time.sleep(1)
-    assert not faults.fired, "a copy of a message nobody kept was saved"
+
+
+@needs_fault_points
+@pytest.mark.parametrize("fmt,early", [("maildir", True), ("mdbox", False)])
+def test_copies_are_saved_while_the_delivery_commits_where_that_is_safe(
+        make_sandbox, faults, fmt, early):
+    """With mirror_failure = accept, LMTP hands the copies over (PREPARE)
+    when the recipient's delivery is about to commit, and the writer saves
+    them meanwhile into a maildir or sdbox storage, where a save that is
+    never committed leaves nothing behind; into mdbox only once the
+    delivery kept the message. The writer's first save kills it here: for
+    a delivery whose commit fails, that is during the commit in a maildir
+    storage (and nothing is copied), never in an mdbox one."""
+    sb, m = storage_sandbox(make_sandbox, faults, fmt)
+    faults.arm("mirror-copy-saved")
+    deliver_failing(sb, "failed")
+    if early:
+        # LMTP doesn't wait for the save: its 451 may come first
+        eventually(lambda: faults.fired, True)
+    else:
+        time.sleep(1)
+        assert not faults.fired, "saved into mdbox before the decision"
     ok(sb.deliver([ALICE], make_message(subject="kept")))
     assert faults.fired
     sb.wait_log("Fault point mirror-copy-saved (1): killing this process")
-    sb.wait_log("copying in the LMTP process")
     assert subjects(sb, ALICE) == ["first", "kept"]
     assert subjects(sb, AUDIT) == ["first", "kept"]
+    code, row, err = verify(sb, m["id"])
+    assert code == 0 and row["records"] == "2", (row, err)
+
+
+@needs_fault_points
+@pytest.mark.parametrize("fmt", sorted(LOCATIONS))
+def test_a_writer_killed_before_the_decision_leaves_nothing_to_restore(
+        make_sandbox, faults, fmt):
+    """The writer is killed right after it took a delivery's copies
+    (PREPARE: saved in a maildir or sdbox storage, not yet in mdbox), and
+    the delivery's own commit fails. An index rebuild of the storage
+    (doveadm force-resync, which mdbox also does by itself when it finds
+    its map inconsistent) brings back no copy of that message: the MTA's
+    retry makes the one copy."""
+    sb, m = storage_sandbox(make_sandbox, faults, fmt)
+    faults.arm("mirror-writer-prepared")
+    deliver_failing(sb, "failed")
+    eventually(lambda: faults.fired, True)
+    sb.wait_log("Fault point mirror-writer-prepared (1): killing this "
+                "process")
+    sb.doveadm("force-resync", "-u", AUDIT, "INBOX")
+    assert subjects(sb, AUDIT) == ["first"]
+    ok(sb.deliver([ALICE], make_message(subject="failed")))
+    sb.doveadm("force-resync", "-u", AUDIT, "INBOX")
+    assert subjects(sb, ALICE) == ["failed", "first"]
+    assert subjects(sb, AUDIT) == ["failed", "first"]
+    code, row, err = verify(sb, m["id"])
+    assert code == 0, (code, row, err)
+    assert (row["records"], row["unrecorded"]) == ("2", "0"), row
 
 
 def mirror_copies(sb, mirror_id):
@@ -650,9 +704,9 @@ def writer_session(sb):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(os.path.join(sb.dir, "run", "mirror-writer"))
-    s.sendall(b"VERSION\tmirror-writer\t2\t0\n")
+    s.sendall(b"VERSION\tmirror-writer\t2\t1\n")
     f = s.makefile("rb")
-    assert f.readline() == b"VERSION\tmirror-writer\t2\t0\n"
+    assert f.readline() == b"VERSION\tmirror-writer\t2\t1\n"
     return s, f
 
 

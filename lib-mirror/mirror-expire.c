@@ -488,6 +488,26 @@ mirror_expire_remove_batch(struct mirror_expire_visit *visit,
 	return 0;
 }
 
+/* mdbox's expunge only drops the messages' references: their bytes stay
+   in mail files shared with other messages until the storage is purged
+   (doveadm purge). The scan purges what it removed, so that an expired
+   copy is gone from the disk, as in maildir and sdbox (where purging
+   does nothing). */
+static int mirror_expire_purge(struct mirror_expire_visit *visit,
+			       const char **error_r)
+{
+	struct mail_storage *storage = mailbox_get_storage(visit->box);
+
+	if (mail_storage_purge(storage) < 0) {
+		*error_r = t_strdup_printf("Removed, but purging the mail "
+			"files failed (the copies' bytes are still on disk "
+			"until doveadm purge): %s",
+			mail_storage_get_last_internal_error(storage, NULL));
+		return -1;
+	}
+	return 0;
+}
+
 static int
 mirror_expire_remove(struct mirror_expire_visit *visit,
 		     const ARRAY_TYPE(mirror_expire_due) *due,
@@ -515,6 +535,8 @@ mirror_expire_remove(struct mirror_expire_visit *visit,
 	} T_END_PASS_STR_IF(ret < 0, error_r);
 	if (reclaim != NULL)
 		mirror_expire_reclaim_deinit(&reclaim);
+	if (ret == 0)
+		ret = mirror_expire_purge(visit, error_r);
 	return ret;
 }
 

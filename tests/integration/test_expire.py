@@ -373,6 +373,42 @@ def deleted_files_open(directory):
 FREE_MIN_MESSAGES = 64
 
 
+def test_mdbox_copies_removed_are_gone_from_the_disk(make_sandbox):
+    """In mdbox an expunge only drops a message's references: its bytes
+    stay in the mail files it shares with other messages (m.*) until the
+    storage is purged. The scan purges the storages it removed copies
+    from, so an expired copy is gone from the disk, and one kept stays
+    readable."""
+    sb = make_sandbox(users=[ALICE])
+    sb.add_user("%s:%s:mail=mdbox:~/mdbox" % (AUDIT, PASSWORD),
+                password=None)
+    m = sb.mirror_add(ALICE, storage=AUDIT, days=1)
+    for i in range(3):
+        ok(sb.deliver([ALICE], make_message(subject="old-%d" % i)))
+    files = os.path.join(sb.dir, "mail", "example.com", "audit", "mdbox",
+                         "storage", "m.*")
+
+    def on_disk(text):
+        n = 0
+        for path in glob.glob(files):
+            with open(path, "rb") as f:
+                n += f.read().count(text)
+        return n
+
+    assert on_disk(b"Subject: old-") == 3
+    time.sleep(1.1)
+    ok(sb.deliver([ALICE], make_message(subject="kept")))
+    # a day after the last one's save: the three older ones are due
+    rows, _ = expire(sb, "-T", str(save_dates(sb, AUDIT)[4] + DAY))
+    assert rows[0]["removed"] == "3", rows
+    assert on_disk(b"Subject: old-") == 0
+    assert on_disk(b"Subject: kept") == 1
+    assert len(sb.imap_messages(AUDIT)) == 1
+    code, row = verify(sb, m["id"])
+    assert code == 0 and row["expired"] == "3" and row["present"] == "1", \
+        row
+
+
 @pytest.mark.parametrize("processes", [2, 0])
 def test_removed_files_reclaimed(make_sandbox, processes):
     sb = make_sandbox(users=[ALICE, AUDIT], settings=dict(

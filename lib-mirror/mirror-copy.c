@@ -1653,6 +1653,33 @@ void mirror_copy_group_drop(struct mirror_copy_group *group,
 	}
 }
 
+int mirror_copy_group_move(struct mirror_copy_group *from,
+			   struct mirror_copy_group *to,
+			   struct mirror_copy_target *target,
+			   struct event *event_parent)
+{
+	struct mirror_copy_member *member, *found = NULL;
+	struct mirror_copy_target *left;
+
+	array_foreach_elem(&from->members, member) {
+		if (member->target == target && !member->dropped) {
+			found = member;
+			break;
+		}
+	}
+	i_assert(found != NULL);
+	found->dropped = TRUE;
+	if (!found->deferred)
+		from->resave = TRUE;
+	/* what from's commit sets in its targets goes nowhere */
+	left = p_new(from->pool, struct mirror_copy_target, 1);
+	*left = *target;
+	found->target = left;
+	return mirror_copy_group_save(to, target, found->input,
+				      found->received_date, TRUE,
+				      event_parent);
+}
+
 /* Append the records of the committed copies, one append per mirror. */
 static void
 mirror_copy_group_chain_append(struct mirror_copy_group *group,

@@ -166,6 +166,15 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
    committed (unless it was never saved). */
 void mirror_copy_group_drop(struct mirror_copy_group *group,
 			    struct mirror_copy_target *target);
+/* Move the copy of target, whose delivery hasn't decided yet, from one
+   group into another of the same storage (as mirror_copy_group_save()
+   with undecided): from's other copies don't wait for that decision.
+   If it was saved in from, from's others are saved again without it.
+   Returns as mirror_copy_group_save(). */
+int mirror_copy_group_move(struct mirror_copy_group *from,
+			   struct mirror_copy_group *to,
+			   struct mirror_copy_target *target,
+			   struct event *event_parent);
 /* The copies in the group (not dropped, not failed). */
 unsigned int mirror_copy_group_count(const struct mirror_copy_group *group);
 /* Commit the group's copies in one transaction and append their chain

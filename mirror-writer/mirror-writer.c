@@ -99,6 +99,9 @@ struct writer_batch {
 	/* the commit, once every delivery has decided: after the input
 	   that is ready now, which may bring more copies */
 	struct timeout *to_commit;
+	/* once it has lingered: the copies whose delivery is still in its
+	   commit move to a batch of their own */
+	struct timeout *to_split;
 	bool decided_any;
 	/* no new copies */
 	bool closed;
@@ -211,6 +214,7 @@ static void writer_batch_free(struct writer_batch *batch)
 	}
 	i_assert(batch->committed == NULL);
 	timeout_remove(&batch->to_commit);
+	timeout_remove(&batch->to_split);
 	if (batch->group != NULL)
 		mirror_copy_group_rollback(&batch->group);
 	event_unref(&batch->event);
@@ -460,6 +464,56 @@ static void writer_batches_input_read(void)
 	}
 }
 
+/* The batch has lingered, and some of its deliveries are still in their
+   commit (a recipient's mailbox may be slow, its lock held by someone
+   else): their copies move to a new batch, so that the decided ones are
+   committed and answered now. */
+static void writer_batch_split(struct writer_batch *batch)
+{
+	struct writer_batch *next;
+	struct writer_copy *copy;
+	unsigned int i, moved = 0;
+
+	timeout_remove(&batch->to_split);
+	if (batch->undecided == 0)
+		return;
+	batch->closed = TRUE;
+	next = writer_batch_get(batch->storage);
+	i_assert(next != batch);
+	for (i = 0; i < array_count(&batch->copies); ) {
+		copy = array_idx_elem(&batch->copies, i);
+		if (copy->delivery->decided) {
+			i++;
+			continue;
+		}
+		array_delete(&batch->copies, i, 1);
+		batch->undecided--;
+		moved++;
+		if (mirror_copy_group_move(batch->group, next->group,
+					   &copy->target,
+					   copy->delivery->client == NULL ?
+					   writer_event :
+					   copy->delivery->client->conn.event) < 0) {
+			copy->target.error = p_strdup(copy->delivery->pool,
+						      copy->target.error);
+			copy->batch = NULL;
+			writer_delivery_unref_copy(copy->delivery);
+			continue;
+		}
+		copy->batch = next;
+		array_push_back(&next->copies, &copy);
+		next->undecided++;
+	}
+	e_debug(writer_event, "%s: %u copies wait for their deliveries' "
+		"commit in a batch of their own", batch->storage, moved);
+	if (array_count(&next->copies) == 0)
+		writer_batch_free(next);
+	if (batch->to_commit == NULL) {
+		batch->to_commit = timeout_add_short(0,
+			writer_batch_commit_ready, batch);
+	}
+}
+
 static void writer_batch_decided(struct writer_batch *batch)
 {
 	i_assert(batch->undecided > 0);
@@ -468,9 +522,15 @@ static void writer_batch_decided(struct writer_batch *batch)
 		batch->decided_any = TRUE;
 		batch->first_decided = ioloop_timeval;
 	}
-	if (batch->undecided == 0 && batch->to_commit == NULL) {
-		batch->to_commit = timeout_add_short(0,
-			writer_batch_commit_ready, batch);
+	if (batch->undecided == 0) {
+		timeout_remove(&batch->to_split);
+		if (batch->to_commit == NULL) {
+			batch->to_commit = timeout_add_short(0,
+				writer_batch_commit_ready, batch);
+		}
+	} else if (batch->to_split == NULL) {
+		batch->to_split = timeout_add_short(WRITER_BATCH_LINGER_MSECS,
+						    writer_batch_split, batch);
 	}
 }
 

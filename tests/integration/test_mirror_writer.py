@@ -3,6 +3,7 @@ storage are committed together (group commit), and LMTP copies by itself
 while the writer can't be reached."""
 
 import base64
+import fcntl
 import os
 import re
 import shutil
@@ -551,6 +552,53 @@ def test_a_writer_killed_before_the_decision_leaves_nothing_to_restore(
     code, row, err = verify(sb, m["id"])
     assert code == 0, (code, row, err)
     assert (row["records"], row["unrecorded"]) == ("2", "0"), row
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mdbox"])
+def test_a_delivery_stuck_in_its_commit_holds_up_no_other_copy(
+        make_sandbox, fmt):
+    """The copies of deliveries that are about to commit share a batch.
+    One whose own commit hangs (another process holds the lock of bob's
+    index log: Dovecot waits for it for minutes) must not hold up the
+    others: alice's delivery, mirrored into the same storage, gets its
+    copy and its 250 at once, and bob's copy is made once his commit is
+    over. (bob's copy was saved already into the maildir storage, not
+    yet into the mdbox one.)"""
+    bob = "bob@example.com"
+    sb = make_sandbox(users=[ALICE, bob])
+    if LOCATIONS[fmt] is None:
+        sb.add_user(AUDIT)
+    else:
+        sb.add_user("%s:%s:mail=%s" % (AUDIT, PASSWORD, LOCATIONS[fmt]),
+                    password=None)
+    m = sb.mirror_add("example.com", AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="alice first")))
+    ok(sb.deliver([bob], make_message(subject="bob first")))
+    log = os.path.join(sb.dir, "mail", "example.com", "bob", "Maildir",
+                       "dovecot.index.log")
+    replies = []
+    stuck = threading.Thread(target=lambda: replies.append(
+        sb.deliver([bob], make_message(subject="bob stuck"))))
+    with open(log, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        stuck.start()
+        try:
+            # bob's copy reaches the writer before his commit waits
+            time.sleep(1)
+            assert stuck.is_alive(), replies
+            start = time.monotonic()
+            ok(sb.deliver([ALICE], make_message(subject="alice prompt")))
+            assert time.monotonic() - start < 5
+            assert "alice prompt" in subjects(sb, AUDIT)
+            assert "bob stuck" not in subjects(sb, AUDIT)
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+            stuck.join(30)
+    ok(replies[0])
+    assert subjects(sb, AUDIT) == ["alice first", "alice prompt",
+                                   "bob first", "bob stuck"]
+    code, row, err = verify(sb, m["id"])
+    assert code == 0 and row["records"] == "4", (row, err)
 
 
 def mirror_copies(sb, mirror_id):

@@ -747,8 +747,6 @@ mirror_copier_lookup_user(struct mirror_copier *copier, const char *username,
 	return -1;
 }
 
-/* Set up a storage user and open its INBOX. On success the user is active,
-   with its privileges. */
 /* Whether a save that is never committed (its process killed before the
    commit) leaves nothing behind that the mailbox's format brings back:
    maildir writes it to tmp/ and sdbox to a .temp. file, which no index
@@ -762,6 +760,8 @@ static bool mirror_storage_saves_leave_nothing(struct mailbox *box)
 	return strcmp(name, "maildir") == 0 || strcmp(name, "sdbox") == 0;
 }
 
+/* Set up a storage user and open its INBOX. On success the user is active,
+   with its privileges. */
 static int
 mirror_copier_open(struct mirror_copier *copier, const char *username,
 		   struct mirror_storage **storage_r, const char **error_r)

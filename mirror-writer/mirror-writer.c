@@ -422,13 +422,26 @@ static bool writer_input_pending(void)
 	return count > 0 && poll(fds, count, 0) > 0;
 }
 
+static void writer_batch_split(struct writer_batch *batch);
+
+/* Some of the batch's deliveries decided, others haven't: those get as
+   long as the batch lingers, then their copies move on. */
+static void writer_batch_split_later(struct writer_batch *batch)
+{
+	if (batch->to_split == NULL) {
+		batch->to_split = timeout_add_short(WRITER_BATCH_LINGER_MSECS,
+						    writer_batch_split, batch);
+	}
+}
+
 static void writer_batch_commit_ready(struct writer_batch *batch)
 {
 	timeout_remove(&batch->to_commit);
 	batch->await_input = FALSE;
 	if (batch->undecided > 0) {
 		/* a copy joined meanwhile: its delivery's decision comes
-		   back here */
+		   back here, or its copy moves on */
+		writer_batch_split_later(batch);
 		return;
 	}
 	/* Copies that came while this one was read join it first: under
@@ -528,9 +541,8 @@ static void writer_batch_decided(struct writer_batch *batch)
 			batch->to_commit = timeout_add_short(0,
 				writer_batch_commit_ready, batch);
 		}
-	} else if (batch->to_split == NULL) {
-		batch->to_split = timeout_add_short(WRITER_BATCH_LINGER_MSECS,
-						    writer_batch_split, batch);
+	} else {
+		writer_batch_split_later(batch);
 	}
 }
 

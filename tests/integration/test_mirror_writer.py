@@ -794,6 +794,43 @@ def test_commit_says_whether_the_writer_synced_its_devices(sandbox):
     assert len(subjects(sandbox, AUDIT)) == 5
 
 
+def test_a_copy_that_joins_a_decided_batch_holds_it_up_no_longer(sandbox):
+    """A delivery's COMMIT and another's PREPARE come at the same moment:
+    the second joins the first's batch, whose deliveries had all decided,
+    and never decides (its recipient's commit hangs). The first is
+    answered all the same, within the batch's linger, not when the second
+    LMTP process gives up."""
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    ok(sandbox.deliver([ALICE], make_message(subject="first")))
+    target = [AUDIT, m["id"], "0"]
+    with tempfile.TemporaryFile() as msg:
+        msg.write(make_message(subject="raw"))
+        msg.flush()
+        for tag in range(1, 6):
+            s1, f1 = writer_session(sandbox)
+            s2, f2 = writer_session(sandbox)
+            try:
+                socket.send_fds(s1, [("\t".join(
+                    ["PREPARE", str(tag), "0", "1"] + target) +
+                    "\n").encode()], [msg.fileno()])
+                time.sleep(0.2)
+                # one write each, as close together as can be
+                s1.sendall(b"COMMIT\t%d\n" % tag)
+                socket.send_fds(s2, [("\t".join(
+                    ["PREPARE", "1", "0", "1"] + target) +
+                    "\n").encode()], [msg.fileno()])
+                s1.settimeout(3)
+                reply = f1.readline().rstrip(b"\n").split(b"\t")
+                assert reply[:2] == [b"DONE", b"%d" % tag], reply
+            finally:
+                s1.close()
+                s2.close()
+    # the second ones were never kept
+    assert subjects(sandbox, AUDIT) == ["first"] + ["raw"] * 5
+    code, row, err = verify(sandbox, m["id"])
+    assert code == 0 and row["records"] == "6", (row, err)
+
+
 def test_bad_requests_are_refused_and_change_nothing(sandbox):
     m = sandbox.mirror_add(ALICE, AUDIT)
     target = ["SAVE", "1", "0", "1", AUDIT, m["id"], "0"]

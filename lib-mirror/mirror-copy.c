@@ -757,7 +757,9 @@ static bool mirror_storage_saves_leave_nothing(struct mailbox *box)
 {
 	const char *name = mailbox_get_storage(box)->name;
 
-	return strcmp(name, "maildir") == 0 || strcmp(name, "sdbox") == 0;
+	/* "dbox" is sdbox's old name */
+	return strcmp(name, "maildir") == 0 || strcmp(name, "sdbox") == 0 ||
+		strcmp(name, "dbox") == 0;
 }
 
 /* Set up a storage user and open its INBOX. On success the user is active,

@@ -142,6 +142,8 @@ struct writer_delivery {
 	unsigned int sync_dev_count;
 	long long sync_since_usecs;
 	enum writer_sync_state sync_state;
+	/* handed over with PREPARE: LMTP doesn't wait for the saves */
+	bool prepared;
 	bool decided, kept;
 };
 
@@ -174,7 +176,25 @@ static bool writer_batch_lingered(const struct writer_batch *batch)
 	return diff < 0 || diff >= WRITER_BATCH_LINGER_MSECS;
 }
 
-static struct writer_batch *writer_batch_get(const char *storage)
+static struct writer_batch *writer_batch_new(const char *storage)
+{
+	struct writer_batch *batch;
+
+	batch = i_new(struct writer_batch, 1);
+	batch->event = event_create(writer_event);
+	batch->storage = i_strdup(storage);
+	batch->group = mirror_copy_group_begin(writer_copier, storage);
+	i_array_init(&batch->copies, 8);
+	array_push_back(&writer_batches, &batch);
+	return batch;
+}
+
+/* The storage's open batch for a new copy. A copy whose delivery is still
+   to commit (PREPARE) doesn't join a batch whose deliveries have all
+   decided and that is about to commit: it would wait for that commit's
+   decision. */
+static struct writer_batch *
+writer_batch_get(const char *storage, bool undecided)
 {
 	struct writer_batch *batch;
 
@@ -189,15 +209,11 @@ static struct writer_batch *writer_batch_get(const char *storage)
 			batch->closed = TRUE;
 			continue;
 		}
+		if (undecided && batch->to_commit != NULL)
+			continue;
 		return batch;
 	}
-	batch = i_new(struct writer_batch, 1);
-	batch->event = event_create(writer_event);
-	batch->storage = i_strdup(storage);
-	batch->group = mirror_copy_group_begin(writer_copier, storage);
-	i_array_init(&batch->copies, 8);
-	array_push_back(&writer_batches, &batch);
-	return batch;
+	return writer_batch_new(storage);
 }
 
 static void writer_batch_free(struct writer_batch *batch)
@@ -480,7 +496,8 @@ static void writer_batches_input_read(void)
 /* The batch has lingered, and some of its deliveries are still in their
    commit (a recipient's mailbox may be slow, its lock held by someone
    else): their copies move to a new batch, so that the decided ones are
-   committed and answered now. */
+   committed and answered now. Not those of SAVE (mirror_failure =
+   tempfail): their delivery commits because they were saved. */
 static void writer_batch_split(struct writer_batch *batch)
 {
 	struct writer_batch *next;
@@ -491,11 +508,10 @@ static void writer_batch_split(struct writer_batch *batch)
 	if (batch->undecided == 0)
 		return;
 	batch->closed = TRUE;
-	next = writer_batch_get(batch->storage);
-	i_assert(next != batch);
+	next = writer_batch_new(batch->storage);
 	for (i = 0; i < array_count(&batch->copies); ) {
 		copy = array_idx_elem(&batch->copies, i);
-		if (copy->delivery->decided) {
+		if (copy->delivery->decided || !copy->delivery->prepared) {
 			i++;
 			continue;
 		}
@@ -517,11 +533,14 @@ static void writer_batch_split(struct writer_batch *batch)
 		array_push_back(&next->copies, &copy);
 		next->undecided++;
 	}
-	e_debug(writer_event, "%s: %u copies wait for their deliveries' "
-		"commit in a batch of their own", batch->storage, moved);
+	if (moved > 0) {
+		e_debug(writer_event, "%s: %u copies wait for their "
+			"deliveries' commit in the next batch",
+			batch->storage, moved);
+	}
 	if (array_count(&next->copies) == 0)
 		writer_batch_free(next);
-	if (batch->to_commit == NULL) {
+	if (batch->undecided == 0 && batch->to_commit == NULL) {
 		batch->to_commit = timeout_add_short(0,
 			writer_batch_commit_ready, batch);
 	}
@@ -707,6 +726,7 @@ writer_client_save(struct writer_client *client, const char *const *args,
 	delivery->pool = pool;
 	delivery->client = client;
 	delivery->tag = tag;
+	delivery->prepared = prepare;
 	/* LMTP wrote the whole message before sending the descriptor: its
 	   end is known, and is not read() again at every save's end */
 	input = i_stream_create_fd_autoclose(&fd, IO_BLOCK_SIZE);
@@ -731,7 +751,7 @@ writer_client_save(struct writer_client *client, const char *const *args,
 	for (i = 0; i < count; i++) {
 		copy = &delivery->copies[i];
 		copy->delivery = delivery;
-		batch = writer_batch_get(copy->target.storage);
+		batch = writer_batch_get(copy->target.storage, prepare);
 		str_append_c(reply, '\t');
 		if (mirror_copy_group_save(batch->group, &copy->target,
 					   delivery->input,

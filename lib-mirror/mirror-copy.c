@@ -1445,8 +1445,6 @@ struct mirror_copy_group {
 	time_t started;
 	/* a copy left the transaction: it is saved again without it */
 	bool resave;
-	/* members wait for their save until the commit */
-	bool deferred;
 };
 
 static uint32_t
@@ -1533,7 +1531,6 @@ static void mirror_copy_group_resave(struct mirror_copy_group *group)
 		}
 	}
 	group->resave = FALSE;
-	group->deferred = FALSE;
 }
 
 /* Save the deferred members, whose deliveries kept the message, into the
@@ -1543,7 +1540,6 @@ static void mirror_copy_group_save_deferred(struct mirror_copy_group *group)
 	struct mirror_copy_member *member;
 	const char *error;
 
-	group->deferred = FALSE;
 	array_foreach_elem(&group->members, member) {
 		if (!member->deferred || member->dropped)
 			continue;
@@ -1610,7 +1606,6 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	if (ret == 0 && undecided && !group->storage->early_save) {
 		/* saved at the commit, if its delivery keeps it */
 		member->deferred = TRUE;
-		group->deferred = TRUE;
 		mirror_storage_deactivate(group->storage);
 	} else if (ret == 0) {
 		if (mirror_copy_group_save_member(group, member, &error) < 0) {
@@ -1638,21 +1633,39 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	return ret;
 }
 
+static struct mirror_copy_member *
+mirror_copy_group_find_member(struct mirror_copy_group *group,
+			      const struct mirror_copy_target *target)
+{
+	struct mirror_copy_member *member;
+
+	array_foreach_elem(&group->members, member) {
+		if (member->target == target && !member->dropped)
+			return member;
+	}
+	return NULL;
+}
+
+/* Take the member out of the group: the others are saved again without
+   it, unless it was never saved. */
+static void mirror_copy_group_leave(struct mirror_copy_group *group,
+				    struct mirror_copy_member *member)
+{
+	member->dropped = TRUE;
+	if (!member->deferred)
+		group->resave = TRUE;
+}
+
 void mirror_copy_group_drop(struct mirror_copy_group *group,
 			    struct mirror_copy_target *target)
 {
 	struct mirror_copy_member *member;
 
-	array_foreach_elem(&group->members, member) {
-		if (member->target == target && !member->dropped) {
-			member->dropped = TRUE;
-			/* one never saved leaves the transaction as it is */
-			if (!member->deferred)
-				group->resave = TRUE;
-			target->error = "Not copied, because the delivery "
-				"kept nothing";
-		}
-	}
+	member = mirror_copy_group_find_member(group, target);
+	if (member == NULL)
+		return;
+	mirror_copy_group_leave(group, member);
+	target->error = "Not copied, because the delivery kept nothing";
 }
 
 int mirror_copy_group_move(struct mirror_copy_group *from,
@@ -1660,25 +1673,18 @@ int mirror_copy_group_move(struct mirror_copy_group *from,
 			   struct mirror_copy_target *target,
 			   struct event *event_parent)
 {
-	struct mirror_copy_member *member, *found = NULL;
+	struct mirror_copy_member *member;
 	struct mirror_copy_target *left;
 
-	array_foreach_elem(&from->members, member) {
-		if (member->target == target && !member->dropped) {
-			found = member;
-			break;
-		}
-	}
-	i_assert(found != NULL);
-	found->dropped = TRUE;
-	if (!found->deferred)
-		from->resave = TRUE;
+	member = mirror_copy_group_find_member(from, target);
+	i_assert(member != NULL);
+	mirror_copy_group_leave(from, member);
 	/* what from's commit sets in its targets goes nowhere */
 	left = p_new(from->pool, struct mirror_copy_target, 1);
 	*left = *target;
-	found->target = left;
-	return mirror_copy_group_save(to, target, found->input,
-				      found->received_date, TRUE,
+	member->target = left;
+	return mirror_copy_group_save(to, target, member->input,
+				      member->received_date, TRUE,
 				      event_parent);
 }
 
@@ -1890,7 +1896,7 @@ int mirror_copy_group_commit(struct mirror_copy_group *group)
 	if (group->storage != NULL) {
 		if (!mirror_storage_activate(group->storage, &error))
 			i_panic("mirror: %s", error);
-		if (group->deferred && !group->resave)
+		if (!group->resave)
 			mirror_copy_group_save_deferred(group);
 		if (group->resave)
 			mirror_copy_group_resave(group);

@@ -2,7 +2,8 @@
 
 /* The client side of the mirror-writer protocol (mirror-writer-client.h).
    LMTP delivers one message at a time, so every call waits for the one
-   reply it needs, as Dovecot's auth-master client does. The connection
+   reply it needs (PREPARE has none), as Dovecot's auth-master client
+   does. The connection
    lives in an ioloop of its own, created with it and run only while a
    call waits: nothing comes from the writer unasked, and a wait costs no
    ioloop to create and no io to move (which would also take the

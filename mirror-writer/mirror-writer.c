@@ -518,10 +518,9 @@ static void writer_batch_split(struct writer_batch *batch)
 		array_delete(&batch->copies, i, 1);
 		batch->undecided--;
 		moved++;
+		/* (an undecided delivery's LMTP process is still there) */
 		if (mirror_copy_group_move(batch->group, next->group,
 					   &copy->target,
-					   copy->delivery->client == NULL ?
-					   writer_event :
 					   copy->delivery->client->conn.event) < 0) {
 			copy->target.error = p_strdup(copy->delivery->pool,
 						      copy->target.error);
@@ -746,18 +745,14 @@ writer_client_save(struct writer_client *client, const char *const *args,
 	}
 	array_push_back(&client->deliveries, &delivery);
 
-	reply = t_str_new(64);
-	str_printfa(reply, "SAVED\t%u", tag);
 	for (i = 0; i < count; i++) {
 		copy = &delivery->copies[i];
 		copy->delivery = delivery;
 		batch = writer_batch_get(copy->target.storage, prepare);
-		str_append_c(reply, '\t');
 		if (mirror_copy_group_save(batch->group, &copy->target,
 					   delivery->input,
 					   (time_t)received, prepare,
 					   client->conn.event) < 0) {
-			str_append_tabescaped(reply, copy->target.error);
 			copy->target.error =
 				p_strdup(pool, copy->target.error);
 			if (array_count(&batch->copies) == 0) {
@@ -773,11 +768,20 @@ writer_client_save(struct writer_client *client, const char *const *args,
 		batch->undecided++;
 		delivery->pending++;
 	}
-	if (!prepare) {
-		str_append_c(reply, '\n');
-		o_stream_nsend(client->conn.output, str_data(reply),
-			       str_len(reply));
+	if (prepare)
+		return 1;
+
+	reply = t_str_new(64);
+	str_printfa(reply, "SAVED\t%u", tag);
+	for (i = 0; i < count; i++) {
+		str_append_c(reply, '\t');
+		if (delivery->copies[i].target.error != NULL) {
+			str_append_tabescaped(reply,
+				delivery->copies[i].target.error);
+		}
 	}
+	str_append_c(reply, '\n');
+	o_stream_nsend(client->conn.output, str_data(reply), str_len(reply));
 	return 1;
 }
 

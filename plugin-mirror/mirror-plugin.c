@@ -152,16 +152,16 @@ enum mirror_readonly_mode mirror_user_get_readonly(struct mail_user *user)
 	return muser == NULL ? MIRROR_READONLY_NONE : muser->readonly;
 }
 
-static bool
-mirror_delivery_fs_find(const ARRAY_TYPE(mirror_delivery_fs) *fss, dev_t dev)
+static struct mirror_delivery_fs *
+mirror_delivery_fs_find(ARRAY_TYPE(mirror_delivery_fs) *fss, dev_t dev)
 {
-	const struct mirror_delivery_fs *fs;
+	struct mirror_delivery_fs *fs;
 
-	array_foreach(fss, fs) {
+	array_foreach_modifiable(fss, fs) {
 		if (fs->dev == dev)
-			return TRUE;
+			return fs;
 	}
-	return FALSE;
+	return NULL;
 }
 
 /* Before the delivery's first write into box: the filesystems of the
@@ -182,7 +182,7 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 	const char *path, *opened, *open_error, *error = NULL;
 	struct stat st;
 	unsigned int i;
-	bool covered = TRUE, dup;
+	bool covered = TRUE;
 
 	if (watch->since_usecs == 0)
 		watch->since_usecs = mirror_monotonic_usecs();
@@ -213,7 +213,7 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 		/* one descriptor per filesystem (they are usually all on
 		   one) */
 		if (stat(path, &st) == 0 &&
-		    mirror_delivery_fs_find(&found, st.st_dev))
+		    mirror_delivery_fs_find(&found, st.st_dev) != NULL)
 			continue;
 		fs = array_append_space(&found);
 		fs->fd = -1;
@@ -231,14 +231,9 @@ mirror_box_sync_init(struct mirror_delivery_watch *watch, struct mailbox *box)
 		return MIRROR_BOX_SYNC_NORMAL;
 	}
 	array_foreach_modifiable(&found, fs) {
-		dup = FALSE;
-		array_foreach_modifiable(&watch->fss, old) {
-			if (old->dev == fs->dev) {
-				old->deferred = old->deferred || covered;
-				dup = TRUE;
-			}
-		}
-		if (dup) {
+		old = mirror_delivery_fs_find(&watch->fss, fs->dev);
+		if (old != NULL) {
+			old->deferred = old->deferred || covered;
 			i_close_fd(&fs->fd);
 			continue;
 		}

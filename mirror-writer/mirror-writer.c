@@ -440,6 +440,18 @@ static bool writer_input_pending(void)
 
 static void writer_batch_split(struct writer_batch *batch);
 
+/* Every delivery of the batch has decided: it commits once the ioloop has
+   read the input that is ready (writer_batch_commit_ready()). */
+static void writer_batch_all_decided(struct writer_batch *batch)
+{
+	i_assert(batch->undecided == 0);
+	timeout_remove(&batch->to_split);
+	if (batch->to_commit == NULL) {
+		batch->to_commit = timeout_add_short(0,
+			writer_batch_commit_ready, batch);
+	}
+}
+
 /* Some of the batch's deliveries decided, others haven't: those get as
    long as the batch lingers, then their copies move on. */
 static void writer_batch_split_later(struct writer_batch *batch)
@@ -539,10 +551,8 @@ static void writer_batch_split(struct writer_batch *batch)
 	}
 	if (array_count(&next->copies) == 0)
 		writer_batch_free(next);
-	if (batch->undecided == 0 && batch->to_commit == NULL) {
-		batch->to_commit = timeout_add_short(0,
-			writer_batch_commit_ready, batch);
-	}
+	if (batch->undecided == 0)
+		writer_batch_all_decided(batch);
 }
 
 static void writer_batch_decided(struct writer_batch *batch)
@@ -553,15 +563,10 @@ static void writer_batch_decided(struct writer_batch *batch)
 		batch->decided_any = TRUE;
 		batch->first_decided = ioloop_timeval;
 	}
-	if (batch->undecided == 0) {
-		timeout_remove(&batch->to_split);
-		if (batch->to_commit == NULL) {
-			batch->to_commit = timeout_add_short(0,
-				writer_batch_commit_ready, batch);
-		}
-	} else {
+	if (batch->undecided == 0)
+		writer_batch_all_decided(batch);
+	else
 		writer_batch_split_later(batch);
-	}
 }
 
 static void writer_delivery_free(struct writer_delivery *delivery)

@@ -479,12 +479,15 @@ def make_sandbox(request, reaper):
     started = []
 
     def start(users=(), sieve_before=None, settings=None, store=None,
-              mail_dir=None, config=None, init=True):
-        """init=False: the registry is not set up (doveadm mirror init)."""
+              mail_dir=None, config=None, init=True, as_installed=False):
+        """init=False: the registry is not set up (doveadm mirror init);
+        as_installed: start --as-installed."""
         d = tempfile.mkdtemp(prefix="mirror-test-")
         args = [SANDBOX, "start", d]
         if not init:
             args.append("--no-init")
+        if as_installed:
+            args.append("--as-installed")
         if store is None and STORE != "embedded":
             store = session_store()
         if store is not None:

@@ -140,6 +140,28 @@ def test_operator_config_is_included_and_kept(make_sandbox):
     assert "Unknown setting: no_such_setting" in r.stderr, r.stderr
 
 
+def test_as_installed_leaves_out_the_tests_debug_log_and_metrics(
+        make_sandbox):
+    """start --as-installed (scripts/bench): no debug line for every copy
+    and none of the example file's metrics, as on an administrator's
+    server; mirroring works as ever."""
+    users = ["alice@example.com", "audit@example.com"]
+    for as_installed in (False, True):
+        sb = make_sandbox(users=users, as_installed=as_installed)
+        assert doveconf(sb, "log_debug") == \
+            ("" if as_installed else "event=mirror_copy_finished")
+        assert ("mirror_copies" in doveconf(sb, "metric")) != as_installed
+        m = sb.mirror_add("alice@example.com", "audit@example.com")
+        _, data = sb.deliver(["alice@example.com"])
+        assert [code for code, _ in data] == [250], data
+        assert len(sb.imap_messages("audit@example.com")) == 1
+        line = "Mirror %s: copied" % m["id"]
+        if as_installed:
+            assert line not in sb.log()
+        else:
+            sb.wait_log(line)
+
+
 def test_user_add_returns_when_the_user_can_log_in(make_sandbox):
     sb = make_sandbox()
     for i in range(3):

@@ -813,7 +813,16 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 				      mirror_storage_context_deactivate, storage);
 
 	ns = mail_namespace_find_inbox(storage->user->namespaces);
-	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY);
+	/* Every commit syncs the index, and a sync marks each message from
+	   the index's first \Recent one on as recent again, one at a time.
+	   A storage is read rarely, and the writer keeps it open: so without
+	   dropping the flags as IMAP's SELECT does, each commit stepped
+	   through every copy the storage had received since its reader last
+	   looked. Copies are archived, not news: each commit drops the flags
+	   of those before it (dbox syncs before it appends, so the last
+	   commit's copies stay recent until the next one). */
+	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY |
+				     MAILBOX_FLAG_DROP_RECENT);
 	if (mailbox_open(storage->box) < 0) {
 		*error_r = t_strdup_printf(
 			"Failed to open INBOX of storage user %s: %s",

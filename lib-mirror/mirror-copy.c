@@ -762,6 +762,32 @@ static bool mirror_storage_saves_leave_nothing(struct mailbox *box)
 		strcmp(name, "dbox") == 0;
 }
 
+/* Every commit syncs the index, and a dbox sync marks each message from
+   the index's first \Recent one on as recent again, one at a time.
+   Nobody selects a storage over IMAP (which would move that point), so
+   each commit stepped through every copy the storage had ever received.
+   Copies are archived, not news: the copies from before this open are
+   no longer recent, and a commit steps through those since (a storage
+   is opened again after MIRROR_STORAGE_MAX_COPIES). Not with
+   MAILBOX_FLAG_DROP_RECENT: that writes the header again at every
+   commit, and syncs it where the storage fsyncs. */
+static void mirror_storage_drop_recent(struct mirror_storage *storage)
+{
+	struct mailbox_status status;
+	struct mailbox_update update;
+
+	mailbox_get_open_status(storage->box, STATUS_UIDNEXT, &status);
+	i_zero(&update);
+	update.min_first_recent_uid = status.uidnext;
+	if (mailbox_update(storage->box, &update) < 0) {
+		/* the copies only cost more */
+		e_warning(storage->box->event, "mirror: Can't drop the "
+			  "\\Recent flags of storage %s: %s",
+			  storage->username, mailbox_get_last_internal_error(
+				storage->box, NULL));
+	}
+}
+
 /* Set up a storage user and open its INBOX. On success the user is active,
    with its privileges. */
 static int
@@ -813,16 +839,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 				      mirror_storage_context_deactivate, storage);
 
 	ns = mail_namespace_find_inbox(storage->user->namespaces);
-	/* Every commit syncs the index, and a sync marks each message from
-	   the index's first \Recent one on as recent again, one at a time.
-	   A storage is read rarely, and the writer keeps it open: so without
-	   dropping the flags as IMAP's SELECT does, each commit stepped
-	   through every copy the storage had received since its reader last
-	   looked. Copies are archived, not news: each commit drops the flags
-	   of those before it (dbox syncs before it appends, so the last
-	   commit's copies stay recent until the next one). */
-	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY |
-				     MAILBOX_FLAG_DROP_RECENT);
+	storage->box = mailbox_alloc(ns->list, "INBOX", MAILBOX_FLAG_SAVEONLY);
 	if (mailbox_open(storage->box) < 0) {
 		*error_r = t_strdup_printf(
 			"Failed to open INBOX of storage user %s: %s",
@@ -832,6 +849,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 		mirror_storage_free(&storage);
 		return -1;
 	}
+	mirror_storage_drop_recent(storage);
 	if (copier->defer_sync)
 		mirror_storage_sync_devs_init(copier, storage);
 	storage->early_save = mirror_storage_saves_leave_nothing(storage->box);

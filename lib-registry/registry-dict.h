@@ -33,6 +33,20 @@ struct registry {
 /* dict_lookup() with the key in the error. 1 found, 0 not, -1 error. */
 int registry_get(struct registry *reg, const char *key,
 		 const char **value_r, const char **error_r);
+/* registry_get() that returns at once: callback is called with what it
+   would have returned once the answer is in (from the ioloop, or from
+   registry_wait()). value and error are valid only during the call. */
+typedef void registry_get_callback_t(int ret, const char *value,
+				     const char *error, void *context);
+void registry_get_async(struct registry *reg, const char *key,
+			registry_get_callback_t *callback, void *context);
+#define registry_get_async(reg, key, callback, context) \
+	registry_get_async(reg, key - \
+		CALLBACK_TYPECHECK(callback, void (*)( \
+			int, const char *, const char *, typeof(context))), \
+		(registry_get_callback_t *)callback, context)
+/* Wait until every registry_get_async() of reg has called back. */
+void registry_wait(struct registry *reg);
 /* Look up count keys; values_r[i] is the value (from pool) or NULL when
    the key doesn't exist. The lookups are pipelined where the dict can.
    0, or -1 with the first error. */

@@ -88,6 +88,49 @@ int registry_get(struct registry *reg, const char *key,
 	return ret;
 }
 
+struct registry_get_async_ctx {
+	char *key;
+	registry_get_callback_t *callback;
+	void *context;
+};
+
+static void
+registry_get_async_callback(const struct dict_lookup_result *result,
+			    struct registry_get_async_ctx *ctx)
+{
+	const char *error = NULL;
+
+	if (result->ret < 0) {
+		error = t_strdup_printf("dict lookup of %s failed: %s",
+					ctx->key, result->error);
+	}
+	ctx->callback(result->ret, result->value, error, ctx->context);
+	i_free(ctx->key);
+	i_free(ctx);
+}
+
+#undef registry_get_async
+void registry_get_async(struct registry *reg, const char *key,
+			registry_get_callback_t *callback, void *context)
+{
+	struct registry_get_async_ctx *ctx;
+
+	/* as registry_get() */
+	i_assert(reg->transactions == 0);
+
+	ctx = i_new(struct registry_get_async_ctx, 1);
+	ctx->key = i_strdup(key);
+	ctx->callback = callback;
+	ctx->context = context;
+	dict_lookup_async(reg->dict, &reg->opset, key,
+			  registry_get_async_callback, ctx);
+}
+
+void registry_wait(struct registry *reg)
+{
+	dict_wait(reg->dict);
+}
+
 /* Lookups pipelined where the dict can (the dict proxy), one by one
    where it can't; a batch at a time, so that a large registry doesn't
    queue everything at once. */

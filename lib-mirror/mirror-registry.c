@@ -60,6 +60,58 @@ int mirror_registry_storage_lookup(struct registry *reg,
 	return array_count(defs) > 0 ? 1 : 0;
 }
 
+struct mirror_registry_storage_ctx {
+	char *storage;
+	mirror_registry_storage_callback_t *callback;
+	void *context;
+};
+
+static void
+mirror_registry_storage_lookup_callback(int ret, const char *value,
+					const char *error,
+					struct mirror_registry_storage_ctx *ctx)
+{
+	ARRAY_TYPE(mirror_def) defs;
+
+	if (ret > 0) T_BEGIN {
+		t_array_init(&defs, 4);
+		if (mirror_defs_decode(value, pool_datastack_create(), &defs,
+				       &error) < 0) {
+			error = t_strdup_printf(
+				"Broken registry data for storage %s: %s",
+				str_sanitize(ctx->storage, 80), error);
+			ret = -1;
+		} else {
+			ret = array_count(&defs) > 0 ? 1 : 0;
+		}
+		ctx->callback(ret, error, ctx->context);
+	} T_END;
+	else
+		ctx->callback(ret, error, ctx->context);
+	i_free(ctx->storage);
+	i_free(ctx);
+}
+
+#undef mirror_registry_storage_lookup_async
+void mirror_registry_storage_lookup_async(struct registry *reg,
+	const char *storage, mirror_registry_storage_callback_t *callback,
+	void *context)
+{
+	struct mirror_registry_storage_ctx *ctx;
+
+	ctx = i_new(struct mirror_registry_storage_ctx, 1);
+	ctx->storage = i_strdup(storage);
+	ctx->callback = callback;
+	ctx->context = context;
+	registry_get_async(reg, mirror_storage_key(storage),
+			   mirror_registry_storage_lookup_callback, ctx);
+}
+
+void mirror_registry_wait(struct registry *reg)
+{
+	registry_wait(reg);
+}
+
 int mirror_registry_lookup(struct registry *reg, const char *source,
 			   pool_t pool, ARRAY_TYPE(mirror_def) *defs,
 			   const char **error_r)

@@ -36,6 +36,22 @@ int mirror_registry_storage_lookup(struct registry *reg,
 				   const char *storage, pool_t pool,
 				   ARRAY_TYPE(mirror_def) *defs,
 				   const char **error_r);
+/* Whether storage is a mirror's storage, as mirror_registry_storage_lookup()
+   returns it, without waiting: callback is called with 1, 0 or -1 (and
+   the error) once the answer is in, from the ioloop or from
+   mirror_registry_wait() (registry_get_async()). */
+typedef void mirror_registry_storage_callback_t(int ret, const char *error,
+						void *context);
+void mirror_registry_storage_lookup_async(struct registry *reg,
+	const char *storage, mirror_registry_storage_callback_t *callback,
+	void *context);
+#define mirror_registry_storage_lookup_async(reg, storage, callback, context) \
+	mirror_registry_storage_lookup_async(reg, storage - \
+		CALLBACK_TYPECHECK(callback, void (*)( \
+			int, const char *, typeof(context))), \
+		(mirror_registry_storage_callback_t *)callback, context)
+/* Wait until the registry's lookups without waiting have called back. */
+void mirror_registry_wait(struct registry *reg);
 /* Add a mirror. def->id, def->created and def->auto_storage are filled in.
    With password_hash != NULL the storage user is created too, in the same
    transaction. Returns 1 if added, 0 if an identical mirror (same source

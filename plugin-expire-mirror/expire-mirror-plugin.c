@@ -67,6 +67,14 @@ struct expire_mirror_user {
 	   into a storage it keeps open. */
 	time_t recent_oldest, recent_at, unverified;
 	struct timeout *to_verify;
+	/* Whether the user is a storage is looked up after the first
+	   commit that saved, without waiting (expire_mirror_saved_later()):
+	   LMTP hands the delivery's copies to mirror-writer meanwhile. The
+	   earliest save date committed before the answer was used (0:
+	   none), and the timeout that uses it back in the ioloop. */
+	time_t pending_saved;
+	struct timeout *to_pending;
+	bool lookup_pending:1;
 	bool oldest_known:1;
 	/* An index write failed: no more tries in this session, so that an
 	   unwritable registry costs each copy nothing and logs one error. */
@@ -116,6 +124,31 @@ static int expire_mirror_registry(struct mail_user *user,
 			     euser->event, &euser->registry, error_r);
 }
 
+/* The answer to whether the user is a storage: 1, 0, or -1 with error. */
+static void
+expire_mirror_storage_answer(struct expire_mirror_user *euser, int ret,
+			     const char *error)
+{
+	if (ret < 0) {
+		/* try again at the next change; logged once for a run of
+		   failures, not for every message */
+		if (registry_failure_begin()) {
+			e_error(euser->event, "Can't tell whether the user is "
+				"a mirror storage, its expire index is not "
+				"updated: %s (logged once)", error);
+		}
+		return;
+	}
+	if (registry_failure_end()) {
+		e_info(euser->event, "Mirror storages can be told again: "
+		       "their expire index is updated");
+	}
+	euser->storage = ret > 0 ? EXPIRE_MIRROR_STORAGE_YES :
+		EXPIRE_MIRROR_STORAGE_NO;
+	if (ret > 0)
+		e_debug(euser->event, "Mirror storage: keeping its expire index");
+}
+
 /* Returns TRUE if user is a mirror storage, looking it up the first time. */
 static bool expire_mirror_is_storage(struct mail_user *user,
 				     struct expire_mirror_user *euser)
@@ -136,24 +169,7 @@ static bool expire_mirror_is_storage(struct mail_user *user,
 						     pool_datastack_create(),
 						     &defs, &error);
 	}
-	if (ret < 0) {
-		/* try again at the next change; logged once for a run of
-		   failures, not for every message */
-		if (registry_failure_begin()) {
-			e_error(euser->event, "Can't tell whether the user is "
-				"a mirror storage, its expire index is not "
-				"updated: %s (logged once)", error);
-		}
-		return FALSE;
-	}
-	if (registry_failure_end()) {
-		e_info(euser->event, "Mirror storages can be told again: "
-		       "their expire index is updated");
-	}
-	euser->storage = ret > 0 ? EXPIRE_MIRROR_STORAGE_YES :
-		EXPIRE_MIRROR_STORAGE_NO;
-	if (ret > 0)
-		e_debug(euser->event, "Mirror storage: keeping its expire index");
+	expire_mirror_storage_answer(euser, ret, error);
 	return ret > 0;
 }
 
@@ -381,6 +397,71 @@ expire_mirror_saved(struct mail_user *user, struct expire_mirror_user *euser,
 }
 
 static void
+expire_mirror_storage_lookup_callback(int ret, const char *error,
+				      struct mail_user *user)
+{
+	struct expire_mirror_user *euser =
+		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
+
+	/* only the answer: the index is read and written by what uses the
+	   saves (never inside the dict's own wait for this answer) */
+	euser->lookup_pending = FALSE;
+	expire_mirror_storage_answer(euser, ret, error);
+}
+
+/* Use the save date that waited for the answer to whether the user is a
+   storage, waiting for the answer if it isn't in yet. */
+static void expire_mirror_saved_pending(struct mail_user *user)
+{
+	struct expire_mirror_user *euser =
+		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
+	time_t save_date;
+
+	timeout_remove(&euser->to_pending);
+	if (euser->lookup_pending)
+		mirror_registry_wait(euser->registry);
+	i_assert(!euser->lookup_pending);
+	save_date = euser->pending_saved;
+	euser->pending_saved = 0;
+	if (save_date == 0 || euser->failed ||
+	    euser->storage != EXPIRE_MIRROR_STORAGE_YES)
+		return;
+	euser->oldest_known = FALSE;
+	T_BEGIN {
+		expire_mirror_saved(user, euser, save_date);
+	} T_END;
+}
+
+/* A commit saved mail, and whether the user is a storage isn't known yet:
+   it is looked up without waiting, and the save date used once the
+   process is back in its ioloop or the user is deinitialized. In LMTP
+   that is after the delivery's copies were handed to mirror-writer (the
+   mirror plugin's commit ends after this one), so that the lookup's
+   round trip runs while the writer commits them, not before. */
+static void
+expire_mirror_saved_later(struct mail_user *user,
+			  struct expire_mirror_user *euser, time_t save_date)
+{
+	const char *error;
+
+	if (euser->pending_saved == 0 || save_date < euser->pending_saved)
+		euser->pending_saved = save_date;
+	if (euser->to_pending == NULL) {
+		euser->to_pending = timeout_add_short(0,
+			expire_mirror_saved_pending, user);
+	}
+	if (euser->lookup_pending)
+		return;
+	if (expire_mirror_registry(user, euser, &error) < 0) {
+		expire_mirror_storage_answer(euser, -1, error);
+		return;
+	}
+	euser->lookup_pending = TRUE;
+	mirror_registry_storage_lookup_async(euser->registry, user->username,
+		expire_mirror_storage_lookup_callback, user);
+}
+
+static void
 expire_mirror_expunged(struct mailbox *box, struct expire_mirror_user *euser,
 		       const struct expire_mirror_transaction *et)
 {
@@ -449,19 +530,30 @@ expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 	int ret;
 
 	ret = mbox->super.transaction_commit(t, changes_r);
-	if (ret == 0 && (et->saved || et->expunged) && !euser->failed &&
-	    expire_mirror_is_storage(user, euser)) T_BEGIN {
-		/* The scan, or an expunge elsewhere, may have changed the
-		   index since it was read, even while this transaction was
-		   open (mirror-writer and a cached LMTP connection keep a
-		   storage open for long): read it again after every commit,
-		   unless a save may trust what was read in this second
-		   (expire_mirror_saved()). */
-		euser->oldest_known = FALSE;
-		if (et->saved)
-			expire_mirror_saved(user, euser, et->min_saved);
-		if (et->expunged)
-			expire_mirror_expunged(box, euser, et);
+	if (ret < 0 || (!et->saved && !et->expunged) || euser->failed)
+		;
+	else if (et->saved && !et->expunged &&
+		 euser->storage == EXPIRE_MIRROR_STORAGE_UNKNOWN) {
+		expire_mirror_saved_later(user, euser, et->min_saved);
+	} else T_BEGIN {
+		/* the saves that waited for the lookup come first */
+		if (euser->to_pending != NULL)
+			expire_mirror_saved_pending(user);
+		if (expire_mirror_is_storage(user, euser)) {
+			/* The scan, or an expunge elsewhere, may have changed
+			   the index since it was read, even while this
+			   transaction was open (mirror-writer and a cached
+			   LMTP connection keep a storage open for long): read
+			   it again after every commit, unless a save may
+			   trust what was read in this second
+			   (expire_mirror_saved()). */
+			euser->oldest_known = FALSE;
+			if (et->saved)
+				expire_mirror_saved(user, euser,
+						    et->min_saved);
+			if (et->expunged)
+				expire_mirror_expunged(box, euser, et);
+		}
 	} T_END;
 	expire_mirror_transaction_free(et);
 	return ret;
@@ -578,6 +670,8 @@ static void expire_mirror_user_deinit(struct mail_user *user)
 	struct expire_mirror_user *euser =
 		EXPIRE_MIRROR_USER_CONTEXT_REQUIRE(user);
 
+	if (euser->to_pending != NULL)
+		expire_mirror_saved_pending(user);
 	if (euser->to_verify != NULL)
 		expire_mirror_verify(user);
 	registry_deinit(&euser->registry);

@@ -231,6 +231,20 @@ def test_index_kept_through_deliveries(sb):
     assert index(sb, ALICE) is None
 
 
+def test_index_set_by_mail_delivered_to_the_storage_itself(sb):
+    # An existing mailbox used as a storage gets mail of its own too.
+    # Whether a recipient is a storage is looked up after its commit
+    # without waiting; the index is set before the delivery's 250 all
+    # the same.
+    sb.mirror_add(ALICE, storage=AUDIT, days=5)
+    deliver(sb, AUDIT)
+    assert_index_at_save(sb, AUDIT, save_dates(sb, AUDIT)[1])
+    deliver(sb, ALICE)
+    assert_index_at_save(sb, AUDIT, save_dates(sb, AUDIT)[1])
+    deliver(sb, BOB)
+    assert index(sb, BOB) is None
+
+
 def test_index_removed_under_a_busy_storage_comes_back(sb):
     # The scan (or an expunge) may remove the entry while mirror-writer
     # keeps the storage open and copies into it many times a second: a

@@ -107,39 +107,24 @@ def test_small_and_large_messages_reach_the_writer_whole(sandbox):
     assert batch_stats(sandbox)[1:] == (2, 0)
 
 
-def traced_syscalls(pids, action, done=None):
-    """The calls of fsync(), fdatasync() and syncfs() of the processes
-    pids, and their answers (mirror-writer's DONE, LMTP's 250), in order,
-    while action runs (strace). A process that is gone before strace
-    attaches is left out. done(calls): whether all that is awaited has
+def traced_lines(pids, action, done, trace, size=8):
+    """strace's lines of the calls trace of the processes pids (strings
+    cut to size) while action runs. A process that is gone before strace
+    attaches is left out. done(lines): whether all that is awaited has
     been seen (strace may still be writing it when action returns)."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     fd, out = tempfile.mkstemp(prefix="strace.")
     os.close(fd)
     args = ["strace", "-e", "signal=none", "-e", "status=successful",
-            "-e", "trace=fsync,fdatasync,syncfs,write,writev", "-s", "8",
-            "-o", out]
+            "-e", "trace=" + trace, "-s", str(size), "-o", out]
     for pid in pids:
         args += ["-p", str(pid)]
     tracer = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
 
-    def calls():
-        found = []
+    def lines():
         with open(out) as f:
-            for line in f:
-                m = re.match(r'(\d+ +)?(\w+)\(\d+(, (\[\{iov_base=)?"'
-                             r'([^"]*))?', line)
-                if m is None:
-                    continue
-                if not m.group(2).startswith("write"):
-                    found.append(m.group(2))
-                elif (m.group(5) or "").startswith("DONE"):
-                    found.append("DONE")
-                elif (m.group(5) or "").startswith("250 2.0"):
-                    # a delivery's reply (MAIL and RCPT get 250 2.1)
-                    found.append("250")
-        return found
+            return f.readlines()
 
     try:
         # "strace: Process N attached", or why not, once per process
@@ -155,7 +140,7 @@ def traced_syscalls(pids, action, done=None):
         assert attached > 0
         action()
         deadline = time.time() + 5
-        while done is not None and not done(calls()) and \
+        while done is not None and not done(lines()) and \
                 time.time() < deadline:
             time.sleep(0.05)
     finally:
@@ -163,9 +148,38 @@ def traced_syscalls(pids, action, done=None):
         tracer.wait()
         tracer.stderr.close()
     try:
-        return calls()
+        return lines()
     finally:
         os.unlink(out)
+
+
+def sync_calls(lines):
+    """The syncs among strace's lines, with mirror-writer's DONE and
+    LMTP's 250 of a delivery."""
+    found = []
+    for line in lines:
+        m = re.match(r'(\d+ +)?(\w+)\(\d+(, (\[\{iov_base=)?"'
+                     r'([^"]*))?', line)
+        if m is None:
+            continue
+        if not m.group(2).startswith("write"):
+            found.append(m.group(2))
+        elif (m.group(5) or "").startswith("DONE"):
+            found.append("DONE")
+        elif (m.group(5) or "").startswith("250 2.0"):
+            # a delivery's reply (MAIL and RCPT get 250 2.1)
+            found.append("250")
+    return found
+
+
+def traced_syscalls(pids, action, done=None):
+    """The calls of fsync(), fdatasync() and syncfs() of the processes
+    pids, and their answers (mirror-writer's DONE, LMTP's 250), in order,
+    while action runs. done(calls): whether all that is awaited has been
+    seen."""
+    return sync_calls(traced_lines(
+        pids, action, done and (lambda lines: done(sync_calls(lines))),
+        "fsync,fdatasync,syncfs,write,writev"))
 
 
 def writer_syscalls(sb, action):
@@ -390,6 +404,43 @@ def test_a_mirrored_delivery_is_synced_with_its_copies(make_sandbox):
         set(calls[2:-1]) <= {"fdatasync"}, calls
     assert subjects(sb, ALICE) == ["first", "synced"]
     assert subjects(sb, AUDIT) == ["first", "synced"]
+
+
+def test_the_recipients_storage_lookup_runs_while_the_writer_commits(
+        sandbox):
+    """Whether the recipient is a mirror storage (whose expire index its
+    delivery would keep) is looked up after its commit without waiting:
+    LMTP hands the copies to the writer (COMMIT) before it reads the
+    registry's answer, so that the round trip runs beside the writer's
+    commit and sync instead of before them."""
+    sandbox.mirror_add(ALICE, AUDIT)
+    session = sandbox.lmtp()
+    try:
+        ok(session.send([ALICE], make_message(subject="first")))
+        lines = traced_lines(
+            lmtp_pids(sandbox, 0),
+            lambda: ok(session.send([ALICE], make_message(subject="x"))),
+            lambda lines: any('"250 2.0' in l for l in lines),
+            "read,write,writev", size=64)
+    finally:
+        session.close()
+    calls = []
+    for line in lines:
+        m = re.match(r'(?:\d+ +)?(\w+)\((\d+), (?:\[\{iov_base=)?"([^"]*)',
+                     line)
+        if m is not None:
+            calls.append((m.group(1), int(m.group(2)), m.group(3)))
+    lookup = [i for i, (_, _, text) in enumerate(calls)
+              if text.startswith("Lshared/mirror/storage/" + ALICE)]
+    assert len(lookup) == 1, calls
+    fd = calls[lookup[0]][1]
+    answer = [i for i, (call, cfd, _) in enumerate(calls)
+              if call == "read" and cfd == fd and i > lookup[0]]
+    commit = [i for i, (call, _, text) in enumerate(calls)
+              if call.startswith("write") and text.startswith("COMMIT")]
+    assert answer and len(commit) == 1, calls
+    assert lookup[0] < commit[0] < answer[0], calls
+    assert subjects(sandbox, AUDIT) == ["first", "x"]
 
 
 def test_a_delivery_the_writer_cant_sync_syncs_as_usual(other_fs):

@@ -67,9 +67,9 @@ struct expire_mirror_user {
 	   into a storage it keeps open. */
 	time_t recent_oldest, recent_at, unverified;
 	struct timeout *to_verify;
-	/* Whether the user is a storage is looked up after the first
-	   commit that saved, without waiting (expire_mirror_saved_later()):
-	   LMTP hands the delivery's copies to mirror-writer meanwhile. The
+	/* Whether the user is a storage is looked up after a delivery's
+	   commit without waiting (expire_mirror_saved_later()): LMTP hands
+	   the delivery's copies to mirror-writer meanwhile. The
 	   earliest save date committed before the answer was used (0:
 	   none), and the timeout that uses it back in the ioloop. */
 	time_t pending_saved;
@@ -432,12 +432,16 @@ static void expire_mirror_saved_pending(struct mail_user *user)
 	} T_END;
 }
 
-/* A commit saved mail, and whether the user is a storage isn't known yet:
-   it is looked up without waiting, and the save date used once the
-   process is back in its ioloop or the user is deinitialized. In LMTP
-   that is after the delivery's copies were handed to mirror-writer (the
-   mirror plugin's commit ends after this one), so that the lookup's
-   round trip runs while the writer commits them, not before. */
+/* A delivery (LMTP, LDA: a mailbox opened for one) saved mail, and
+   whether the user is a storage isn't known yet: it is looked up without
+   waiting, and the save date used once the process is back in its ioloop
+   or the user is deinitialized, which Dovecot does before it answers the
+   delivery. In LMTP that is after the delivery's copies were handed to
+   mirror-writer (the mirror plugin's commit ends after this one), so that
+   the lookup's round trip runs while the writer commits them, not before.
+   Other sessions (mirror-writer's copies, IMAP) may answer before they
+   are back in the ioloop: they wait, so that what they answered for is
+   in the index. */
 static void
 expire_mirror_saved_later(struct mail_user *user,
 			  struct expire_mirror_user *euser, time_t save_date)
@@ -533,6 +537,7 @@ expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 	if (ret < 0 || (!et->saved && !et->expunged) || euser->failed)
 		;
 	else if (et->saved && !et->expunged &&
+		 (box->flags & MAILBOX_FLAG_POST_SESSION) != 0 &&
 		 euser->storage == EXPIRE_MIRROR_STORAGE_UNKNOWN) {
 		expire_mirror_saved_later(user, euser, et->min_saved);
 	} else T_BEGIN {

@@ -443,6 +443,34 @@ def test_the_recipients_storage_lookup_runs_while_the_writer_commits(
     assert subjects(sandbox, AUDIT) == ["first", "x"]
 
 
+@pytest.mark.parametrize("fsync", ["yes", "no"])
+def test_a_new_storages_expire_index_is_set_before_the_answer(
+        make_sandbox, fsync):
+    """mirror-writer answers (DONE) without going back to its ioloop, with
+    mirror_fsync = no even without a sync in between: the first copy into
+    a storage it opened waits for the answer to whether the user is a
+    storage, and its save date is in the expire index before DONE (only
+    a delivery, whose user Dovecot deinitializes before answering it,
+    reads that answer later)."""
+    audit2 = "audit2@example.com"
+    sb = make_sandbox(users=[ALICE, AUDIT, audit2],
+                      settings={"mirror_fsync": fsync})
+    sb.mirror_add(ALICE, AUDIT)
+    ok(sb.deliver([ALICE], make_message(subject="first")))
+    sb.mirror_add(ALICE, audit2)
+    lines = traced_lines(
+        writer_pids(sb)[:1],
+        lambda: ok(sb.deliver([ALICE], make_message(subject="second"))),
+        lambda lines: any('"DONE' in l for l in lines),
+        "write,writev", size=80)
+    expire = [i for i, l in enumerate(lines)
+              if "shared/mirror/expire/" + audit2 in l]
+    done = [i for i, l in enumerate(lines) if '"DONE' in l]
+    assert expire and len(done) == 1, lines
+    assert expire[-1] < done[0], lines
+    assert subjects(sb, audit2) == ["second"]
+
+
 def test_a_delivery_the_writer_cant_sync_syncs_as_usual(other_fs):
     """The recipient's mail is on a filesystem that no storage of the
     writer is on: the writer says so in its DONE, and LMTP's deliveries

@@ -39,18 +39,15 @@ const char *mirror_status_key(unsigned int id, const char *what)
 	return t_strdup_printf(MIRROR_KEY_STATUS"%u/%s", id, what);
 }
 
-int mirror_registry_storage_lookup(struct registry *reg,
-				   const char *storage, pool_t pool,
-				   ARRAY_TYPE(mirror_def) *defs,
-				   const char **error_r)
+/* The value of storage's key, found: 1 if it names mirrors (appended to
+   defs), 0 if none, -1 if it is broken. */
+static int
+mirror_registry_storage_decode(const char *storage, const char *value,
+			       pool_t pool, ARRAY_TYPE(mirror_def) *defs,
+			       const char **error_r)
 {
-	const char *value, *error;
-	int ret;
+	const char *error;
 
-	ret = registry_get(reg, mirror_storage_key(storage), &value,
-			   error_r);
-	if (ret <= 0)
-		return ret;
 	if (mirror_defs_decode(value, pool, defs, &error) < 0) {
 		*error_r = t_strdup_printf(
 			"Broken registry data for storage %s: %s",
@@ -58,6 +55,22 @@ int mirror_registry_storage_lookup(struct registry *reg,
 		return -1;
 	}
 	return array_count(defs) > 0 ? 1 : 0;
+}
+
+int mirror_registry_storage_lookup(struct registry *reg,
+				   const char *storage, pool_t pool,
+				   ARRAY_TYPE(mirror_def) *defs,
+				   const char **error_r)
+{
+	const char *value;
+	int ret;
+
+	ret = registry_get(reg, mirror_storage_key(storage), &value,
+			   error_r);
+	if (ret <= 0)
+		return ret;
+	return mirror_registry_storage_decode(storage, value, pool, defs,
+					      error_r);
 }
 
 struct mirror_registry_storage_ctx {
@@ -73,21 +86,14 @@ mirror_registry_storage_lookup_callback(int ret, const char *value,
 {
 	ARRAY_TYPE(mirror_def) defs;
 
-	if (ret > 0) T_BEGIN {
-		t_array_init(&defs, 4);
-		if (mirror_defs_decode(value, pool_datastack_create(), &defs,
-				       &error) < 0) {
-			error = t_strdup_printf(
-				"Broken registry data for storage %s: %s",
-				str_sanitize(ctx->storage, 80), error);
-			ret = -1;
-		} else {
-			ret = array_count(&defs) > 0 ? 1 : 0;
+	T_BEGIN {
+		if (ret > 0) {
+			t_array_init(&defs, 4);
+			ret = mirror_registry_storage_decode(ctx->storage,
+				value, pool_datastack_create(), &defs, &error);
 		}
 		ctx->callback(ret, error, ctx->context);
 	} T_END;
-	else
-		ctx->callback(ret, error, ctx->context);
 	i_free(ctx->storage);
 	i_free(ctx);
 }
@@ -105,11 +111,6 @@ void mirror_registry_storage_lookup_async(struct registry *reg,
 	ctx->context = context;
 	registry_get_async(reg, mirror_storage_key(storage),
 			   mirror_registry_storage_lookup_callback, ctx);
-}
-
-void mirror_registry_wait(struct registry *reg)
-{
-	registry_wait(reg);
 }
 
 int mirror_registry_lookup(struct registry *reg, const char *source,

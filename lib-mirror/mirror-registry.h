@@ -39,7 +39,7 @@ int mirror_registry_storage_lookup(struct registry *reg,
 /* Whether storage is a mirror's storage, as mirror_registry_storage_lookup()
    returns it, without waiting: callback is called with 1, 0 or -1 (and
    the error) once the answer is in, from the ioloop or from
-   mirror_registry_wait() (registry_get_async()). */
+   registry_wait() (registry_get_async()). */
 typedef void mirror_registry_storage_callback_t(int ret, const char *error,
 						void *context);
 void mirror_registry_storage_lookup_async(struct registry *reg,
@@ -50,8 +50,6 @@ void mirror_registry_storage_lookup_async(struct registry *reg,
 		CALLBACK_TYPECHECK(callback, void (*)( \
 			int, const char *, typeof(context))), \
 		(mirror_registry_storage_callback_t *)callback, context)
-/* Wait until the registry's lookups without waiting have called back. */
-void mirror_registry_wait(struct registry *reg);
 /* Add a mirror. def->id, def->created and def->auto_storage are filled in.
    With password_hash != NULL the storage user is created too, in the same
    transaction. Returns 1 if added, 0 if an identical mirror (same source

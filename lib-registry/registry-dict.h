@@ -45,8 +45,6 @@ void registry_get_async(struct registry *reg, const char *key,
 		CALLBACK_TYPECHECK(callback, void (*)( \
 			int, const char *, const char *, typeof(context))), \
 		(registry_get_callback_t *)callback, context)
-/* Wait until every registry_get_async() of reg has called back. */
-void registry_wait(struct registry *reg);
 /* Look up count keys; values_r[i] is the value (from pool) or NULL when
    the key doesn't exist. The lookups are pipelined where the dict can.
    0, or -1 with the first error. */

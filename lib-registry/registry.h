@@ -30,6 +30,9 @@ int registry_init_unchecked(const char *dict_uri, const char *base_dir,
 			    struct event *event_parent,
 			    struct registry **reg_r, const char **error_r);
 void registry_deinit(struct registry **reg);
+/* Wait until every lookup of reg that doesn't wait for its answer
+   (registry-dict.h's registry_get_async()) has called back. */
+void registry_wait(struct registry *reg);
 
 /* A process that reads the registry for every delivery logs a run of
    failures (an unavailable or damaged registry) once, not once per

@@ -419,7 +419,7 @@ static void expire_mirror_saved_pending(struct mail_user *user)
 
 	timeout_remove(&euser->to_pending);
 	if (euser->lookup_pending)
-		mirror_registry_wait(euser->registry);
+		registry_wait(euser->registry);
 	i_assert(!euser->lookup_pending);
 	save_date = euser->pending_saved;
 	euser->pending_saved = 0;

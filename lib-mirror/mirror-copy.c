@@ -738,6 +738,8 @@ mirror_copier_lookup_user(struct mirror_copier *copier, const char *username,
 	input.event_parent = copier->event_parent;
 	ret = mail_storage_service_lookup(copier->storage_service, &input,
 					  service_user_r, &error);
+	/* it may have regained root */
+	mirror_privileges_forget();
 	if (ret > 0)
 		return 0;
 	*error_r = ret == 0 ?
@@ -797,6 +799,7 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 	struct mirror_storage *storage;
 	struct mail_namespace *ns;
 	const char *error;
+	int ret;
 
 	storage = i_new(struct mirror_storage, 1);
 	storage->username = i_strdup(username);
@@ -810,9 +813,12 @@ mirror_copier_open(struct mirror_copier *copier, const char *username,
 						  "mail_fsync", "never",
 						  &error) <= 0)
 		i_panic("mirror: Can't set mail_fsync=never: %s", error);
-	if (mail_storage_service_next(copier->storage_service,
-				      storage->service_user,
-				      &storage->user, &error) < 0) {
+	ret = mail_storage_service_next(copier->storage_service,
+					storage->service_user,
+					&storage->user, &error);
+	/* it switched to the user's identity, or failed half-way */
+	mirror_privileges_forget();
+	if (ret < 0) {
 		*error_r = t_strdup_printf(
 			"Failed to initialize storage user %s: %s",
 			username, error);

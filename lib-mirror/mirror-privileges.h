@@ -23,4 +23,14 @@ void mirror_privileges_get(pool_t pool, struct mirror_privileges *p);
 int mirror_privileges_set(const struct mirror_privileges *p,
 			  const char **error_r);
 
+/* For a process whose identity only these functions and the mail storage
+   service calls that it follows with mirror_privileges_forget() change
+   (mirror-writer): remember the identity they set or read, so that
+   mirror_privileges_get() and mirror_privileges_set() read no more than
+   the effective uid (a change of it from elsewhere is noticed). */
+void mirror_privileges_track(void);
+/* After a call that may have changed the identity (a mail storage service
+   lookup or user setup) */
+void mirror_privileges_forget(void);
+
 #endif

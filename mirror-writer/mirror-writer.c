@@ -59,6 +59,7 @@
 #include "mirror-copy.h"
 #include "mirror-event.h"
 #include "mirror-log.h"
+#include "mirror-privileges.h"
 #include "mirror-setting.h"
 #include "mirror-writer-client.h"
 #include "mirror-count-journal.h"
@@ -994,6 +995,10 @@ int main(int argc, char *argv[])
 	/* root, as LMTP: each storage is written as its user */
 	restrict_access_by_env(RESTRICT_ACCESS_FLAG_ALLOW_ROOT, NULL);
 	restrict_access_allow_coredumps(TRUE);
+	/* switching to a storage's user and back around every batch needs
+	   no more than one geteuid() to know where it is: nothing else
+	   changes this process's identity behind the copier's back */
+	mirror_privileges_track();
 
 	writer_event = event_create(NULL);
 	event_add_category(writer_event, &event_category_mirror);

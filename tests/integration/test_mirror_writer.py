@@ -86,6 +86,64 @@ def test_concurrent_copies_share_a_transaction(sandbox):
         (str(total), "0", str(total)), row
 
 
+def test_copies_of_one_batch_are_written_as_each_storages_user(
+        make_sandbox):
+    """The writer switches to each storage's uid, gid and groups for its
+    copies and back, also when it remembers where it is instead of asking
+    the kernel: a maildir storage saved into while the delivery commits,
+    an mdbox one at the commit, both in the same batches."""
+    import pwd
+    if os.geteuid() != 0:
+        pytest.skip("needs root to have users of several uids")
+    daemon, bin_ = pwd.getpwnam("daemon"), pwd.getpwnam("bin")
+    sys_gid = 3
+    sb = make_sandbox(users=[ALICE])
+    owners = {}
+    for user, pw, gid, mail in [
+            ("audit-maildir@example.com", daemon, daemon.pw_gid, ""),
+            ("audit-mdbox@example.com", bin_, sys_gid,
+             " mail=mdbox:~/mdbox")]:
+        home = tempfile.mkdtemp(prefix="audit-home-", dir=sb.dir)
+        os.chown(home, pw.pw_uid, gid)
+        sb.add_user("%s:%s:uid=%d gid=%d home=%s%s"
+                    % (user, PASSWORD, pw.pw_uid, gid, home, mail),
+                    password=None)
+        sb.mirror_add(ALICE, user)
+        owners[user] = (home, (pw.pw_uid, gid))
+    errors = []
+
+    def mta(n):
+        s = sb.lmtp()
+        try:
+            for i in range(3):
+                ok(s.send([ALICE], make_message(subject="s%d-%d" % (n, i))))
+        except Exception as e:          # reported below
+            errors.append(e)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=mta, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    batches, copies, failures = batch_stats(sb)
+    assert (copies, failures) == (36, 0)
+    assert batches < 36, batches
+    for user, (home, ids) in owners.items():
+        assert len(subjects(sb, user)) == 18
+        found = {(st.st_uid, st.st_gid) for st in
+                 (os.stat(os.path.join(r, f))
+                  for r, dirs, files in os.walk(home) for f in files + dirs)}
+        assert found == {ids}, (user, found)
+    nobody = pwd.getpwnam("nobody")
+    alice_dir = os.path.join(sb.dir, "mail", "example.com", "alice")
+    assert {os.stat(os.path.join(r, f)).st_uid
+            for r, _, files in os.walk(alice_dir) for f in files} == \
+        {nobody.pw_uid}
+
+
 @needs_fault_points
 def test_small_and_large_messages_reach_the_writer_whole(sandbox):
     # LMTP hands a message of up to 128 KB over in a memory file, a larger

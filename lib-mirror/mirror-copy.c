@@ -877,9 +877,12 @@ mirror_copier_lookup(struct mirror_copier *copier, const char *username,
 	return 0;
 }
 
+/* The storage, opened if it isn't open. An open one is activated only
+   with activate, a newly opened one always: active_r says which. */
 static int
-mirror_copier_get(struct mirror_copier *copier, const char *username,
-		  struct mirror_storage **storage_r, const char **error_r)
+mirror_copier_get_storage(struct mirror_copier *copier, const char *username,
+			  bool activate, struct mirror_storage **storage_r,
+			  bool *active_r, const char **error_r)
 {
 	struct mirror_storage *storage;
 
@@ -901,8 +904,9 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 		storage = NULL;
 	}
 	if (storage != NULL) {
-		if (!mirror_storage_activate(storage, error_r))
+		if (activate && !mirror_storage_activate(storage, error_r))
 			return -1;
+		*active_r = activate;
 	} else {
 		mirror_copier_evict(copier);
 		if (mirror_copier_open(copier, username, &storage,
@@ -910,11 +914,23 @@ mirror_copier_get(struct mirror_copier *copier, const char *username,
 			return -1;
 		storage->validated = ioloop_time;
 		array_push_back(&copier->storages, &storage);
+		*active_r = TRUE;
 	}
 	storage->last_used = ioloop_time;
 	storage->copies++;
 	*storage_r = storage;
 	return 0;
+}
+
+/* The storage, opened if needed, and active */
+static int
+mirror_copier_get(struct mirror_copier *copier, const char *username,
+		  struct mirror_storage **storage_r, const char **error_r)
+{
+	bool active;
+
+	return mirror_copier_get_storage(copier, username, TRUE, storage_r,
+					 &active, error_r);
 }
 
 static struct istream *
@@ -1611,6 +1627,7 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	struct mirror_copy_member *member;
 	struct mirror_copy_caller caller;
 	const char *error;
+	bool active = FALSE;
 	int ret = 0;
 
 	member = p_new(group->pool, struct mirror_copy_member, 1);
@@ -1625,21 +1642,26 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	mirror_privileges_get(pool_datastack_create(), &caller.privs);
 	mirror_copy_caller_leave(&caller);
 	if (group->storage == NULL) {
-		if (mirror_copier_get(copier, group->storage_name,
-				      &group->storage, &error) < 0)
+		/* an open storage is activated below, if it saves now */
+		if (mirror_copier_get_storage(copier, group->storage_name,
+					      FALSE, &group->storage, &active,
+					      &error) < 0)
 			ret = -1;
 		else
 			group->storage->busy++;
-	} else if (!mirror_storage_activate(group->storage, &error)) {
-		i_panic("mirror: %s", error);
 	} else {
 		group->storage->last_used = ioloop_time;
 		group->storage->copies++;
 	}
 	if (ret == 0 && undecided && !group->storage->early_save) {
-		/* saved at the commit, if its delivery keeps it */
+		/* saved at the commit, if its delivery keeps it: nothing
+		   to do as the storage's user now */
 		member->deferred = TRUE;
-		mirror_storage_deactivate(group->storage);
+		if (active)
+			mirror_storage_deactivate(group->storage);
+	} else if (ret == 0 && !active &&
+		   !mirror_storage_activate(group->storage, &error)) {
+		ret = -1;
 	} else if (ret == 0) {
 		if (mirror_copy_group_save_member(group, member, &error) < 0) {
 			/* the transaction may not take more after a failed

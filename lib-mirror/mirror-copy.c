@@ -1627,7 +1627,7 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	struct mirror_copy_member *member;
 	struct mirror_copy_caller caller;
 	const char *error;
-	bool active = FALSE;
+	bool active = FALSE, fetched = FALSE;
 	int ret = 0;
 
 	member = p_new(group->pool, struct mirror_copy_member, 1);
@@ -1643,6 +1643,7 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	mirror_copy_caller_leave(&caller);
 	if (group->storage == NULL) {
 		/* an open storage is activated below, if it saves now */
+		fetched = TRUE;
 		if (mirror_copier_get_storage(copier, group->storage_name,
 					      FALSE, &group->storage, &active,
 					      &error) < 0)
@@ -1662,6 +1663,11 @@ int mirror_copy_group_save(struct mirror_copy_group *group,
 	} else if (ret == 0 && !active &&
 		   !mirror_storage_activate(group->storage, &error)) {
 		ret = -1;
+		if (fetched) {
+			/* as if it had failed to open */
+			group->storage->busy--;
+			group->storage = NULL;
+		}
 	} else if (ret == 0) {
 		if (mirror_copy_group_save_member(group, member, &error) < 0) {
 			/* the transaction may not take more after a failed

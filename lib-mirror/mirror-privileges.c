@@ -37,12 +37,14 @@ static void mirror_privileges_remember(const struct mirror_privileges *p)
 }
 
 /* The remembered identity, if it is still known and the effective uid
-   agrees with it */
+   and gid agree with it (Dovecot's storage service changes both; mbox
+   locking with mail_privileged_group the effective gid alone) */
 static const struct mirror_privileges *mirror_privileges_recall(void)
 {
 	if (!mirror_privileges_cur.known)
 		return NULL;
-	if (geteuid() != mirror_privileges_cur.privs.uid) {
+	if (geteuid() != mirror_privileges_cur.privs.uid ||
+	    getegid() != mirror_privileges_cur.privs.gid) {
 		mirror_privileges_cur.known = FALSE;
 		return NULL;
 	}

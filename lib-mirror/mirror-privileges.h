@@ -27,7 +27,8 @@ int mirror_privileges_set(const struct mirror_privileges *p,
    service calls that it follows with mirror_privileges_forget() change
    (mirror-writer): remember the identity they set or read, so that
    mirror_privileges_get() and mirror_privileges_set() read no more than
-   the effective uid (a change of it from elsewhere is noticed). */
+   the effective uid and gid (a change of either from elsewhere is
+   noticed). */
 void mirror_privileges_track(void);
 /* After a call that may have changed the identity (a mail storage service
    lookup or user setup) */

@@ -996,8 +996,10 @@ int main(int argc, char *argv[])
 	restrict_access_by_env(RESTRICT_ACCESS_FLAG_ALLOW_ROOT, NULL);
 	restrict_access_allow_coredumps(TRUE);
 	/* switching to a storage's user and back around every batch needs
-	   no more than one geteuid() to know where it is: nothing else
-	   changes this process's identity behind the copier's back */
+	   no more than geteuid() and getegid() to know where it is: only
+	   the copier and the storage service it calls change this process's
+	   identity (mbox locking may change the effective gid, which is
+	   noticed) */
 	mirror_privileges_track();
 
 	writer_event = event_create(NULL);

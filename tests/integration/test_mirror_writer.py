@@ -52,13 +52,13 @@ def batch_stats(sb):
         int(rows["failures"]["sum"])
 
 
-def test_concurrent_copies_share_a_transaction(sandbox):
-    m = sandbox.mirror_add(ALICE, AUDIT)
-    sessions, per_session = 8, 6
+def deliver_concurrently(sb, sessions, per_session):
+    """Deliver per_session messages to alice over each of sessions LMTP
+    connections at once, as an MTA does; each must get its 250."""
     errors = []
 
     def mta(n):
-        s = sandbox.lmtp()
+        s = sb.lmtp()
         try:
             for i in range(per_session):
                 ok(s.send([ALICE], make_message(subject="s%d-%d" % (n, i))))
@@ -74,6 +74,12 @@ def test_concurrent_copies_share_a_transaction(sandbox):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_concurrent_copies_share_a_transaction(sandbox):
+    m = sandbox.mirror_add(ALICE, AUDIT)
+    sessions, per_session = 8, 6
+    deliver_concurrently(sandbox, sessions, per_session)
     total = sessions * per_session
     assert len(subjects(sandbox, AUDIT)) == total
     batches, copies, failures = batch_stats(sandbox)
@@ -114,24 +120,7 @@ def test_copies_of_one_batch_are_written_as_each_storages_user(
                     password=None)
         sb.mirror_add(ALICE, user)
         owners[user] = (home, (pw.pw_uid, gid))
-    errors = []
-
-    def mta(n):
-        s = sb.lmtp()
-        try:
-            for i in range(3):
-                ok(s.send([ALICE], make_message(subject="s%d-%d" % (n, i))))
-        except Exception as e:          # reported below
-            errors.append(e)
-        finally:
-            s.close()
-
-    threads = [threading.Thread(target=mta, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    deliver_concurrently(sb, 6, 3)
     _, copies, failures = batch_stats(sb)
     assert (copies, failures) == (54, 0)
     for user, (home, ids) in owners.items():

@@ -520,6 +520,36 @@ static void expire_mirror_transaction_free(struct expire_mirror_transaction *et)
 	i_free(et);
 }
 
+/* A commit of box saved or expunged mail. */
+static void
+expire_mirror_committed(struct mailbox *box, struct expire_mirror_user *euser,
+			const struct expire_mirror_transaction *et)
+{
+	struct mail_user *user = box->storage->user;
+
+	if (et->saved && !et->expunged &&
+	    (box->flags & MAILBOX_FLAG_POST_SESSION) != 0 &&
+	    euser->storage == EXPIRE_MIRROR_STORAGE_UNKNOWN) {
+		expire_mirror_saved_later(user, euser, et->min_saved);
+		return;
+	}
+	/* the saves that waited for the lookup come first */
+	if (euser->to_pending != NULL)
+		expire_mirror_saved_pending(user);
+	if (!expire_mirror_is_storage(user, euser))
+		return;
+	/* The scan, or an expunge elsewhere, may have changed the index
+	   since it was read, even while this transaction was open
+	   (mirror-writer and a cached LMTP connection keep a storage open
+	   for long): read it again after every commit, unless a save may
+	   trust what was read in this second (expire_mirror_saved()). */
+	euser->oldest_known = FALSE;
+	if (et->saved)
+		expire_mirror_saved(user, euser, et->min_saved);
+	if (et->expunged)
+		expire_mirror_expunged(box, euser, et);
+}
+
 static int
 expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 				 struct mail_transaction_commit_changes *changes_r)
@@ -534,31 +564,8 @@ expire_mirror_transaction_commit(struct mailbox_transaction_context *t,
 	int ret;
 
 	ret = mbox->super.transaction_commit(t, changes_r);
-	if (ret < 0 || (!et->saved && !et->expunged) || euser->failed)
-		;
-	else if (et->saved && !et->expunged &&
-		 (box->flags & MAILBOX_FLAG_POST_SESSION) != 0 &&
-		 euser->storage == EXPIRE_MIRROR_STORAGE_UNKNOWN) {
-		expire_mirror_saved_later(user, euser, et->min_saved);
-	} else T_BEGIN {
-		/* the saves that waited for the lookup come first */
-		if (euser->to_pending != NULL)
-			expire_mirror_saved_pending(user);
-		if (expire_mirror_is_storage(user, euser)) {
-			/* The scan, or an expunge elsewhere, may have changed
-			   the index since it was read, even while this
-			   transaction was open (mirror-writer and a cached
-			   LMTP connection keep a storage open for long): read
-			   it again after every commit, unless a save may
-			   trust what was read in this second
-			   (expire_mirror_saved()). */
-			euser->oldest_known = FALSE;
-			if (et->saved)
-				expire_mirror_saved(user, euser,
-						    et->min_saved);
-			if (et->expunged)
-				expire_mirror_expunged(box, euser, et);
-		}
+	if (ret == 0 && (et->saved || et->expunged) && !euser->failed) T_BEGIN {
+		expire_mirror_committed(box, euser, et);
 	} T_END;
 	expire_mirror_transaction_free(et);
 	return ret;

@@ -21,8 +21,12 @@ per sandbox through Dovecot's dict-sql. Tests look at the registry through
 doveadm and the dict proxy (Sandbox.registry_get), whatever the backend.
 """
 
+import contextlib
 import glob
 import imaplib
+import importlib.machinery
+import importlib.util
+import io
 import json
 import os
 import poplib
@@ -52,6 +56,33 @@ REGISTRY = "proxy:mirror-registry:mirror"
 os.environ["MIRROR_PORT_RANGE"] = "%d-%d" % ports.worker_range()
 # how long a stopping master may take before it is killed
 STOP_TIMEOUT = 20
+
+
+def _load_sandbox_script():
+    loader = importlib.machinery.SourceFileLoader("sandbox_script", SANDBOX)
+    spec = importlib.util.spec_from_loader("sandbox_script", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+_sandbox_script = _load_sandbox_script()
+
+
+def sandbox_command(cmd, *args):
+    """scripts/sandbox CMD ARGS... run in this process: what it printed.
+    Its own commands, not a copy of them; run as a command of their own,
+    they cost every test a Python interpreter's start. A failure (the
+    script's die()) fails the test with what the script printed."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            getattr(_sandbox_script, "cmd_" + cmd.replace("-", "_"))(
+                list(args))
+    except SystemExit as e:
+        raise AssertionError("scripts/sandbox %s failed (%s): %s"
+                             % (cmd, e.code, err.getvalue()))
+    return out.getvalue()
 
 
 _session_redis = None
@@ -215,7 +246,7 @@ class Sandbox:
     def add_user(self, user, password=PASSWORD):
         """user may be a whole ADDRESS:PASSWORD:FIELDS spec (password=None)."""
         spec = user if password is None else "%s:%s" % (user, password)
-        subprocess.run([SANDBOX, "user-add", self.dir, spec], check=True)
+        sandbox_command("user-add", self.dir, spec)
 
     def remove_user(self, user):
         path = os.path.join(self.dir, "users")
@@ -509,9 +540,7 @@ def make_sandbox(request, reaper):
         for k, v in (settings or {}).items():
             args += ["--set", "%s=%s" % (k, v)]
         started.append(d)
-        r = subprocess.run(args, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        return Sandbox(d, json.loads(r.stdout))
+        return Sandbox(d, json.loads(sandbox_command(*args[1:])))
 
     yield start
 

@@ -505,47 +505,55 @@ def print_warnings(d, limit=40):
         print("  " + line[:300])
 
 
+def start_sandbox(started, users=(), sieve_before=None, settings=None,
+                  store=None, mail_dir=None, config=None, init=True,
+                  as_installed=False):
+    """A sandbox started in a new directory, which is appended to started.
+    init=False: the registry is not set up (doveadm mirror init);
+    as_installed: start --as-installed."""
+    d = tempfile.mkdtemp(prefix="mirror-test-")
+    args = [d]
+    if not init:
+        args.append("--no-init")
+    if as_installed:
+        args.append("--as-installed")
+    if store is None and STORE != "embedded":
+        store = session_store()
+    if store is not None:
+        args += ["--store", store]
+    if mail_dir is not None:
+        args += ["--mail-dir", mail_dir]
+    if config is not None:
+        path = os.path.join(d, "input.conf")
+        with open(path, "w") as f:
+            f.write(config)
+        args += ["--config", path]
+    for u in users:
+        args += ["--user", "%s:%s" % (u, PASSWORD)]
+    if sieve_before is not None:
+        path = os.path.join(d, "input.sieve")
+        with open(path, "w") as f:
+            f.write(sieve_before)
+        args += ["--sieve-before", path]
+    for k, v in (settings or {}).items():
+        args += ["--set", "%s=%s" % (k, v)]
+    started.append(d)
+    return Sandbox(d, json.loads(sandbox_command("start", *args)))
+
+
+def failed_call(request):
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and report.failed
+
+
 @pytest.fixture
 def make_sandbox(request, reaper):
+    """make_sandbox(**kw): a sandbox of this test's own (start_sandbox)."""
     started = []
 
-    def start(users=(), sieve_before=None, settings=None, store=None,
-              mail_dir=None, config=None, init=True, as_installed=False):
-        """init=False: the registry is not set up (doveadm mirror init);
-        as_installed: start --as-installed."""
-        d = tempfile.mkdtemp(prefix="mirror-test-")
-        args = [SANDBOX, "start", d]
-        if not init:
-            args.append("--no-init")
-        if as_installed:
-            args.append("--as-installed")
-        if store is None and STORE != "embedded":
-            store = session_store()
-        if store is not None:
-            args += ["--store", store]
-        if mail_dir is not None:
-            args += ["--mail-dir", mail_dir]
-        if config is not None:
-            path = os.path.join(d, "input.conf")
-            with open(path, "w") as f:
-                f.write(config)
-            args += ["--config", path]
-        for u in users:
-            args += ["--user", "%s:%s" % (u, PASSWORD)]
-        if sieve_before is not None:
-            path = os.path.join(d, "input.sieve")
-            with open(path, "w") as f:
-                f.write(sieve_before)
-            args += ["--sieve-before", path]
-        for k, v in (settings or {}).items():
-            args += ["--set", "%s=%s" % (k, v)]
-        started.append(d)
-        return Sandbox(d, json.loads(sandbox_command(*args[1:])))
+    yield lambda **kw: start_sandbox(started, **kw)
 
-    yield start
-
-    report = getattr(request.node, "rep_call", None)
-    failed = report is not None and report.failed
+    failed = failed_call(request)
     problems = []
     for d in started:
         found, size = sandbox_problems(d)
@@ -558,12 +566,72 @@ def make_sandbox(request, reaper):
     assert not problems, "Dovecot reported problems:\n" + "\n".join(problems)
 
 
+class SharedSandboxes:
+    """The sandboxes of shared_sandbox in one module (and worker)."""
+
+    def __init__(self):
+        self.started = []
+        self.by_key = {}
+        self.keep = set()
+
+
+@pytest.fixture(scope="module")
+def _shared_sandboxes(request, reaper):
+    shared = SharedSandboxes()
+    yield shared
+    for d in shared.started:
+        _, size = sandbox_problems(d)
+        reaper.stop(request.node.nodeid, d, size, keep=d in shared.keep)
+    reaper.collect(wait=False)
+
+
+@pytest.fixture
+def shared_sandbox(request, _shared_sandboxes):
+    """shared_sandbox(**kw): for the cases of a parametrized test of which
+    none changes anything (bad input, refused), one sandbox that they
+    share: started (start_sandbox) by the first case that asks for one
+    with these arguments in this worker, and stopped when the module's
+    tests are done. A sandbox start costs more CPU than such a case. Each
+    case is checked for what Dovecot reported from where the log stood
+    when the case began; a failed case keeps the sandbox."""
+    shared = _shared_sandboxes
+    used = []
+
+    def get(setup=None, **kw):
+        """setup(sandbox): what the cases need in it, done once; what it
+        returns is the sandbox's .prepared."""
+        key = (request.function.__name__, repr(sorted(kw.items())))
+        if key not in shared.by_key:
+            sb = start_sandbox(shared.started, **kw)
+            sb.prepared = setup(sb) if setup is not None else None
+            shared.by_key[key] = sb
+        sb = shared.by_key[key]
+        used.append((sb.dir, sandbox_problems(sb.dir)[1]))
+        return sb
+
+    yield get
+
+    failed = failed_call(request)
+    problems = []
+    for d, offset in used:
+        found, _ = sandbox_problems(d, offset)
+        problems += found
+        if failed:
+            print_warnings(d)
+        if found or failed:
+            shared.keep.add(d)
+    assert not problems, "Dovecot reported problems:\n" + "\n".join(problems)
+
+
+# alice, bob and carol receive mail; audit and audit2 store mirrors
+SANDBOX_USERS = ["alice@example.com", "bob@example.com", "carol@example.com",
+                 "audit@example.com", "audit2@example.com", "dave@other.test"]
+
+
 @pytest.fixture
 def sandbox(make_sandbox):
-    """alice, bob and carol receive mail; audit and audit2 store mirrors."""
-    return make_sandbox(users=["alice@example.com", "bob@example.com",
-                               "carol@example.com", "audit@example.com",
-                               "audit2@example.com", "dave@other.test"])
+    """A sandbox of SANDBOX_USERS."""
+    return make_sandbox(users=SANDBOX_USERS)
 
 
 @pytest.fixture

@@ -214,8 +214,8 @@ def test_bag_add_list_show_remove(bag_sandbox, customer):
     (["bag", "password", "unknown.test"], 68),
     (["bag", "password", "-a", "nobody@unknown.test"], 68),
 ])
-def test_bag_commands_bad_input(bag_sandbox, args, code):
-    sb = bag_sandbox
+def test_bag_commands_bad_input(shared_sandbox, args, code):
+    sb = shared_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
     r = sb.doveadm(*args, check=False)
     assert r.returncode == code, r.stderr
     assert r.stderr.strip() and "Panic" not in r.stderr

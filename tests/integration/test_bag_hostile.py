@@ -27,6 +27,25 @@ def customer():
     mta.stop()
 
 
+@pytest.fixture(scope="module")
+def module_customer():
+    """The customer of the shared_sandbox cases: one that gets nothing."""
+    mta = CustomerMTA().start()
+    yield mta
+    mta.stop()
+
+
+def shared_bag_sandbox(shared_sandbox, **bag):
+    """A shared_sandbox with a bag of cust.test (bag_add's keywords),
+    holding one message; .prepared is bag_add's row."""
+    def setup(sb):
+        row = bag_add(sb, **bag)
+        deliver(sb, ["a@" + DOMAIN])
+        return row
+    return shared_sandbox(users=["alice@example.com"],
+                          settings={"bag_enabled": "yes"}, setup=setup)
+
+
 def raw_reply(sock, timeout=10):
     """Read one reply (maybe multi-line); None if the server closed."""
     sock.settimeout(timeout)
@@ -120,10 +139,11 @@ def test_etrn_commands_in_the_wrong_state(bag_sandbox, customer):
     # a control character is refused by lib-smtp's command parser
     ("cust.test\x7f", "500"), ("cust.test\xc3\xa9", "501"),
 ])
-def test_etrn_injection_in_node_names(bag_sandbox, customer, node, code):
-    sb = bag_sandbox
-    bag_add(sb, nets="127.0.0.1", host=customer.hostport)
-    deliver(sb, ["a@" + DOMAIN])
+def test_etrn_injection_in_node_names(shared_sandbox, module_customer, node,
+                                      code):
+    customer = module_customer
+    sb = shared_bag_sandbox(shared_sandbox, nets="127.0.0.1",
+                            host=customer.hostport)
     s = SMTPSession(etrn_port(sb))
     s.cmd("EHLO client.test")
     s.send_raw(b"ETRN " + node.encode("utf-8", "surrogateescape") + b"\r\n")
@@ -140,10 +160,9 @@ def test_etrn_injection_in_node_names(bag_sandbox, customer, node, code):
     "cust.test;x", "../cust.test", "cust.test,,,", "cust.test, ../x",
     ",".join("d%d.test" % i for i in range(150)),
 ])
-def test_atrn_bad_domain_lists(bag_sandbox, arg):
-    sb = bag_sandbox
-    row = bag_add(sb, identity="odmr@" + DOMAIN)
-    deliver(sb, ["a@" + DOMAIN])
+def test_atrn_bad_domain_lists(shared_sandbox, arg):
+    sb = shared_bag_sandbox(shared_sandbox, identity="odmr@" + DOMAIN)
+    row = sb.prepared
     s = SMTPSession(odmr_port(sb))
     s.cmd("EHLO client.test")
     assert plain_auth(s, "odmr@" + DOMAIN, row["atrn_password"])[0] == 235

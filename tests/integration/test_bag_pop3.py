@@ -184,7 +184,8 @@ def test_per_account_box_made_on_first_mail(sb):
     (["bag", "password", "-r", "a@other.test"], 68),
     (["bag", "password", "-r", "-a", "a@" + DOMAIN], 64),
 ])
-def test_pop3_bad_input(sb, args, code):
+def test_pop3_bad_input(shared_sandbox, args, code):
+    sb = shared_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
     r = sb.doveadm(*args, check=False)
     assert r.returncode == code, r.stderr
     assert r.stderr.strip() and "Panic" not in r.stderr

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import STORE
+from conftest import SANDBOX_USERS, STORE
 
 ALICE, AUDIT = "alice@example.com", "audit@example.com"
 BOB = "bob@example.com"
@@ -91,9 +91,11 @@ BAD_ADD = [
 
 @pytest.mark.nosan
 @pytest.mark.parametrize("args,code,message", BAD_ADD)
-def test_bad_add_fails_clearly_and_changes_nothing(sandbox, args, code,
+def test_bad_add_fails_clearly_and_changes_nothing(shared_sandbox, args, code,
                                                    message):
-    sandbox.mirror_add("example.com", AUDIT)
+    sandbox = shared_sandbox(
+        users=SANDBOX_USERS,
+        setup=lambda sb: sb.mirror_add("example.com", AUDIT))
     before = registry(sandbox)
     r = sandbox.doveadm("mirror", "add", *args, check=False)
     assert r.returncode == code, r.stderr
@@ -134,8 +136,9 @@ def test_duplicate_mirror_is_refused(sandbox):
 
 @pytest.mark.nosan
 @pytest.mark.parametrize("arg", ["999", "0", "abc", "-1", "1.5"])
-def test_remove_unknown_or_invalid_id(sandbox, arg):
-    sandbox.mirror_add(ALICE, AUDIT)
+def test_remove_unknown_or_invalid_id(shared_sandbox, arg):
+    sandbox = shared_sandbox(users=SANDBOX_USERS,
+                             setup=lambda sb: sb.mirror_add(ALICE, AUDIT))
     before = registry(sandbox)
     r = sandbox.doveadm("mirror", "remove", "--", arg, check=False)
     assert r.returncode != 0

@@ -355,9 +355,10 @@ def test_rebuild_index(sb):
 
 @pytest.mark.nosan
 @pytest.mark.parametrize("arg", ["0", "-5", "abc", "2026-12-03", "1e9", ""])
-def test_bad_time(sb, arg):
+def test_bad_time(shared_sandbox, arg):
     """Refused, as mirror schedule refuses it: not taken for "now" (doveadm
     drops an integer option that isn't one, and the scan ran)."""
+    sb = shared_sandbox(users=[ALICE, BOB, AUDIT, AUDIT2], settings=SETTINGS)
     rows, r = expire(sb, "-n", "-T", arg, check=False)
     assert r.returncode == EX_USAGE, r.stderr
     assert "Invalid -T '%s': expected a UNIX time" % arg in r.stderr

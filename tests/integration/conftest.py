@@ -601,12 +601,15 @@ def shared_sandbox(request, _shared_sandboxes):
         """setup(sandbox): what the cases need in it, done once; what it
         returns is the sandbox's .prepared."""
         key = (request.function.__name__, repr(sorted(kw.items())))
-        if key not in shared.by_key:
+        sb = shared.by_key.get(key)
+        if sb is None:
             sb = start_sandbox(shared.started, **kw)
+            # checked and kept with the case, also if setup fails
+            used.append((sb.dir, 0))
             sb.prepared = setup(sb) if setup is not None else None
             shared.by_key[key] = sb
-        sb = shared.by_key[key]
-        used.append((sb.dir, sandbox_problems(sb.dir)[1]))
+        else:
+            used.append((sb.dir, sandbox_problems(sb.dir)[1]))
         return sb
 
     yield get

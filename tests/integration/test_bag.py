@@ -56,9 +56,13 @@ class SMTPSession:
             pass
 
 
+# what bag_sandbox starts (and the cases of shared_sandbox)
+BAG_SANDBOX = {"users": [LOCAL], "settings": {"bag_enabled": "yes"}}
+
+
 @pytest.fixture
 def bag_sandbox(make_sandbox):
-    return make_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
+    return make_sandbox(**BAG_SANDBOX)
 
 
 @pytest.fixture
@@ -215,7 +219,7 @@ def test_bag_add_list_show_remove(bag_sandbox, customer):
     (["bag", "password", "-a", "nobody@unknown.test"], 68),
 ])
 def test_bag_commands_bad_input(shared_sandbox, args, code):
-    sb = shared_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
+    sb = shared_sandbox(**BAG_SANDBOX)
     r = sb.doveadm(*args, check=False)
     assert r.returncode == code, r.stderr
     assert r.stderr.strip() and "Panic" not in r.stderr

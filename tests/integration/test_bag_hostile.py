@@ -14,10 +14,14 @@ from test_bag import (DOMAIN, SMTPSession, bag_add, bag_messages, deliver,
                       etrn_port, odmr_port, plain_auth, wait_until)
 
 
+# what bag_sandbox starts (and shared_bag_sandbox)
+BAG_SANDBOX = {"users": ["alice@example.com"],
+               "settings": {"bag_enabled": "yes"}}
+
+
 @pytest.fixture
 def bag_sandbox(make_sandbox):
-    return make_sandbox(users=["alice@example.com"],
-                        settings={"bag_enabled": "yes"})
+    return make_sandbox(**BAG_SANDBOX)
 
 
 @pytest.fixture
@@ -42,8 +46,7 @@ def shared_bag_sandbox(shared_sandbox, **bag):
         row = bag_add(sb, **bag)
         deliver(sb, ["a@" + DOMAIN])
         return row
-    return shared_sandbox(users=["alice@example.com"],
-                          settings={"bag_enabled": "yes"}, setup=setup)
+    return shared_sandbox(setup=setup, **BAG_SANDBOX)
 
 
 def raw_reply(sock, timeout=10):

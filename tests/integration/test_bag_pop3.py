@@ -9,14 +9,15 @@ import poplib
 import pytest
 
 from peers import CustomerMTA, fetchmail_pop3_multidrop
-from test_bag import DOMAIN, LOCAL, bag_files, deliver, etrn_port, SMTPSession
+from test_bag import (BAG_SANDBOX, DOMAIN, LOCAL, bag_files, deliver,
+                      etrn_port, SMTPSession)
 
 BOX = "_bag@" + DOMAIN
 
 
 @pytest.fixture
 def sb(make_sandbox):
-    return make_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
+    return make_sandbox(**BAG_SANDBOX)
 
 
 def pop3_add(sb, kind, domain=DOMAIN):
@@ -185,7 +186,7 @@ def test_per_account_box_made_on_first_mail(sb):
     (["bag", "password", "-r", "-a", "a@" + DOMAIN], 64),
 ])
 def test_pop3_bad_input(shared_sandbox, args, code):
-    sb = shared_sandbox(users=[LOCAL], settings={"bag_enabled": "yes"})
+    sb = shared_sandbox(**BAG_SANDBOX)
     r = sb.doveadm(*args, check=False)
     assert r.returncode == code, r.stderr
     assert r.stderr.strip() and "Panic" not in r.stderr

@@ -30,9 +30,13 @@ ROW_FIELDS = {"ids", "storage", "removed", "bytes", "oldest_kept",
               "held_by"}
 
 
+# what sb starts (and the cases of shared_sandbox)
+SANDBOX = {"users": [ALICE, BOB, AUDIT, AUDIT2], "settings": SETTINGS}
+
+
 @pytest.fixture
 def sb(make_sandbox):
-    return make_sandbox(users=[ALICE, BOB, AUDIT, AUDIT2], settings=SETTINGS)
+    return make_sandbox(**SANDBOX)
 
 
 def ok(replies):
@@ -358,7 +362,7 @@ def test_rebuild_index(sb):
 def test_bad_time(shared_sandbox, arg):
     """Refused, as mirror schedule refuses it: not taken for "now" (doveadm
     drops an integer option that isn't one, and the scan ran)."""
-    sb = shared_sandbox(users=[ALICE, BOB, AUDIT, AUDIT2], settings=SETTINGS)
+    sb = shared_sandbox(**SANDBOX)
     rows, r = expire(sb, "-n", "-T", arg, check=False)
     assert r.returncode == EX_USAGE, r.stderr
     assert "Invalid -T '%s': expected a UNIX time" % arg in r.stderr

@@ -56,7 +56,8 @@ class SMTPSession:
             pass
 
 
-# what bag_sandbox starts (and the cases of shared_sandbox)
+# what bag_sandbox starts here, in test_bag_hostile and test_bag_pop3
+# (and the cases of shared_sandbox)
 BAG_SANDBOX = {"users": [LOCAL], "settings": {"bag_enabled": "yes"}}
 
 

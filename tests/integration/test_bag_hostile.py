@@ -10,13 +10,9 @@ import time
 import pytest
 
 from peers import CustomerMTA
-from test_bag import (DOMAIN, SMTPSession, bag_add, bag_messages, deliver,
-                      etrn_port, odmr_port, plain_auth, wait_until)
-
-
-# what bag_sandbox starts (and shared_bag_sandbox)
-BAG_SANDBOX = {"users": ["alice@example.com"],
-               "settings": {"bag_enabled": "yes"}}
+from test_bag import (BAG_SANDBOX, DOMAIN, SMTPSession, bag_add,
+                      bag_messages, deliver, etrn_port, odmr_port,
+                      plain_auth, wait_until)
 
 
 @pytest.fixture

@@ -260,10 +260,14 @@ def expire_lines(sb, pattern):
             if "mirror-expire: " in l and re.search(pattern, l)]
 
 
+def fleet_lines(sbs, pattern):
+    return [l for sb in sbs for l in expire_lines(sb, pattern)]
+
+
 def wait_lines(sbs, pattern, timeout, count=1):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        lines = [l for sb in sbs for l in expire_lines(sb, pattern)]
+        lines = fleet_lines(sbs, pattern)
         if len(lines) >= count:
             return lines
         time.sleep(0.1)
@@ -299,10 +303,10 @@ def test_the_nightly_scan_runs_once_for_the_fleet(fleet, redis_server):
     # moment (each reads the other's ticket too): then one of them takes
     # the next. Never a takeover: the holder was alive and scanned.
     for k in range(1, attempt):
-        lost = [l for sb in (a, b) for l in expire_lines(
-            sb, r"another server has taken it \(attempt %d\)" % k)]
+        lost = fleet_lines(
+            [a, b], r"another server has taken it \(attempt %d\)" % k)
         assert len(lost) == 2, (holder, lost)
-    assert not [l for sb in (a, b) for l in expire_lines(sb, "taking it over")]
+    assert not fleet_lines([a, b], "taking it over")
     assert a.maildir_count(m["storage"]) == 1
 
 
